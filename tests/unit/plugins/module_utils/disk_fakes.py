@@ -1,0 +1,129 @@
+"""Hand-written fakes for the images/domain tests: a command runner and a libvirt connection."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import typing as t
+
+from ansible_collections.kvmops.migration.plugins.module_utils._images import (
+    Runner, RunResult, SubprocessRunner)
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures")
+
+
+def fixture(*parts: str) -> str:
+    with open(os.path.join(FIXTURES, *parts), "r", encoding="utf-8") as handle:
+        return handle.read()
+
+
+class FakeRunner(Runner):
+    """Canned outputs keyed by a command prefix (tuple); records every call.
+
+    Commands not matched go to ``fallback`` (the real runner when given, e.g. for qemu-img in
+    tmp_path) or fail with rc 127.
+    """
+
+    def __init__(self, canned: dict[tuple[str, ...], RunResult] | None = None,
+                 fallback: Runner | None = None, tools: t.Iterable[str] = ("lvs", "vgs", "lvcreate")) -> None:
+        self.canned = dict(canned or {})
+        self.fallback = fallback
+        self.tools = set(tools)
+        self.calls: list[list[str]] = []
+
+    def add(self, prefix: t.Sequence[str], stdout: str = "", rc: int = 0, stderr: str = "") -> None:
+        self.canned[tuple(prefix)] = RunResult(rc, stdout, stderr)
+
+    def run(self, argv: list[str]) -> RunResult:
+        self.calls.append(list(argv))
+        best = None
+        for prefix, res in self.canned.items():
+            if tuple(argv[:len(prefix)]) == prefix and (best is None or len(prefix) > len(best[0])):
+                best = (prefix, res)
+        if best is not None:
+            return best[1]
+        if self.fallback is not None:
+            return self.fallback.run(argv)
+        return RunResult(127, "", "%s: not faked" % argv[0])
+
+    def which(self, name: str) -> str | None:
+        if name in self.tools:
+            return "/usr/sbin/" + name
+        return None
+
+    def commands(self, name: str) -> list[list[str]]:
+        return [c for c in self.calls if c and c[0] == name]
+
+
+def real_runner() -> FakeRunner:
+    """Real qemu-img, no SELinux, LVM tools absent."""
+    return FakeRunner(fallback=SubprocessRunner(), tools=())
+
+
+class FakeDomain:
+    def __init__(self, name: str, xml: str, active: bool = True, inactive_xml: str | None = None) -> None:
+        self._name = name
+        self.xml = xml
+        self.active = active
+        self.inactive_xml = inactive_xml or xml
+
+    def name(self) -> str:
+        return self._name
+
+    def isActive(self) -> int:  # noqa: N802 - libvirt's name
+        return 1 if self.active else 0
+
+    def XMLDesc(self, flags: int = 0) -> str:  # noqa: N802 - libvirt's name
+        return self.inactive_xml if flags & 2 else self.xml
+
+
+class FakeVolume:
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def path(self) -> str:
+        return self._path
+
+
+class FakePool:
+    def __init__(self, volumes: dict[str, str]) -> None:
+        self.volumes = volumes
+
+    def storageVolLookupByName(self, name: str) -> FakeVolume:  # noqa: N802
+        return FakeVolume(self.volumes[name])
+
+
+class FakeConnection:
+    """The few virConnect calls used: listAllDomains, lookupByName/UUIDString, pools."""
+
+    def __init__(self, domains: t.Iterable[FakeDomain] = (), pools: dict[str, dict[str, str]] | None = None) -> None:
+        self.domains = list(domains)
+        self.pools = pools or {}
+        self.closed = False
+
+    def listAllDomains(self, flags: int = 0) -> list[FakeDomain]:  # noqa: N802
+        return list(self.domains)
+
+    def lookupByName(self, name: str) -> FakeDomain:  # noqa: N802
+        for dom in self.domains:
+            if dom.name() == name:
+                return dom
+        raise LookupError(name)
+
+    lookupByUUIDString = lookupByName
+
+    def storagePoolLookupByName(self, name: str) -> FakePool:  # noqa: N802
+        return FakePool(self.pools[name])
+
+    def getURI(self) -> str:  # noqa: N802
+        return "test:///fake"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def connector(conn: FakeConnection) -> t.Callable[..., t.Any]:
+    @contextlib.contextmanager
+    def connect(uri: str, readonly: bool = False) -> t.Iterator[FakeConnection]:
+        yield conn
+    return connect

@@ -1,0 +1,137 @@
+"""Domain XML reading and the copy set (cases C12, C13)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml as dx
+from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+
+from disk_fakes import FIXTURES, fixture
+
+DOMAINS = sorted(os.listdir(os.path.join(FIXTURES, "domains")))
+
+
+@pytest.mark.parametrize("name", DOMAINS)
+def test_every_domain_fixture_parses(name):
+    facts = dx.domain_facts(fixture("domains", name))
+    assert facts["name"] and facts["uuid"]
+    assert isinstance(facts["memory_bytes"], int) and facts["memory_bytes"] > 0
+    for disk in facts["disks"]:
+        assert disk["target"]
+        assert isinstance(disk["copy"], bool) and disk["copy_reason"]
+
+
+def test_vm1_facts():
+    facts = dx.domain_facts(fixture("domains", "vm1.xml").replace("@DIR@", "/img"))
+    assert facts["memory_bytes"] == 2 * 1024 ** 3
+    assert facts["current_memory_bytes"] == 1024 ** 3
+    assert (facts["vcpus"], facts["arch"], facts["machine"]) == (2, "x86_64", "pc-q35-7.2")
+    assert facts["emulator"] == "/usr/bin/qemu-system-x86_64"
+    assert facts["nvram"] == "/var/lib/libvirt/qemu/nvram/vm1_VARS.fd"
+    assert facts["loader"] == "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    assert "cpu" not in facts
+    vda = facts["disks"][0]
+    assert (vda["target"], vda["format"], vda["cache"], vda["discard"], vda["path"]) == (
+        "vda", "qcow2", "writeback", "unmap", "/img/vm1.qcow2")
+    assert vda["backing"] == [{"type": "file", "format": "qcow2", "index": "3", "path": "/img/base.qcow2",
+                               "pool": None, "volume": None, "protocol": None, "name": None, "hosts": []}]
+    vdb = facts["disks"][1]
+    assert (vdb["type"], vdb["path"], vdb["io"], vdb["backing"]) == ("block", "/dev/vg0/vm1-data", "native", [])
+    vdc = facts["disks"][3]
+    assert (vdc["protocol"], vdc["name"], vdc["hosts"][0]["name"]) == ("rbd", "pool/vm1-ceph", "ceph1")
+    vde = facts["disks"][5]
+    assert (vde["pool"], vde["volume"], vde["path"]) == ("default", "vm1-scratch.raw", None)
+    assert facts["interfaces"] == [
+        {"type": "bridge", "source": "br-vlan774", "mac": "52:54:00:00:00:01", "model": "virtio", "target": "vnet0"},
+        {"type": "network", "source": "default", "mac": "52:54:00:00:00:02", "model": "e1000e", "target": None},
+    ]
+
+
+def test_kernel_initrd_and_memory_units():
+    facts = dx.domain_facts(fixture("domains", "c12_unsafe.xml"))
+    assert facts["memory_bytes"] == 1024 ** 3
+    assert facts["kernel"] == "/var/lib/kvmops/guest/vmlinuz"
+    assert facts["initrd"] == "/var/lib/kvmops/guest/initrd.img"
+    assert dx.domain_facts(fixture("domains", "c13_cdrom.xml"))["memory_bytes"] == 262144 * 1024
+
+
+@pytest.mark.parametrize("value,unit,expected", [
+    ("1", "b", 1), ("2", "KB", 2000), ("2", "k", 2048), ("3", "MiB", 3 * 1024 ** 2), ("1", "G", 1024 ** 3),
+    ("5", None, 5120), ("1", "TB", 10 ** 12),
+])
+def test_to_bytes(value, unit, expected):
+    assert dx.to_bytes(value, unit) == expected
+
+
+def test_to_bytes_unknown_unit():
+    with pytest.raises(KvmopsError, match="Unknown libvirt size unit"):
+        dx.to_bytes("1", "furlongs")
+
+
+def test_vm1_copy_set():
+    disks = dx.disks(fixture("domains", "vm1.xml"))
+    # vda qcow2 file, vdb block LV, vde pool volume are copied; cdroms, network, shareable,
+    # read-only and empty drives never.
+    assert dx.copy_set(disks) == ["vda", "vdb", "vde"]
+    must_share = {d["target"] for d in disks if d["must_be_shared"]}
+    assert must_share == {"vdc", "vdd"}
+    assert dx.copy_set(disks, shared=["vdb"]) == ["vda", "vde"]
+
+
+def test_c12_copy_set_holds_every_writable_local_disk():
+    disks = dx.disks(fixture("domains", "c12_unsafe.xml"))
+    assert dx.copy_set(disks) == ["vda", "vdb"]
+    dx.check_copy_selection(disks, ["vda", "vdb"])
+
+
+def test_c12_copying_only_vda_is_refused_naming_vdb():
+    disks = dx.disks(fixture("domains", "c12_unsafe.xml"))
+    with pytest.raises(KvmopsError) as err:
+        dx.check_copy_selection(disks, ["vda"])
+    assert "Unsafe migration" in str(err.value) and "vdb" in str(err.value)
+    assert err.value.values["left_out"] == ["vdb"]
+    # declared (and verified) shared: accepted
+    dx.check_copy_selection(disks, ["vda"], shared=["vdb"])
+
+
+def test_c12_selecting_a_disk_that_cannot_be_copied_is_refused():
+    disks = dx.disks(fixture("domains", "vm1.xml"))
+    with pytest.raises(KvmopsError, match="sda"):
+        dx.check_copy_selection(disks, ["vda", "vdb", "vde", "sda"])
+    with pytest.raises(KvmopsError, match="not a disk of the domain"):
+        dx.check_copy_selection(disks, ["vdz"])
+
+
+def test_c13_cdrom_seed_is_never_copied():
+    disks = dx.disks(fixture("domains", "c13_cdrom.xml"))
+    sda = [d for d in disks if d["target"] == "sda"][0]
+    assert sda["readonly"] and not sda["copy"] and not sda["must_be_shared"]
+    assert "cdrom" in sda["copy_reason"]
+    assert sda["path"] == "/var/lib/libvirt/isos/seed.iso"
+    assert dx.copy_set(disks) == ["vda"]
+
+
+def test_cdrom_without_readonly_element_is_still_readonly():
+    xml = ("<domain><name>x</name><devices><disk type='file' device='cdrom'><source file='/i.iso'/>"
+           "<target dev='hdc'/></disk></devices></domain>")
+    disk = dx.disks(xml)[0]
+    assert disk["readonly"] and not disk["copy"]
+
+
+def test_referenced_paths():
+    paths = dx.referenced_paths(fixture("domains", "vm1.xml").replace("@DIR@", "/img"))
+    assert {"/img/vm1.qcow2", "/img/base.qcow2", "/dev/vg0/vm1-data", "/img/isos/seed.iso",
+            "/var/lib/libvirt/qemu/nvram/vm1_VARS.fd"} <= paths
+
+
+@pytest.mark.parametrize("text", ["not xml", "<network><name>x</name></network>",
+                                  "<!DOCTYPE d [<!ENTITY e SYSTEM 'file:///etc/passwd'>]><domain>&e;</domain>"])
+def test_bad_xml_is_an_operator_error(text):
+    with pytest.raises(KvmopsError):
+        facts = dx.domain_facts(text)
+        # an external entity must never be expanded
+        assert "root:" not in str(facts)
+        raise KvmopsError("parsed without expansion")

@@ -1,0 +1,1158 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Disk geometry and exclusive, sparse destination images.
+
+Geometry
+    Files: ``qemu-img info --output=json [--backing-chain] [-U]`` parsed from JSON only; sizes
+    are always integers in bytes (``virtual-size``, ``actual-size``, ``cluster-size``). ``-U``
+    (``--force-share``) reads images that a running QEMU holds locked.
+    Block devices: ``blockdev --getsize64``; LVM facts from
+    ``lvs --reportformat json --units b --nosuffix``.
+
+Creation (the safety rules of DESIGN.md)
+    * Never on an existing path. An image is built under a temporary name in the destination
+      directory (created with ``O_CREAT|O_EXCL``), verified, then linked to its final name with
+      ``os.link`` (which fails with EEXIST instead of replacing) and the temporary name removed.
+      A file that appears at the path meanwhile is never overwritten.
+    * Raw images: ``ftruncate`` to the exact byte size (sparse). qcow2: ``qemu-img create -f qcow2
+      -o preallocation=off[,cluster_size=N][,compat=V] [-b BACKING -F FMT] TMP BYTES``.
+    * Missing parent directories are created ``root:root`` mode ``0711`` by default, like the
+      ``/var/lib/libvirt/images`` directory libvirt's packages ship: the QEMU user may traverse
+      but not list. Images are created mode ``0600`` like ``virsh vol-create``; libvirt's DAC
+      driver relabels them for the QEMU user when the incoming guest starts. When SELinux is
+      enabled (``selinuxenabled`` exits 0), ``restorecon`` resets the contexts of what we created;
+      otherwise this step is skipped silently.
+    * Block targets (``/dev/...``): never ``qemu-img create``; an LV of exactly the byte size,
+      active, is required or (when asked) created with ``lvcreate -L <bytes>b``.
+    * Everything created is recorded in a JSON manifest on the host (default
+      :data:`DEFAULT_MANIFEST`). An existing image is reused only when the manifest records it
+      (same host, path and inode), it matches the requested geometry, and no libvirt domain uses
+      it (except the domain it was made for). ``absent`` removes only recorded, unused images.
+
+Shared storage
+    A destination directory that is really the source's storage (NFS, cluster FS) must not get
+    images created or deleted by us. Two tests, both done on the destination:
+    * ``source_fingerprint`` (from :func:`storage_fingerprint` run on the source, returned by the
+      ``disk_info`` module per disk as ``fingerprint``): when the source image's path is visible
+      here with the same inode number and size, it is the same file;
+    * ``shared_marker`` ``{path, token}``: the caller wrote a file with a random token beside the
+      source image (e.g. ``ansible.builtin.copy``); when the destination reads the same token at
+      that path, the directory is shared.
+
+Free space
+    :func:`plan_free_space`: per destination filesystem, needed = sum over the disks landing there
+    (allocation when the copy keeps sparseness, virtual size otherwise) plus a margin of
+    :data:`MARGIN_RATIO` (5 %) of that sum plus :data:`MARGIN_BYTES` (256 MiB) for qcow2 metadata,
+    rounding and logs; free = ``statvfs`` ``f_bavail * f_frsize``.
+
+Relies on: qemu-img(1) (https://www.qemu.org/docs/master/tools/qemu-img.html) ``info``/``create``
+and the qcow2 options ``cluster_size``, ``compat``, ``preallocation``; lvs(8)/lvcreate(8) JSON
+reports and ``lv_attr`` (char 1 volume type: ``V`` thin volume, ``t`` thin pool; char 5 state
+``a`` active); blockdev(8) ``--getsize64``; link(2) EEXIST semantics; open(2) ``O_EXCL`` on a
+block device fails with EBUSY when the device is mounted or otherwise held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import typing as t
+from dataclasses import asdict, dataclass, field
+
+from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux
+    fcntl = None  # type: ignore[assignment]
+
+DEFAULT_MANIFEST = "/var/lib/kvmops-migration/manifest.json"
+MARGIN_RATIO = 0.05
+MARGIN_BYTES = 256 * 1024 ** 2
+DEFAULT_DIR_MODE = 0o711
+IMAGE_MODE = 0o600
+FORMATS = ("raw", "qcow2")
+
+
+# --------------------------------------------------------------------------- commands
+@dataclass
+class RunResult:
+    """Outcome of one command: exit code, stdout and stderr as text."""
+    rc: int
+    stdout: str
+    stderr: str
+
+
+class Runner:
+    """Runs external commands. Tests pass a fake with canned outputs."""
+
+    def run(self, argv: list[str]) -> RunResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def which(self, name: str) -> str | None:
+        return shutil.which(name)
+
+
+class SubprocessRunner(Runner):
+    """The real runner: ``subprocess.run`` with ``LC_ALL=C``, no shell, no stdin."""
+
+    def run(self, argv: list[str]) -> RunResult:
+        env = dict(os.environ, LC_ALL="C", LANG="C")
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=env, check=False)
+        except OSError as err:
+            return RunResult(127, "", "%s: %s" % (argv[0], err))
+        return RunResult(proc.returncode, proc.stdout.decode("utf-8", "replace"),
+                         proc.stderr.decode("utf-8", "replace"))
+
+
+def run_checked(runner: Runner, argv: list[str], what: str) -> str:
+    """Run ``argv``; return stdout or raise :class:`KvmopsError` naming ``what``.
+
+    :raises KvmopsError: non-zero exit; the tool's stderr is the detail.
+    """
+    res = runner.run(argv)
+    if res.rc != 0:
+        raise KvmopsError("Could not %s: %s exited with %d." % (what, argv[0], res.rc),
+                          detail=(res.stderr or res.stdout).strip() or None,
+                          values={"command": argv})
+    return res.stdout
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclass
+class Geometry:
+    """One image layer or device. Sizes in bytes.
+
+    ``kind`` is ``file`` or ``block``; ``allocation`` is what the file really uses on the host
+    (qemu-img ``actual-size``); ``cluster_size`` and ``compat`` are qcow2 only.
+    """
+    path: str
+    format: str
+    virtual_size: int
+    allocation: int | None = None
+    kind: str = "file"
+    cluster_size: int | None = None
+    compat: str | None = None
+    backing_file: str | None = None
+    backing_format: str | None = None
+    full_backing_file: str | None = None
+    encrypted: bool = False
+    dirty: bool = False
+    lv: dict[str, t.Any] | None = None
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return asdict(self)
+
+
+def _int(value: t.Any, name: str, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise KvmopsError("qemu-img reported no integer %s for %s (got %r)." % (name, path, value))
+    return value
+
+
+def _layer(doc: dict[str, t.Any]) -> Geometry:
+    path = str(doc.get("filename", ""))
+    spec = (doc.get("format-specific") or {}).get("data") or {}
+    return Geometry(
+        path=path,
+        format=str(doc.get("format")),
+        virtual_size=_int(doc.get("virtual-size"), "virtual-size", path),
+        allocation=doc.get("actual-size") if isinstance(doc.get("actual-size"), int) else None,
+        cluster_size=doc.get("cluster-size"),
+        compat=spec.get("compat"),
+        backing_file=doc.get("backing-filename"),
+        backing_format=doc.get("backing-filename-format"),
+        full_backing_file=doc.get("full-backing-filename"),
+        encrypted=bool(doc.get("encrypted", False)),
+        dirty=bool(doc.get("dirty-flag", False)),
+    )
+
+
+def parse_qemu_img_info(text: str) -> list[Geometry]:
+    """Parse ``qemu-img info --output=json`` (one object, or a list with ``--backing-chain``).
+
+    :returns: layers, top first.
+    :raises KvmopsError: not JSON, or a layer without an integer ``virtual-size``.
+    """
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise KvmopsError("qemu-img info did not return JSON.", detail=str(err)) from err
+    docs = doc if isinstance(doc, list) else [doc]
+    if not docs or not all(isinstance(d, dict) for d in docs):
+        raise KvmopsError("qemu-img info returned an unexpected JSON document.", detail=text[:200])
+    return [_layer(d) for d in docs]
+
+
+def qemu_img_info(path: str, runner: Runner, backing_chain: bool = True, force_share: bool = True,
+                  fmt: str | None = None) -> list[Geometry]:
+    """Geometry of a file image and its backing chain (top first).
+
+    :param force_share: pass ``-U`` so that images of running guests can be read.
+    :param fmt: the known format (``-f``); None lets qemu-img probe.
+    :raises KvmopsError: qemu-img failed (detail: its stderr) or bad JSON.
+    """
+    argv = ["qemu-img", "info", "--output=json"]
+    if backing_chain:
+        argv.append("--backing-chain")
+    if force_share:
+        argv.append("-U")
+    if fmt:
+        argv += ["-f", fmt]
+    argv.append(path)
+    return parse_qemu_img_info(run_checked(runner, argv, "read the geometry of %s" % path))
+
+
+def parse_lvs(text: str) -> list[dict[str, t.Any]]:
+    """Parse ``lvs --reportformat json --units b --nosuffix`` into plain dicts.
+
+    Shape per LV: ``{lv_name, vg_name, lv_path, size, lv_attr, pool_lv, data_percent,
+    thin, thin_pool, active}``; ``size`` in bytes (a trailing ``B`` is tolerated).
+    """
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise KvmopsError("lvs did not return JSON.", detail=str(err)) from err
+    out = []
+    for report in doc.get("report", []):
+        for lv in report.get("lv", []):
+            attr = lv.get("lv_attr", "") or ""
+            pct = lv.get("data_percent") or ""
+            out.append({
+                "lv_name": lv.get("lv_name"),
+                "vg_name": lv.get("vg_name"),
+                "lv_path": lv.get("lv_path") or None,
+                "size": _bytes(lv.get("lv_size")),
+                "lv_attr": attr,
+                "pool_lv": lv.get("pool_lv") or None,
+                "data_percent": float(pct) if pct else None,
+                "thin": attr[:1] == "V",
+                "thin_pool": attr[:1] == "t",
+                "active": attr[4:5] == "a",
+            })
+    return out
+
+
+def parse_vgs(text: str) -> dict[str, t.Any]:
+    """Parse ``vgs --reportformat json --units b --nosuffix -o vg_name,vg_extent_size,vg_free``."""
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise KvmopsError("vgs did not return JSON.", detail=str(err)) from err
+    for report in doc.get("report", []):
+        for vg in report.get("vg", []):
+            return {"vg_name": vg.get("vg_name"), "extent_size": _bytes(vg.get("vg_extent_size")),
+                    "free": _bytes(vg.get("vg_free"))}
+    raise KvmopsError("vgs returned no volume group.", detail=text[:200])
+
+
+def _bytes(value: t.Any) -> int:
+    text = str(value or "0").strip().rstrip("Bb")
+    return int(text.split(".")[0]) if text else 0
+
+
+_LVS_FIELDS = "lv_name,vg_name,lv_path,lv_size,lv_attr,pool_lv,data_percent"
+
+
+def lv_info(path: str, runner: Runner) -> dict[str, t.Any] | None:
+    """LVM facts of the LV at ``path`` or None when it is not an LV (or LVM is absent).
+
+    Thin volumes get ``pool_free`` (bytes free in their pool).
+    """
+    if runner.which("lvs") is None:
+        return None
+    res = runner.run(["lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
+                      "-o", _LVS_FIELDS, path])
+    if res.rc != 0:
+        return None
+    lvs = parse_lvs(res.stdout)
+    if not lvs:
+        return None
+    info = lvs[0]
+    if info["thin"] and info["pool_lv"]:
+        info["pool_free"] = thin_pool_free(info["vg_name"], info["pool_lv"], runner)
+    return info
+
+
+def thin_pool_free(vg: str, pool: str, runner: Runner) -> int:
+    """Bytes free in thin pool ``vg/pool``: size * (100 - data_percent) / 100.
+
+    :raises KvmopsError: the pool does not exist.
+    """
+    out = run_checked(runner, ["lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
+                               "-o", _LVS_FIELDS, "%s/%s" % (vg, pool)],
+                      "read thin pool %s/%s" % (vg, pool))
+    lvs = parse_lvs(out)
+    if not lvs:
+        raise KvmopsError("Thin pool %s/%s not found." % (vg, pool))
+    used = (lvs[0]["data_percent"] or 0.0) / 100.0
+    return int(lvs[0]["size"] * (1.0 - used))
+
+
+def block_geometry(path: str, runner: Runner) -> Geometry:
+    """Geometry of a block device: raw data, size from ``blockdev --getsize64`` (bytes), LVM
+    facts in ``lv`` when the device is an LV. Allocation is the full size (or, for a thin LV,
+    its data_percent share).
+
+    :raises KvmopsError: blockdev failed.
+    """
+    out = run_checked(runner, ["blockdev", "--getsize64", path], "read the size of block device %s" % path)
+    try:
+        size = int(out.strip())
+    except ValueError as err:
+        raise KvmopsError("blockdev --getsize64 %s printed %r, not a byte count." % (path, out)) from err
+    lv = lv_info(path, runner)
+    alloc = size
+    if lv and lv["thin"] and lv["data_percent"] is not None:
+        alloc = int(size * lv["data_percent"] / 100.0)
+    return Geometry(path=path, format="raw", virtual_size=size, allocation=alloc, kind="block", lv=lv)
+
+
+def is_block_path(path: str) -> bool:
+    """True for an existing block device or any path under ``/dev/`` (never a file image)."""
+    if os.path.normpath(path).startswith("/dev/"):
+        return True
+    with contextlib.suppress(OSError):
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    return False
+
+
+def geometry(path: str, runner: Runner, force_share: bool = True) -> list[Geometry]:
+    """Geometry of a file (chain, top first) or block device (one entry)."""
+    if is_block_path(path):
+        return [block_geometry(path, runner)]
+    return qemu_img_info(path, runner, backing_chain=True, force_share=force_share)
+
+
+def file_checksum(path: str, algorithm: str = "sha256", chunk: int = 4 * 1024 ** 2) -> str:
+    """Hex digest of the file's bytes (used to prove a backing base identical, case C02)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- shared storage
+def storage_fingerprint(path: str) -> dict[str, t.Any]:
+    """``{path, inode, size, fsid}`` of an image as seen on this host (run on the source)."""
+    st = os.stat(path)
+    fsid = None
+    with contextlib.suppress(OSError, AttributeError):
+        fsid = os.statvfs(path).f_fsid
+    return {"path": path, "inode": st.st_ino, "size": st.st_size, "fsid": fsid}
+
+
+def shared_storage_reason(source_fingerprint: dict[str, t.Any] | None = None,
+                          shared_marker: dict[str, t.Any] | None = None) -> str | None:
+    """Why this host sees the source's storage (shared), or None.
+
+    :param source_fingerprint: :func:`storage_fingerprint` of the source image, taken on the
+        source host; matched when the same path here has the same inode and size.
+    :param shared_marker: ``{path, token}`` of a marker file the caller wrote on the source;
+        matched when the file here holds the same token.
+    """
+    if source_fingerprint and source_fingerprint.get("path"):
+        path = source_fingerprint["path"]
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            if st.st_ino == source_fingerprint.get("inode") and st.st_size == source_fingerprint.get("size"):
+                return ("the source image %s is visible on this host with the same inode (%d) and size "
+                        "(%d bytes)" % (path, st.st_ino, st.st_size))
+    if shared_marker and shared_marker.get("path"):
+        with contextlib.suppress(OSError):
+            with open(shared_marker["path"], "r", encoding="utf-8") as handle:
+                if handle.read().strip() == str(shared_marker.get("token", "")).strip():
+                    return "the marker file %s written on the source is visible on this host" % (
+                        shared_marker["path"])
+    return None
+
+
+# --------------------------------------------------------------------------- free space
+def filesystem_of(path: str) -> dict[str, t.Any]:
+    """The filesystem that holds (or will hold) ``path``: nearest existing ancestor.
+
+    :returns: ``{mount, device, free_bytes, size_bytes}``; free = ``f_bavail * f_frsize``
+        (what an unprivileged writer may use; root's reserve is not counted).
+    """
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        probe = os.path.dirname(probe)
+    dev = os.stat(probe).st_dev
+    mount = probe
+    while mount != "/":
+        parent = os.path.dirname(mount)
+        if os.stat(parent).st_dev != dev:
+            break
+        mount = parent
+    vfs = os.statvfs(probe)
+    return {"mount": mount, "device": "%d:%d" % (os.major(dev), os.minor(dev)),
+            "free_bytes": vfs.f_bavail * vfs.f_frsize, "size_bytes": vfs.f_blocks * vfs.f_frsize}
+
+
+def margin_for(needed: int, ratio: float = MARGIN_RATIO, extra: int = MARGIN_BYTES) -> int:
+    """Safety margin in bytes for ``needed`` bytes: ``ceil(ratio * needed) + extra``."""
+    return -(-int(needed * ratio * 1000) // 1000) + extra
+
+
+def plan_free_space(disks: list[dict[str, t.Any]], keep_sparse: bool = True,
+                    fs_lookup: t.Callable[[str], dict[str, t.Any]] = filesystem_of,
+                    host: str | None = None, ratio: float = MARGIN_RATIO,
+                    extra: int = MARGIN_BYTES) -> dict[str, t.Any]:
+    """Bytes needed per destination filesystem against bytes free (case C05).
+
+    :param disks: ``[{path, virtual_size, allocation, target?, kind?}]`` with sizes in bytes
+        (destination paths; source geometry). Block targets (``kind: block`` or ``/dev/``
+        paths) use no filesystem space and are skipped.
+    :param keep_sparse: True when the copy keeps holes (count allocation), else virtual size.
+    :param fs_lookup: ``path -> {mount, device, free_bytes}`` (:func:`filesystem_of`).
+    :returns: ``{ok, msg, filesystems: [{mount, device, disks, data_bytes, margin_bytes,
+        needed_bytes, free_bytes, ok}]}``.
+    """
+    groups: dict[str, dict[str, t.Any]] = {}
+    for disk in disks:
+        path = disk["path"]
+        if disk.get("kind") == "block" or is_block_path(path):
+            continue
+        fs = fs_lookup(path)
+        key = "%s@%s" % (fs["device"], fs["mount"])
+        group = groups.setdefault(key, {"mount": fs["mount"], "device": fs["device"], "disks": [],
+                                        "data_bytes": 0, "free_bytes": int(fs["free_bytes"])})
+        alloc = disk.get("allocation")
+        need = int(alloc) if keep_sparse and alloc is not None else int(disk["virtual_size"])
+        group["disks"].append({"path": path, "target": disk.get("target"), "bytes": need})
+        group["data_bytes"] += need
+    short = []
+    for group in groups.values():
+        group["margin_bytes"] = margin_for(group["data_bytes"], ratio, extra)
+        group["needed_bytes"] = group["data_bytes"] + group["margin_bytes"]
+        group["ok"] = group["needed_bytes"] <= group["free_bytes"]
+        if not group["ok"]:
+            short.append(group)
+    where = " on %s" % host if host else ""
+    if short:
+        msg = "; ".join(
+            "Not enough space%s in filesystem %s (device %s): need %d bytes (%d for %s + %d margin), "
+            "free %d bytes" % (where, g["mount"], g["device"], g["needed_bytes"], g["data_bytes"],
+                               ", ".join(d["path"] for d in g["disks"]), g["margin_bytes"], g["free_bytes"])
+            for g in short)
+    else:
+        msg = "Enough space%s in %d filesystem(s)." % (where, len(groups))
+    return {"ok": not short, "msg": msg, "filesystems": list(groups.values())}
+
+
+# --------------------------------------------------------------------------- manifest
+class Manifest:
+    """The JSON record of what this collection created on a host.
+
+    File shape: ``{"version": 1, "entries": [{host, path, kind: file|lv, format, virtual_size,
+    created_at, for_domain, inode}]}``. Writes go to a temporary file renamed over the manifest
+    (our own file), under an ``flock`` on ``<path>.lock``.
+    """
+
+    def __init__(self, path: str = DEFAULT_MANIFEST) -> None:
+        self.path = path
+
+    def entries(self) -> list[dict[str, t.Any]]:
+        try:
+            with open(self.path, "r", encoding="utf-8") as handle:
+                doc = json.load(handle)
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as err:
+            raise KvmopsError("The kvmops manifest %s is unreadable: fix or move it aside "
+                              "(it lists the images this tool created)." % self.path,
+                              detail=str(err)) from err
+        return list(doc.get("entries", []))
+
+    def find(self, host: str, path: str) -> dict[str, t.Any] | None:
+        for entry in self.entries():
+            if entry.get("host") == host and entry.get("path") == path:
+                return entry
+        return None
+
+    @contextlib.contextmanager
+    def _locked(self) -> t.Iterator[None]:
+        directory = os.path.dirname(self.path) or "."
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        with open(self.path + ".lock", "a", encoding="utf-8") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            yield
+
+    def _write(self, entries: list[dict[str, t.Any]]) -> None:
+        tmp = "%s.%s.tmp" % (self.path, secrets.token_hex(4))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"version": 1, "entries": entries}, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
+    def add(self, entry: dict[str, t.Any]) -> None:
+        with self._locked():
+            entries = [e for e in self.entries()
+                       if not (e.get("host") == entry["host"] and e.get("path") == entry["path"])]
+            entries.append(entry)
+            self._write(entries)
+
+    def remove(self, host: str, path: str) -> None:
+        with self._locked():
+            entries = self.entries()
+            kept = [e for e in entries if not (e.get("host") == host and e.get("path") == path)]
+            if len(kept) != len(entries):
+                self._write(kept)
+
+
+# --------------------------------------------------------------------------- in use
+def paths_in_use(conn: t.Any) -> dict[str, list[str]]:
+    """Every storage path used by a libvirt domain on ``conn`` -> domain names.
+
+    Reads the live and the inactive XML of every domain (running or defined).
+    """
+    used: dict[str, list[str]] = {}
+    for dom in conn.listAllDomains(0):
+        name = dom.name()
+        for flags in (0, 2):  # 2 = VIR_DOMAIN_XML_INACTIVE
+            try:
+                xml = dom.XMLDesc(flags)
+            except Exception:  # a transient domain has no inactive XML; the live one was read
+                if flags == 0:
+                    raise
+                continue
+            for path in _domain_xml.referenced_paths(xml):
+                names = used.setdefault(os.path.realpath(path), [])
+                if name not in names:
+                    names.append(name)
+    return used
+
+
+def qemu_holds_lock(path: str, runner: Runner) -> bool:
+    """True when a process (QEMU) holds the image's write lock (qemu-img info without -U fails)."""
+    res = runner.run(["qemu-img", "info", "--output=json", path])
+    return res.rc != 0 and "lock" in res.stderr.lower()
+
+
+def block_busy(path: str) -> bool:
+    """True when the block device is mounted or held (open with O_EXCL fails with EBUSY)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_EXCL)
+    except OSError as err:
+        return err.errno == errno.EBUSY
+    os.close(fd)
+    return False
+
+
+# --------------------------------------------------------------------------- desired image
+@dataclass
+class ImageSpec:
+    """The image wanted at ``path``. Sizes in bytes.
+
+    ``backing_*``: for an incremental copy the overlay keeps the source's backing path and
+    format, and the base must already be on this host with ``backing_virtual_size`` and
+    ``backing_checksum`` (``sha256:<hex>`` or bare hex) of the source's base.
+    ``lv_*``: block targets; ``lv_create`` asks to create a missing LV.
+    ``adopt_existing``: accept an existing block device not created by us (the operator
+    prepared it for this guest; it will be overwritten by the copy).
+    """
+    path: str
+    format: str = "raw"
+    virtual_size: int = 0
+    cluster_size: int | None = None
+    compat: str | None = None
+    backing_file: str | None = None
+    backing_format: str | None = None
+    backing_virtual_size: int | None = None
+    backing_checksum: str | None = None
+    for_domain: str | None = None
+    dir_owner: str | int = "root"
+    dir_group: str | int = "root"
+    dir_mode: int = DEFAULT_DIR_MODE
+    lv_create: bool = False
+    lv_vg: str | None = None
+    lv_name: str | None = None
+    lv_thin_pool: str | None = None
+    adopt_existing: bool = False
+
+
+@dataclass
+class HostContext:
+    """Where and how: this host's name, the command runner, the manifest, the paths in use
+    (``{realpath: [domain names]}``), check mode, and the shared-storage evidence."""
+    host: str = field(default_factory=socket.gethostname)
+    runner: Runner = field(default_factory=SubprocessRunner)
+    manifest: Manifest = field(default_factory=Manifest)
+    in_use: dict[str, list[str]] = field(default_factory=dict)
+    check_mode: bool = False
+    source_fingerprint: dict[str, t.Any] | None = None
+    shared_marker: dict[str, t.Any] | None = None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _validate(spec: ImageSpec) -> None:
+    if not os.path.isabs(spec.path):
+        raise KvmopsError("Image path %r must be absolute." % spec.path)
+    if spec.format not in FORMATS:
+        raise KvmopsError("Image format %r is not supported: use one of %s." % (spec.format, ", ".join(FORMATS)))
+    if isinstance(spec.virtual_size, bool) or not isinstance(spec.virtual_size, int) or spec.virtual_size <= 0:
+        raise KvmopsError("virtual_size must be a positive integer number of bytes, got %r." % (spec.virtual_size,))
+    if spec.virtual_size % 512:
+        raise KvmopsError("virtual size %d bytes of %s is not a multiple of 512: QEMU counts image sizes in "
+                          "512-byte sectors (qemu-img info of the source reports a multiple of 512); use the "
+                          "source's virtual size from qemu-img info." % (spec.virtual_size, spec.path))
+    if spec.format == "raw" and (spec.cluster_size or spec.compat or spec.backing_file):
+        raise KvmopsError("cluster_size, compat and backing_file apply to qcow2 only (image %s is raw)." % spec.path)
+    if spec.backing_file and not spec.backing_format:
+        raise KvmopsError("backing_format is required with backing_file (never let qemu probe the base of %s)."
+                          % spec.path)
+
+
+def _describe(geo: Geometry | None) -> dict[str, t.Any]:
+    if geo is None:
+        return {"exists": False}
+    out = geo.as_dict()
+    out["exists"] = True
+    return out
+
+
+def _wanted(spec: ImageSpec, kind: str) -> dict[str, t.Any]:
+    out = {"exists": True, "path": spec.path, "format": spec.format, "virtual_size": spec.virtual_size,
+           "kind": kind}
+    if spec.format == "qcow2":
+        out.update({"cluster_size": spec.cluster_size, "compat": spec.compat,
+                    "backing_file": spec.backing_file, "backing_format": spec.backing_format})
+    return out
+
+
+def _mismatch(spec: ImageSpec, geo: Geometry) -> list[str]:
+    diffs = []
+    if geo.format != spec.format:
+        diffs.append("format")
+    if geo.virtual_size != spec.virtual_size:
+        diffs.append("virtual_size")
+    if spec.format == "qcow2" and geo.format == "qcow2":
+        if spec.cluster_size and geo.cluster_size != spec.cluster_size:
+            diffs.append("cluster_size")
+        if spec.compat and geo.compat != spec.compat:
+            diffs.append("compat")
+        if (geo.backing_file or None) != (spec.backing_file or None):
+            diffs.append("backing_file")
+        if spec.backing_file and geo.backing_format != spec.backing_format:
+            diffs.append("backing_format")
+    return diffs
+
+
+def _geometry_text(spec: ImageSpec, geo: Geometry) -> str:
+    return ("dst image %s exists: format %s, virtual size %d bytes; expected %s, %d bytes"
+            % (spec.path, geo.format, geo.virtual_size, spec.format, spec.virtual_size))
+
+
+def _users(ctx: HostContext, path: str) -> list[str]:
+    return list(ctx.in_use.get(os.path.realpath(path), []))
+
+
+def _check_shared(ctx: HostContext, action: str, path: str) -> None:
+    reason = shared_storage_reason(ctx.source_fingerprint, ctx.shared_marker)
+    if reason:
+        raise KvmopsError(
+            "Refusing to %s %s on %s: its storage is shared with the source (%s). A storage "
+            "migration is not needed there: migrate without copy_storage, or choose a destination "
+            "path on local storage." % (action, path, ctx.host, reason), values={"path": path})
+
+
+def ensure_image(spec: ImageSpec, ctx: HostContext) -> dict[str, t.Any]:
+    """Make sure the destination image of ``spec`` exists, exactly, sparse, without ever
+    touching an existing file that is not ours.
+
+    :returns: ``{changed, path, kind, action: created|reused|would_create, before, after,
+        created_dirs, manifest_path, msg}``; ``before``/``after`` are geometries (``exists``).
+    :raises KvmopsError: shared storage; an existing image not ours or of another geometry
+        (message gives both geometries, case C03); a domain uses it; an incremental base
+        missing or different (C02); block device wrong size, inactive or missing (C04);
+        any tool failure.
+    """
+    _validate(spec)
+    _check_shared(ctx, "create", spec.path)
+    if is_block_path(spec.path):
+        return _ensure_block(spec, ctx)
+    return _ensure_file(spec, ctx)
+
+
+def _existing_ours(spec: ImageSpec, ctx: HostContext, kind: str) -> dict[str, t.Any] | None:
+    entry = ctx.manifest.find(ctx.host, spec.path)
+    if entry is None or entry.get("kind") != kind:
+        return None
+    if kind == "file" and entry.get("inode") is not None:
+        with contextlib.suppress(OSError):
+            if os.lstat(spec.path).st_ino != entry["inode"]:
+                return None  # replaced by someone else since we made it
+    return entry
+
+
+def _reuse_or_refuse(spec: ImageSpec, ctx: HostContext, geo: Geometry, kind: str) -> dict[str, t.Any]:
+    diffs = _mismatch(spec, geo)
+    values = {"path": spec.path, "host": ctx.host, "found": geo.as_dict(), "expected": _wanted(spec, kind)}
+    if diffs:
+        raise KvmopsError("%s (differs in %s). It was left untouched: remove or rename it if it is a "
+                          "stale leftover, or fix the requested geometry." % (_geometry_text(spec, geo),
+                                                                              ", ".join(diffs)), values=values)
+    entry = _existing_ours(spec, ctx, kind)
+    if entry is None and not (kind == "lv" and spec.adopt_existing):
+        raise KvmopsError("%s, but it was not created by kvmops.migration (not recorded in %s on %s). "
+                          "It was left untouched: remove it yourself if it is a stale leftover%s."
+                          % (_geometry_text(spec, geo), ctx.manifest.path, ctx.host,
+                             ", or set adopt_existing for a prepared block device" if kind == "lv" else ""),
+                          values=values)
+    users = _users(ctx, spec.path)
+    owner = (entry or {}).get("for_domain") or spec.for_domain
+    foreign = [u for u in users if not (owner and u == owner and u == spec.for_domain)]
+    if foreign:
+        raise KvmopsError("%s and matches, but domain(s) %s on %s use it: it cannot be the target of a "
+                          "copy." % (_geometry_text(spec, geo), ", ".join(foreign), ctx.host), values=values)
+    return {"changed": False, "path": spec.path, "kind": kind, "action": "reused",
+            "before": _describe(geo), "after": _describe(geo), "created_dirs": [],
+            "manifest_path": ctx.manifest.path,
+            "msg": "%s %s on %s already matches (%s, %d bytes)%s." % (
+                "Image" if kind == "file" else "Block device", spec.path, ctx.host, geo.format,
+                geo.virtual_size, "" if entry else ", adopted")}
+
+
+def _verify_base(spec: ImageSpec, ctx: HostContext) -> None:
+    """Case C02: the base of an incremental overlay must be on this host, identical."""
+    base = spec.backing_file or ""
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.dirname(spec.path), base)
+    if not os.path.exists(base):
+        raise KvmopsError("Backing base %s of %s is missing on %s: an incremental copy needs the "
+                          "identical base on the destination first (copy it and verify the checksum), "
+                          "or use a full copy (flat image)." % (base, spec.path, ctx.host),
+                          values={"base": base})
+    if spec.backing_virtual_size is None or not spec.backing_checksum:
+        raise KvmopsError("An incremental overlay %s needs backing_virtual_size and backing_checksum of "
+                          "the source's base %s to prove the destination's base identical." % (spec.path, base))
+    layers = qemu_img_info(base, ctx.runner, backing_chain=False, fmt=spec.backing_format)
+    if layers[0].virtual_size != spec.backing_virtual_size:
+        raise KvmopsError("Backing base %s on %s has virtual size %d bytes; the source's base has %d bytes."
+                          % (base, ctx.host, layers[0].virtual_size, spec.backing_virtual_size),
+                          values={"base": base})
+    algo, _sep, want = spec.backing_checksum.rpartition(":")
+    algo = algo or "sha256"
+    got = file_checksum(base, algo)
+    if got.lower() != want.lower():
+        raise KvmopsError("Backing base %s on %s differs from the source's base: %s %s, expected %s."
+                          % (base, ctx.host, algo, got, want), values={"base": base})
+
+
+def _missing_dirs(directory: str) -> list[str]:
+    missing = []
+    probe = directory
+    while not os.path.exists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise KvmopsError("Cannot create directory %s: %s exists and is not a directory." % (directory, probe))
+    return list(reversed(missing))
+
+
+def _ids(owner: str | int, group: str | int) -> tuple[int, int]:
+    import grp
+    import pwd
+    try:
+        uid = owner if isinstance(owner, int) else pwd.getpwnam(owner).pw_uid
+        gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
+    except KeyError as err:
+        raise KvmopsError("Unknown owner or group %s:%s for image directories." % (owner, group)) from err
+    return int(uid), int(gid)
+
+
+def _make_dirs(dirs: list[str], spec: ImageSpec) -> None:
+    uid, gid = _ids(spec.dir_owner, spec.dir_group)
+    for directory in dirs:
+        os.mkdir(directory, spec.dir_mode)
+        if os.geteuid() == 0:
+            os.chown(directory, uid, gid)
+        os.chmod(directory, spec.dir_mode)
+
+
+def _restorecon(paths: list[str], runner: Runner) -> None:
+    """Reset SELinux contexts of what we created; silently nothing when SELinux is off."""
+    if not paths or runner.which("selinuxenabled") is None:
+        return
+    if runner.run(["selinuxenabled"]).rc != 0:
+        return
+    run_checked(runner, ["restorecon"] + paths, "restore the SELinux context of %s" % ", ".join(paths))
+
+
+def _ensure_file(spec: ImageSpec, ctx: HostContext) -> dict[str, t.Any]:
+    if os.path.lexists(spec.path):
+        if os.path.islink(spec.path) or not os.path.isfile(spec.path):
+            raise KvmopsError("dst image %s exists on %s and is not a regular file (a symlink, directory or "
+                              "device): left untouched." % (spec.path, ctx.host), values={"path": spec.path})
+        geo = qemu_img_info(spec.path, ctx.runner, backing_chain=False)[0]
+        return _reuse_or_refuse(spec, ctx, geo, "file")
+    if spec.backing_file:
+        _verify_base(spec, ctx)
+    dirs = _missing_dirs(os.path.dirname(spec.path))
+    result = {"changed": True, "path": spec.path, "kind": "file", "before": {"exists": False},
+              "after": _wanted(spec, "file"), "created_dirs": dirs, "manifest_path": ctx.manifest.path}
+    if ctx.check_mode:
+        result.update(action="would_create", msg="Would create %s image %s (%d bytes) on %s." % (
+            spec.format, spec.path, spec.virtual_size, ctx.host))
+        return result
+    _make_dirs(dirs, spec)
+    geo = _create_file_exclusive(spec, ctx)
+    ctx.manifest.add({"host": ctx.host, "path": spec.path, "kind": "file", "format": spec.format,
+                      "virtual_size": spec.virtual_size, "created_at": _now(),
+                      "for_domain": spec.for_domain, "inode": os.lstat(spec.path).st_ino})
+    _restorecon(dirs + [spec.path], ctx.runner)
+    result.update(action="created", after=_describe(geo),
+                  msg="Created %s image %s (%d bytes, sparse) on %s." % (spec.format, spec.path,
+                                                                        spec.virtual_size, ctx.host))
+    return result
+
+
+def _create_file_exclusive(spec: ImageSpec, ctx: HostContext) -> Geometry:
+    """Build the image under a temporary name, verify it, link it to its name without replacing."""
+    directory, base = os.path.split(spec.path)
+    tmp = os.path.join(directory, ".%s.kvmops-%s.tmp" % (base, secrets.token_hex(6)))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0), IMAGE_MODE)
+    try:
+        if spec.format == "raw":
+            try:
+                os.ftruncate(fd, spec.virtual_size)
+            finally:
+                os.close(fd)
+        else:
+            os.close(fd)
+            argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+            opts = ["preallocation=off"]
+            if spec.cluster_size:
+                opts.append("cluster_size=%d" % spec.cluster_size)
+            if spec.compat:
+                opts.append("compat=%s" % spec.compat)
+            argv += ["-o", ",".join(opts)]
+            if spec.backing_file:
+                argv += ["-b", spec.backing_file, "-F", spec.backing_format or ""]
+            argv += [tmp, "%d" % spec.virtual_size]
+            run_checked(ctx.runner, argv, "create qcow2 image %s on %s" % (spec.path, ctx.host))
+        geo = qemu_img_info(tmp, ctx.runner, backing_chain=False, fmt=spec.format)[0]
+        diffs = _mismatch(spec, geo)
+        if diffs:
+            raise KvmopsError("The image made for %s on %s came out with format %s, virtual size %d bytes "
+                              "(differs in %s); expected %s, %d bytes. Nothing was put at the path."
+                              % (spec.path, ctx.host, geo.format, geo.virtual_size, ", ".join(diffs),
+                                 spec.format, spec.virtual_size))
+        try:
+            os.link(tmp, spec.path)
+        except FileExistsError as err:
+            raise KvmopsError("dst image %s appeared on %s while we were creating it: it was left untouched."
+                              % (spec.path, ctx.host)) from err
+        except OSError as err:
+            raise KvmopsError("Could not link the new image to %s on %s (the filesystem must support hard "
+                              "links for exclusive creation)." % (spec.path, ctx.host), detail=str(err)) from err
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    geo.path = spec.path
+    geo.allocation = os.stat(spec.path).st_blocks * 512
+    return geo
+
+
+def _lv_names(spec: ImageSpec) -> tuple[str, str]:
+    if spec.lv_vg and spec.lv_name:
+        return spec.lv_vg, spec.lv_name
+    parts = os.path.normpath(spec.path).split("/")
+    if len(parts) == 4 and parts[1] == "dev":
+        return spec.lv_vg or parts[2], spec.lv_name or parts[3]
+    raise KvmopsError("Cannot tell the volume group and LV name of %s: set lv_vg and lv_name." % spec.path)
+
+
+def block_device_exists(path: str, host: str = "this host") -> bool:
+    """True for an existing block device, False when nothing is there.
+
+    :raises KvmopsError: something else (a file, a directory) is at the path.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISBLK(mode):
+        raise KvmopsError("%s on %s is not a block device: left untouched." % (path, host))
+    return True
+
+
+def _ensure_block(spec: ImageSpec, ctx: HostContext) -> dict[str, t.Any]:
+    """Block targets, case C04: an active device of exactly ``virtual_size`` bytes."""
+    if spec.format != "raw":
+        raise KvmopsError("Block target %s must hold raw data; format %s on a block device is not "
+                          "supported (qemu-img create is never run on a block path)." % (spec.path, spec.format))
+    if block_device_exists(spec.path, ctx.host):
+        geo = block_geometry(spec.path, ctx.runner)
+        if geo.virtual_size != spec.virtual_size:
+            raise KvmopsError("Block device %s on %s has %d bytes; the source disk has %d bytes: the "
+                              "destination must have exactly that size (LVs round up to extents; compare "
+                              "bytes). Left untouched." % (spec.path, ctx.host, geo.virtual_size, spec.virtual_size),
+                              values={"path": spec.path, "found": geo.virtual_size, "expected": spec.virtual_size})
+        if geo.lv and not geo.lv["active"]:
+            raise KvmopsError("LV %s on %s is inactive: activate it (lvchange -ay %s/%s)." % (
+                spec.path, ctx.host, geo.lv["vg_name"], geo.lv["lv_name"]))
+        if block_busy(spec.path):
+            raise KvmopsError("Block device %s on %s is mounted or held by another device: it cannot be the "
+                              "target of a copy." % (spec.path, ctx.host))
+        return _reuse_or_refuse(spec, ctx, geo, "lv")
+    vg, name = _lv_names(spec)
+    if not spec.lv_create:
+        raise KvmopsError("Block device %s is missing on %s: create an LV of exactly %d bytes "
+                          "(lvcreate -L %db -n %s %s) or set lv_create." % (
+                              spec.path, ctx.host, spec.virtual_size, spec.virtual_size, name, vg),
+                          values={"path": spec.path, "expected": spec.virtual_size})
+    vgi = parse_vgs(run_checked(ctx.runner, ["vgs", "--reportformat", "json", "--units", "b", "--nosuffix",
+                                             "-o", "vg_name,vg_extent_size,vg_free", vg],
+                                "read volume group %s on %s" % (vg, ctx.host)))
+    extent = vgi["extent_size"] or 1
+    if spec.virtual_size % extent:
+        rounded = -(-spec.virtual_size // extent) * extent
+        raise KvmopsError("An LV of %d bytes cannot be made in VG %s on %s: extents of %d bytes would round "
+                          "it up to %d bytes and the copy needs exactly %d." % (
+                              spec.virtual_size, vg, ctx.host, extent, rounded, spec.virtual_size))
+    if spec.lv_thin_pool:
+        free = thin_pool_free(vg, spec.lv_thin_pool, ctx.runner)
+        if free < spec.virtual_size:
+            raise KvmopsError("Thin pool %s/%s on %s has %d bytes free; the source disk %s has %d bytes." % (
+                vg, spec.lv_thin_pool, ctx.host, free, spec.path, spec.virtual_size),
+                values={"pool_free": free, "expected": spec.virtual_size})
+        argv = ["lvcreate", "-y", "-V", "%db" % spec.virtual_size, "-T", "%s/%s" % (vg, spec.lv_thin_pool),
+                "-n", name]
+    else:
+        if vgi["free"] < spec.virtual_size:
+            raise KvmopsError("VG %s on %s has %d bytes free; LV %s needs %d bytes." % (
+                vg, ctx.host, vgi["free"], spec.path, spec.virtual_size))
+        argv = ["lvcreate", "-y", "-L", "%db" % spec.virtual_size, "-n", name, vg]
+    result = {"changed": True, "path": spec.path, "kind": "lv", "before": {"exists": False},
+              "after": _wanted(spec, "lv"), "created_dirs": [], "manifest_path": ctx.manifest.path}
+    if ctx.check_mode:
+        result.update(action="would_create", msg="Would create LV %s/%s (%d bytes) on %s." % (
+            vg, name, spec.virtual_size, ctx.host))
+        return result
+    run_checked(ctx.runner, argv, "create LV %s/%s on %s" % (vg, name, ctx.host))
+    ctx.manifest.add({"host": ctx.host, "path": spec.path, "kind": "lv", "format": "raw",
+                      "virtual_size": spec.virtual_size, "created_at": _now(), "for_domain": spec.for_domain})
+    geo = block_geometry(spec.path, ctx.runner)
+    if geo.virtual_size != spec.virtual_size:
+        raise KvmopsError("LV %s on %s came out with %d bytes, expected %d (it is recorded as ours; remove it "
+                          "with state=absent)." % (spec.path, ctx.host, geo.virtual_size, spec.virtual_size))
+    result.update(action="created", after=_describe(geo),
+                  msg="Created LV %s (%d bytes) on %s." % (spec.path, spec.virtual_size, ctx.host))
+    return result
+
+
+def remove_image(path: str, ctx: HostContext) -> dict[str, t.Any]:
+    """``state: absent``: remove an image only when the manifest records it as ours and no
+    domain uses it.
+
+    :returns: ``{changed, path, action: removed|would_remove|absent, before, after, msg}``.
+    :raises KvmopsError: the path exists and is not ours (left untouched), is in use, is shared
+        with the source, or removal failed.
+    """
+    _check_shared(ctx, "delete", path)
+    kind = "lv" if is_block_path(path) else "file"
+    entry = ctx.manifest.find(ctx.host, path)
+    exists = block_device_exists(path, ctx.host) if kind == "lv" else os.path.lexists(path)
+    result: dict[str, t.Any] = {"changed": False, "path": path, "kind": kind, "before": {"exists": exists},
+                                "after": {"exists": False}, "manifest_path": ctx.manifest.path}
+    if not exists:
+        if entry is not None and not ctx.check_mode:
+            ctx.manifest.remove(ctx.host, path)
+        result.update(action="absent", msg="%s is absent on %s." % (path, ctx.host))
+        return result
+    if entry is None or entry.get("kind") != kind or (
+            kind == "file" and entry.get("inode") is not None and os.lstat(path).st_ino != entry["inode"]):
+        raise KvmopsError("%s on %s was not created by kvmops.migration (not recorded in %s): it was left "
+                          "untouched." % (path, ctx.host, ctx.manifest.path), values={"path": path})
+    users = _users(ctx, path)
+    if users:
+        raise KvmopsError("%s on %s is used by domain(s) %s: it was left in place." % (
+            path, ctx.host, ", ".join(users)), values={"path": path, "domains": users})
+    if kind == "file":
+        if qemu_holds_lock(path, ctx.runner):
+            raise KvmopsError("%s on %s is locked by a running QEMU: it was left in place." % (path, ctx.host))
+        geo = qemu_img_info(path, ctx.runner, backing_chain=False)[0]
+    else:
+        if block_busy(path):
+            raise KvmopsError("%s on %s is mounted or held: it was left in place." % (path, ctx.host))
+        geo = block_geometry(path, ctx.runner)
+    result.update(changed=True, before=_describe(geo))
+    if ctx.check_mode:
+        result.update(action="would_remove", msg="Would remove %s on %s." % (path, ctx.host))
+        return result
+    if kind == "file":
+        os.unlink(path)
+    else:
+        lv = geo.lv or {}
+        target = "%s/%s" % (lv.get("vg_name"), lv.get("lv_name")) if lv else path
+        run_checked(ctx.runner, ["lvremove", "-y", target], "remove LV %s on %s" % (path, ctx.host))
+    ctx.manifest.remove(ctx.host, path)
+    result.update(action="removed", msg="Removed %s on %s." % (path, ctx.host))
+    return result
+
+
+# --------------------------------------------------------------------------- disk facts
+def describe_disk(disk: dict[str, t.Any], runner: Runner, force_share: bool = True,
+                  checksums: bool = False) -> dict[str, t.Any]:
+    """Add geometry to a ``_domain_xml.parse_disk`` dict (or ``{path}``): ``exists, kind,
+    virtual_size, allocation, cluster_size, compat, backing: [{path, format, virtual_size,
+    allocation[, checksum]}], lv, fingerprint``. Sizes in bytes. A missing source gives
+    ``exists: False`` (nothing raised): the caller decides (C13: missing ISO).
+    """
+    out = dict(disk)
+    path = out.get("path")
+    out.update({"exists": False, "kind": None, "virtual_size": None, "allocation": None,
+                "cluster_size": None, "compat": None, "lv": None, "fingerprint": None})
+    out.setdefault("backing", [])
+    if not path or out.get("type") == "network":
+        return out
+    if not os.path.exists(path):
+        return out
+    layers = geometry(path, runner, force_share=force_share)
+    top = layers[0]
+    out.update({"exists": True, "kind": top.kind, "format": out.get("format") or top.format,
+                "detected_format": top.format, "virtual_size": top.virtual_size, "allocation": top.allocation,
+                "cluster_size": top.cluster_size, "compat": top.compat, "lv": top.lv,
+                "fingerprint": storage_fingerprint(path) if top.kind == "file" else None})
+    chain = []
+    for layer in layers[1:]:
+        item = {"path": layer.path, "format": layer.format, "virtual_size": layer.virtual_size,
+                "allocation": layer.allocation, "backing_file": layer.backing_file}
+        if checksums and os.path.isfile(layer.path):
+            item["checksum"] = "sha256:" + file_checksum(layer.path)
+        chain.append(item)
+    if len(layers) > 1 or not out["backing"]:
+        out["backing"] = chain
+    out["backing_file"] = top.backing_file
+    out["backing_format"] = top.backing_format
+    return out
+
+
+# --------------------------------------------------------------------------- module entry points
+def _volume_path(conn: t.Any, pool: str, volume: str, uri: str) -> str | None:
+    from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import libvirt_errors
+    with libvirt_errors("resolve volume %s in pool %s" % (volume, pool), uri):
+        return str(conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path())
+
+
+def disk_info(params: dict[str, t.Any], runner: Runner | None = None,
+              connect: t.Callable[..., t.Any] | None = None) -> dict[str, t.Any]:
+    """Backend of the ``disk_info`` module.
+
+    :param params: ``{domain, paths, uri, force_share, checksums}``.
+    :param connect: ``connection(uri, readonly=True)`` context manager (``_libvirt.connection``).
+    :returns: ``{domain: {name, uuid, active}|None, disks: [...], copy_set: [targets]}``.
+    :raises KvmopsError: domain not found, libvirt or qemu-img failure.
+    """
+    runner = runner or SubprocessRunner()
+    force = bool(params.get("force_share", True))
+    checksums = bool(params.get("checksums", False))
+    result: dict[str, t.Any] = {"domain": None, "disks": [], "copy_set": []}
+    if params.get("domain"):
+        if connect is None:
+            from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import connection
+            connect = connection
+        from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import (
+            lookup_domain, libvirt_errors)
+        uri = params.get("uri") or "qemu:///system"
+        with connect(uri, readonly=True) as conn:
+            dom = lookup_domain(conn, params["domain"])
+            with libvirt_errors("read domain %s" % params["domain"], uri):
+                active = bool(dom.isActive())
+                xml = dom.XMLDesc(0)
+            facts = _domain_xml.domain_facts(xml)
+            disk_list = facts["disks"]
+            for disk in disk_list:
+                if disk["type"] == "volume" and disk.get("pool") and disk.get("volume"):
+                    disk["path"] = _volume_path(conn, disk["pool"], disk["volume"], uri)
+        result["domain"] = {"name": facts["name"], "uuid": facts["uuid"], "active": active}
+        force = force or active
+    else:
+        disk_list = []
+        for path in params.get("paths") or []:
+            block = is_block_path(path)
+            disk_list.append({"target": None, "device": "disk", "type": "block" if block else "file",
+                              "path": path, "format": None, "readonly": False, "shareable": False,
+                              "backing": []})
+    result["disks"] = [describe_disk(d, runner, force_share=force, checksums=checksums) for d in disk_list]
+    if result["domain"] is not None:
+        result["copy_set"] = _domain_xml.copy_set(result["disks"])
+    return result
+
+
+def _mode(value: t.Any) -> int:
+    if value is None:
+        return DEFAULT_DIR_MODE
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value), 8)
+    except ValueError as err:
+        raise KvmopsError("dir_mode %r is not an octal mode such as '0711'." % value) from err
+
+
+def disk_image(params: dict[str, t.Any], check_mode: bool = False, runner: Runner | None = None,
+               connect: t.Callable[..., t.Any] | None = None) -> dict[str, t.Any]:
+    """Backend of the ``disk_image`` module: read the state, compare, act (unless check mode).
+
+    :param params: the module's options (see its DOCUMENTATION).
+    :param connect: ``connection(uri, readonly=True)``; used to list the paths libvirt domains use.
+    :returns: :func:`ensure_image` / :func:`remove_image` result plus ``diff: {before, after}``.
+    :raises KvmopsError: see :func:`ensure_image` and :func:`remove_image`.
+    """
+    runner = runner or SubprocessRunner()
+    if connect is None:
+        from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import connection
+        connect = connection
+    uri = params.get("uri") or "qemu:///system"
+    with connect(uri, readonly=True) as conn:
+        from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import libvirt_errors
+        with libvirt_errors("list the domains and their disks", uri):
+            in_use = paths_in_use(conn)
+    ctx = HostContext(host=params.get("host") or socket.gethostname(), runner=runner,
+                      manifest=Manifest(params.get("manifest_path") or DEFAULT_MANIFEST), in_use=in_use,
+                      check_mode=check_mode, source_fingerprint=params.get("source_fingerprint"),
+                      shared_marker=params.get("shared_marker"))
+    if params.get("state", "present") == "absent":
+        result = remove_image(params["path"], ctx)
+    else:
+        spec = ImageSpec(
+            path=params["path"], format=params.get("format") or "raw",
+            virtual_size=params.get("virtual_size") or 0, cluster_size=params.get("cluster_size"),
+            compat=params.get("compat"), backing_file=params.get("backing_file"),
+            backing_format=params.get("backing_format"),
+            backing_virtual_size=params.get("backing_virtual_size"),
+            backing_checksum=params.get("backing_checksum"), for_domain=params.get("for_domain"),
+            dir_owner=params.get("dir_owner") or "root", dir_group=params.get("dir_group") or "root",
+            dir_mode=_mode(params.get("dir_mode")), lv_create=bool(params.get("lv_create")),
+            lv_vg=params.get("lv_vg"), lv_name=params.get("lv_name"), lv_thin_pool=params.get("lv_thin_pool"),
+            adopt_existing=bool(params.get("adopt_existing")))
+        result = ensure_image(spec, ctx)
+    result["diff"] = {"before": result["before"], "after": result["after"]}
+    return result

@@ -1,0 +1,463 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: migrate
+short_description: Live-migrate a KVM guest to another libvirt host without shared storage
+version_added: 0.1.0
+description:
+  - Moves one libvirt domain from the host this module runs on (the B(source)) to O(dest_host),
+    copying its writable local disks, like C(virsh migrate --live --persistent --undefinesource
+    --copy-storage-all) but with the copy set computed from the domain XML, explicit data
+    addresses, a completion timeout and a safety check of the destination.
+  - Run it on the B(source) host. It opens the local libvirt (O(source_uri)) and the destination's
+    libvirt (O(dest_uri), by default C(qemu+ssh://root@<dest_host>/system)) from there, so the
+    source host needs key login to the destination for the ssh transport.
+  - The destination images must exist with the right format and size before the move (libvirt
+    cannot create them); prepare them with the collection's image module or role.
+  - The migration and disk data streams go to O(dest_host) by address, so nothing depends on the
+    destination's own host name resolving from the source.
+  - Before moving, the destination is searched for a domain with the guest's name or UUID.
+    A guest that already runs on the destination and not on the source gives C(changed=false).
+    A different domain under the name, a leftover of an aborted run, or the guest running on
+    both hosts stops the module with an explanation; a running copy is never touched.
+  - After a failure the source guest keeps running (it is resumed if the failure left it paused),
+    and whatever this run created on the destination is removed.
+  - A shut-off guest is migrated offline (definition only); libvirt cannot copy storage offline,
+    so that needs O(copy_storage=none).
+  - The module marks the live XML of a guest it migrates with a C(<kvmops:migration run=...>)
+    metadata element (live definition only). It lets a later run recognise a leftover as its own
+    (O(cleanup_leftover)).
+author:
+  - kvmops.migration contributors
+requirements:
+  - libvirt-python (python3-libvirt) on the source host
+  - lxml (python3-lxml) on the source host
+attributes:
+  check_mode:
+    support: full
+    details: Reads both hosts and returns the plan (flags, parameters, disks, URIs, timeout) without moving anything.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: A guest that already runs on the destination and is absent (or shut off) on the source gives C(changed=false).
+options:
+  domain:
+    description: Name or UUID of the guest on the source host.
+    type: str
+    required: true
+    aliases: [name]
+  source_uri:
+    description: libvirt URI of the source host, as seen from the host the module runs on.
+    type: str
+    default: qemu:///system
+  dest_host:
+    description:
+      - Inventory address of the destination host (IPv4, IPv6 literal, or a name that resolves
+        from the source). Used for the connection URI and for the migration and disk data URIs.
+    type: str
+    required: true
+  dest_uri:
+    description:
+      - Full libvirt URI of the destination, for example C(qemu+ssh://root@198.18.0.2/system?keyfile=/root/.ssh/migrate).
+      - Default built from O(transport), O(dest_user) and O(dest_host).
+    type: str
+  dest_user:
+    description: User in the default C(qemu+ssh) destination URI.
+    type: str
+    default: root
+  transport:
+    description: Transport of the default destination URI (C(qemu+ssh) or C(qemu+tls)).
+    type: str
+    choices: [ssh, tls]
+    default: ssh
+  migrate_port:
+    description: TCP port of the memory migration stream on the destination (C(tcp://<dest_host>:<port>)); default chosen by libvirt (49152 and up).
+    type: int
+  disks_port:
+    description: TCP port of the NBD storage stream on the destination; default chosen by libvirt.
+    type: int
+  live:
+    description: Migrate while the guest runs (C(VIR_MIGRATE_LIVE)); false pauses it during the move.
+    type: bool
+    default: true
+  persistent:
+    description: Define the guest persistently on the destination (C(VIR_MIGRATE_PERSIST_DEST)).
+    type: bool
+    default: true
+  undefine_source:
+    description: Remove the definition from the source after success (C(VIR_MIGRATE_UNDEFINE_SOURCE)).
+    type: bool
+    default: true
+  copy_storage:
+    description:
+      - C(all) copies the whole disks (C(VIR_MIGRATE_NON_SHARED_DISK)); C(incremental) copies
+        only the top layer onto an existing identical backing chain (C(VIR_MIGRATE_NON_SHARED_INC));
+        C(none) copies nothing (shared storage; libvirt checks that it is).
+    type: str
+    choices: [all, incremental, none]
+    default: all
+  disks:
+    description:
+      - Targets (C(vda), ...) to copy instead of the computed copy set (every writable,
+        non-shareable, local disk; read-only and cdrom never).
+      - A writable local disk left out is refused unless listed in O(shared_disks).
+    type: list
+    elements: str
+  shared_disks:
+    description: Targets that live on storage both hosts reach; they are not copied (libvirt verifies that they are shared).
+    type: list
+    elements: str
+    default: []
+  detect_zeroes:
+    description:
+      - Do not transfer all-zero blocks of the copied disks (C(VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES),
+        libvirt 10.9 and later). Keeps destination images sparse when the source cannot tell
+        allocation, at some CPU cost. Skipped with a warning on older libvirt.
+    type: bool
+    default: false
+  bandwidth_mibps:
+    description: Bandwidth limit of the migration in MiB/s (C(VIR_MIGRATE_PARAM_BANDWIDTH)); unlimited when not set.
+    type: int
+  max_downtime_ms:
+    description: Maximum tolerable downtime at switch-over in milliseconds (C(virDomainMigrateSetMaxDowntime)), set once the job runs.
+    type: int
+  auto_converge:
+    description: Throttle the guest's vCPUs when memory does not converge (C(VIR_MIGRATE_AUTO_CONVERGE)).
+    type: bool
+    default: false
+  auto_converge_initial:
+    description: Initial vCPU throttling in percent for O(auto_converge).
+    type: int
+  auto_converge_increment:
+    description: Throttling increment in percent for O(auto_converge).
+    type: int
+  compression:
+    description: Compression methods of the memory stream (C(VIR_MIGRATE_COMPRESSED)); C(zlib) and C(zstd) need O(parallel_connections).
+    type: list
+    elements: str
+    choices: [xbzrle, mt, zlib, zstd]
+    default: []
+  parallel_connections:
+    description: Number of parallel memory connections (C(VIR_MIGRATE_PARALLEL)); not set or 0 disables parallel migration.
+    type: int
+  tls:
+    description: Encrypt the memory and disk streams with QEMU's native TLS (C(VIR_MIGRATE_TLS)); both hosts need migration certificates.
+    type: bool
+    default: false
+  tls_destination:
+    description: Host name the destination's TLS certificate is checked against, when O(dest_host) is an address (C(VIR_MIGRATE_PARAM_TLS_DESTINATION)).
+    type: str
+  postcopy:
+    description:
+      - Allow switching to post-copy (C(VIR_MIGRATE_POSTCOPY)). Only used on this explicit opt-in,
+        and only switched on by O(timeout_action=postcopy). A failure during post-copy loses the guest.
+    type: bool
+    default: false
+  timeout_s_per_gib:
+    description:
+      - Completion timeout in seconds per GiB of memory plus copied disk allocation (as Nova's
+        C(live_migration_completion_timeout)). 0 disables the timeout.
+    type: float
+    default: 800
+  timeout_min_s:
+    description: Lower bound of the completion timeout in seconds.
+    type: float
+    default: 300
+  timeout_action:
+    description:
+      - What happens when the completion timeout passes. C(abort) cancels the job (C(virDomainAbortJob));
+        the guest stays on the source. C(postcopy) switches to post-copy (needs O(postcopy=true))
+        when the memory phase runs, and aborts while disks are still being copied.
+    type: str
+    choices: [abort, postcopy]
+    default: abort
+  abort_grace_s:
+    description: Seconds to wait for an aborted job to end before the module gives up and reports it.
+    type: float
+    default: 120
+  poll_interval_s:
+    description: Seconds between two job statistics polls.
+    type: float
+    default: 1
+  dest_name:
+    description: Name of the guest on the destination (C(VIR_MIGRATE_PARAM_DEST_NAME)); default the source name.
+    type: str
+  dest_xml:
+    description: Domain XML for the destination's live definition (C(VIR_MIGRATE_PARAM_DEST_XML)); must keep the guest ABI.
+    type: str
+  persist_xml:
+    description: Domain XML for the destination's persistent definition (C(VIR_MIGRATE_PARAM_PERSIST_XML)).
+    type: str
+  unsafe:
+    description: Force a migration libvirt considers unsafe (C(VIR_MIGRATE_UNSAFE)), for example with a disk cache mode other than none on shared storage. Never set on your behalf.
+    type: bool
+    default: false
+  cleanup_leftover:
+    description:
+      - Remove a paused leftover of an aborted migration of this guest from the destination before
+        migrating, but only when it carries this collection's marker and the guest runs on the source.
+    type: bool
+    default: false
+  progress_file:
+    description:
+      - Path on the source host to append one JSON line of progress per poll to (phase, percent,
+        bytes remaining, dirty rate). Useful with C(async) tasks. Created with mode 0640 if missing; never truncated.
+    type: path
+notes:
+  - Progress lines are also written to the system log of the source host (C(module.log)).
+  - The result statistics come from libvirt's completed job statistics, read on the destination
+    (libvirt transfers them there at the end of a migration) or on the source.
+seealso:
+  - name: libvirt migration
+    description: Migration modes, flags and parameters.
+    link: https://libvirt.org/migration.html
+"""
+
+EXAMPLES = r"""
+- name: Move vm1 from this host to 198.18.0.2, copying its disks
+  kvmops.migration.migrate:
+    domain: vm1
+    dest_host: 198.18.0.2
+  delegate_to: "{{ source_host }}"
+
+- name: Bounded migration with a bandwidth limit and a progress file
+  kvmops.migration.migrate:
+    domain: vm1
+    dest_host: 198.18.0.2
+    bandwidth_mibps: 100
+    max_downtime_ms: 300
+    auto_converge: true
+    timeout_s_per_gib: 120
+    timeout_min_s: 60
+    progress_file: /var/tmp/vm1-migration.jsonl
+  async: 7200
+  poll: 10
+
+- name: Show what would be done
+  kvmops.migration.migrate:
+    domain: vm1
+    dest_host: "fd00::2"
+    migrate_port: 49152
+    disks_port: 49153
+  check_mode: true
+  register: plan
+
+- name: Opt in to post-copy when the memory does not converge in time
+  kvmops.migration.migrate:
+    domain: busy-db
+    dest_host: 198.18.0.2
+    postcopy: true
+    timeout_action: postcopy
+"""
+
+RETURN = r"""
+state:
+  description: C(migrated), C(already_migrated) (nothing done) or C(planned) (check mode).
+  returned: always
+  type: str
+  sample: migrated
+domain:
+  description: Name of the guest on the source.
+  returned: always
+  type: str
+uuid:
+  description: UUID of the guest.
+  returned: always
+  type: str
+source:
+  description: libvirt URI of the source.
+  returned: always
+  type: str
+destination:
+  description: The destination address (O(dest_host)).
+  returned: always
+  type: str
+now_on:
+  description: Where the guest is after the run (the destination address, or the source URI in check mode).
+  returned: always
+  type: str
+dest_state:
+  description: State of the guest on the destination (C(running), C(paused), C(shutoff)).
+  returned: when the guest is on the destination
+  type: str
+case:
+  description: The destination state found before moving (C11 of the collection's field cases), C(none) when clean.
+  returned: always
+  type: str
+plan:
+  description: The migration that is (or would be) run.
+  returned: when a migration is planned or run
+  type: dict
+  contains:
+    flags:
+      description: Names of the C(VIR_MIGRATE_*) flags.
+      type: list
+      elements: str
+      sample: [VIR_MIGRATE_LIVE, VIR_MIGRATE_PERSIST_DEST, VIR_MIGRATE_UNDEFINE_SOURCE, VIR_MIGRATE_NON_SHARED_DISK]
+    flags_value:
+      description: The flags as a number.
+      type: int
+    params:
+      description: libvirt's typed migration parameters by name (XML documents shortened).
+      type: dict
+      sample: {destination_name: vm1, migrate_uri: "tcp://198.18.0.2", disks_uri: "tcp://198.18.0.2", migrate_disks: [vda, vdb]}
+    disks:
+      description: Targets whose storage is copied.
+      type: list
+      elements: str
+    dest_uri:
+      description: libvirt URI of the destination.
+      type: str
+    migrate_uri:
+      description: Memory stream URI.
+      type: str
+    disks_uri:
+      description: Storage stream URI (libvirt 6.8 and later).
+      type: str
+    offline:
+      description: Whether this is an offline migration (definition only).
+      type: bool
+    data_bytes:
+      description: Memory plus copied disk allocation in bytes, the base of the completion timeout.
+      type: int
+    timeout_s:
+      description: Completion timeout in seconds (null when disabled).
+      type: int
+    warnings:
+      description: Features skipped (for example zero detection on old libvirt).
+      type: list
+      elements: str
+stats:
+  description: Completed job statistics.
+  returned: when migrated
+  type: dict
+  contains:
+    time_ms:
+      description: Total time of the job in milliseconds.
+      type: int
+    downtime_ms:
+      description: Time the guest was paused at switch-over, in milliseconds.
+      type: int
+    setup_ms:
+      description: Setup time in milliseconds.
+      type: int
+    memory_bytes:
+      description: Memory bytes transferred.
+      type: int
+    disk_bytes:
+      description: Disk bytes transferred.
+      type: int
+    data_bytes:
+      description: All bytes transferred.
+      type: int
+    iterations:
+      description: Number of memory passes.
+      type: int
+    dirty_rate_bytes_per_s:
+      description: Guest memory dirty rate in bytes per second at the end.
+      type: int
+    memory_bps:
+      description: Memory transfer rate in bytes per second.
+      type: int
+    disk_bps:
+      description: Disk transfer rate in bytes per second.
+      type: int
+progress:
+  description: The last progress sample (phase, percent, bytes remaining, dirty rate in bytes per second).
+  returned: when migrated
+  type: dict
+escalation:
+  description: Why the completion timeout action was taken, if it was.
+  returned: when migrated
+  type: str
+warnings:
+  description: Things the operator should know (skipped features, notes of the run).
+  returned: always
+  type: list
+  elements: str
+msg:
+  description: One line for the operator.
+  returned: always
+  type: str
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration
+from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+
+
+def argument_spec():
+    return dict(
+        domain=dict(type="str", required=True, aliases=["name"]),
+        source_uri=dict(type="str", default=_libvirt.DEFAULT_URI),
+        dest_host=dict(type="str", required=True),
+        dest_uri=dict(type="str"),
+        dest_user=dict(type="str", default="root"),
+        transport=dict(type="str", choices=["ssh", "tls"], default="ssh"),
+        migrate_port=dict(type="int"),
+        disks_port=dict(type="int"),
+        live=dict(type="bool", default=True),
+        persistent=dict(type="bool", default=True),
+        undefine_source=dict(type="bool", default=True),
+        copy_storage=dict(type="str", choices=["all", "incremental", "none"], default="all"),
+        disks=dict(type="list", elements="str"),
+        shared_disks=dict(type="list", elements="str", default=[]),
+        detect_zeroes=dict(type="bool", default=False),
+        bandwidth_mibps=dict(type="int"),
+        max_downtime_ms=dict(type="int"),
+        auto_converge=dict(type="bool", default=False),
+        auto_converge_initial=dict(type="int"),
+        auto_converge_increment=dict(type="int"),
+        compression=dict(type="list", elements="str", choices=["xbzrle", "mt", "zlib", "zstd"], default=[]),
+        parallel_connections=dict(type="int"),
+        tls=dict(type="bool", default=False),
+        tls_destination=dict(type="str"),
+        postcopy=dict(type="bool", default=False),
+        timeout_s_per_gib=dict(type="float", default=800),
+        timeout_min_s=dict(type="float", default=300),
+        timeout_action=dict(type="str", choices=["abort", "postcopy"], default="abort"),
+        abort_grace_s=dict(type="float", default=120),
+        poll_interval_s=dict(type="float", default=1),
+        dest_name=dict(type="str"),
+        dest_xml=dict(type="str"),
+        persist_xml=dict(type="str"),
+        unsafe=dict(type="bool", default=False),
+        cleanup_leftover=dict(type="bool", default=False),
+        progress_file=dict(type="path"),
+    )
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if not _libvirt.HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=_libvirt.LIBVIRT_IMPORT_ERROR)
+    if not _domain_xml.HAS_LXML:
+        module.fail_json(msg=missing_required_lib("lxml"), exception=_domain_xml.LXML_IMPORT_ERROR)
+
+    params = dict(module.params)
+    progress_file = params.pop("progress_file")
+    opts = _migration.MigrationOptions(**params)
+    runtime = _migration.Runtime(log=module.log,
+                                 progress=_migration.progress_writer(progress_file, module.log))
+    try:
+        result = _migration.run_migration(opts, check_mode=module.check_mode, rt=runtime)
+    except KvmopsError as err:
+        module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

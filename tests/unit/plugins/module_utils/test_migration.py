@@ -1,0 +1,786 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Unit tests of _migration: flags, parameters, URIs, copy set (C12, C13), C09 addresses, the C11
+decision table, the completion timeout and its escalation against recorded job statistics, and
+the whole run against hand-written fakes of libvirt 9.0 and 11.3."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import types
+
+import pytest
+
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration as m
+from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "..", "..", "fixtures", "migration")
+GIB = 1024 ** 3
+
+
+# ------------------------------------------------------------------------------------------
+# Hand-written fake libvirt namespaces
+# ------------------------------------------------------------------------------------------
+
+class FakeLibvirtError(Exception):
+    def __init__(self, msg: str, code: int = 1) -> None:
+        super().__init__(msg)
+        self.code = code
+
+    def get_error_code(self) -> int:
+        return self.code
+
+    def get_error_message(self) -> str:
+        return str(self)
+
+
+#: Constants of libvirt-python 11.3 that _migration uses (values as in the real binding).
+CONSTANTS_11_3 = {
+    "VIR_MIGRATE_LIVE": 1, "VIR_MIGRATE_PEER2PEER": 2, "VIR_MIGRATE_TUNNELLED": 4,
+    "VIR_MIGRATE_PERSIST_DEST": 8, "VIR_MIGRATE_UNDEFINE_SOURCE": 16, "VIR_MIGRATE_PAUSED": 32,
+    "VIR_MIGRATE_NON_SHARED_DISK": 64, "VIR_MIGRATE_NON_SHARED_INC": 128,
+    "VIR_MIGRATE_CHANGE_PROTECTION": 256, "VIR_MIGRATE_UNSAFE": 512, "VIR_MIGRATE_OFFLINE": 1024,
+    "VIR_MIGRATE_COMPRESSED": 2048, "VIR_MIGRATE_ABORT_ON_ERROR": 4096,
+    "VIR_MIGRATE_AUTO_CONVERGE": 8192, "VIR_MIGRATE_POSTCOPY": 32768, "VIR_MIGRATE_TLS": 65536,
+    "VIR_MIGRATE_PARALLEL": 131072,
+    "VIR_MIGRATE_PARAM_URI": "migrate_uri", "VIR_MIGRATE_PARAM_DEST_NAME": "destination_name",
+    "VIR_MIGRATE_PARAM_DEST_XML": "destination_xml", "VIR_MIGRATE_PARAM_PERSIST_XML": "persistent_xml",
+    "VIR_MIGRATE_PARAM_BANDWIDTH": "bandwidth", "VIR_MIGRATE_PARAM_LISTEN_ADDRESS": "listen_address",
+    "VIR_MIGRATE_PARAM_MIGRATE_DISKS": "migrate_disks", "VIR_MIGRATE_PARAM_DISKS_PORT": "disks_port",
+    "VIR_MIGRATE_PARAM_DISKS_URI": "disks_uri", "VIR_MIGRATE_PARAM_COMPRESSION": "compression",
+    "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL": "auto_converge.initial",
+    "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT": "auto_converge.increment",
+    "VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS": "parallel.connections",
+    "VIR_MIGRATE_PARAM_TLS_DESTINATION": "tls.destination",
+    "VIR_MIGRATE_PARAM_COMPRESSION_ZLIB_LEVEL": "compression.zlib.level",
+    "VIR_MIGRATE_PARAM_COMPRESSION_ZSTD_LEVEL": "compression.zstd.level",
+    "VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES": "migrate_disks_detect_zeroes",
+    "VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER": "bandwidth.avail.switchover",
+    "VIR_DOMAIN_JOB_NONE": 0, "VIR_DOMAIN_JOB_BOUNDED": 1, "VIR_DOMAIN_JOB_UNBOUNDED": 2,
+    "VIR_DOMAIN_JOB_COMPLETED": 3, "VIR_DOMAIN_JOB_FAILED": 4, "VIR_DOMAIN_JOB_CANCELLED": 5,
+    "VIR_DOMAIN_JOB_STATS_COMPLETED": 1,
+    "VIR_DOMAIN_JOB_TIME_ELAPSED": "time_elapsed", "VIR_DOMAIN_JOB_DOWNTIME": "downtime",
+    "VIR_DOMAIN_JOB_SETUP_TIME": "setup_time", "VIR_DOMAIN_JOB_DATA_TOTAL": "data_total",
+    "VIR_DOMAIN_JOB_DATA_PROCESSED": "data_processed", "VIR_DOMAIN_JOB_DATA_REMAINING": "data_remaining",
+    "VIR_DOMAIN_JOB_MEMORY_TOTAL": "memory_total", "VIR_DOMAIN_JOB_MEMORY_PROCESSED": "memory_processed",
+    "VIR_DOMAIN_JOB_MEMORY_REMAINING": "memory_remaining",
+    "VIR_DOMAIN_JOB_MEMORY_ITERATION": "memory_iteration",
+    "VIR_DOMAIN_JOB_MEMORY_DIRTY_RATE": "memory_dirty_rate",
+    "VIR_DOMAIN_JOB_MEMORY_PAGE_SIZE": "memory_page_size", "VIR_DOMAIN_JOB_MEMORY_BPS": "memory_bps",
+    "VIR_DOMAIN_JOB_DISK_TOTAL": "disk_total", "VIR_DOMAIN_JOB_DISK_PROCESSED": "disk_processed",
+    "VIR_DOMAIN_JOB_DISK_REMAINING": "disk_remaining", "VIR_DOMAIN_JOB_DISK_BPS": "disk_bps",
+    "VIR_DOMAIN_NOSTATE": 0, "VIR_DOMAIN_RUNNING": 1, "VIR_DOMAIN_BLOCKED": 2, "VIR_DOMAIN_PAUSED": 3,
+    "VIR_DOMAIN_SHUTDOWN": 4, "VIR_DOMAIN_SHUTOFF": 5, "VIR_DOMAIN_CRASHED": 6,
+    "VIR_DOMAIN_PMSUSPENDED": 7, "VIR_DOMAIN_PAUSED_MIGRATION": 2,
+    "VIR_DOMAIN_METADATA_ELEMENT": 2, "VIR_DOMAIN_AFFECT_LIVE": 1,
+    "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM": 8, "VIR_ERR_NO_DOMAIN": 42, "VIR_ERR_NO_DOMAIN_METADATA": 80,
+}
+#: Added after libvirt 9.0 (libvirt-go-module's version table: 9.4, 9.4, 10.9, 11.1).
+NEWER_THAN_9_0 = ("VIR_MIGRATE_PARAM_COMPRESSION_ZLIB_LEVEL", "VIR_MIGRATE_PARAM_COMPRESSION_ZSTD_LEVEL",
+                  "VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES",
+                  "VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER")
+
+
+def fake_libvirt(version: int, missing: tuple[str, ...] = ()) -> types.SimpleNamespace:
+    consts = {k: v for k, v in CONSTANTS_11_3.items() if k not in missing}
+    return types.SimpleNamespace(libvirtError=FakeLibvirtError, getVersion=lambda: version, **consts)
+
+
+LV_11_3 = fake_libvirt(11003000)
+LV_9_0 = fake_libvirt(9000000, NEWER_THAN_9_0)
+LV_6_0 = fake_libvirt(6000000, NEWER_THAN_9_0 + ("VIR_MIGRATE_PARAM_DISKS_URI",))
+BOTH = pytest.mark.parametrize("lv", [LV_9_0, LV_11_3], ids=["libvirt-9.0", "libvirt-11.3"])
+
+
+def test_fake_11_3_matches_the_installed_binding():
+    libvirt = pytest.importorskip("libvirt")
+    if libvirt.getVersion() < 11003000:
+        pytest.skip("installed libvirt-python is older than 11.3")
+    for name, value in CONSTANTS_11_3.items():
+        assert getattr(libvirt, name) == value, name
+
+
+# ------------------------------------------------------------------------------------------
+# Domain XML of the cases
+# ------------------------------------------------------------------------------------------
+
+XML_C12 = """<domain type='kvm'><name>vm12</name><uuid>5b1d8f0e-1c2a-4f6e-8d9b-0a1b2c3d4e5f</uuid>
+<memory unit='GiB'>1</memory><devices>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='writeback'/>
+<source file='/var/lib/libvirt/images/vm12.qcow2'/><target dev='vda' bus='virtio'/></disk>
+<disk type='file' device='disk'><driver name='qemu' type='raw'/>
+<source file='/var/lib/libvirt/images/vm12-data.raw'/><target dev='vdb' bus='virtio'/></disk>
+</devices></domain>"""
+
+XML_C13 = """<domain type='kvm'><name>vm13</name><uuid>6c2e9f1f-2d3b-4a7f-9e0c-1b2c3d4e5f60</uuid>
+<memory unit='MiB'>256</memory><devices>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>
+<source file='/var/lib/libvirt/images/vm13.qcow2'/><target dev='vda' bus='virtio'/></disk>
+<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>
+<source file='/var/lib/libvirt/isos/seed.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
+</devices></domain>"""
+
+
+def disks_of(xml: str) -> list:
+    from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+    return _domain_xml.disks(xml)
+
+
+def source(xml: str = XML_C12, active: bool = True, persistent: bool = True,
+           memory_bytes: int = GIB, disk_bytes: dict | None = None) -> dict:
+    return {"name": "vm12", "uuid": "5b1d8f0e-1c2a-4f6e-8d9b-0a1b2c3d4e5f", "active": active,
+            "persistent": persistent, "state": "running" if active else "shutoff",
+            "memory_bytes": memory_bytes, "disks": disks_of(xml),
+            "disk_bytes": disk_bytes if disk_bytes is not None else {"vda": GIB, "vdb": GIB}}
+
+
+def opts(**kw) -> m.MigrationOptions:
+    kw.setdefault("domain", "vm12")
+    kw.setdefault("dest_host", "198.18.0.2")
+    return m.MigrationOptions(**kw)
+
+
+# ------------------------------------------------------------------------------------------
+# URIs (C09)
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("address, port, expected", [
+    ("198.18.0.2", None, "tcp://198.18.0.2"),
+    ("198.18.0.2", 49152, "tcp://198.18.0.2:49152"),
+    ("fd00::2", None, "tcp://[fd00::2]"),
+    ("fd00::2", 49153, "tcp://[fd00::2]:49153"),
+    ("[fd00::2]", 49153, "tcp://[fd00::2]:49153"),
+    ("hostb.example", 49152, "tcp://hostb.example:49152"),
+])
+def test_data_uri(address, port, expected):
+    assert m.build_data_uri(address, port) == expected
+
+
+@pytest.mark.parametrize("transport, user, port, expected", [
+    ("ssh", "root", None, "qemu+ssh://root@198.18.0.2/system"),
+    ("ssh", "migrator", 2222, "qemu+ssh://migrator@198.18.0.2:2222/system"),
+    ("tls", "root", None, "qemu+tls://198.18.0.2/system"),
+])
+def test_dest_uri(transport, user, port, expected):
+    assert m.build_dest_uri("198.18.0.2", transport, user, port) == expected
+
+
+def test_dest_uri_ipv6():
+    assert m.build_dest_uri("fd00::2") == "qemu+ssh://root@[fd00::2]/system"
+
+
+@BOTH
+def test_c09_data_uris_use_the_inventory_address_not_the_host_name(lv):
+    """C09: 'address resolution failed for hostb:49153' -> explicit migrate and disks URIs."""
+    plan = m.build_plan(opts(dest_host="198.18.0.2", migrate_port=49152, disks_port=49153),
+                        source(), lv)
+    assert plan.params["migrate_uri"] == "tcp://198.18.0.2:49152"
+    assert plan.params["disks_uri"] == "tcp://198.18.0.2:49153"
+    assert plan.dest_uri == "qemu+ssh://root@198.18.0.2/system"
+    assert "listen_address" not in plan.params
+
+
+def test_c09_old_libvirt_without_disks_uri_uses_listen_address_and_port():
+    plan = m.build_plan(opts(dest_host="fd00::2", disks_port=49153), source(), LV_6_0)
+    assert plan.params["listen_address"] == "fd00::2"
+    assert plan.params["disks_port"] == 49153
+    assert plan.params["migrate_uri"] == "tcp://[fd00::2]"
+    assert plan.disks_uri is None
+
+
+# ------------------------------------------------------------------------------------------
+# Flags and parameters
+# ------------------------------------------------------------------------------------------
+
+@BOTH
+def test_default_flags_by_name(lv):
+    plan = m.build_plan(opts(), source(), lv)
+    assert plan.flag_names == ["VIR_MIGRATE_LIVE", "VIR_MIGRATE_PERSIST_DEST",
+                               "VIR_MIGRATE_UNDEFINE_SOURCE", "VIR_MIGRATE_NON_SHARED_DISK"]
+    assert plan.flags == lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PERSIST_DEST | \
+        lv.VIR_MIGRATE_UNDEFINE_SOURCE | lv.VIR_MIGRATE_NON_SHARED_DISK
+    assert "VIR_MIGRATE_UNSAFE" not in plan.flag_names
+    assert "VIR_MIGRATE_POSTCOPY" not in plan.flag_names
+
+
+@BOTH
+def test_every_control_switches_its_flag_and_param(lv):
+    every = opts(persistent=False, undefine_source=False, copy_storage="incremental",
+                 bandwidth_mibps=100, auto_converge=True, auto_converge_initial=20,
+                 auto_converge_increment=10, compression=["xbzrle"], parallel_connections=4,
+                 tls=True, tls_destination="hostb.example", postcopy=True, unsafe=True,
+                 dest_name="vm12-new", dest_xml="<domain/>", persist_xml="<domain/>")
+    plan = m.build_plan(every, source(), lv)
+    assert set(plan.flag_names) == {
+        "VIR_MIGRATE_LIVE", "VIR_MIGRATE_NON_SHARED_INC", "VIR_MIGRATE_AUTO_CONVERGE",
+        "VIR_MIGRATE_COMPRESSED", "VIR_MIGRATE_PARALLEL", "VIR_MIGRATE_POSTCOPY",
+        "VIR_MIGRATE_TLS", "VIR_MIGRATE_UNSAFE"}
+    p = plan.params
+    assert p["bandwidth"] == 100
+    assert p["auto_converge.initial"] == 20 and p["auto_converge.increment"] == 10
+    assert p["compression"] == ["xbzrle"]
+    assert p["parallel.connections"] == 4
+    assert p["tls.destination"] == "hostb.example"
+    assert p["destination_name"] == "vm12-new"
+    assert p["destination_xml"] == "<domain/>" and p["persistent_xml"] == "<domain/>"
+    assert plan.as_result()["params"]["destination_xml"] == "(9 characters of XML)"
+
+
+def test_non_live_drops_the_live_flag():
+    plan = m.build_plan(opts(live=False), source(), LV_11_3)
+    assert "VIR_MIGRATE_LIVE" not in plan.flag_names
+
+
+def test_postcopy_needs_live():
+    with pytest.raises(KvmopsError, match="postcopy needs a live migration"):
+        m.build_plan(opts(live=False, postcopy=True), source(), LV_11_3)
+
+
+def test_timeout_action_postcopy_needs_explicit_opt_in():
+    with pytest.raises(KvmopsError, match="explicit opt-in"):
+        m.build_plan(opts(timeout_action="postcopy"), source(), LV_11_3)
+
+
+def test_zstd_needs_parallel():
+    with pytest.raises(KvmopsError, match="parallel"):
+        m.build_plan(opts(compression=["zstd"]), source(), LV_11_3)
+
+
+def test_zero_detection_on_11_3_lists_the_copied_disks():
+    plan = m.build_plan(opts(detect_zeroes=True), source(), LV_11_3)
+    assert plan.params["migrate_disks_detect_zeroes"] == ["vda", "vdb"]
+    assert plan.warnings == []
+
+
+def test_zero_detection_on_9_0_is_skipped_with_a_warning_not_a_crash():
+    plan = m.build_plan(opts(detect_zeroes=True), source(), LV_9_0)
+    assert "migrate_disks_detect_zeroes" not in plan.params
+    assert "10.9" in plan.warnings[0] and "9.0.0" in plan.warnings[0]
+
+
+def test_missing_flag_in_binding_is_refused_by_name():
+    lv = fake_libvirt(1002000, ("VIR_MIGRATE_PARALLEL",))
+    with pytest.raises(KvmopsError, match="VIR_MIGRATE_PARALLEL"):
+        m.build_plan(opts(parallel_connections=2), source(), lv)
+
+
+def test_transient_source_ignores_undefine_source():
+    plan = m.build_plan(opts(), source(persistent=False), LV_11_3)
+    assert "VIR_MIGRATE_UNDEFINE_SOURCE" not in plan.flag_names
+    assert "transient" in plan.warnings[0]
+
+
+@BOTH
+def test_offline_migration_of_a_shut_off_guest_cannot_copy_storage(lv):
+    with pytest.raises(KvmopsError, match="cannot copy disks") as err:
+        m.build_plan(opts(), source(active=False), lv)
+    assert err.value.values["disks"] == ["vda", "vdb"]
+
+
+@BOTH
+def test_offline_migration_with_copy_storage_none(lv):
+    plan = m.build_plan(opts(copy_storage="none"), source(active=False), lv)
+    assert plan.flag_names == ["VIR_MIGRATE_OFFLINE", "VIR_MIGRATE_PERSIST_DEST",
+                               "VIR_MIGRATE_UNDEFINE_SOURCE"]
+    assert plan.params == {"destination_name": "vm12"}
+    assert plan.migrate_uri is None and plan.timeout_s is None and plan.offline
+
+
+def test_offline_migration_needs_persistent():
+    with pytest.raises(KvmopsError, match="persistent: true"):
+        m.build_plan(opts(copy_storage="none", persistent=False), source(active=False), LV_11_3)
+
+
+def test_copy_storage_none_sets_no_storage_flag_nor_disks():
+    plan = m.build_plan(opts(copy_storage="none"), source(), LV_11_3)
+    assert not {"VIR_MIGRATE_NON_SHARED_DISK", "VIR_MIGRATE_NON_SHARED_INC"} & set(plan.flag_names)
+    assert "migrate_disks" not in plan.params and "disks_uri" not in plan.params
+
+
+# ------------------------------------------------------------------------------------------
+# Copy set: C12, C13
+# ------------------------------------------------------------------------------------------
+
+def test_c12_copy_set_is_explicit_and_complete():
+    """C12: vda (writeback qcow2) and vdb (raw) are both writable local disks: both copied,
+    passed explicitly as migrate_disks, and the unsafe flag is not added."""
+    plan = m.build_plan(opts(), source(XML_C12), LV_11_3)
+    assert plan.params["migrate_disks"] == ["vda", "vdb"]
+    assert "VIR_MIGRATE_UNSAFE" not in plan.flag_names
+
+
+def test_c12_copying_only_vda_is_refused():
+    with pytest.raises(KvmopsError, match="vdb") as err:
+        m.build_plan(opts(disks=["vda"]), source(XML_C12), LV_11_3)
+    assert "Unsafe migration" in err.value.msg
+    assert err.value.values["left_out"] == ["vdb"]
+
+
+def test_c12_left_out_disk_declared_shared_is_accepted_without_unsafe_flag():
+    plan = m.build_plan(opts(disks=["vda"], shared_disks=["vdb"]), source(XML_C12), LV_11_3)
+    assert plan.params["migrate_disks"] == ["vda"]
+    assert "VIR_MIGRATE_UNSAFE" not in plan.flag_names
+
+
+def test_c13_cdrom_is_never_in_the_copy_set():
+    src = source(XML_C13, disk_bytes={"vda": GIB})
+    plan = m.build_plan(opts(domain="vm13"), dict(src, name="vm13"), LV_11_3)
+    assert plan.params["migrate_disks"] == ["vda"]
+    assert plan.disks == ["vda"]
+
+
+def test_c13_selecting_the_cdrom_is_refused():
+    src = dict(source(XML_C13, disk_bytes={"vda": GIB}), name="vm13")
+    with pytest.raises(KvmopsError, match="sda"):
+        m.build_plan(opts(domain="vm13", disks=["vda", "sda"]), src, LV_11_3)
+
+
+# ------------------------------------------------------------------------------------------
+# Completion timeout and escalation
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data_bytes, per_gib, floor, expected", [
+    (3 * GIB, 800, 300, 2400),
+    (GIB // 4, 800, 300, 300),          # floor
+    (GIB + 1, 10, 0, 11),               # rounded up
+    (5 * GIB, 0, 300, None),            # disabled
+])
+def test_completion_timeout_scales_per_gib(data_bytes, per_gib, floor, expected):
+    assert m.completion_timeout_s(data_bytes, per_gib, floor) == expected
+
+
+def test_plan_timeout_counts_memory_and_copied_disk_allocation():
+    plan = m.build_plan(opts(timeout_s_per_gib=100, timeout_min_s=10), source(memory_bytes=GIB,
+                        disk_bytes={"vda": GIB, "vdb": 2 * GIB}), LV_11_3)
+    assert plan.data_bytes == 4 * GIB
+    assert plan.timeout_s == 400
+
+
+def load(name: str) -> dict:
+    with open(os.path.join(FIXTURES, name)) as handle:
+        return json.load(handle)
+
+
+def replay(fixture: dict, monitor: m.MigrationMonitor) -> list:
+    return [(s["elapsed_s"], monitor.observe(s["stats"], s["elapsed_s"])) for s in fixture["samples"]]
+
+
+@BOTH
+def test_converging_job_never_escalates(lv):
+    fx = load("jobstats_converging.json")
+    timeout = m.completion_timeout_s(fx["memory_bytes"] + fx["disk_bytes"], 800, 300)
+    actions = replay(fx, m.MigrationMonitor(timeout, "abort", max_downtime_ms=300, lv=lv))
+    assert actions[0] == (0.0, "set_downtime")
+    assert {a for _t, a in actions[1:]} == {"wait"}
+
+
+def test_progress_sample_of_converging_job():
+    fx = load("jobstats_converging.json")
+    first = m.progress_from_stats(fx["samples"][1]["stats"], 0.5, LV_11_3)
+    assert first["phase"] == "storage" and first["percent"] == 50.0
+    last = m.progress_from_stats(fx["samples"][-1]["stats"], 2.0, LV_11_3)
+    assert last["phase"] == "memory" and last["memory_iteration"] == 2
+    assert last["data_remaining_bytes"] == 4 * 1024 * 1024
+    assert last["dirty_rate_bytes_per_s"] == 150 * 4096
+
+
+def test_not_converging_job_is_aborted_at_the_timeout_then_given_up_after_grace():
+    fx = load("jobstats_not_converging.json")
+    monitor = m.MigrationMonitor(10, "abort", abort_grace_s=8, lv=LV_11_3)
+    actions = replay(fx, monitor)
+    assert [t for t, a in actions if a == "abort"] == [10.0]
+    assert all(a == "wait" for t, a in actions if t < 10.0)
+    assert [t for t, a in actions if a == "give_up"][0] == 20.0
+    assert "completion timeout of 10 s" in monitor.reason
+
+
+def test_not_converging_job_switches_to_postcopy_once_when_opted_in():
+    fx = load("jobstats_postcopy.json")
+    monitor = m.MigrationMonitor(10, "postcopy", lv=LV_9_0)
+    actions = replay(fx, monitor)
+    assert [t for t, a in actions if a == "postcopy"] == [10.0]
+    assert "abort" not in {a for _t, a in actions} and "give_up" not in {a for _t, a in actions}
+    assert "post-copy" in monitor.reason
+
+
+def test_postcopy_action_during_storage_copy_aborts():
+    fx = load("jobstats_converging.json")
+    monitor = m.MigrationMonitor(0.5, "postcopy", lv=LV_11_3)
+    actions = replay(fx, monitor)
+    assert ("0.5", "abort") == (str(actions[1][0]), actions[1][1])
+    assert "post-copy cannot move disk data" in monitor.reason
+
+
+def test_completed_stats_map_to_the_result():
+    fx = load("jobstats_converging.json")
+    res = m.result_from_stats(fx["completed"], LV_9_0)
+    assert res["time_ms"] == 2100 and res["downtime_ms"] == 112 and res["setup_ms"] == 5
+    assert res["memory_bytes"] == 94371840 and res["disk_bytes"] == 134217728
+    assert res["iterations"] == 3 and res["dirty_rate_bytes_per_s"] == 150 * 4096
+
+
+def test_waiter_stops_at_deadline_and_on_result():
+    clock = {"now": 0.0}
+
+    def sleep(s):
+        clock["now"] += s
+    ticks = m.timing(1.0, 3.0, clock=lambda: clock["now"], sleep=sleep)
+    assert m.wait_for(lambda elapsed: None, ticks) is None
+    assert clock["now"] == 3.0
+    ticks = m.timing(1.0, None, clock=lambda: clock["now"], sleep=sleep)
+    assert m.wait_for(lambda elapsed: "done" if elapsed >= 2 else None, ticks) == "done"
+
+
+def test_progress_writer_appends_json_lines(tmp_path):
+    path = str(tmp_path / "progress.jsonl")
+    lines = []
+    write = m.progress_writer(path, lines.append)
+    write({"phase": "memory", "percent": 50.0})
+    write({"phase": "memory", "percent": 90.0})
+    with open(path) as handle:
+        assert [json.loads(x)["percent"] for x in handle] == [50.0, 90.0]
+    assert len(lines) == 2 and "memory 90.0%" in lines[1]
+
+
+# ------------------------------------------------------------------------------------------
+# C11 decision table
+# ------------------------------------------------------------------------------------------
+
+UUID = "5b1d8f0e-1c2a-4f6e-8d9b-0a1b2c3d4e5f"
+OTHER = "11111111-2222-3333-4444-555555555555"
+
+
+def dom_info(state="running", uuid=UUID, name="vm12", persistent=True, ours=False):
+    return {"name": name, "uuid": uuid, "state": state, "persistent": persistent, "ours": ours,
+            "active": state not in ("shutoff",)}
+
+
+SRC_RUNNING = dom_info()
+
+
+def decide(src, by_name, by_uuid, cleanup=False):
+    return m.classify_destination(src, by_name, by_uuid, dest_name="vm12", dest="hostb",
+                                  cleanup_leftover=cleanup)
+
+
+def test_c11_clean_destination_migrates():
+    assert decide(SRC_RUNNING, None, None).action == "migrate"
+
+
+def test_c11_a_other_uuid_under_the_name_fails():
+    other = dom_info("shutoff", uuid=OTHER)
+    d = decide(SRC_RUNNING, other, None)
+    assert (d.action, d.case) == ("fail", "a")
+    assert OTHER in d.msg and "dest_name" in d.msg
+
+
+def test_c11_a_uuid_used_by_another_name_fails():
+    d = decide(SRC_RUNNING, None, dom_info("shutoff", name="vm12-old"))
+    assert (d.action, d.case) == ("fail", "a")
+
+
+def test_c11_b_paused_leftover_fails_with_instructions():
+    d = decide(SRC_RUNNING, dom_info("paused"), dom_info("paused", ours=True))
+    assert (d.action, d.case) == ("fail", "b")
+    assert "virsh -c hostb destroy vm12" in d.msg and "cleanup_leftover" in d.msg
+
+
+def test_c11_b_paused_leftover_not_ours_is_never_cleaned():
+    d = decide(SRC_RUNNING, dom_info("paused"), dom_info("paused"), cleanup=True)
+    assert (d.action, d.case) == ("fail", "b")
+    assert "not known to be ours" in d.msg
+
+
+def test_c11_b_paused_leftover_ours_is_cleaned_when_asked():
+    d = decide(SRC_RUNNING, dom_info("paused", ours=True), dom_info("paused", ours=True), cleanup=True)
+    assert (d.action, d.case) == ("cleanup_then_migrate", "b")
+
+
+def test_c11_c_already_migrated_is_a_noop():
+    d = decide(None, dom_info(), dom_info())
+    assert (d.action, d.case) == ("noop", "c")
+
+
+def test_c11_c_already_migrated_with_inactive_source_definition_is_a_noop():
+    d = decide(dom_info("shutoff"), dom_info(), dom_info())
+    assert (d.action, d.case) == ("noop", "c")
+
+
+def test_c11_d_running_on_both_stops():
+    d = decide(SRC_RUNNING, dom_info(), dom_info())
+    assert (d.action, d.case) == ("fail", "d")
+    assert d.msg.startswith("STOP") and "Nothing was touched" in d.msg
+
+
+def test_c11_d_running_on_both_under_other_uuid_stops():
+    d = decide(SRC_RUNNING, dom_info(uuid=OTHER), None)
+    assert (d.action, d.case) == ("fail", "d")
+
+
+def test_c11_inactive_definition_with_same_uuid_is_replaced():
+    d = decide(SRC_RUNNING, dom_info("shutoff"), dom_info("shutoff"))
+    assert d.action == "migrate" and "replaces" in d.msg
+
+
+def test_c11_absent_everywhere_fails():
+    assert decide(None, None, None).action == "fail"
+
+
+def test_c11_paused_on_destination_absent_on_source_is_not_touched():
+    d = decide(None, dom_info("paused"), dom_info("paused"))
+    assert d.action == "fail" and "post-copy" in d.msg
+
+
+# ------------------------------------------------------------------------------------------
+# The whole run against fakes
+# ------------------------------------------------------------------------------------------
+
+class FakeDomain:
+    def __init__(self, lv, name, uuid, xml, state="running", persistent=True, samples=None,
+                 completed=None, conn=None):
+        self.lv, self._name, self._uuid, self.xml = lv, name, uuid, xml
+        self._state, self.persistent, self.conn = state, persistent, conn
+        self.samples = list(samples or [])
+        self.completed = completed
+        self.calls: list = []
+        self.metadata_xml = None
+        self.finished = threading.Event()
+        self.aborted = False
+        self.pause_during_migration = False
+
+    def name(self):
+        return self._name
+
+    def UUIDString(self):
+        return self._uuid
+
+    def state(self):
+        code = {"running": 1, "paused": 3, "shutoff": 5}[self._state]
+        return [code, 0]
+
+    def isActive(self):
+        return self._state != "shutoff"
+
+    def isPersistent(self):
+        return self.persistent
+
+    def XMLDesc(self, flags=0):
+        return self.xml
+
+    def info(self):
+        return [self.state()[0], 1048576, 1048576, 1, 0]
+
+    def blockInfo(self, target):
+        return [10 * GIB, 128 * 1024 * 1024, 10 * GIB]
+
+    def metadata(self, kind, uri, flags=0):
+        if self.metadata_xml is None:
+            raise FakeLibvirtError("metadata not found", code=80)
+        return self.metadata_xml
+
+    def setMetadata(self, kind, xml, key, uri, flags=0):
+        self.calls.append("setMetadata")
+        self.metadata_xml = xml
+
+    def jobStats(self, flags=0):
+        if flags == self.lv.VIR_DOMAIN_JOB_STATS_COMPLETED:
+            return self.completed or {"type": 0}
+        if not self.samples:
+            return {"type": 0}
+        sample = self.samples.pop(0) if len(self.samples) > 1 else self.samples[0]
+        if len(self.samples) == 1 and getattr(self, "finish_after_samples", False):
+            self.finished.set()
+        return sample["stats"]
+
+    def migrateSetMaxDowntime(self, ms, flags=0):
+        self.calls.append(("migrateSetMaxDowntime", ms))
+
+    def abortJob(self):
+        self.calls.append("abortJob")
+        self.aborted = True
+        self.finished.set()
+
+    def migrateStartPostCopy(self, flags=0):
+        self.calls.append("migrateStartPostCopy")
+        self.finish_after_samples = True
+        self.samples = self.samples[-1:]
+        self.finished.set()
+
+    def resume(self):
+        self.calls.append("resume")
+        self._state = "running"
+
+    def destroy(self):
+        self.calls.append("destroy")
+        self._state = "shutoff"
+        if not self.persistent:
+            self.conn.remove(self)
+
+    def undefineFlags(self, flags):
+        self.calls.append(("undefineFlags", flags))
+        if self._state == "shutoff":
+            self.conn.remove(self)
+        self.persistent = False
+
+    def migrate3(self, dconn, params, flags):
+        self.calls.append(("migrate3", dict(params), flags))
+        incoming = FakeDomain(self.lv, params.get("destination_name", self._name), self._uuid,
+                              self.xml, state="paused", persistent=False, conn=dconn)
+        incoming.metadata_xml = self.metadata_xml
+        dconn.add(incoming)
+        if self.pause_during_migration:
+            self._state = "paused"
+        self.finished.wait(10)
+        if self.aborted:
+            raise FakeLibvirtError("operation aborted: migration out job: canceled by client")
+        incoming._state = "running"
+        incoming.persistent = bool(flags & self.lv.VIR_MIGRATE_PERSIST_DEST)
+        incoming.completed = self.completed
+        self._state = "shutoff"
+        if flags & self.lv.VIR_MIGRATE_UNDEFINE_SOURCE:
+            self.conn.remove(self)
+        return incoming
+
+
+class FakeConn:
+    def __init__(self, uri, domains=()):
+        self.uri = uri
+        self.domains: list = []
+        for dom in domains:
+            self.add(dom)
+
+    def add(self, dom):
+        dom.conn = self
+        self.domains.append(dom)
+
+    def remove(self, dom):
+        self.domains.remove(dom)
+
+    def getURI(self):
+        return self.uri
+
+    def _lookup(self, pred, key):
+        for dom in self.domains:
+            if pred(dom):
+                return dom
+        raise FakeLibvirtError("Domain not found: %s" % key, code=42)
+
+    def lookupByName(self, name):
+        return self._lookup(lambda d: d.name() == name, name)
+
+    def lookupByUUIDString(self, uuid):
+        return self._lookup(lambda d: d.UUIDString() == uuid, uuid)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+        threading.Event().wait(0.002)  # let the worker thread run
+
+
+def setup_run(lv, fixture, **kw):
+    fx = load(fixture)
+    sdom = FakeDomain(lv, "vm12", UUID, XML_C12, samples=fx["samples"], completed=fx["completed"])
+    sconn = FakeConn("qemu:///system", [sdom])
+    dconn = FakeConn("qemu+ssh://root@198.18.0.2/system")
+    clock = FakeClock()
+    progress: list = []
+    rt = m.Runtime(lv=lv, clock=clock, sleep=clock.sleep, progress=progress.append)
+    return sdom, sconn, dconn, rt, progress, opts(poll_interval_s=0.5, **kw)
+
+
+@BOTH
+def test_check_mode_returns_the_plan_and_moves_nothing(lv):
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_converging.json")
+    res = m.migrate_domain(o, sconn, dconn, check_mode=True, rt=rt)
+    assert res["changed"] is True and res["state"] == "planned"
+    assert res["plan"]["flags"][0] == "VIR_MIGRATE_LIVE"
+    assert res["plan"]["disks"] == ["vda", "vdb"]
+    assert res["plan"]["migrate_uri"] == "tcp://198.18.0.2"
+    assert sdom.calls == [] and dconn.domains == []
+
+
+@BOTH
+def test_successful_run_reports_completed_stats_from_the_destination(lv):
+    sdom, sconn, dconn, rt, progress, o = setup_run(lv, "jobstats_converging.json",
+                                                    max_downtime_ms=300)
+    sdom.finish_after_samples = True
+    res = m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert res["changed"] is True and res["state"] == "migrated"
+    assert res["stats"]["downtime_ms"] == 112 and res["stats"]["iterations"] == 3
+    assert res["dest_state"] == "running" and res["now_on"] == "198.18.0.2"
+    assert ("migrateSetMaxDowntime", 300) in sdom.calls
+    assert sconn.domains == [] and [d.name() for d in dconn.domains] == ["vm12"]
+    assert progress and progress[0]["phase"] == "storage"
+    call = [c for c in sdom.calls if isinstance(c, tuple) and c[0] == "migrate3"][0]
+    assert call[1]["migrate_disks"] == ["vda", "vdb"]
+
+
+@BOTH
+def test_rerun_after_success_is_not_changed(lv):
+    dconn = FakeConn("qemu+ssh://root@198.18.0.2/system",
+                     [FakeDomain(lv, "vm12", UUID, XML_C12, state="running")])
+    sconn = FakeConn("qemu:///system")
+    res = m.migrate_domain(opts(), sconn, dconn, rt=m.Runtime(lv=lv))
+    assert res["changed"] is False and res["state"] == "already_migrated" and res["case"] == "c"
+
+
+@BOTH
+def test_timeout_aborts_resumes_the_source_and_leaves_nothing_on_the_destination(lv):
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_not_converging.json",
+                                              timeout_s_per_gib=1, timeout_min_s=10)
+    sdom.pause_during_migration = True
+    with pytest.raises(KvmopsError) as err:
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    msg = err.value.msg
+    assert "completion timeout of 10 s" in msg and "198.18.0.2" in msg
+    assert "resumed" in msg and "destroyed" in msg
+    assert "canceled by client" in err.value.detail
+    assert "abortJob" in sdom.calls and "resume" in sdom.calls
+    assert dconn.domains == [] and sconn.domains == [sdom] and sdom.isActive()
+
+
+def test_timeout_with_postcopy_switches_and_completes():
+    lv = LV_11_3
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_postcopy.json", postcopy=True,
+                                              timeout_action="postcopy", timeout_s_per_gib=1,
+                                              timeout_min_s=10)
+    res = m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert "migrateStartPostCopy" in sdom.calls and "abortJob" not in sdom.calls
+    assert res["state"] == "migrated" and "post-copy" in res["escalation"]
+    assert res["stats"]["downtime_ms"] == 35
+
+
+def test_c11_d_run_touches_nothing():
+    lv = LV_11_3
+    sdom = FakeDomain(lv, "vm12", UUID, XML_C12)
+    ddom = FakeDomain(lv, "vm12", UUID, XML_C12)
+    sconn, dconn = FakeConn("qemu:///system", [sdom]), FakeConn("qemu+ssh://x/system", [ddom])
+    with pytest.raises(KvmopsError, match="STOP"):
+        m.migrate_domain(opts(cleanup_leftover=True), sconn, dconn, rt=m.Runtime(lv=lv))
+    assert sdom.calls == [] and ddom.calls == []
+
+
+def test_c11_b_run_cleans_our_leftover_then_migrates():
+    lv = LV_11_3
+    fx = load("jobstats_converging.json")
+    sdom = FakeDomain(lv, "vm12", UUID, XML_C12, samples=fx["samples"], completed=fx["completed"])
+    sdom.finish_after_samples = True
+    left = FakeDomain(lv, "vm12", UUID, XML_C12, state="paused", persistent=False)
+    left.metadata_xml = '<migration run="abc" source="qemu:///system" started="1"/>'
+    sconn, dconn = FakeConn("qemu:///system", [sdom]), FakeConn("qemu+ssh://x/system", [left])
+    clock = FakeClock()
+    res = m.migrate_domain(opts(cleanup_leftover=True, poll_interval_s=0.5), sconn, dconn,
+                           rt=m.Runtime(lv=lv, clock=clock, sleep=clock.sleep))
+    assert "destroy" in left.calls and left not in dconn.domains
+    assert res["state"] == "migrated" and res["case"] == "b"

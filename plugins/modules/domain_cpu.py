@@ -31,7 +31,7 @@ description:
     the result says RV(effective=next cold boot). A shut-off guest gets the new CPU at its next
     start, and a cold migration moves the normalised definition.
 author:
-  - kvmops.migration contributors
+  - kvmops.migration contributors (@kvmops)
 requirements:
   - libvirt-python (python3-libvirt) on the host the module runs on
   - lxml (python3-lxml)
@@ -102,6 +102,7 @@ attributes:
     support: full
     description: The C(<cpu>) element before and after.
   idempotent:
+    support: full
     description: A second run with the same input reports no change (canonicalised C(<cpu>)).
 notes:
   - Hosts are compared with the virttype given; a KVM host whose host-model cannot start (nested

@@ -28,8 +28,9 @@ def fixture(name: str) -> str:
 class FakeLibvirtError(libvirt.libvirtError):
     """A libvirtError carrying a message and code without a real libvirt failure."""
 
-    def __init__(self, msg, code=libvirt.VIR_ERR_CPU_INCOMPATIBLE):
-        Exception.__init__(self, msg)
+    def __init__(self, msg, code=libvirt.VIR_ERR_CPU_INCOMPATIBLE):  # pylint: disable=super-init-not-called
+        # libvirtError.__init__ would read libvirt's last error; keep only our text and code
+        self.args = (msg,)
         self.msg = msg
         self.code = code
 

@@ -261,7 +261,7 @@ def parse_vgs(text: str) -> dict[str, t.Any]:
 
 def _bytes(value: t.Any) -> int:
     text = str(value or "0").strip().rstrip("Bb")
-    return int(text.split(".")[0]) if text else 0
+    return int(text.split(".", maxsplit=1)[0]) if text else 0
 
 
 _LVS_FIELDS = "lv_name,vg_name,lv_path,lv_size,lv_attr,pool_lv,data_percent"
@@ -826,8 +826,8 @@ def _ensure_file(spec: ImageSpec, ctx: HostContext) -> dict[str, t.Any]:
                       "for_domain": spec.for_domain, "inode": os.lstat(spec.path).st_ino})
     _restorecon(dirs + [spec.path], ctx.runner)
     result.update(action="created", after=_describe(geo),
-                  msg="Created %s image %s (%d bytes, sparse) on %s." % (spec.format, spec.path,
-                                                                        spec.virtual_size, ctx.host))
+                  msg="Created %s image %s (%d bytes, sparse) on %s." % (
+                      spec.format, spec.path, spec.virtual_size, ctx.host))
     return result
 
 

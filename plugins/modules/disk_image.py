@@ -40,7 +40,7 @@ description:
   - Shared storage is refused for both states when O(source_fingerprint) or O(shared_marker)
     shows that this host sees the source's storage.
 author:
-  - kvmops.migration contributors
+  - kvmops.migration contributors (@kvmops)
 requirements:
   - libvirt-python (python3-libvirt) on the host the module runs on (to find the images in use)
   - lxml (python3-lxml)
@@ -192,7 +192,7 @@ EXAMPLES = r"""
   delegate_to: hosta
   register: src
 
-- name: Create the destination images (full copy: flat, sparse, exact size)
+- name: Create the destination images for a full copy (flat, sparse, exact size)
   kvmops.migration.disk_image:
     path: "{{ item.path }}"
     format: "{{ item.format }}"

@@ -19,12 +19,12 @@ description:
     human-readable text.
   - Block devices are measured with C(blockdev --getsize64); LVM facts are added where the device
     is a logical volume (C(lvs --reportformat json --units b)).
-  - Each disk of a domain also says whether a storage migration copies it (RV(disks[].copy)):
+  - "Each disk of a domain also says whether a storage migration copies it (RV(disks[].copy)):
     writable, non-shareable, local (file, block, volume) disks with a source. Read-only, cdrom,
-    shareable and network disks are never copied.
+    shareable and network disks are never copied."
   - Changes nothing.
 author:
-  - kvmops.migration contributors
+  - kvmops.migration contributors (@kvmops)
 requirements:
   - libvirt-python (python3-libvirt) on the host the module runs on, when O(domain) is used
   - lxml (python3-lxml)
@@ -108,9 +108,9 @@ domain:
   returned: always
   type: dict
   contains:
-    name: {description: Domain name., type: str}
-    uuid: {description: Domain UUID., type: str}
-    active: {description: Whether the domain is running (or paused)., type: bool}
+    name: {description: "Domain name.", type: str}
+    uuid: {description: "Domain UUID.", type: str}
+    active: {description: "Whether the domain is running (or paused).", type: bool}
 copy_set:
   description: Target names of the disks a storage migration copies (libvirt's C(migrate_disks)).
   returned: always
@@ -123,42 +123,42 @@ disks:
   type: list
   elements: dict
   contains:
-    target: {description: Target device (C(vda)); null for O(paths)., type: str}
-    bus: {description: Target bus (virtio, sata, scsi, ...)., type: str}
+    target: {description: "Target device (C(vda)); null for O(paths).", type: str}
+    bus: {description: "Target bus (virtio, sata, scsi, ...).", type: str}
     device: {description: "C(disk), C(cdrom), C(floppy) or C(lun).", type: str}
     type: {description: "Disk type: C(file), C(block), C(volume) or C(network).", type: str}
-    path: {description: Source path on this host (a pool volume resolved to its path)., type: str}
-    pool: {description: Storage pool of a volume disk., type: str}
-    volume: {description: Volume name of a volume disk., type: str}
-    protocol: {description: Protocol of a network disk (rbd, nbd, iscsi, ...)., type: str}
-    name: {description: Name of a network disk's source., type: str}
-    exists: {description: Whether the source exists on this host., type: bool}
+    path: {description: "Source path on this host (a pool volume resolved to its path).", type: str}
+    pool: {description: "Storage pool of a volume disk.", type: str}
+    volume: {description: "Volume name of a volume disk.", type: str}
+    protocol: {description: "Protocol of a network disk (rbd, nbd, iscsi, ...).", type: str}
+    name: {description: "Name of a network disk's source.", type: str}
+    exists: {description: "Whether the source exists on this host.", type: bool}
     kind: {description: "C(file) or C(block) as found on the host.", type: str}
     format: {description: "Format: the domain's driver type, else what qemu-img detected.", type: str}
-    detected_format: {description: Format reported by qemu-img (C(raw) for block devices)., type: str}
-    virtual_size: {description: Guest-visible size in bytes., type: int, sample: 21474836480}
-    allocation: {description: Bytes the image really uses on the host (qemu-img actual-size)., type: int}
-    cluster_size: {description: qcow2 cluster size in bytes., type: int, sample: 65536}
-    compat: {description: qcow2 compatibility level (C(0.10) or C(1.1))., type: str}
-    backing_file: {description: Backing file of the top layer as recorded in the image., type: str}
-    backing_format: {description: Backing format of the top layer., type: str}
+    detected_format: {description: "Format reported by qemu-img (C(raw) for block devices).", type: str}
+    virtual_size: {description: "Guest-visible size in bytes.", type: int, sample: 21474836480}
+    allocation: {description: "Bytes the image really uses on the host (qemu-img actual-size).", type: int}
+    cluster_size: {description: "qcow2 cluster size in bytes.", type: int, sample: 65536}
+    compat: {description: "qcow2 compatibility level (C(0.10) or C(1.1)).", type: str}
+    backing_file: {description: "Backing file of the top layer as recorded in the image.", type: str}
+    backing_format: {description: "Backing format of the top layer.", type: str}
     backing:
       description: The backing chain below the top layer, nearest first.
       type: list
       elements: dict
       contains:
-        path: {description: Layer path., type: str}
-        format: {description: Layer format., type: str}
-        virtual_size: {description: Layer virtual size in bytes., type: int}
-        allocation: {description: Bytes used by the layer on the host., type: int}
+        path: {description: "Layer path.", type: str}
+        format: {description: "Layer format.", type: str}
+        virtual_size: {description: "Layer virtual size in bytes.", type: int}
+        allocation: {description: "Bytes used by the layer on the host.", type: int}
         checksum: {description: "C(sha256:<hex>) of the layer file, with O(checksums=true).", type: str}
-    readonly: {description: Read-only disk (cdroms always)., type: bool}
-    shareable: {description: Disk marked shareable., type: bool}
-    cache: {description: Driver cache mode., type: str}
-    discard: {description: Driver discard mode., type: str}
-    io: {description: Driver io mode., type: str}
-    copy: {description: Whether a storage migration copies this disk., type: bool}
-    copy_reason: {description: Why it is or is not copied., type: str}
+    readonly: {description: "Read-only disk (cdroms always).", type: bool}
+    shareable: {description: "Disk marked shareable.", type: bool}
+    cache: {description: "Driver cache mode.", type: str}
+    discard: {description: "Driver discard mode.", type: str}
+    io: {description: "Driver io mode.", type: str}
+    copy: {description: "Whether a storage migration copies this disk.", type: bool}
+    copy_reason: {description: "Why it is or is not copied.", type: str}
     must_be_shared:
       description: A writable disk that is not copied; it must be storage both hosts reach.
       type: bool
@@ -166,13 +166,13 @@ disks:
       description: LVM facts when the device is a logical volume; sizes in bytes.
       type: dict
       contains:
-        lv_name: {description: LV name., type: str}
-        vg_name: {description: Volume group., type: str}
-        size: {description: LV size in bytes., type: int}
-        active: {description: Whether the LV is active., type: bool}
-        thin: {description: Whether it is a thin volume., type: bool}
-        pool_lv: {description: Thin pool name., type: str}
-        pool_free: {description: Bytes free in the thin pool., type: int}
+        lv_name: {description: "LV name.", type: str}
+        vg_name: {description: "Volume group.", type: str}
+        size: {description: "LV size in bytes.", type: int}
+        active: {description: "Whether the LV is active.", type: bool}
+        thin: {description: "Whether it is a thin volume.", type: bool}
+        pool_lv: {description: "Thin pool name.", type: str}
+        pool_free: {description: "Bytes free in the thin pool.", type: int}
     fingerprint:
       description: >-
         Identity of a file image on this host (C(path), C(inode), C(size) in bytes, C(fsid)); pass

@@ -777,6 +777,8 @@ def _missing_dirs(directory: str) -> list[str]:
 def _ids(owner: str | int, group: str | int) -> tuple[int, int]:
     import grp
     import pwd
+    owner = int(owner) if str(owner).isdigit() else owner
+    group = int(group) if str(group).isdigit() else group
     try:
         uid = owner if isinstance(owner, int) else pwd.getpwnam(owner).pw_uid
         gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid

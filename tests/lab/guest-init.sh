@@ -1,0 +1,44 @@
+# kvmops lab guest: /init of the busybox initramfs.
+# - prints "tick <n> <date -Iseconds>" every second on the serial console (ttyS0);
+# - configures eth1 (the NIC on br-vm) with the address in kvmops.ip= and answers ping;
+# - serves a command shell on eth1 port 2323 for the tests (lab only);
+# - /bin/recwriter writes numbered, checksummed 512-byte records to /dev/vdb.
+/bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    kvmops.probe=1) echo KVMOPS-PROBE-OK; sync; poweroff -f ;;
+    kvmops.ip=*) IPADDR="${arg#kvmops.ip=}" ;;
+  esac
+done
+while read -r mod; do insmod "/lib/modules/$mod" 2>/dev/null; done < /etc/modules.order
+ip link set lo up
+ip link set eth0 up 2>/dev/null
+ip link set eth1 up
+[ -n "$IPADDR" ] && ip addr add "$IPADDR" dev eth1
+cat > /bin/recwriter <<'REC'
+#!/bin/sh
+# recwriter [COUNT] [DELAY]: write records 1..COUNT to /dev/vdb, one 512-byte block each:
+# "REC <n> <payload> <sha256(payload)>"; prints "rec <n>" on the console once fsync'd.
+count=${1:-100000}; delay=${2:-0.05}; n=1
+while [ "$n" -le "$count" ]; do
+  payload="seq=$n t=$(date +%s) $(head -c 24 /dev/urandom | md5sum | cut -c1-32)"
+  sum=$(printf '%s' "$payload" | sha256sum | cut -c1-64)
+  printf '%-511s\n' "REC $n $payload $sum" | dd of=/dev/vdb bs=512 seek="$n" count=1 conv=notrunc,fsync 2>/dev/null
+  echo "rec $n" > /dev/ttyS0
+  n=$((n + 1)); sleep "$delay"
+done
+REC
+chmod +x /bin/recwriter
+( while :; do nc -l -p 2323 -e /bin/sh; done ) </dev/null >/dev/null 2>&1 &
+echo "kvmops guest up: eth1 ${IPADDR:-unconfigured}"
+n=0
+while :; do
+  n=$((n + 1))
+  echo "tick $n $(date -Iseconds)"
+  sleep 1
+done

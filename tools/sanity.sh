@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# ansible-test sanity on a clean copy of the collection placed under
+# ansible_collections/kvmops/migration (as ansible-test requires), offline (--local):
+# its requirements are in .venv/sanity, installed by tools/bootstrap.sh.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+tree="$here/.cache/sanity"
+dest="$tree/ansible_collections/kvmops/migration"
+rm -rf "$tree"
+mkdir -p "$dest"
+cd "$here"
+# tracked and new (not ignored) files only: no venvs, no lab state, no test output
+git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+  [ -e "$f" ] || continue
+  mkdir -p "$dest/$(dirname "$f")"
+  cp -a "$f" "$dest/$f"
+done
+# ansible-test keeps its per-test venvs under ~/.ansible/test: a HOME of our own keeps them
+# apart from other runs. It bootstraps pip in them with a get-pip script it would download from
+# a host these machines cannot reach; a cached stand-in installs the same pip from PyPI's wheel.
+export HOME="$here/.cache/sanity-home"
+pipver=$(sed -n "s/^ *pip='\([0-9.]*\)',$/\1/p" \
+  "$here"/.venv/sanity/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | head -1)
+wheels="$here/.cache/wheels"
+if ! ls "$wheels"/pip-"$pipver"-*.whl >/dev/null 2>&1; then
+  "$here/.venv/sanity/bin/pip" download -q --no-deps --only-binary :all: -d "$wheels" "pip==$pipver"
+fi
+mkdir -p "$HOME/.ansible/test/cache"
+cat > "$HOME/.ansible/test/cache/get_pip_${pipver//./_}.py" <<PY
+# Offline stand-in for get-pip.py $pipver (kvmops tools/sanity.sh): installs pip $pipver from
+# its wheel fetched from PyPI; get-pip's own options (--no-setuptools, --no-wheel) are dropped.
+import glob, sys
+wheel = glob.glob("$wheels/pip-$pipver-*.whl")[0]
+sys.path.insert(0, wheel)
+from pip._internal.cli.main import main
+args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
+sys.exit(main(["install", "--no-index", "--find-links", "$wheels"] + args))
+PY
+cd "$dest"
+# ansible-test lists files with git when inside a work tree: give the copy its own
+git init -q . && git add -A
+export PATH="$here/.venv/sanity/bin:$PATH"
+exec ansible-test sanity --local --python 3.11 --color no "$@"

@@ -52,3 +52,39 @@ def ansible_playbook(*args: str, check: bool = False, timeout: float = 900) -> s
         raise AssertionError("ansible-playbook %s failed (%d):\n%s\n%s" % (" ".join(args), res.returncode,
                                                                           res.stdout[-6000:], res.stderr[-3000:]))
     return res
+
+
+def run_module(host: str, module: str, args: dict, check_mode: bool = False, diff: bool = False,
+               timeout: float = 900) -> dict:
+    """Run one module of ours (``kvmops.migration.NAME`` or any FQCN) on a lab host through
+    ansible-playbook, as a user's task would, and return its result dict (``failed``/``changed``
+    /``msg`` and the module's return values). Uses the json stdout callback."""
+    import tempfile
+
+    import yaml
+
+    play = [{"hosts": host, "gather_facts": False,
+             "tasks": [{"name": "run %s" % module, module: args, "register": "r", "ignore_errors": True}]}]
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=os.path.join(ROOT, ".cache"), delete=False) as f:
+        yaml.safe_dump(play, f)
+        path = f.name
+    try:
+        extra = (["--check"] if check_mode else []) + (["--diff"] if diff else [])
+        env_cb = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
+        old = {k: os.environ.get(k) for k in env_cb}
+        os.environ.update(env_cb)
+        try:
+            res = ansible_playbook(path, *extra, timeout=timeout)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    finally:
+        os.unlink(path)
+    try:
+        data = json.loads(res.stdout[res.stdout.index("{"):])
+    except ValueError as exc:
+        raise AssertionError("no JSON from ansible-playbook:\n%s\n%s" % (res.stdout[-4000:], res.stderr[-2000:])) from exc
+    return data["plays"][0]["tasks"][0]["hosts"][host]

@@ -577,8 +577,8 @@ def classify_destination(source: dict[str, t.Any] | None, by_name: dict[str, t.A
         if not src_runs:
             return Decision("fail", "b", "Guest %s is %s on %s and not running on the source: an "
                             "interrupted (post-copy?) migration; check virsh -c %s domjobinfo %s "
-                            "before removing anything." % (dest_name, by_uuid["state"], dest, dest,
-                                                            dest_name))
+                            "before removing anything."
+                            % (dest_name, by_uuid["state"], dest, dest, dest_name))
         if cleanup_leftover and by_uuid.get("ours"):
             return Decision("cleanup_then_migrate", "b", "Removing the %s leftover of an earlier "
                             "kvmops migration of %s from %s." % (by_uuid["state"], dest_name, dest))
@@ -849,8 +849,8 @@ def write_marker(dom: t.Any, run_id: str, source: str, lv: t.Any) -> bool:
     kind = _const(lv, "VIR_DOMAIN_METADATA_ELEMENT")
     if kind is None:
         return False
-    xml = '<migration run="%s" source="%s" started="%d"/>' % (run_id, source.replace('"', ""),
-                                                             int(time.time()))
+    xml = '<migration run="%s" source="%s" started="%d"/>' % (
+        run_id, source.replace('"', ""), int(time.time()))
     try:
         dom.setMetadata(kind, xml, METADATA_KEY, METADATA_URI,
                         _const(lv, "VIR_DOMAIN_AFFECT_LIVE") or 0)
@@ -967,8 +967,8 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         result["warnings"].append(decision.msg)
     if check_mode:
         return dict(result, changed=True, state="planned", now_on=src_where,
-                    msg="Would migrate %s to %s (%s)." % (source["name"], opts.dest_host,
-                                                         ", ".join(plan.flag_names)))
+                    msg="Would migrate %s to %s (%s)." % (
+                        source["name"], opts.dest_host, ", ".join(plan.flag_names)))
 
     if decision.action == "cleanup_then_migrate":
         _remove_leftover(d_by_uuid, by_uuid, dest_label, lv)

@@ -35,17 +35,20 @@ description:
     metadata element (live definition only). It lets a later run recognise a leftover as its own
     (O(cleanup_leftover)).
 author:
-  - kvmops.migration contributors
+  - kvmops.migration contributors (!UNKNOWN)
 requirements:
   - libvirt-python (python3-libvirt) on the source host
   - lxml (python3-lxml) on the source host
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reads both hosts and returns the plan (flags, parameters, disks, URIs, timeout) without moving anything.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: A guest that already runs on the destination and is absent (or shut off) on the source gives C(changed=false).
 options:
@@ -197,7 +200,9 @@ options:
     description: Domain XML for the destination's persistent definition (C(VIR_MIGRATE_PARAM_PERSIST_XML)).
     type: str
   unsafe:
-    description: Force a migration libvirt considers unsafe (C(VIR_MIGRATE_UNSAFE)), for example with a disk cache mode other than none on shared storage. Never set on your behalf.
+    description:
+      - Force a migration libvirt considers unsafe (C(VIR_MIGRATE_UNSAFE)), for example with a disk
+        cache mode other than none on shared storage. Never set on your behalf.
     type: bool
     default: false
   cleanup_leftover:

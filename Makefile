@@ -10,7 +10,7 @@ export KVMOPS_LAB_DIR := $(LAB_DIR)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test units sanity lint integration lab-up lab-down lab-status build bench
+.PHONY: setup demo test units sanity lint integration lab-up lab-down lab-status build collection bench
 
 setup:  ## Debian packages, the pinned .venv, and the collection link for running from a checkout
 	bash tools/bootstrap.sh
@@ -34,7 +34,7 @@ demo: lab-up  ## bring the lab up with its demo guest, then run the main job
 	  echo "demo: playbooks/migrate.yml does not exist yet, so the demo stops here."; \
 	fi
 
-test: setup units sanity lint integration  ## everything CI runs
+test: setup units sanity lint collection integration  ## everything CI runs
 
 units:
 	$(PY) -m pytest -q tests/unit
@@ -50,3 +50,13 @@ integration: setup
 
 build:
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path .cache/build .
+
+collection: build  ## the built tarball installs (offline, --no-deps) and its modules load
+	rm -rf .cache/install
+	$(VENV)/bin/ansible-galaxy collection install --force --no-deps -p .cache/install \
+	  .cache/build/kvmops-migration-$$(sed -n 's/^version: //p' galaxy.yml).tar.gz
+	for m in $$(ls plugins/modules | sed -n 's/\.py$$//p'); do \
+	  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.cache/install ANSIBLE_CONFIG=  \
+	    $(VENV)/bin/ansible-doc -t module kvmops.migration.$$m >/dev/null || exit 1; \
+	done
+	@echo "collection: built, installed into .cache/install, every module's docs load from there"

@@ -1,0 +1,718 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Unit tests of _preflight: one or more per check, the cases of ../shared/cases/CASES.md that
+pre-flight catches as named tests, and whole runs against hand-written fake hosts (CPU
+comparison by test_cpu's FakeConn, which mimics libvirt's messages)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
+from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+
+libvirt = pytest.importorskip("libvirt")
+
+from test_cpu import C06_CPU, FakeLibvirtError, domain, intel_conn, lab_conn  # noqa: E402
+
+GIB = 1024 ** 3
+DST = "198.18.0.2"
+UUID = "5b1d8f0e-1c2a-4f6e-8d9b-0a1b2c3d4e5f"
+
+
+def only(findings, check):
+    found = [f for f in findings if f["check"] == check]
+    assert len(found) == 1, findings
+    return found[0]
+
+
+# ------------------------------------------------------------------------------------------
+# findings and the report
+# ------------------------------------------------------------------------------------------
+
+def test_normalise_maps_cpu_statuses_in_one_place():
+    assert pf.normalise({"check": "cpu", "status": "warn", "host": "h", "msg": "m"})["status"] == "warning"
+    assert pf.normalise({"check": "cpu", "status": "fail", "host": "h", "msg": "m"})["status"] == "error"
+    assert pf.finding("x", "ok", "h", "m", a=1) == {"check": "x", "status": "ok", "host": "h",
+                                                   "msg": "m", "values": {"a": 1}}
+    with pytest.raises(KvmopsError, match="unknown status 'bad'"):
+        pf.normalise({"check": "x", "status": "bad"})
+
+
+def test_report_fails_on_any_error_and_counts():
+    rep = pf.report([pf.finding("a", "ok", "h", "fine"), pf.finding("b", "warn", "h", "hmm"),
+                     pf.finding("c", "error", "h", "broken bridge")])
+    assert rep["ok"] is False
+    assert rep["summary"]["errors"] == 1 and rep["summary"]["warnings"] == 1 and rep["summary"]["oks"] == 1
+    assert "broken bridge" in rep["summary"]["msg"]
+    assert pf.report([pf.finding("a", "ok", "h", "fine")])["ok"] is True
+
+
+# ------------------------------------------------------------------------------------------
+# guest location and state
+# ------------------------------------------------------------------------------------------
+
+def guest(state="running", uuid=UUID, name="vm12", ours=False):
+    return {"name": name, "uuid": uuid, "state": state, "active": state in ("running", "paused", "blocked"),
+            "persistent": True, "ours": ours, "reason": 0, "run": None}
+
+
+def test_location_exactly_once_on_the_source():
+    assert pf.check_location("vm12", "hosta", {"hosta": guest(), "hostc": None})["status"] == "ok"
+
+
+def test_location_found_twice_is_an_error_naming_the_hosts():
+    f = pf.check_location("vm12", "hosta", {"hosta": guest(), "hostc": guest("shutoff")})
+    assert f["status"] == "error" and "hosta: running" in f["msg"] and "hostc: shutoff" in f["msg"]
+
+
+def test_location_not_found_or_elsewhere():
+    assert pf.check_location("vm12", "hosta", {"hosta": None})["status"] == "error"
+    f = pf.check_location("vm12", "hosta", {"hosta": None, "hostc": guest()})
+    assert f["status"] == "error" and "is on hostc, not on the source" in f["msg"]
+
+
+@pytest.mark.parametrize("state,required,status", [
+    ("running", "running", "ok"), ("shutoff", "running", "error"), ("running", "shut off", "error"),
+    ("shutoff", "shut off", "ok"), ("paused", "any", "warning"), ("shutoff", "any", "ok")])
+def test_state_as_required(state, required, status):
+    assert pf.check_state(guest(state), required, "hosta")["status"] == status
+
+
+# ------------------------------------------------------------------------------------------
+# C10 same host
+# ------------------------------------------------------------------------------------------
+
+def test_c10_same_host_uuid_names_uuid_and_host_uuid_setting():
+    f = pf.check_distinct_hosts({"host": "hosta", "uuid": "36333932-3634-4252-4332-30363052334e", "hostname": "a"},
+                                {"host": DST, "uuid": "36333932-3634-4252-4332-30363052334e", "hostname": "b"},
+                                DST, False)
+    assert f["status"] == "error"
+    assert "36333932-3634-4252-4332-30363052334e" in f["msg"]
+    assert "host_uuid" in f["msg"] and "libvirtd.conf" in f["msg"]
+
+
+def test_c10_destination_address_is_the_source():
+    f = pf.check_distinct_hosts({"host": "hosta", "uuid": "u1"}, {"host": DST, "uuid": "u2"}, DST, True)
+    assert f["status"] == "error" and "address of the source host itself" in f["msg"]
+    ok = pf.check_distinct_hosts({"host": "hosta", "uuid": "u1"}, {"host": DST, "uuid": "u2"}, DST, False)
+    assert ok["status"] == "ok"
+
+
+def test_is_local_address_for_loopback_and_a_foreign_address():
+    assert pf.is_local_address("127.0.0.1") is True
+    assert pf.is_local_address("192.0.2.77") is False  # TEST-NET-1: never configured here
+
+
+# ------------------------------------------------------------------------------------------
+# C11 the destination domain (decision table of _migration)
+# ------------------------------------------------------------------------------------------
+
+def test_c11a_other_domain_same_name_is_an_error():
+    other = guest("shutoff", uuid="11111111-2222-3333-4444-555555555555")
+    f = pf.check_destination_domain(guest(), other, None, "vm12", DST)
+    assert f["status"] == "error" and f["values"]["case"] == "a"
+    assert "11111111-2222-3333-4444-555555555555" in f["msg"] and "vm12" in f["msg"]
+
+
+def test_c11b_paused_leftover_is_an_error_with_instructions():
+    left = guest("paused")
+    f = pf.check_destination_domain(guest(), left, left, "vm12", DST)
+    assert f["status"] == "error" and f["values"]["case"] == "b"
+    assert "virsh -c %s destroy vm12" % DST in f["msg"]
+    ours = guest("paused", ours=True)
+    w = pf.check_destination_domain(guest(), ours, ours, "vm12", DST, cleanup_leftover=True)
+    assert w["status"] == "warning" and w["values"]["action"] == "cleanup_then_migrate"
+
+
+def test_c11c_already_migrated_is_ok_and_flagged():
+    there = guest("running")
+    f = pf.check_destination_domain(None, there, there, "vm12", DST)
+    assert f["status"] == "ok" and f["values"]["already_migrated"] is True and f["values"]["case"] == "c"
+
+
+def test_c11d_running_on_both_stops():
+    there = guest("running")
+    f = pf.check_destination_domain(guest(), there, there, "vm12", DST)
+    assert f["status"] == "error" and f["values"]["case"] == "d" and f["msg"].startswith("STOP")
+
+
+def test_c11_absent_on_destination_is_ok():
+    f = pf.check_destination_domain(guest(), None, None, "vm12", DST)
+    assert f["status"] == "ok" and f["values"]["case"] == "none"
+
+
+# ------------------------------------------------------------------------------------------
+# C06, C07 CPU, machine, emulator (via _cpu, normalised)
+# ------------------------------------------------------------------------------------------
+
+def test_c06_foreign_vendor_is_an_error():
+    conn = intel_conn()
+    out = pf.check_cpu_all(conn, domain(C06_CPU, machine="pc-i440fx-7.2"), conn.facts("kvm").caps, "intel1")
+    cpu = only(out, "cpu")
+    assert cpu["status"] == "error" and "vendor AMD" in cpu["msg"]
+    assert {f["status"] for f in out} <= set(pf.STATUSES)
+
+
+def test_c07_machine_feature_name_and_emulator():
+    conn = lab_conn()
+    cpu = ("<cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model>"
+           "<feature policy='require' name='arch-facilities'/></cpu>")
+    xml = domain(cpu, machine="pc-i440fx-bionic", virttype="qemu", emulator="/usr/bin/kvm")
+    out = pf.check_cpu_all(conn, xml, conn.facts("qemu").caps, DST)
+    machine = only(out, "machine")
+    assert machine["status"] == "error" and "pc-i440fx-bionic" in machine["msg"]
+    names = only(out, "cpu_feature_names")
+    assert names["status"] == "error" and "arch-facilities" in names["msg"]
+    emu = only(out, "emulator")
+    assert emu["status"] == "warning" and "/usr/bin/kvm" in emu["msg"]
+    assert emu["values"]["dst_emulator"] == "/usr/bin/qemu-system-x86_64"
+
+
+# ------------------------------------------------------------------------------------------
+# memory
+# ------------------------------------------------------------------------------------------
+
+def test_memory_ok_warning_error():
+    assert pf.check_memory("vm1", GIB, 2 * GIB, 3 * GIB, DST)["status"] == "ok"
+    assert pf.check_memory("vm1", 2 * GIB, GIB, 3 * GIB, DST)["status"] == "warning"
+    f = pf.check_memory("vm1", 4 * GIB, GIB, 2 * GIB, DST)
+    assert f["status"] == "error" and str(4 * GIB) in f["msg"] and "vm1" in f["msg"]
+
+
+# ------------------------------------------------------------------------------------------
+# storage: C12 copy set and cache, C01-C05 destination images and space, C13 media
+# ------------------------------------------------------------------------------------------
+
+XML_C12 = """<domain type='kvm'><name>vm12</name><uuid>%s</uuid>
+<memory unit='GiB'>1</memory><devices>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='writeback'/>
+<source file='/var/lib/libvirt/images/vm12.qcow2'/><target dev='vda' bus='virtio'/></disk>
+<disk type='file' device='disk'><driver name='qemu' type='raw'/>
+<source file='/var/lib/libvirt/images/vm12-data.raw'/><target dev='vdb' bus='virtio'/></disk>
+</devices></domain>""" % UUID
+
+
+def test_c12_writable_disk_left_out_is_an_error():
+    disks = _domain_xml.disks(XML_C12)
+    out = pf.check_copy_set(disks, "all", [], {}, DST, selected=["vda"])
+    f = only(out, "copy_set")
+    assert f["status"] == "error" and "vdb" in f["msg"] and "Unsafe migration" in f["msg"]
+    assert f["values"]["left_out"] == ["vdb"]
+
+
+def test_c12_declared_shared_must_be_verified():
+    disks = _domain_xml.disks(XML_C12)
+    out = pf.check_copy_set(disks, "all", ["vdb"], {}, DST)
+    assert only(out, "copy_set")["values"]["copy"] == ["vda"]
+    shared = only(out, "shared_storage")
+    assert shared["status"] == "error" and "vdb" in shared["msg"] and "vm12-data.raw" in shared["msg"]
+    proof = {"vdb": "the same file (inode 12, 5 bytes) is visible on %s" % DST}
+    out = pf.check_copy_set(disks, "all", ["vdb"], proof, DST)
+    assert only(out, "shared_storage")["status"] == "ok"
+
+
+def test_c12_cache_writeback_on_copied_disk_warns_and_on_shared_disk_errors():
+    disks = _domain_xml.disks(XML_C12)
+    vda, vdb = pf.check_cache_modes(disks, ["vda", "vdb"], DST)
+    assert vda["status"] == "warning" and "vda" in vda["msg"] and "writeback" in vda["msg"]
+    # no cache attribute: QEMU's default is writeback, and libvirt treats it as unsafe too
+    assert vdb["status"] == "warning" and vdb["values"]["cache"] == "default"
+    vda, _vdb = pf.check_cache_modes(disks, ["vdb"], DST)  # vda on shared storage
+    assert vda["status"] == "error" and "Unsafe migration" in vda["msg"] and "vda" in vda["msg"]
+    none = _domain_xml.disks(XML_C12.replace("writeback", "none").replace("type='raw'/>", "type='raw' cache='none'/>"))
+    assert [f["status"] for f in pf.check_cache_modes(none, ["vdb"], DST)] == ["ok"]
+
+
+def test_same_file_fingerprints():
+    fp = {"path": "/p", "inode": 5, "size": 10, "fsid": 1}
+    assert pf.same_file(fp, dict(fp, fsid=2)) is True
+    assert pf.same_file(fp, dict(fp, inode=6)) is False
+    assert pf.same_file(fp, None) is False
+
+
+QCOW = {"target": "vda", "path": "/var/lib/libvirt/images/vm1.qcow2", "format": "qcow2",
+        "virtual_size": 21474836480, "allocation": 1 * GIB}
+
+
+def test_c01_destination_image_absent_names_path_format_and_exact_size():
+    dest = pf.DestFiles(disks={QCOW["path"]: {"path": QCOW["path"], "exists": False}})
+    f = pf.check_dest_image(QCOW, dest, DST)
+    assert f["status"] == "warning" and f["values"]["state"] == "absent"
+    assert QCOW["path"] in f["msg"] and "qcow2" in f["msg"] and "21474836480 bytes" in f["msg"]
+    assert "disk_image" in f["msg"]
+
+
+def test_c01_absent_in_a_libvirt_pool_directory_is_ok():
+    dest = pf.DestFiles(pools={"/var/lib/libvirt/images": {"name": "default", "available_bytes": 10}})
+    assert pf.check_dest_image(QCOW, dest, DST)["status"] == "ok"
+
+
+def test_dest_image_without_facts_is_not_verified():
+    f = pf.check_dest_image(QCOW, pf.DestFiles(), DST)
+    assert f["status"] == "warning" and "not verified" in f["msg"]
+
+
+def test_c02_incremental_base_missing_or_different():
+    disk = dict(QCOW, backing=[{"path": "/var/lib/libvirt/images/base.qcow2", "virtual_size": 21474836480,
+                                "checksum": "sha256:aa"}])
+    missing = pf.DestFiles(disks={"/var/lib/libvirt/images/base.qcow2": {"exists": False}})
+    f = only(pf.check_backing(disk, missing, DST), "backing_chain")
+    assert f["status"] == "error" and "base.qcow2" in f["msg"]
+    other = pf.DestFiles(disks={"/var/lib/libvirt/images/base.qcow2": {
+        "exists": True, "virtual_size": 21474836480, "checksum": "sha256:bb"}})
+    assert only(pf.check_backing(disk, other, DST), "backing_chain")["status"] == "error"
+
+
+def test_c03_existing_destination_image_of_another_size_is_an_error():
+    disk = dict(QCOW, virtual_size=22011707392)
+    dest = pf.DestFiles(disks={QCOW["path"]: {"exists": True, "format": "qcow2", "virtual_size": 21474836480}},
+                        manifest=[])
+    f = pf.check_dest_image(disk, dest, DST)
+    assert f["status"] == "error"
+    assert ("dst image %s exists: format qcow2, virtual size 21474836480 bytes; expected qcow2, "
+            "22011707392 bytes" % QCOW["path"]) in f["msg"]
+
+
+def test_c03_matching_image_reused_only_when_ours():
+    seen = {"exists": True, "format": "qcow2", "virtual_size": 21474836480}
+    ours = pf.DestFiles(disks={QCOW["path"]: seen}, manifest=[{"path": QCOW["path"], "for_domain": "vm1"}])
+    assert pf.check_dest_image(QCOW, ours, DST, "vm1")["status"] == "ok"
+    foreign = pf.DestFiles(disks={QCOW["path"]: seen}, manifest=[])
+    f = pf.check_dest_image(QCOW, foreign, DST, "vm1")
+    assert f["status"] == "error" and "not in the manifest" in f["msg"]
+    unknown = pf.DestFiles(disks={QCOW["path"]: seen})
+    assert pf.check_dest_image(QCOW, unknown, DST, "vm1")["status"] == "warning"
+
+
+def test_c04_block_target_compares_bytes():
+    disk = {"target": "vdb", "path": "/dev/vg0/vm1-data", "format": "raw", "virtual_size": 10 * GIB}
+    dest = pf.DestFiles(disks={disk["path"]: {"exists": True, "kind": "block", "format": "raw",
+                                              "virtual_size": 10 * GIB + 4 * 1024 ** 2}}, manifest=[])
+    f = pf.check_dest_image(disk, dest, DST)
+    assert f["status"] == "error" and str(10 * GIB) in f["msg"] and "/dev/vg0/vm1-data" in f["msg"]
+
+
+def test_c05_not_enough_space_names_filesystem_needed_and_free():
+    disk = {"target": "vda", "path": "/var/lib/libvirt/images/vm1.qcow2", "format": "qcow2",
+            "virtual_size": 107374182400, "allocation": 64424509440}
+    dest = pf.DestFiles(disks={disk["path"]: {"exists": False}},
+                        mounts=[{"mount": "/", "device": "/dev/sda1", "size_available": 500 * GIB},
+                                {"mount": "/var/lib/libvirt/images", "device": "/dev/sdb1",
+                                 "size_available": 32212254720}])
+    f = only(pf.check_free_space([disk], dest, DST), "free_space")
+    assert f["status"] == "error"
+    assert "/var/lib/libvirt/images" in f["msg"] and "free 32212254720 bytes" in f["msg"]
+    assert f["values"]["needed_bytes"] > 64424509440 and f["values"]["free_bytes"] == 32212254720
+
+
+def test_free_space_sums_disks_on_one_filesystem_and_skips_existing():
+    a = {"target": "vda", "path": "/img/a.raw", "virtual_size": 10 * GIB, "allocation": 3 * GIB}
+    b = {"target": "vdb", "path": "/img/b.raw", "virtual_size": 10 * GIB, "allocation": 3 * GIB}
+    dest = pf.DestFiles(disks={"/img/a.raw": {"exists": False}, "/img/b.raw": {"exists": False}},
+                        mounts=[{"mount": "/img", "device": "/dev/x", "size_available": 7 * GIB}])
+    f = only(pf.check_free_space([a, b], dest, DST), "free_space")
+    assert f["status"] == "ok" and f["values"]["data_bytes"] == 6 * GIB
+    dest.mounts[0]["size_available"] = 5 * GIB
+    assert only(pf.check_free_space([a, b], dest, DST), "free_space")["status"] == "error"
+    dest.disks["/img/b.raw"] = {"exists": True}
+    assert only(pf.check_free_space([a, b], dest, DST), "free_space")["status"] == "ok"
+    assert only(pf.check_free_space([a], pf.DestFiles(), DST), "free_space")["status"] == "warning"
+
+
+XML_C13 = """<domain type='qemu'><name>vm13</name><uuid>7c9e6679-7425-40de-944b-e07fc1f90ae7</uuid>
+<memory>262144</memory><os><type arch='x86_64' machine='pc'>hvm</type>
+<kernel>/var/lib/kvmops/guest/vmlinuz</kernel><initrd>/var/lib/kvmops/guest/initrd.img</initrd></os>
+<devices><disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>
+<source file='/var/lib/libvirt/images/vm13.raw'/><target dev='vda' bus='virtio'/></disk>
+<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>
+<source file='/var/lib/libvirt/isos/seed.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
+</devices></domain>"""
+
+
+def test_c13_missing_iso_and_kernel_are_errors_naming_the_paths():
+    facts = _domain_xml.domain_facts(XML_C13)
+    req = pf.required_files(facts)
+    assert [r["path"] for r in req] == ["/var/lib/libvirt/isos/seed.iso", "/var/lib/kvmops/guest/vmlinuz",
+                                        "/var/lib/kvmops/guest/initrd.img"]
+    dest = pf.DestFiles(disks={"/var/lib/libvirt/isos/seed.iso": {"exists": False},
+                               "/var/lib/kvmops/guest/vmlinuz": {"exists": False},
+                               "/var/lib/kvmops/guest/initrd.img": {"exists": True}})
+    out = pf.check_required_files(req, dest, DST)
+    iso, kernel, initrd = out
+    assert iso["status"] == "error" and "seed.iso" in iso["msg"] and "eject" in iso["msg"]
+    assert kernel["status"] == "error" and "kernel /var/lib/kvmops/guest/vmlinuz" in kernel["msg"]
+    assert initrd["status"] == "ok"
+    # and the ISO is never in the copy set
+    assert pf.check_copy_set(facts["disks"], "all", [], {}, DST)[0]["values"]["copy"] == ["vda"]
+
+
+def test_missing_nvram_is_a_warning_about_lost_uefi_variables():
+    req = [{"what": "nvram", "path": "/var/lib/libvirt/qemu/nvram/vm1_VARS.fd", "target": None,
+            "virtual_size": None}]
+    f = pf.check_required_files(req, pf.DestFiles(disks={req[0]["path"]: {"exists": False}}), DST)[0]
+    assert f["status"] == "warning" and "UEFI" in f["msg"]
+
+
+# ------------------------------------------------------------------------------------------
+# C08 networks
+# ------------------------------------------------------------------------------------------
+
+NICS = [{"type": "bridge", "source": "br-vlan774", "mac": "52:54:00:00:00:01"},
+        {"type": "network", "source": "default", "mac": "52:54:00:00:00:02"}]
+
+
+def lookup_of(bridges=(), networks=None):
+    networks = networks or {}
+
+    def lookup(kind, name):
+        if kind == "network":
+            return {"exists": name in networks, "active": networks.get(name)}
+        return {"exists": name in bridges, "active": True if name in bridges else None}
+    return lookup
+
+
+def test_c08_missing_bridge_names_bridge_and_mac():
+    out = pf.check_networks(NICS[:1], lookup_of(bridges=["br0"]), {}, DST)
+    assert out[0]["status"] == "error"
+    assert "br-vlan774" in out[0]["msg"] and "52:54:00:00:00:01" in out[0]["msg"]
+
+
+def test_c08_inactive_network_names_network_and_mac():
+    out = pf.check_networks(NICS[1:], lookup_of(networks={"default": False}), {}, DST)
+    assert out[0]["status"] == "error" and "not active" in out[0]["msg"]
+    assert "default" in out[0]["msg"] and "52:54:00:00:00:02" in out[0]["msg"]
+
+
+def test_c08_mapping_applies():
+    out = pf.check_networks(NICS, lookup_of(bridges=["br0"], networks={"default": True}),
+                            {"br-vlan774": "br0"}, DST)
+    assert [f["status"] for f in out] == ["ok", "ok"] and out[0]["values"]["dest_source"] == "br0"
+
+
+class Net:
+    def __init__(self, active, bridge="virbr0"):
+        self.active, self.bridge = active, bridge
+
+    def isActive(self):  # noqa: N802
+        return self.active
+
+    def bridgeName(self):  # noqa: N802
+        return self.bridge
+
+
+class NetConn:
+    def __init__(self, nets, ifaces):
+        self.nets, self.ifaces = nets, ifaces
+
+    def networkLookupByName(self, name):  # noqa: N802
+        if name not in self.nets:
+            raise FakeLibvirtError("Network not found: no network with matching name '%s'" % name,
+                                   libvirt.VIR_ERR_NO_NETWORK)
+        return self.nets[name]
+
+    def interfaceLookupByName(self, name):  # noqa: N802
+        if name not in self.ifaces:
+            raise FakeLibvirtError("Interface not found: no interface with matching name '%s'" % name,
+                                   libvirt.VIR_ERR_NO_INTERFACE)
+        return Net(True)
+
+    def listAllNetworks(self, flags=0):  # noqa: N802
+        return list(self.nets.values())
+
+
+def test_libvirt_network_lookup():
+    look = pf.libvirt_network_lookup(NetConn({"default": Net(False)}, ["br0"]), libvirt)
+    assert look("network", "default") == {"exists": True, "active": False}
+    assert look("network", "nope") == {"exists": False, "active": None}
+    assert look("bridge", "br0") == {"exists": True, "active": True}
+    assert look("bridge", "virbr0") == {"exists": True, "active": False}
+    assert look("bridge", "br-vlan774") == {"exists": False, "active": None}
+
+
+# ------------------------------------------------------------------------------------------
+# C09 names, ports, TLS
+# ------------------------------------------------------------------------------------------
+
+def test_c09_destination_hostname_on_127_0_1_1():
+    resolver = {"hostb": ["127.0.1.1"], "dst.example": ["127.0.1.1"], "good": ["198.18.0.2"]}.get
+    out = pf.check_names({"hostb": False, "dst.example": True, "good": True, DST: True},
+                         lambda n: resolver(n) or [], DST)
+    by_name = {f["values"]["name"]: f for f in out}
+    assert DST not in by_name  # literal addresses need no resolution
+    assert by_name["hostb"]["status"] == "warning" and "127.0.1.1" in by_name["hostb"]["msg"]
+    assert "address resolution failed" in by_name["hostb"]["msg"]
+    assert by_name["dst.example"]["status"] == "error" and "127.0.1.1" in by_name["dst.example"]["msg"]
+    assert by_name["good"]["status"] == "ok"
+
+
+def test_c09_unresolvable_name_used_by_the_migration_is_an_error():
+    f = pf.check_names({"hostb": True}, lambda n: [], DST)[0]
+    assert f["status"] == "error" and "hostb does not resolve" in f["msg"]
+
+
+@pytest.mark.parametrize("result,status,verified", [
+    ("open", "ok", True), ("refused", "ok", False), ("timeout", "warning", False),
+    ("unreachable", "error", False)])
+def test_data_port_honesty(result, status, verified):
+    f = pf.check_data_port(DST, 49152, "Migration", result, DST)
+    assert f["status"] == status and f["values"]["verified"] is verified
+    if result == "refused":
+        assert "not verifiable until the migration" in f["msg"]
+
+
+def test_transport_port_must_accept():
+    assert pf.check_transport_port(DST, 22, "ssh", "open", DST)["status"] == "ok"
+    f = pf.check_transport_port(DST, 22, "ssh", "refused", DST)
+    assert f["status"] == "error" and "22" in f["msg"]
+
+
+def test_tcp_probe_against_a_local_listener_and_a_closed_port():
+    import socket
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        assert pf.tcp_probe("127.0.0.1", port, 1.0) == "open"
+    assert pf.tcp_probe("127.0.0.1", port, 1.0) == "refused"
+
+
+def test_tls_files_missing_are_named():
+    f = pf.check_tls_files(pf.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: p.startswith("/etc/pki/CA"), "a")
+    assert f["status"] == "error" and "/etc/pki/libvirt/clientcert.pem" in f["msg"]
+    assert pf.check_tls_files(pf.QEMU_TLS_CLIENT_FILES, "migration", lambda p: True, "a")["status"] == "ok"
+
+
+# ------------------------------------------------------------------------------------------
+# versions
+# ------------------------------------------------------------------------------------------
+
+def test_versions_and_detect_zeroes_needs_10_9():
+    src = {"libvirt": 11003000, "qemu": 10000002}
+    dst = {"libvirt": 9000000, "qemu": 7002000}
+    out = pf.check_versions(src, dst, ["detect_zeroes", "postcopy"], DST)
+    assert only(out, "versions")["status"] == "warning"  # older QEMU on the destination
+    feats = {f["values"]["feature"]: f for f in out if f["check"] == "feature_support"}
+    assert feats["detect_zeroes"]["status"] == "warning" and "10.9.0" in feats["detect_zeroes"]["msg"]
+    assert feats["postcopy"]["status"] == "ok"
+    out = pf.check_versions(src, {"libvirt": 5001000, "qemu": 10000002}, ["parallel"], DST)
+    assert [f for f in out if f["check"] == "feature_support"][0]["status"] == "error"
+
+
+def test_options_validate_and_wanted_features():
+    with pytest.raises(KvmopsError, match="require_state"):
+        pf.PreflightOptions(domain="vm", dest_host=DST, require_state="paused").validate()
+    opts = pf.PreflightOptions(domain="vm", dest_host=DST, detect_zeroes=True, compression=["zstd"],
+                               parallel_connections=2)
+    assert opts.wanted_features() == ["detect_zeroes", "parallel", "zlib_zstd"]
+
+
+# ------------------------------------------------------------------------------------------
+# whole runs against fake hosts
+# ------------------------------------------------------------------------------------------
+
+class Dom:
+    def __init__(self, xml, state=libvirt.VIR_DOMAIN_RUNNING):
+        self.xml = xml
+        self._state = state
+        self.facts = _domain_xml.domain_facts(xml)
+
+    def name(self):
+        return self.facts["name"]
+
+    def UUIDString(self):  # noqa: N802
+        return self.facts["uuid"]
+
+    def state(self):
+        return [self._state, 1]
+
+    def isActive(self):  # noqa: N802
+        return self._state != libvirt.VIR_DOMAIN_SHUTOFF
+
+    def isPersistent(self):  # noqa: N802
+        return True
+
+    def metadata(self, kind, uri, flags):
+        raise FakeLibvirtError("metadata not found", libvirt.VIR_ERR_NO_DOMAIN_METADATA)
+
+    def XMLDesc(self, flags=0):  # noqa: N802
+        return self.xml
+
+
+class Host:
+    """A fake host: the CPU side is test_cpu's lab FakeConn; domains, networks, memory and
+    versions here. It has no method that changes anything: a call to one would raise."""
+
+    def __init__(self, uri, uuid, hostname, domains=(), bridges=("br-vm",), nets=None,
+                 free=4 * GIB, lib=11003000, qemu=10000002):
+        self.cpu = lab_conn(uri)
+        self.uri, self.uuid, self.hostname = uri, uuid, hostname
+        self.domains = list(domains)
+        self.bridges, self.nets = list(bridges), dict(nets or {})
+        self.free, self.lib, self.qemu = free, lib, qemu
+
+    def getURI(self):  # noqa: N802
+        return self.uri
+
+    def getCapabilities(self):  # noqa: N802
+        xml = self.cpu.getCapabilities()
+        return xml.replace("8d9ddfc6-4b76-406e-8682-a4f88451c69d", self.uuid)
+
+    def getDomainCapabilities(self, *args):  # noqa: N802
+        return self.cpu.getDomainCapabilities(*args)
+
+    def compareHypervisorCPU(self, *args):  # noqa: N802
+        return self.cpu.compareHypervisorCPU(*args)
+
+    def getHostname(self):  # noqa: N802
+        return self.hostname
+
+    def getLibVersion(self):  # noqa: N802
+        return self.lib
+
+    def getVersion(self):  # noqa: N802
+        return self.qemu
+
+    def getFreeMemory(self):  # noqa: N802
+        return self.free
+
+    def getMemoryStats(self, cell, flags):  # noqa: N802
+        return {"total": 8 * 1024 ** 2, "free": self.free // 1024, "buffers": 0, "cached": 1024 ** 2}
+
+    def _find(self, attr, key):
+        for dom in self.domains:
+            if getattr(dom, attr)() == key:
+                return dom
+        raise FakeLibvirtError("Domain not found: '%s'" % key, libvirt.VIR_ERR_NO_DOMAIN)
+
+    def lookupByName(self, name):  # noqa: N802
+        return self._find("name", name)
+
+    def lookupByUUIDString(self, uuid):  # noqa: N802
+        return self._find("UUIDString", uuid)
+
+    def networkLookupByName(self, name):  # noqa: N802
+        return NetConn(self.nets, self.bridges).networkLookupByName(name)
+
+    def interfaceLookupByName(self, name):  # noqa: N802
+        return NetConn(self.nets, self.bridges).interfaceLookupByName(name)
+
+    def listAllNetworks(self, flags=0):  # noqa: N802
+        return list(self.nets.values())
+
+    def listAllStoragePools(self, flags=0):  # noqa: N802
+        return []
+
+    def storageVolLookupByPath(self, path):  # noqa: N802
+        raise FakeLibvirtError("Storage volume not found", libvirt.VIR_ERR_NO_STORAGE_VOL)
+
+
+def connector(hosts):
+    import contextlib
+
+    @contextlib.contextmanager
+    def connect(uri):
+        if uri not in hosts:
+            raise KvmopsError("Could not connect to libvirt at %s." % uri)
+        yield hosts[uri]
+    return connect
+
+
+def run_xml(tmp_path, nic="br-vm"):
+    image = tmp_path / "vm1.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(image), "1G"], check=True)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    xml = ("<domain type='qemu'><name>vm1</name><uuid>%s</uuid><memory unit='MiB'>256</memory>"
+           "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type>"
+           "<kernel>%s</kernel></os>"
+           "<cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model></cpu>"
+           "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+           "<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>"
+           "<source file='%s'/><target dev='vda' bus='virtio'/></disk>"
+           "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='%s'/>"
+           "<model type='virtio'/></interface></devices></domain>" % (UUID, kernel, image, nic))
+    return xml, str(image), str(kernel)
+
+
+def probes(hosts, names=None, tcp="refused"):
+    names = names or {"hostb": [DST]}
+    return pf.Probes(connect=connector(hosts), resolver=lambda n: names.get(n, []),
+                     tcp=lambda a, p, t: "open" if p == 22 else tcp, is_local=lambda a: False)
+
+
+def opts_for(image, kernel, **kw):
+    base = dict(domain="vm1", dest_host=DST,
+                dest_disks=[{"path": image, "exists": False}, {"path": kernel, "exists": True}],
+                dest_mounts=[{"mount": "/", "device": "/dev/sda1", "size_available": 100 * GIB}],
+                dest_manifest=[])
+    base.update(kw)
+    return pf.PreflightOptions(**base)
+
+
+DEST_URI = "qemu+ssh://root@%s/system" % DST
+
+
+def test_run_all_checks_pass_and_touch_nothing(tmp_path):
+    xml, image, kernel = run_xml(tmp_path)
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src, DEST_URI: dst}))
+    errors = [f for f in res["findings"] if f["status"] == "error"]
+    assert res["ok"] is True, errors
+    checks = {f["check"] for f in res["findings"]}
+    for name in ("dest_connection", "transport_port", "destination_domain", "guest_location", "guest_state",
+                 "distinct_hosts", "cpu", "machine", "emulator", "memory", "copy_set", "cache_mode",
+                 "dest_image", "free_space", "required_file", "network", "name_resolution", "data_port",
+                 "versions"):
+        assert name in checks, name
+    assert res["copy_set"] == ["vda"]
+    assert only(res["findings"], "dest_image")["values"]["state"] == "absent"
+    assert only(res["findings"], "free_space")["values"]["data_bytes"] >= 0
+
+
+def test_run_c08_c10_c11_together(tmp_path):
+    xml, image, kernel = run_xml(tmp_path, nic="br-vlan774")
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    other = Dom(xml.replace(UUID, "11111111-2222-3333-4444-555555555555"), libvirt.VIR_DOMAIN_SHUTOFF)
+    dst = Host(DEST_URI, "aaaaaaaa-0000-0000-0000-000000000001", "hostb", [other])
+    res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src, DEST_URI: dst}))
+    assert res["ok"] is False
+    errs = {f["check"]: f for f in res["findings"] if f["status"] == "error"}
+    assert errs["destination_domain"]["values"]["case"] == "a"
+    assert "host_uuid" in errs["distinct_hosts"]["msg"]
+    assert "br-vlan774" in errs["network"]["msg"] and "52:54:00:00:00:01" in errs["network"]["msg"]
+
+
+def test_run_already_migrated_stops_early(tmp_path):
+    xml, image, kernel = run_xml(tmp_path)
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [])
+    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb", [Dom(xml)])
+    res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src, DEST_URI: dst}))
+    assert res["ok"] is True and res["already_migrated"] is True
+
+
+def test_run_destination_unreachable_is_a_finding(tmp_path):
+    xml, image, kernel = run_xml(tmp_path)
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src}))
+    assert res["ok"] is False
+    f = only(res["findings"], "dest_connection")
+    assert f["status"] == "error" and DEST_URI in f["msg"]
+
+
+def test_run_group_finds_guest_twice(tmp_path):
+    xml, image, kernel = run_xml(tmp_path)
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    hostc = Host("qemu+ssh://root@hostc/system", "cccccccc-0000-0000-0000-000000000003", "hostc",
+                 [Dom(xml, libvirt.VIR_DOMAIN_SHUTOFF)])
+    res = pf.run_preflight(
+        opts_for(image, kernel, group=[{"name": "hostc", "uri": hostc.uri}, {"name": DST, "uri": DEST_URI}]),
+        probes({"qemu:///system": src, DEST_URI: dst, hostc.uri: hostc}))
+    f = only(res["findings"], "guest_location")
+    assert f["status"] == "error" and "hostc: shutoff" in f["msg"]

@@ -1195,3 +1195,25 @@ def _lookup(conn: t.Any, key: str, lv: t.Any) -> t.Any:
     if _libvirt._looks_like_uuid(key):
         dom = _migration._find(conn, "lookupByUUIDString", key, lv)
     return dom if dom is not None else _migration._find(conn, "lookupByName", key, lv)
+
+
+def options_from_params(params: dict[str, t.Any]) -> PreflightOptions:
+    """:class:`PreflightOptions` from the ``preflight`` module's parameters (``ports`` is
+    ``{migrate, disks, timeout_s}``)."""
+    values = {k: v for k, v in params.items()
+              if k in {f.name for f in dataclasses.fields(PreflightOptions)} and v is not None}
+    ports = params.get("ports") or {}
+    values["migrate_port"] = int(ports.get("migrate") or DEFAULT_MIGRATE_PORT)
+    values["disks_port"] = int(ports.get("disks") or DEFAULT_DISKS_PORT)
+    values["port_timeout_s"] = float(ports.get("timeout_s") or 3.0)
+    return PreflightOptions(**values)
+
+
+def run_module(params: dict[str, t.Any], probes: Probes | None = None) -> dict[str, t.Any]:
+    """Backend of the ``preflight`` module: ``{changed: False, report: {ok, findings},
+    summary, msg, ...}``; ``failed_checks`` lists the errors' check names."""
+    result = run_preflight(options_from_params(params), probes)
+    rep = {"ok": result.pop("ok"), "findings": result.pop("findings")}
+    summary = result.pop("summary")
+    return dict(result, changed=False, report=rep, summary=summary, msg=summary["msg"],
+                failed_checks=sorted({f["check"] for f in rep["findings"] if f["status"] == "error"}))

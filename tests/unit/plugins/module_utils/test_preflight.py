@@ -716,3 +716,20 @@ def test_run_group_finds_guest_twice(tmp_path):
         probes({"qemu:///system": src, DEST_URI: dst, hostc.uri: hostc}))
     f = only(res["findings"], "guest_location")
     assert f["status"] == "error" and "hostc: shutoff" in f["msg"]
+
+
+def test_run_module_shapes_the_result_and_maps_ports(tmp_path):
+    xml, image, kernel = run_xml(tmp_path, nic="br-vlan774")
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    seen = []
+    probe = probes({"qemu:///system": src, DEST_URI: dst})
+    probe.tcp = lambda a, p, t: seen.append((p, t)) or ("open" if p == 22 else "refused")
+    params = {"domain": "vm1", "dest_host": DST, "ports": {"migrate": 50000, "disks": 50001, "timeout_s": 1.5},
+              "dest_disks": [{"path": image, "exists": False}, {"path": kernel, "exists": True}],
+              "dest_mounts": [{"mount": "/", "device": "/dev/sda1", "size_available": 100 * GIB}],
+              "dest_manifest": None, "fail_on_error": True, "group": [], "network_map": {}}
+    res = pf.run_module(params, probe)
+    assert res["changed"] is False and res["report"]["ok"] is False
+    assert res["failed_checks"] == ["network"] and "br-vlan774" in res["msg"]
+    assert (50000, 1.5) in seen and (50001, 1.5) in seen

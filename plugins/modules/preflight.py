@@ -1,0 +1,409 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: preflight
+short_description: Check everything a live migration of one KVM guest needs, before anything is touched
+version_added: 0.1.0
+description:
+  - Runs every check a migration of O(domain) from this host (the B(source)) to O(dest_host) needs
+    and returns them as one report of findings, each with C(check), C(status) (C(ok), C(warning),
+    C(error)), C(host), a message that names the thing and the fix, and the raw values seen.
+  - "Checks: the guest is found exactly once in O(group) and is in O(require_state); source and
+    destination are different machines (host UUID, address); name and UUID conflicts on the
+    destination (a different domain, a leftover of an aborted run, already migrated, running on
+    both); CPU compatibility of the running guest (vendor, features, feature names), machine type
+    and emulator; free memory; the copy set (a writable disk left out must be declared shared and
+    be shown shared), cache modes; every destination image path (absent, ours and matching,
+    foreign or of another size), free space per destination filesystem, backing images for
+    O(copy_storage=incremental); read-only media, kernel, initrd, loader and nvram present on the
+    destination; every interface's bridge, network (present and active) or direct device, after
+    O(network_map); the destination's libvirt transport port and connection; migration and disk
+    ports; names resolve from the source to non-loopback addresses; TLS files; libvirt and QEMU
+    versions and the libvirt the chosen options need."
+  - Run it on the B(source) host, as the user and with the URI the migration will use.
+  - Reads only. It never defines, starts, refreshes or creates anything, on either host.
+  - The destination's files cannot be seen from the source. Pass what
+    M(kvmops.migration.disk_info) (with O(kvmops.migration.disk_info#module:paths)) returned on the
+    destination as O(dest_disks), the destination's C(ansible_mounts) fact as O(dest_mounts) and
+    its manifest entries as O(dest_manifest). Without them the destination's libvirt storage pools
+    are used where a pool covers the directory; anything else is reported as a warning
+    C(not verified), never as ok.
+author:
+  - kvmops.migration contributors (@kvmops)
+requirements:
+  - libvirt-python (python3-libvirt) on the source host
+  - lxml (python3-lxml) on the source host
+  - qemu-img (qemu-utils) on the source host
+options:
+  domain:
+    description: Name or UUID of the guest on the source host.
+    type: str
+    required: true
+    aliases: [name]
+  dest_host:
+    description:
+      - Inventory address of the destination (IPv4, IPv6 literal or a name that resolves from the
+        source), as given to M(kvmops.migration.migrate).
+    type: str
+    required: true
+  dest_uri:
+    description:
+      - libvirt URI of the destination. Default built from O(transport), O(dest_user) and
+        O(dest_host), as M(kvmops.migration.migrate) does (C(qemu+ssh://root@<dest_host>/system)).
+    type: str
+  dest_user:
+    description: User in the default C(qemu+ssh) destination URI.
+    type: str
+    default: root
+  transport:
+    description: Transport of the default destination URI.
+    type: str
+    choices: [ssh, tls]
+    default: ssh
+  source_uri:
+    description: libvirt URI of the source host.
+    type: str
+    default: qemu:///system
+  group:
+    description:
+      - All hosts the guest could be on, to find it exactly once. The source and the destination
+        need not be listed (the destination is checked for name and UUID conflicts anyway).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: Host name for the report.
+        type: str
+        required: true
+      uri:
+        description: libvirt URI of the host, as reachable from the source.
+        type: str
+        required: true
+  dest_name:
+    description: Name of the guest on the destination, when it is renamed by the migration.
+    type: str
+  copy_storage:
+    description:
+      - C(all) copies whole disks, C(incremental) the top layer onto identical backing images on the
+        destination, C(none) nothing (every writable disk must then be shown shared).
+    type: str
+    choices: [all, incremental, none]
+    default: all
+  disks:
+    description: Targets to copy instead of the computed copy set (checked like M(kvmops.migration.migrate) does).
+    type: list
+    elements: str
+  shared_disks:
+    description:
+      - Targets declared on storage both hosts reach. Each must be shown shared (the same file,
+        inode and size, in O(dest_disks)) or it is an error.
+    type: list
+    elements: str
+    default: []
+  network_map:
+    description: Source bridge or network name to the destination's name, as used in the destination XML.
+    type: dict
+    default: {}
+  require_state:
+    description: State the guest must be in on the source. C(any) accepts running and shut off.
+    type: str
+    choices: [running, shut off, any]
+    default: running
+  tls:
+    description:
+      - The migration streams use TLS (C(VIR_MIGRATE_TLS)); the source's QEMU client certificate,
+        key and CA under C(/etc/pki/qemu) are checked. For O(transport=tls) the libvirt client files
+        (C(/etc/pki/CA/cacert.pem), C(/etc/pki/libvirt/clientcert.pem),
+        C(/etc/pki/libvirt/private/clientkey.pem)) are checked too.
+    type: bool
+    default: false
+  ports:
+    description: Ports probed on O(dest_host) from the source.
+    type: dict
+    default: {}
+    suboptions:
+      migrate:
+        description: Memory migration port (the first of libvirt's default range 49152-49215).
+        type: int
+        default: 49152
+      disks:
+        description: Disk (NBD) port.
+        type: int
+        default: 49153
+      timeout_s:
+        description: Connect timeout per port, in seconds.
+        type: float
+        default: 3.0
+  detect_zeroes:
+    description: The migration will use zero detection (needs libvirt 10.9 on both hosts; a warning otherwise).
+    type: bool
+    default: false
+  parallel_connections:
+    description: The migration will use parallel connections (needs libvirt 5.2).
+    type: int
+  postcopy:
+    description: The migration may switch to post-copy.
+    type: bool
+    default: false
+  compression:
+    description: Compression methods the migration will use.
+    type: list
+    elements: str
+    choices: [xbzrle, mt, zlib, zstd]
+    default: []
+  cleanup_leftover:
+    description: A paused leftover of an earlier kvmops run on the destination will be removed (a warning, not an error).
+    type: bool
+    default: false
+  dest_disks:
+    description:
+      - The RV(kvmops.migration.disk_info#module:disks) list that M(kvmops.migration.disk_info) returned
+        on the destination for the guest's image, media, kernel, initrd, loader and nvram paths.
+    type: list
+    elements: dict
+    default: []
+  dest_mounts:
+    description:
+      - The destination's C(ansible_mounts) fact (C(mount), C(device), C(size_available) in bytes),
+        for the free space check.
+    type: list
+    elements: dict
+    default: []
+  dest_manifest:
+    description:
+      - Entries of the kvmops manifest on the destination (C(/var/lib/kvmops-migration/manifest.json),
+        key C(entries)). An existing destination image is ok only when listed there.
+      - When not given, an existing image of the right size is a warning (unknown owner).
+    type: list
+    elements: dict
+  fail_on_error:
+    description:
+      - Fail the task when any finding is an error. Set to false to collect reports of many guests;
+        RV(report.ok) then tells the result.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads; it runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is no diff.
+  idempotent:
+    support: full
+    description: It changes nothing; RV(changed) is always false.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux hypervisor hosts with QEMU and libvirt.
+notes:
+  - "Ports: the destination QEMU listens on its migration and disk ports only during an incoming
+    migration. A connection accepted proves the route; C(connection refused) means the host
+    answered but a firewall REJECT rule answers the same way, so it is reported as ok with
+    C(values.verified=false) and the words C(not verifiable until the migration); no answer is a
+    warning (a firewall that drops); unreachable is an error. The libvirt transport port (ssh 22,
+    tls 16514) must accept a connection."
+  - The destination's own host name is resolved too; it is a warning only, because
+    M(kvmops.migration.migrate) passes explicit data URIs built from O(dest_host).
+  - Memory is compared with the guest's maximum memory; free memory comes from
+    C(virNodeGetFreeMemory), reclaimable page cache from C(virNodeGetMemoryStats).
+  - A copied disk with a cache mode other than C(none) or C(directsync) is a warning; a disk that
+    is not copied with such a cache mode is an error (libvirt refuses it as C(Unsafe migration)).
+seealso:
+  - module: kvmops.migration.migrate
+  - module: kvmops.migration.disk_info
+  - module: kvmops.migration.disk_image
+  - name: libvirt TLS certificates
+    description: Where libvirt looks for CA, client and server certificates.
+    link: https://libvirt.org/kbase/tlscerts.html
+"""
+
+EXAMPLES = r"""
+- name: Read the destination's view of the guest's paths
+  kvmops.migration.disk_info:
+    paths:
+      - /var/lib/libvirt/images/vm1.qcow2
+      - /var/lib/libvirt/isos/seed.iso
+  delegate_to: hostb
+  register: dst_paths
+
+- name: Pre-flight of vm1 to hostb, run on the source
+  kvmops.migration.preflight:
+    domain: vm1
+    dest_host: 198.18.0.2
+    dest_disks: "{{ dst_paths.disks }}"
+    dest_mounts: "{{ hostvars['hostb'].ansible_mounts }}"
+    network_map:
+      br-vlan774: br0
+  delegate_to: hosta
+  register: pre
+
+- name: Collect reports for many guests without failing
+  kvmops.migration.preflight:
+    domain: "{{ item }}"
+    dest_host: 198.18.0.2
+    group:
+      - {name: hostc, uri: "qemu+ssh://root@198.18.0.3/system"}
+    fail_on_error: false
+  loop: [vm1, vm2]
+  register: reports
+
+- name: List the guests that cannot move
+  ansible.builtin.debug:
+    msg: "{{ reports.results | rejectattr('report.ok') | map(attribute='domain') | list }}"
+"""
+
+RETURN = r"""
+report:
+  description: The pre-flight report.
+  returned: always
+  type: dict
+  contains:
+    ok:
+      description: True when no finding is an error.
+      type: bool
+      sample: false
+    findings:
+      description: Every check's finding, in the order run.
+      type: list
+      elements: dict
+      contains:
+        check:
+          description: >-
+            Name of the check: C(dest_connection), C(transport_port), C(destination_domain),
+            C(guest_location), C(guest_state), C(distinct_hosts), C(cpu), C(cpu_feature_names),
+            C(machine), C(emulator), C(memory), C(copy_set), C(shared_storage), C(cache_mode),
+            C(dest_image), C(backing_chain), C(free_space), C(required_file), C(network),
+            C(name_resolution), C(data_port), C(tls_files), C(versions), C(feature_support) and
+            others for host access (C(source_connection), C(host_facts), C(group_host)).
+          type: str
+          sample: network
+        status:
+          description: C(ok), C(warning) or C(error).
+          type: str
+          sample: error
+        host:
+          description: The host the finding is about (an address or libvirt URI).
+          type: str
+          sample: 198.18.0.2
+        msg:
+          description: What was found, naming the thing and the fix.
+          type: str
+          sample: "The bridge br-vlan774 of NIC 52:54:00:00:00:01 does not exist on 198.18.0.2: create it there, or map it ..."
+        values:
+          description: Raw values seen; sizes in bytes (keys end in C(_bytes)), ports as numbers.
+          type: dict
+          sample: {mac: "52:54:00:00:00:01", type: bridge, source: br-vlan774, dest_source: br-vlan774, exists: false}
+summary:
+  description: Counts of the findings and one line for the operator.
+  returned: always
+  type: dict
+  contains:
+    errors: {description: Number of errors., type: int}
+    warnings: {description: Number of warnings., type: int}
+    oks: {description: Number of ok findings., type: int}
+    checks: {description: Number of findings., type: int}
+    msg: {description: One line; the error messages when there are errors., type: str}
+failed_checks:
+  description: Names of the checks with an error.
+  returned: always
+  type: list
+  elements: str
+  sample: [network, free_space]
+already_migrated:
+  description: The guest already runs on the destination and is absent on the source; the other checks were skipped.
+  returned: always
+  type: bool
+copy_set:
+  description: Targets a storage migration copies (empty when the copy set is unsafe).
+  returned: always
+  type: list
+  elements: str
+  sample: [vda]
+domain:
+  description: The guest as given in O(domain).
+  returned: always
+  type: str
+source:
+  description: libvirt URI of the source.
+  returned: always
+  type: str
+destination:
+  description: O(dest_host).
+  returned: always
+  type: str
+dest_uri:
+  description: libvirt URI used for the destination.
+  returned: always
+  type: str
+  sample: qemu+ssh://root@198.18.0.2/system
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _preflight
+from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+
+
+def argument_spec() -> dict:
+    return dict(
+        domain=dict(type="str", required=True, aliases=["name"]),
+        dest_host=dict(type="str", required=True),
+        dest_uri=dict(type="str"),
+        dest_user=dict(type="str", default="root"),
+        transport=dict(type="str", choices=["ssh", "tls"], default="ssh"),
+        source_uri=dict(type="str", default=_libvirt.DEFAULT_URI),
+        group=dict(type="list", elements="dict", default=[], options=dict(
+            name=dict(type="str", required=True), uri=dict(type="str", required=True))),
+        dest_name=dict(type="str"),
+        copy_storage=dict(type="str", choices=["all", "incremental", "none"], default="all"),
+        disks=dict(type="list", elements="str"),
+        shared_disks=dict(type="list", elements="str", default=[]),
+        network_map=dict(type="dict", default={}),
+        require_state=dict(type="str", choices=["running", "shut off", "any"], default="running"),
+        tls=dict(type="bool", default=False),
+        ports=dict(type="dict", default={}, options=dict(
+            migrate=dict(type="int", default=_preflight.DEFAULT_MIGRATE_PORT),
+            disks=dict(type="int", default=_preflight.DEFAULT_DISKS_PORT),
+            timeout_s=dict(type="float", default=3.0))),
+        detect_zeroes=dict(type="bool", default=False),
+        parallel_connections=dict(type="int"),
+        postcopy=dict(type="bool", default=False),
+        compression=dict(type="list", elements="str", choices=["xbzrle", "mt", "zlib", "zstd"], default=[]),
+        cleanup_leftover=dict(type="bool", default=False),
+        dest_disks=dict(type="list", elements="dict", default=[]),
+        dest_mounts=dict(type="list", elements="dict", default=[]),
+        dest_manifest=dict(type="list", elements="dict"),
+        fail_on_error=dict(type="bool", default=True),
+    )
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if not _libvirt.HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=_libvirt.LIBVIRT_IMPORT_ERROR)
+    if not _domain_xml.HAS_LXML:
+        module.fail_json(msg=missing_required_lib("lxml"), exception=_domain_xml.LXML_IMPORT_ERROR)
+    try:
+        result = _preflight.run_module(module.params)
+    except KvmopsError as err:
+        module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
+    if module.params["fail_on_error"] and not result["report"]["ok"]:
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

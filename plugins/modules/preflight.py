@@ -199,7 +199,7 @@ attributes:
     description: Nothing changes, so there is no diff.
   idempotent:
     support: full
-    description: It changes nothing; RV(changed) is always false.
+    description: It changes nothing; C(changed) is always false.
   platform:
     support: full
     platforms: posix

@@ -37,8 +37,8 @@ def only(findings, check):
 def test_normalise_maps_cpu_statuses_in_one_place():
     assert pf.normalise({"check": "cpu", "status": "warn", "host": "h", "msg": "m"})["status"] == "warning"
     assert pf.normalise({"check": "cpu", "status": "fail", "host": "h", "msg": "m"})["status"] == "error"
-    assert pf.finding("x", "ok", "h", "m", a=1) == {"check": "x", "status": "ok", "host": "h",
-                                                   "msg": "m", "values": {"a": 1}}
+    expected = {"check": "x", "status": "ok", "host": "h", "msg": "m", "values": {"a": 1}}
+    assert pf.finding("x", "ok", "h", "m", a=1) == expected
     with pytest.raises(KvmopsError, match="unknown status 'bad'"):
         pf.normalise({"check": "x", "status": "bad"})
 

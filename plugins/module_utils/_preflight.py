@@ -680,10 +680,13 @@ def libvirt_network_lookup(conn: t.Any, lv: t.Any) -> t.Callable[[str, str], dic
                 return {"exists": None, "why": "libvirt cannot list host interfaces (%s)"
                         % _libvirt.libvirt_error_detail(err)}
         if kind == "bridge":
-            with contextlib.suppress(Exception):
+            try:
                 for net in conn.listAllNetworks(0):
                     if net.bridgeName() == name:
                         return {"exists": True, "active": bool(net.isActive())}
+            except Exception as err:  # a network without a bridge (macvtap, hostdev) has no name
+                if not _migration._is_lv_error(err, lv):
+                    raise
         return {"exists": False, "active": None}
     return lookup
 
@@ -991,11 +994,14 @@ def _dest_storage(dconn: t.Any, opts: PreflightOptions, paths: list[str], lv: t.
                      mounts=list(opts.dest_mounts), manifest=opts.dest_manifest)
     if dconn is None:
         return dest
-    with contextlib.suppress(Exception):
+    try:
         for pool in dconn.listAllStoragePools(0):
             target = etree.fromstring(pool.XMLDesc(0).encode("utf-8")).findtext("target/path")
             if target and pool.isActive():
                 dest.pools[target.rstrip("/")] = {"name": pool.name(), "available_bytes": int(pool.info()[3])}
+    except Exception as err:  # no storage driver there: paths without facts stay "not verified"
+        if not _migration._is_lv_error(err, lv):
+            raise
     for path in paths:
         if path in dest.disks:
             continue
@@ -1006,9 +1012,8 @@ def _dest_storage(dconn: t.Any, opts: PreflightOptions, paths: list[str], lv: t.
                 raise
             continue
         info = vol.info()
-        fmt = None
-        with contextlib.suppress(Exception):
-            fmt = etree.fromstring(vol.XMLDesc(0).encode("utf-8")).find("target/format").get("type")
+        fmt_el = etree.fromstring(vol.XMLDesc(0).encode("utf-8")).find("target/format")
+        fmt = fmt_el.get("type") if fmt_el is not None else None
         dest.volumes[path] = {"path": path, "virtual_size": int(info[1]), "allocation": int(info[2]),
                               "format": fmt}
     return dest
@@ -1016,11 +1021,13 @@ def _dest_storage(dconn: t.Any, opts: PreflightOptions, paths: list[str], lv: t.
 
 def _memory(dconn: t.Any, lv: t.Any) -> tuple[int, int | None]:
     free = int(dconn.getFreeMemory())
-    available = None
-    with contextlib.suppress(Exception):
+    try:
         stats = dconn.getMemoryStats(getattr(lv, "VIR_NODE_MEMORY_STATS_ALL_CELLS", -1), 0)
-        available = 1024 * sum(int(stats.get(k, 0)) for k in ("free", "buffers", "cached"))
-    return free, available
+    except Exception as err:  # not every driver reports it: reclaimable memory stays unknown
+        if not _migration._is_lv_error(err, lv):
+            raise
+        return free, None
+    return free, 1024 * sum(int(stats.get(k, 0)) for k in ("free", "buffers", "cached"))
 
 
 def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[str, t.Any]:

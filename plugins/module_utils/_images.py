@@ -14,7 +14,10 @@ Creation (the safety rules of DESIGN.md)
     * Never on an existing path. An image is built under a temporary name in the destination
       directory (created with ``O_CREAT|O_EXCL``), verified, then linked to its final name with
       ``os.link`` (which fails with EEXIST instead of replacing) and the temporary name removed.
-      A file that appears at the path meanwhile is never overwritten.
+      A file that appears at the path meanwhile is never overwritten. The new file gets a random
+      identity in the extended attribute ``user.kvmops-migration.id`` (when the filesystem has
+      user xattrs), recorded in the manifest with its inode: a freed inode number is reused at
+      once by the next file made in the directory, so the inode alone does not prove the file ours.
     * Raw images: ``ftruncate`` to the exact byte size (sparse). qcow2: ``qemu-img create -f qcow2
       -o preallocation=off[,cluster_size=N][,compat=V] [-b BACKING -F FMT] TMP BYTES``.
     * Missing parent directories are created ``root:root`` mode ``0711`` by default, like the
@@ -27,8 +30,9 @@ Creation (the safety rules of DESIGN.md)
       active, is required or (when asked) created with ``lvcreate -L <bytes>b``.
     * Everything created is recorded in a JSON manifest on the host (default
       :data:`DEFAULT_MANIFEST`). An existing image is reused only when the manifest records it
-      (same host, path and inode), it matches the requested geometry, and no libvirt domain uses
-      it (except the domain it was made for). ``absent`` removes only recorded, unused images.
+      (same host, path, inode and identity attribute), it matches the requested geometry, and no
+      libvirt domain uses it (except the domain it was made for). ``absent`` removes only
+      recorded, unused images that no process holds QEMU's lock bytes of.
 
 Shared storage
     A destination directory that is really the source's storage (NFS, cluster FS) must not get
@@ -65,6 +69,7 @@ import secrets
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import typing as t
 from dataclasses import asdict, dataclass, field
@@ -83,6 +88,11 @@ MARGIN_BYTES = 256 * 1024 ** 2
 DEFAULT_DIR_MODE = 0o711
 IMAGE_MODE = 0o600
 FORMATS = ("raw", "qcow2")
+#: Extended attribute holding the random identity recorded in the manifest for a file we made.
+ID_XATTR = "user.kvmops-migration.id"
+#: The byte ranges QEMU's file locking uses: 100+n "holds permission n", 200+n "does not share
+#: permission n" (block/file-posix.c raw_apply_lock_bytes; up to 64 permission bits).
+QEMU_LOCK_RANGES = ((100, 64), (200, 64))
 
 
 # --------------------------------------------------------------------------- commands
@@ -461,7 +471,8 @@ class Manifest:
     """The JSON record of what this collection created on a host.
 
     File shape: ``{"version": 1, "entries": [{host, path, kind: file|lv, format, virtual_size,
-    created_at, for_domain, inode}]}``. Writes go to a temporary file renamed over the manifest
+    created_at, for_domain, inode, id}]}`` (``id``: the :data:`ID_XATTR` value of a file, where
+    the filesystem has user xattrs). Writes go to a temporary file renamed over the manifest
     (our own file), under an ``flock`` on ``<path>.lock``.
     """
 
@@ -544,10 +555,70 @@ def paths_in_use(conn: t.Any) -> dict[str, list[str]]:
     return used
 
 
+def lock_bytes_held(path: str) -> bool:
+    """True when another process holds a lock on QEMU's lock bytes of the file
+    (:data:`QEMU_LOCK_RANGES`): a QEMU (or qemu-img, qemu-nbd, ...) has the image open.
+
+    Uses ``fcntl(F_GETLK)`` with a write-lock probe, which reports POSIX and OFD locks of other
+    processes (QEMU takes shared OFD locks on those bytes, so even a read-only user shows). A
+    running guest's raw image holds only the "consistent read" and "write" bytes, which
+    ``qemu-img info`` without ``-U`` does not conflict with: that probe alone misses it.
+    """
+    if fcntl is None or struct.calcsize("hh4xqqi4x") != 32:  # pragma: no cover - not LP64 Linux
+        return False
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for start, length in QEMU_LOCK_RANGES:
+            probe = struct.pack("hh4xqqi4x", fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+            got = fcntl.fcntl(fd, fcntl.F_GETLK, probe)
+            if struct.unpack("hh4xqqi4x", got)[0] != fcntl.F_UNLCK:
+                return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def qemu_holds_lock(path: str, runner: Runner) -> bool:
-    """True when a process (QEMU) holds the image's write lock (qemu-img info without -U fails)."""
+    """True when a process (QEMU) has the image open: it holds QEMU's lock bytes
+    (:func:`lock_bytes_held`) or ``qemu-img info`` without ``-U`` fails on a lock."""
+    with contextlib.suppress(OSError):
+        if lock_bytes_held(path):
+            return True
     res = runner.run(["qemu-img", "info", "--output=json", path])
     return res.rc != 0 and "lock" in res.stderr.lower()
+
+
+def tag_file(path: str) -> str | None:
+    """Give the file a random identity in :data:`ID_XATTR`; None when the filesystem has no user
+    extended attributes (then the manifest falls back to the inode alone)."""
+    token = secrets.token_hex(16)
+    try:
+        os.setxattr(path, ID_XATTR, token.encode("ascii"), follow_symlinks=False)
+    except OSError as err:
+        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+        raise
+    return token
+
+
+def is_recorded_file(entry: dict[str, t.Any], path: str) -> bool:
+    """True when the file at ``path`` is the one the manifest ``entry`` records: the same inode
+    and, when recorded, the same identity attribute (a file made later at the same path may get
+    the freed inode number again, never the attribute)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if entry.get("inode") is not None and st.st_ino != entry["inode"]:
+        return False
+    if entry.get("id"):
+        try:
+            value = os.getxattr(path, ID_XATTR, follow_symlinks=False).decode("ascii", "replace")
+        except OSError:
+            return False
+        if value != entry["id"]:
+            return False
+    return True
 
 
 def block_busy(path: str) -> bool:
@@ -702,10 +773,8 @@ def _existing_ours(spec: ImageSpec, ctx: HostContext, kind: str) -> dict[str, t.
     entry = ctx.manifest.find(ctx.host, spec.path)
     if entry is None or entry.get("kind") != kind:
         return None
-    if kind == "file" and entry.get("inode") is not None:
-        with contextlib.suppress(OSError):
-            if os.lstat(spec.path).st_ino != entry["inode"]:
-                return None  # replaced by someone else since we made it
+    if kind == "file" and not is_recorded_file(entry, spec.path):
+        return None  # replaced by someone else since we made it (inode or identity differs)
     return entry
 
 
@@ -822,10 +891,13 @@ def _ensure_file(spec: ImageSpec, ctx: HostContext) -> dict[str, t.Any]:
             spec.format, spec.path, spec.virtual_size, ctx.host))
         return result
     _make_dirs(dirs, spec)
-    geo = _create_file_exclusive(spec, ctx)
-    ctx.manifest.add({"host": ctx.host, "path": spec.path, "kind": "file", "format": spec.format,
-                      "virtual_size": spec.virtual_size, "created_at": _now(),
-                      "for_domain": spec.for_domain, "inode": os.lstat(spec.path).st_ino})
+    geo, ident = _create_file_exclusive(spec, ctx)
+    entry = {"host": ctx.host, "path": spec.path, "kind": "file", "format": spec.format,
+             "virtual_size": spec.virtual_size, "created_at": _now(),
+             "for_domain": spec.for_domain, "inode": os.lstat(spec.path).st_ino}
+    if ident:
+        entry["id"] = ident
+    ctx.manifest.add(entry)
     _restorecon(dirs + [spec.path], ctx.runner)
     result.update(action="created", after=_describe(geo),
                   msg="Created %s image %s (%d bytes, sparse) on %s." % (
@@ -833,8 +905,9 @@ def _ensure_file(spec: ImageSpec, ctx: HostContext) -> dict[str, t.Any]:
     return result
 
 
-def _create_file_exclusive(spec: ImageSpec, ctx: HostContext) -> Geometry:
-    """Build the image under a temporary name, verify it, link it to its name without replacing."""
+def _create_file_exclusive(spec: ImageSpec, ctx: HostContext) -> tuple[Geometry, str | None]:
+    """Build the image under a temporary name, verify it, tag it (:func:`tag_file`), link it to
+    its name without replacing. Returns its geometry and identity."""
     directory, base = os.path.split(spec.path)
     tmp = os.path.join(directory, ".%s.kvmops-%s.tmp" % (base, secrets.token_hex(6)))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -865,6 +938,7 @@ def _create_file_exclusive(spec: ImageSpec, ctx: HostContext) -> Geometry:
                               "(differs in %s); expected %s, %d bytes. Nothing was put at the path."
                               % (spec.path, ctx.host, geo.format, geo.virtual_size, ", ".join(diffs),
                                  spec.format, spec.virtual_size))
+        ident = tag_file(tmp)
         try:
             os.link(tmp, spec.path)
         except FileExistsError as err:
@@ -878,7 +952,7 @@ def _create_file_exclusive(spec: ImageSpec, ctx: HostContext) -> Geometry:
             os.unlink(tmp)
     geo.path = spec.path
     geo.allocation = os.stat(spec.path).st_blocks * 512
-    return geo
+    return geo, ident
 
 
 def _lv_names(spec: ImageSpec) -> tuple[str, str]:
@@ -988,8 +1062,7 @@ def remove_image(path: str, ctx: HostContext) -> dict[str, t.Any]:
             ctx.manifest.remove(ctx.host, path)
         result.update(action="absent", msg="%s is absent on %s." % (path, ctx.host))
         return result
-    if entry is None or entry.get("kind") != kind or (
-            kind == "file" and entry.get("inode") is not None and os.lstat(path).st_ino != entry["inode"]):
+    if entry is None or entry.get("kind") != kind or (kind == "file" and not is_recorded_file(entry, path)):
         raise KvmopsError("%s on %s was not created by kvmops.migration (not recorded in %s): it was left "
                           "untouched." % (path, ctx.host, ctx.manifest.path), values={"path": path})
     users = _users(ctx, path)

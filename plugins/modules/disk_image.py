@@ -176,8 +176,12 @@ attributes:
     description: Linux hypervisor hosts with QEMU and libvirt.
 notes:
   - Idempotent; a second run with the same options reports no change.
-  - The manifest recognises an image by host, path and inode; a file replaced by someone else at
-    the same path is no longer ours. Parent directories created are returned but not recorded.
+  - The manifest recognises an image by host, path, inode and a random identity kept in the
+    extended attribute C(user.kvmops-migration.id) (where the filesystem has user xattrs; a
+    deleted file's inode number is often reused at once). A file replaced by someone else at the
+    same path is no longer ours. Parent directories created are returned but not recorded.
+  - "O(state=absent) also leaves an image in place while a process holds QEMU's lock bytes on it
+    (a QEMU, qemu-nbd or qemu-img outside libvirt)."
 seealso:
   - module: kvmops.migration.disk_info
   - name: qemu-img create

@@ -467,7 +467,59 @@ def test_manifest_file_shape(tmp_path):
         doc = json.load(handle)
     assert doc["version"] == 1
     (entry,) = doc["entries"]
-    assert set(entry) == {"host", "path", "kind", "format", "virtual_size", "created_at", "for_domain", "inode"}
+    assert set(entry) == {"host", "path", "kind", "format", "virtual_size", "created_at", "for_domain", "inode", "id"}
+    assert os.getxattr(path, im.ID_XATTR).decode() == entry["id"]
+
+
+def test_file_made_again_at_the_path_with_the_freed_inode_is_not_ours(tmp_path):
+    """Found in the lab: after ``rm`` the next file made in the directory gets the same inode
+    number, so the inode alone took a foreign file for ours (and ``absent`` would delete it)."""
+    ctx = ctx_for(tmp_path)
+    path = str(tmp_path / "vm1.raw")
+    spec = im.ImageSpec(path=path, format="raw", virtual_size=GiB)
+    im.ensure_image(spec, ctx)
+    inode = os.stat(path).st_ino
+    os.unlink(path)
+    with open(path, "wb") as handle:
+        handle.truncate(GiB)
+    if os.stat(path).st_ino != inode:  # simulate the reuse where the filesystem did not reuse it
+        ctx.manifest.add(dict(ctx.manifest.find("hostb", path), inode=os.stat(path).st_ino))
+    with pytest.raises(KvmopsError, match="not created by kvmops.migration"):
+        im.ensure_image(spec, ctx)
+    with pytest.raises(KvmopsError, match="not created by kvmops.migration"):
+        im.remove_image(path, ctx)
+    assert os.path.exists(path)
+
+
+def test_absent_leaves_an_image_open_by_a_qemu_process(tmp_path):
+    """A raw image held open by QEMU (lock bytes 100+/200+) is not removed, even when
+    ``qemu-img info`` without -U can read it (it can, for a running guest's raw image)."""
+    import fcntl
+    import multiprocessing
+    ctx = ctx_for(tmp_path)
+    path = str(tmp_path / "held.raw")
+    im.ensure_image(im.ImageSpec(path=path, format="raw", virtual_size=GiB), ctx)
+    ready, done = multiprocessing.Event(), multiprocessing.Event()
+
+    def hold():  # like QEMU: shared locks on the "consistent read" and "write" bytes
+        with open(path, "rb") as handle:
+            fcntl.lockf(handle.fileno(), fcntl.LOCK_SH, 2, 100)
+            ready.set()
+            done.wait(30)
+
+    proc = multiprocessing.Process(target=hold)
+    proc.start()
+    try:
+        assert ready.wait(30)
+        assert im.lock_bytes_held(path)
+        with pytest.raises(KvmopsError, match="locked by a running QEMU"):
+            im.remove_image(path, ctx)
+        assert os.path.exists(path)
+    finally:
+        done.set()
+        proc.join(30)
+    assert not im.lock_bytes_held(path)
+    assert im.remove_image(path, ctx)["action"] == "removed"
 
 
 def test_unreadable_manifest_is_an_operator_error(tmp_path):

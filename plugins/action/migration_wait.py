@@ -60,7 +60,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
-        _, args = self.validate_argument_spec(argument_spec=dict(
+        dummy, args = self.validate_argument_spec(argument_spec=dict(
             jid=dict(type="str", required=True),
             progress_file=dict(type="str"),
             poll_interval_s=dict(type="float", default=5.0),

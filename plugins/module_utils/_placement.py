@@ -261,8 +261,8 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
     not_moved = list(plan.get("unplaced", [])) + list(skipped or [])
     lines = ["Evacuation of %s: %d moved, %d failed, %d not moved." % (
         source, len(moved), len(failed), len(not_moved))]
-    lines += ["  moved  %s -> %s (%s s, downtime %s ms)" % (m["guest"], m["to"], m["duration_s"],
-                                                          m["downtime_ms"]) for m in moved]
+    lines += ["  moved  %s -> %s (%s s, downtime %s ms)" % (
+        m["guest"], m["to"], m["duration_s"], m["downtime_ms"]) for m in moved]
     lines += ["  FAILED %s -> %s: %s" % (f["guest"], f["to"], f["reason"]) for f in failed]
     lines += ["  stays  %s: %s" % (n["guest"], n["reason"]) for n in not_moved]
     return {"source": source, "moved": moved, "failed": failed, "not_moved": not_moved,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 
-import pytest
-
 from conftest import ROOT, ansible_playbook, lab, lab_cmd, run_module
 
 GUEST = lab.GUEST

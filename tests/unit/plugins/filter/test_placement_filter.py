@@ -23,9 +23,8 @@ def test_filters_are_registered():
 
 
 def test_locate_from_a_looped_register_with_an_unreachable_host():
-    reg = {"results": [facts("hosta", [{"name": "vm1", "uuid": "x", "state": "running", "active": True,
-                                         "memory_bytes": GIB, "vcpus": 1}]),
-                       {"item": "hostb", "unreachable": True, "msg": "timed out"}]}
+    vm1 = {"name": "vm1", "uuid": "x", "state": "running", "active": True, "memory_bytes": GIB, "vcpus": 1}
+    reg = {"results": [facts("hosta", [vm1]), {"item": "hostb", "unreachable": True, "msg": "timed out"}]}
     where = f.locate_guest(reg, "vm1")
     assert where["source"] == "hosta" and where["not_searched"] == {"hostb": "timed out"}
     assert where["reachable"] == ["hosta"]

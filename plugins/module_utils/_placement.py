@@ -242,8 +242,9 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
                        skipped: list[dict[str, t.Any]] | None = None) -> dict[str, t.Any]:
     """What moved where and what did not, and why.
 
-    :param results: guest -> ``{ok: bool, msg, summary}`` of each attempted move.
-    :returns: ``{source, moved: [{guest, to, downtime_ms, duration_s}], failed: [{guest, to,
+    :param results: guest -> the ``migrate_guest_result`` of each attempted move (``{ok, msg,
+        state, duration_s, downtime_ms, ...}``; a nested ``summary`` is read too).
+    :returns: ``{source, moved: [{guest, to, state, downtime_ms, duration_s}], failed: [{guest, to,
         reason}], not_moved: [{guest, reason}], lines: [str], ok}``.
     """
     moved, failed = [], []
@@ -252,8 +253,8 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
         if res is None:
             failed.append({"guest": move["guest"], "to": move["to"], "reason": "not attempted"})
         elif res.get("ok"):
-            summary = res.get("summary") or {}
-            moved.append({"guest": move["guest"], "to": move["to"],
+            summary = res.get("summary") or res
+            moved.append({"guest": move["guest"], "to": move["to"], "state": summary.get("state"),
                           "downtime_ms": summary.get("downtime_ms"),
                           "duration_s": summary.get("duration_s")})
         else:
@@ -261,8 +262,12 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
     not_moved = list(plan.get("unplaced", [])) + list(skipped or [])
     lines = ["Evacuation of %s: %d moved, %d failed, %d not moved." % (
         source, len(moved), len(failed), len(not_moved))]
-    lines += ["  moved  %s -> %s (%s s, downtime %s ms)" % (
-        m["guest"], m["to"], m["duration_s"], m["downtime_ms"]) for m in moved]
+    for m in moved:
+        if m.get("state") == "planned":
+            lines.append("  plan   %s -> %s" % (m["guest"], m["to"]))
+        else:
+            lines.append("  moved  %s -> %s (%s s, downtime %s ms)" % (
+                m["guest"], m["to"], m["duration_s"], m["downtime_ms"]))
     lines += ["  FAILED %s -> %s: %s" % (f["guest"], f["to"], f["reason"]) for f in failed]
     lines += ["  stays  %s: %s" % (n["guest"], n["reason"]) for n in not_moved]
     return {"source": source, "moved": moved, "failed": failed, "not_moved": not_moved,

@@ -139,13 +139,16 @@ def test_plan_evacuation_respects_cpu_incompatibility():
 def test_evacuation_summary():
     plan = {"moves": [{"guest": "g1", "to": "b"}, {"guest": "g2", "to": "c"}, {"guest": "g3", "to": "c"}],
             "unplaced": [{"guest": "g4", "reason": "no host can take it"}]}
-    results = {"g1": {"ok": True, "summary": None, "duration_s": 3.2, "downtime_ms": 40},
+    results = {"g1": {"ok": True, "state": "migrated", "duration_s": 3.2, "downtime_ms": 40},
                "g2": {"ok": False, "msg": "pre-flight failed"}}
     out = p.evacuation_summary("a", plan, results, [{"guest": "off", "reason": "not running (shutoff)"}])
     assert [m["guest"] for m in out["moved"]] == ["g1"]
     assert {f["guest"]: f["reason"] for f in out["failed"]} == {"g2": "pre-flight failed", "g3": "not attempted"}
     assert [n["guest"] for n in out["not_moved"]] == ["g4", "off"]
     assert out["ok"] is False and out["lines"][0] == "Evacuation of a: 1 moved, 2 failed, 2 not moved."
+    assert out["lines"][1] == "  moved  g1 -> b (3.2 s, downtime 40 ms)"
+    planned = p.evacuation_summary("a", {"moves": [{"guest": "g1", "to": "b"}]}, {"g1": {"ok": True, "state": "planned"}})
+    assert planned["lines"][1] == "  plan   g1 -> b"
 
 
 # ------------------------------------------------------------------------------- C10 host UUIDs

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write docs/roles.md from every role's meta/argument_specs.yml (and check defaults/main.yml).
 
 Usage: tools/gen_roles_doc.py [--check]   (--check exits 1 when docs/roles.md is out of date)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
+
 from conftest import ROOT, ansible_playbook, lab, lab_cmd, run_module
 
 GUEST = lab.GUEST
@@ -52,13 +54,36 @@ def other(host: str) -> str:
     return next(h for h in lab.HOSTS if h != host)
 
 
+def drop_old_images(host: str, name: str = GUEST) -> None:
+    """The operator's step after a verified move: the old images stay on the former source (kvmops
+    never deletes a disk it did not create) and block a move back to the same paths. Images
+    kvmops created are removed with its module (manifest too), others with rm."""
+    assert host not in where(name), "%s is still defined on %s" % (name, host)
+    for ext in ("raw", "swap"):
+        path = "/var/lib/libvirt/images/%s.%s" % (name, ext)
+        if os.path.exists(lab.hdir(host, "var-lib-libvirt", "images", "%s.%s" % (name, ext))):
+            res = run_module(host, "kvmops.migration.disk_image", {"path": path, "state": "absent"})
+            if res.get("failed"):
+                lab.in_host(host, ["rm", "-f", path], check=False, capture=True)
+
+
 def ensure_on(host: str) -> None:
     """migratetest2 running on ``host`` (moved there with the playbook when elsewhere)."""
     now = where()
     assert list(now.values()) == ["running"], now
     if host not in now:
+        drop_old_images(host)
         play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % host)
     assert where() == {host: "running"}
+
+
+@pytest.fixture(scope="module")
+def lab_as_found(lab_up):
+    """Leave the demo guest where it was, and none of its images on the other host."""
+    home = list(where())[0]
+    yield
+    ensure_on(home)
+    drop_old_images(other(home))
 
 
 def test_prepare_hosts_is_idempotent(lab_up):
@@ -89,7 +114,7 @@ def test_validation_messages(lab_up):
     assert res.returncode != 0 and "Guest no-such-guest is not defined on any host of group kvm_hosts" in res.stdout
 
 
-def test_migrate_check_mode_changes_nothing(lab_up):
+def test_migrate_check_mode_changes_nothing(lab_as_found):
     src = list(where())[0]
     before = {h: image_files(h) for h in lab.HOSTS}
     res = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "--check")
@@ -99,7 +124,7 @@ def test_migrate_check_mode_changes_nothing(lab_up):
     assert {h: image_files(h) for h in lab.HOSTS} == before
 
 
-def test_migrate_there_and_back_and_rerun_changes_nothing(lab_up):
+def test_migrate_there_and_back_and_rerun_changes_nothing(lab_as_found):
     src = list(where())[0]
     dst = other(src)
     first = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST)
@@ -111,6 +136,12 @@ def test_migrate_there_and_back_and_rerun_changes_nothing(lab_up):
     lab.wait_guest_ping(timeout=30)
     again = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % dst)
     assert changed(again) == 0 and "%s already runs on %s: nothing to do." % (GUEST, dst) in again.stdout
+    # the old images stay on the source; moving back is refused by the pre-flight until the
+    # operator removes them (they are not this collection's to delete)
+    refused = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % src)
+    assert refused.returncode != 0 and "kvmops did not create it" in refused.stdout, refused.stdout[-4000:]
+    assert where() == {dst: "running"}
+    drop_old_images(src)
     back = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % src)
     assert where() == {src: "running"} and "%s moved %s -> %s in" % (GUEST, dst, src) in back.stdout
     again = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % src)
@@ -118,8 +149,9 @@ def test_migrate_there_and_back_and_rerun_changes_nothing(lab_up):
     lab.wait_guest_ping(timeout=30)
 
 
-def test_evacuate_hosta_with_two_guests(lab_up):
+def test_evacuate_hosta_with_two_guests(lab_as_found):
     ensure_on("hosta")
+    drop_old_images("hostb")
     lab_cmd("guest", "--name", EVAC, "--ip", "198.18.0.11", "--mac", "0x11", "--wait")
     try:
         assert where(EVAC) == {"hosta": "running"}
@@ -129,19 +161,8 @@ def test_evacuate_hosta_with_two_guests(lab_up):
         lab.wait_guest_ping(timeout=30)
         lab.wait_guest_ping(ip="198.18.0.11", timeout=30)
     finally:
-        _remove_evac_guest()
-        ensure_on("hosta")
-
-
-def _remove_evac_guest() -> None:
-    for host in where(EVAC):
-        lab.in_host(host, ["virsh", "-q", "destroy", EVAC], check=False, capture=True)
-        lab.in_host(host, ["virsh", "-q", "undefine", EVAC], check=False, capture=True)
-    for host in lab.HOSTS:
-        for ext in ("raw", "swap"):
-            path = "/var/lib/libvirt/images/%s.%s" % (EVAC, ext)
-            if os.path.exists(lab.hdir(host, "var-lib-libvirt", "images", "%s.%s" % (EVAC, ext))):
-                # images this collection created are removed with its module (manifest too)
-                res = run_module(host, "kvmops.migration.disk_image", {"path": path, "state": "absent"})
-                if res.get("failed"):
-                    lab.in_host(host, ["rm", "-f", path], check=False, capture=True)
+        for host in where(EVAC):
+            lab.in_host(host, ["virsh", "-q", "destroy", EVAC], check=False, capture=True)
+            lab.in_host(host, ["virsh", "-q", "undefine", EVAC], check=False, capture=True)
+        for host in lab.HOSTS:
+            drop_old_images(host, EVAC)

@@ -224,6 +224,7 @@ def test_migration_summary_lines():
     assert s["lines"][0] == "vm moved hosta -> hostb in 12.3 s, downtime 42 ms."
     assert s["lines"][1] == "moved: memory 300.0 MiB, disks 256.0 MiB, 3 memory pass(es)"
     assert "/i/vm.raw (vda): 10.0 GiB virtual, allocated 256.0 MiB on hosta, 256.0 MiB on hostb" in s["lines"][3]
+    assert s["lines"][-1].startswith("the old images on hosta are kept (never deleted by kvmops)")
 
 
 def test_migration_summary_plan_and_noop():

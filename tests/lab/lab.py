@@ -736,10 +736,34 @@ def cmd_down(args) -> None:
         os.unlink(marker)
     for f in os.listdir(STATE) if os.path.isdir(STATE) else []:
         if f.startswith("cp-"):
-            os.unlink(os.path.join(STATE, f))
+            # Ansible's ssh ControlMaster (ControlPersist 120 s) outlives the hosts: ask it to exit
+            run(["ssh", "-o", "ControlPath=%s" % os.path.join(STATE, f), "-O", "exit", "lab"],
+                check=False, capture=True, timeout=10)
+            if os.path.lexists(os.path.join(STATE, f)):
+                os.unlink(os.path.join(STATE, f))
+    _stop_control_masters()
     if args.purge and os.path.isdir(STATE):
         shutil.rmtree(STATE)
     log("down: nothing of the lab is running%s" % (" and its state is removed" if args.purge else ""))
+
+
+def _stop_control_masters() -> None:
+    """End ssh multiplexers whose control socket is in STATE but already gone (``ssh: PATH
+    [mux]``): only the lab's own, found by their socket path."""
+    prefix = "ssh: %s/cp-" % STATE
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if cmdline.startswith(prefix) and cmdline.endswith("[mux]"):
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except OSError:
+                pass
 
 
 def status() -> dict:

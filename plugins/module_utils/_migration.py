@@ -169,7 +169,8 @@ class MigrationOptions:
     copy_storage: str = "all"
     disks: list[str] | None = None
     shared_disks: list[str] = dataclasses.field(default_factory=list)
-    detect_zeroes: bool = False
+    detect_zeroes: bool = True
+    keep_sparse: bool = True
     bandwidth_mibps: int | None = None
     max_downtime_ms: int | None = None
     auto_converge: bool = False
@@ -301,6 +302,8 @@ class MigrationPlan:
     timeout_action: str
     max_downtime_ms: int | None
     warnings: list[str]
+    #: copied disks given ``discard='unmap'`` in the destination's live XML (keep_sparse)
+    sparse_targets: list[str] = dataclasses.field(default_factory=list)
 
     def as_result(self) -> dict[str, t.Any]:
         """The plan as returned by the module (check mode and real run)."""
@@ -315,6 +318,7 @@ class MigrationPlan:
             "disks": list(self.disks), "offline": self.offline, "data_bytes": self.data_bytes,
             "timeout_s": self.timeout_s, "timeout_action": self.timeout_action,
             "max_downtime_ms": self.max_downtime_ms, "warnings": list(self.warnings),
+            "sparse_targets": list(self.sparse_targets),
         }
 
 
@@ -409,6 +413,30 @@ def build_flags(opts: MigrationOptions, *, active: bool, persistent: bool, disks
     return flags, names, warnings
 
 
+#: libvirt 10.9.0 as ``virGetVersion`` counts it
+DETECT_ZEROES_SINCE = 10009000
+
+
+def detect_zeroes_param(lv: t.Any = None) -> str | None:
+    """Name of the zero-detection parameter, or None when this libvirt lacks it.
+
+    The binding's constant when it has one; else, when the libvirt library is 10.9 or newer
+    (``virGetVersion``), the parameter's documented name ``migrate_disks_detect_zeroes``: an
+    older python3-libvirt (Debian 12's 9.0) passes unknown string-list parameters through to a
+    newer library (seen in the lab: binding 9.0 with libvirt 11.3).
+    """
+    lv = _lv(lv)
+    name = _const(lv, "VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES")
+    if name is not None:
+        return name
+    getter = getattr(lv, "getVersion", None)
+    try:
+        version = int(getter()) if callable(getter) else 0
+    except Exception:  # a broken binding: no zero detection rather than a crash
+        version = 0
+    return "migrate_disks_detect_zeroes" if version >= DETECT_ZEROES_SINCE else None
+
+
 def build_params(opts: MigrationOptions, *, dest_name: str, disks: list[str], active: bool,
                  lv: t.Any = None) -> tuple[dict[str, t.Any], str | None, str | None, list[str]]:
     """The typed parameters of ``migrate3``.
@@ -448,11 +476,10 @@ def build_params(opts: MigrationOptions, *, dest_name: str, disks: list[str], ac
             if opts.disks_port:
                 put("VIR_MIGRATE_PARAM_DISKS_PORT", opts.disks_port)
         if opts.detect_zeroes:
-            name = _const(lv, "VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES")
+            name = detect_zeroes_param(lv)
             if name is None:
-                warnings.append("detect_zeroes skipped: libvirt %s has no "
-                                "VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES (libvirt >= 10.9)."
-                                % _version(lv))
+                warnings.append("detect_zeroes skipped: libvirt %s has no migrate_disks_detect_zeroes "
+                                "parameter (libvirt >= 10.9)." % _version(lv))
             else:
                 params[name] = list(disks)
     if opts.bandwidth_mibps:
@@ -489,6 +516,11 @@ def build_plan(opts: MigrationOptions, source: dict[str, t.Any], lv: t.Any = Non
     params, migrate_uri, disks_uri, more = build_params(opts, dest_name=dest_name, disks=disks,
                                                         active=active, lv=lv)
     warnings.extend(more)
+    sparse_targets: list[str] = []
+    if active and disks and opts.keep_sparse and not opts.dest_xml and source.get("migratable_xml"):
+        dest_xml, sparse_targets = _domain_xml.with_discard_unmap(source["migratable_xml"], disks)
+        if sparse_targets:
+            params[_need(lv, "VIR_MIGRATE_PARAM_DEST_XML", "Parameter VIR_MIGRATE_PARAM_DEST_XML")] = dest_xml
     disk_bytes = sum(int((source.get("disk_bytes") or {}).get(d) or 0) for d in disks)
     data_bytes = (int(source.get("memory_bytes") or 0) if active else 0) + disk_bytes
     timeout_s = completion_timeout_s(data_bytes, opts.timeout_s_per_gib, opts.timeout_min_s) \
@@ -499,7 +531,8 @@ def build_plan(opts: MigrationOptions, source: dict[str, t.Any], lv: t.Any = Non
         migrate_uri=migrate_uri, disks_uri=disks_uri, flags=flags, flag_names=names,
         params=params, disks=disks, offline=not active, data_bytes=data_bytes,
         timeout_s=timeout_s, timeout_action=opts.timeout_action if active else "abort",
-        max_downtime_ms=opts.max_downtime_ms if active else None, warnings=warnings)
+        max_downtime_ms=opts.max_downtime_ms if active else None, warnings=warnings,
+        sparse_targets=sparse_targets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,6 +677,7 @@ def progress_from_stats(stats: dict[str, t.Any], elapsed_s: float, lv: t.Any = N
         "data_total_bytes": total, "data_remaining_bytes": remaining,
         "memory_remaining_bytes": _stat(stats, lv, "VIR_DOMAIN_JOB_MEMORY_REMAINING"),
         "disk_remaining_bytes": disk_remaining,
+        "disk_total_bytes": disk_total or None,
         "memory_iteration": iteration,
         "dirty_rate_bytes_per_s": dirty_pages * page_size if dirty_pages is not None else None,
         "memory_bps": _stat(stats, lv, "VIR_DOMAIN_JOB_MEMORY_BPS"),
@@ -701,11 +735,15 @@ class MigrationMonitor:
         self.postcopy_at: float | None = None
         self.reason: str | None = None
         self.last: dict[str, t.Any] | None = None
+        #: the largest disk total seen (bytes the storage copy processes), None before any
+        self.disk_total_bytes: int | None = None
 
     def observe(self, stats: dict[str, t.Any], elapsed_s: float) -> str:
         """Take one sample; return the action (see the class docstring)."""
         sample = progress_from_stats(stats, elapsed_s, self.lv)
         self.last = sample
+        if sample["disk_total_bytes"]:
+            self.disk_total_bytes = max(self.disk_total_bytes or 0, sample["disk_total_bytes"])
         if not sample["active"]:
             return "wait"
         if self.max_downtime_ms and not self.downtime_applied:
@@ -869,6 +907,10 @@ def source_facts(dom: t.Any, lv: t.Any) -> dict[str, t.Any]:
     """
     info = describe(dom, lv)
     xml = dom.XMLDesc(0)
+    if info["active"]:
+        # the migratable live XML (secure: keeps graphics passwords) is the base of a destination XML
+        flags = (_const(lv, "VIR_DOMAIN_XML_MIGRATABLE") or 0) | (_const(lv, "VIR_DOMAIN_XML_SECURE") or 0)
+        info["migratable_xml"] = dom.XMLDesc(flags)
     disk_list = _domain_xml.disks(xml)
     info["disks"] = disk_list
     info["memory_bytes"] = int(dom.info()[1]) * 1024
@@ -1063,6 +1105,13 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         raise KvmopsError("STOP: after the migration %s is active on the source AND on %s. Nothing "
                           "more was touched; stop one copy by hand." % (source["name"], opts.dest_host))
     summary = result_from_stats(stats, lv) if stats else {}
+    if summary and not summary.get("disk_bytes") and plan.disks:
+        # The storage copy runs as block jobs before the memory phase; libvirt keeps its figures
+        # in the source's job statistics only, which the source loses with the domain
+        # (UNDEFINE_SOURCE). A completed copy processed all of it: the largest total polled.
+        summary["disk_bytes"] = monitor.disk_total_bytes or None
+    if summary:
+        summary["disk_allocated_bytes"] = sum(int(source["disk_bytes"].get(d) or 0) for d in plan.disks)
     return dict(result, changed=True, state="migrated", now_on=opts.dest_host,
                 dest_state=dest_info["state"] if dest_info else None, stats=summary,
                 progress=monitor.last, escalation=monitor.reason,

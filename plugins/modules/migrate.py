@@ -125,7 +125,18 @@ options:
         libvirt 10.9 and later). Keeps destination images sparse when the source cannot tell
         allocation, at some CPU cost. Skipped with a warning on older libvirt.
     type: bool
-    default: false
+    default: true
+  keep_sparse:
+    description:
+      - Give the copied disks that have no discard mode C(discard='unmap') in the destination's
+        B(live) definition (sent as C(VIR_MIGRATE_PARAM_DEST_XML)), so that zero blocks arrive as
+        holes and the destination images stay sparse. Without it QEMU 10 / libvirt 11 fill a raw
+        destination image completely, whatever O(detect_zeroes) says.
+      - The discard mode is not guest ABI (the guest sees the same disk); the persistent
+        definition is not changed. Not applied when O(dest_xml) is given. The disks concerned are
+        returned in RV(plan.sparse_targets).
+    type: bool
+    default: true
   bandwidth_mibps:
     description: Bandwidth limit of the migration in MiB/s (C(VIR_MIGRATE_PARAM_BANDWIDTH)); unlimited when not set.
     type: int
@@ -318,6 +329,10 @@ plan:
       description: Targets whose storage is copied.
       type: list
       elements: str
+    sparse_targets:
+      description: Copied disks given C(discard='unmap') in the destination's live definition (O(keep_sparse)).
+      type: list
+      elements: str
     dest_uri:
       description: libvirt URI of the destination.
       type: str
@@ -358,7 +373,14 @@ stats:
       description: Memory bytes transferred.
       type: int
     disk_bytes:
-      description: Disk bytes transferred.
+      description:
+        - Bytes the storage copy processed (libvirt's C(disk_processed), from the source's job
+          statistics). The NBD copy walks the whole virtual size of the copied disks, so this
+          counts zero regions that were not sent; see RV(stats.disk_allocated_bytes) for the data
+          the source disks really hold.
+      type: int
+    disk_allocated_bytes:
+      description: Allocation in bytes of the copied disks on the source (the data that had to move).
       type: int
     data_bytes:
       description: All bytes transferred.
@@ -420,7 +442,8 @@ def argument_spec():
         copy_storage=dict(type="str", choices=["all", "incremental", "none"], default="all"),
         disks=dict(type="list", elements="str"),
         shared_disks=dict(type="list", elements="str", default=[]),
-        detect_zeroes=dict(type="bool", default=False),
+        detect_zeroes=dict(type="bool", default=True),
+        keep_sparse=dict(type="bool", default=True),
         bandwidth_mibps=dict(type="int"),
         max_downtime_ms=dict(type="int"),
         auto_converge=dict(type="bool", default=False),

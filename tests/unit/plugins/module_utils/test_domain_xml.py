@@ -135,3 +135,24 @@ def test_bad_xml_is_an_operator_error(text):
         # an external entity must never be expanded
         assert "root:" not in str(facts)
         raise KvmopsError("parsed without expansion")
+
+
+def test_with_discard_unmap_sets_only_unset_copied_disks():
+    xml = """<domain><devices>
+      <disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>
+        <source file='/i/a.raw'/><target dev='vda' bus='virtio'/></disk>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2' discard='ignore'/>
+        <source file='/i/b.qcow2'/><target dev='vdb' bus='virtio'/></disk>
+      <disk type='file' device='disk'><source file='/i/c.raw'/><target dev='vdc' bus='virtio'/></disk>
+      <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>
+        <source file='/i/seed.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
+    </devices></domain>"""
+    out, changed = dx.with_discard_unmap(xml, ["vda", "vdb", "vdc"])
+    assert changed == ["vda", "vdc"]  # vdb keeps the mode its owner chose
+    by_target = {d["target"]: d for d in dx.disks(out)}
+    assert by_target["vda"]["discard"] == "unmap" and by_target["vda"]["cache"] == "none"
+    assert by_target["vdb"]["discard"] == "ignore"
+    assert by_target["vdc"]["discard"] == "unmap"
+    assert by_target["sda"]["discard"] is None
+    same, none = dx.with_discard_unmap(out, ["vda", "vdc"])
+    assert none == [] and same == out

@@ -528,12 +528,12 @@ def guest_xml(accel: str, name: str = GUEST, ip: str = GUEST_IP, mac_suffix: int
           <devices>
             <emulator>/usr/bin/qemu-system-x86_64</emulator>
             <disk type='file' device='disk'>
-              <driver name='qemu' type='raw' cache='none' discard='unmap'/>
+              <driver name='qemu' type='raw' cache='none'/>
               <source file='/var/lib/libvirt/images/%(name)s.raw'/>
               <target dev='vda' bus='virtio'/>
             </disk>
             <disk type='file' device='disk'>
-              <driver name='qemu' type='raw' cache='none' discard='unmap'/>
+              <driver name='qemu' type='raw' cache='none'/>
               <source file='/var/lib/libvirt/images/%(name)s.swap'/>
               <target dev='vdb' bus='virtio'/>
             </disk>
@@ -602,6 +602,10 @@ def create_guest(name: str = GUEST, host: str = "hosta", ip: str = GUEST_IP, mac
                 in_host(h, ["virsh", "-q", "start", name], capture=True)
         log("guest %s already in the lab on %s" % (name, ", ".join(sorted(where))))
         return
+    for h in HOSTS:  # a new guest starts a new console log: its ticks count from 1 again
+        log_path = hdir(h, "var-log-libvirt", "qemu", "%s-console.log" % name)
+        if os.path.exists(log_path):
+            os.unlink(log_path)
     images = hdir(host, "var-lib-libvirt", "images")
     system = os.path.join(images, "%s.raw" % name)
     swap = os.path.join(images, "%s.swap" % name)

@@ -43,7 +43,7 @@ class PingMonitor:
             return
         time.sleep(1.5)  # let the replies of the last requests arrive
         self.proc.send_signal(signal.SIGINT)
-        self.output, _ = self.proc.communicate(timeout=10)
+        self.output = self.proc.communicate(timeout=10)[0]
         self.proc = None
         m = re.search(r"(\d+) packets transmitted, (\d+) received", self.output)
         if not m:

@@ -13,11 +13,11 @@ from conftest import lab, lab_cmd, lab_status
 def _leftovers() -> list[str]:
     """Everything of the lab that may exist outside its state directory."""
     found = []
-    netns = subprocess.run(["ip", "netns", "list"], text=True, capture_output=True).stdout
+    netns = subprocess.run(["ip", "netns", "list"], text=True, capture_output=True, check=False).stdout
     for name in list(lab.HOSTS) + [lab.OBSERVER[0]]:
         if re.search(r"^%s\b" % name, netns, re.M):
             found.append("netns %s" % name)
-    links = subprocess.run(["ip", "-o", "link", "show"], text=True, capture_output=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], text=True, capture_output=True, check=False).stdout
     for name in [lab.BRIDGE] + ["kl-%s" % h for h in list(lab.HOSTS) + [lab.OBSERVER[0]]]:
         if re.search(r"^\d+: %s[@:]" % re.escape(name), links, re.M):
             found.append("link %s" % name)
@@ -59,7 +59,7 @@ def test_hosts_are_separate_libvirt_hosts_over_ssh(lab_up):
     for host, addr in lab.HOSTS.items():
         res = subprocess.run(lab.ssh_cmd(addr, "hostname; virsh -c qemu+ssh://root@%s/system list --all; "
                                                "virsh capabilities" % addr),
-                             text=True, capture_output=True, timeout=60)
+                             text=True, capture_output=True, timeout=60, check=False)
         assert res.returncode == 0, res.stderr
         assert res.stdout.splitlines()[0] == host
         assert "Name" in res.stdout and "State" in res.stdout

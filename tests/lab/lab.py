@@ -74,7 +74,7 @@ def run(cmd: list[str] | str, check: bool = True, capture: bool = False, input: 
         timeout: float | None = 120) -> subprocess.CompletedProcess:
     if isinstance(cmd, str):
         cmd = shlex.split(cmd)
-    res = subprocess.run(cmd, input=input, text=True, timeout=timeout,
+    res = subprocess.run(cmd, input=input, text=True, timeout=timeout, check=False,
                          stdout=subprocess.PIPE if capture else None,
                          stderr=subprocess.PIPE if capture else None)
     if check and res.returncode != 0:
@@ -184,7 +184,7 @@ def build_guest_artifacts() -> dict[str, str]:
                 shutil.copy2(os.path.join(moddir, rel), dst)
                 f.write(os.path.basename(rel) + "\n")
         cpio = subprocess.run("cd %s && find . | cpio -o -H newc --quiet | gzip -1 > %s"
-                              % (shlex.quote(rootfs), shlex.quote(initrd + ".tmp")), shell=True)
+                              % (shlex.quote(rootfs), shlex.quote(initrd + ".tmp")), shell=True, check=False)
         if cpio.returncode:
             raise SystemExit("lab: building the initramfs failed")
         shutil.copy2(os.path.join(kroot, "boot", vmlinuz), kernel + ".tmp")
@@ -220,11 +220,11 @@ def _download_kernel(work: str) -> str:
         name = pkgname()
     if name is None:
         raise SystemExit("lab: no linux-image-cloud-amd64 in the apt sources")
-    res = subprocess.run(["apt-get", "download", "-q", name], cwd=work, text=True,
+    res = subprocess.run(["apt-get", "download", "-q", name], cwd=work, text=True, check=False,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if res.returncode:
         run(["apt-get", "update", "-q"])
-        res = subprocess.run(["apt-get", "download", "-q", name], cwd=work, text=True,
+        res = subprocess.run(["apt-get", "download", "-q", name], cwd=work, text=True, check=False,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     debs = [f for f in os.listdir(work) if f.endswith(".deb")]
     if res.returncode or not debs:
@@ -238,7 +238,7 @@ def _module_order(moddir: str, wanted: list[str]) -> list[str]:
     by_name: dict[str, str] = {}
     with open(os.path.join(moddir, "modules.dep")) as f:
         for line in f:
-            mod, _, rest = line.partition(":")
+            mod, _sep, rest = line.partition(":")
             deps[mod] = rest.split()
             by_name[os.path.basename(mod).split(".ko")[0].replace("-", "_")] = mod
     result: list[str] = []
@@ -268,7 +268,7 @@ def probe_accelerator(art: dict[str, str]) -> str:
                "-initrd", art["initrd"], "-append", "console=ttyS0 kvmops.probe=1 panic=-1"]
         try:
             res = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 timeout=30, errors="replace")
+                                 timeout=30, errors="replace", check=False)
             output = res.stdout
         except subprocess.TimeoutExpired as exc:
             output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
@@ -450,7 +450,7 @@ def start_holder(host: str) -> int:
                              "--propagation", "private", "/bin/sh", hdir(host, "holder.sh")],
                             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
     write(hdir(host, "holder.pid"), str(proc.pid))
-    for _ in range(100):
+    for _attempt in range(100):
         if os.path.exists(ready):
             break
         if proc.poll() is not None:
@@ -815,7 +815,7 @@ def cmd_exec(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="bring the lab up (idempotent)")
     up.add_argument("--no-guest", action="store_true", help="do not create the demo guest")

@@ -104,3 +104,28 @@ def allocation(host: str, name: str) -> int:
 def domain_state(host: str, name: str = lab.GUEST) -> str | None:
     res = lab.in_host(host, ["virsh", "-q", "domstate", name], check=False, capture=True)
     return res.stdout.strip() if res.returncode == 0 else None
+
+
+def host_snapshot() -> dict:
+    """What a run may change on the lab hosts: each domain with its state and persistent and live
+    XML, each image file with size and allocation, the kvmops manifest. Equal snapshots before and
+    after a run mean the run changed nothing on either host."""
+    snap: dict = {}
+    for host in lab.HOSTS:
+        names = lab.in_host_out(host, ["virsh", "-q", "list", "--all", "--name"], check=False).split()
+        domains = {}
+        for name in names:
+            domains[name] = {
+                "state": domain_state(host, name),
+                "inactive_xml": lab.in_host_out(host, ["virsh", "dumpxml", "--inactive", name], check=False),
+            }
+        images = {}
+        root = lab.hdir(host, "var-lib-libvirt", "images")
+        for dirpath, _dirs, files in os.walk(root):
+            for f in files:
+                st = os.stat(os.path.join(dirpath, f))
+                images[os.path.relpath(os.path.join(dirpath, f), root)] = (st.st_size, st.st_blocks * 512, st.st_ino)
+        manifest = os.path.join(lab.hdir(host, "var-lib-kvmops-migration"), "manifest.json")
+        snap[host] = {"domains": domains, "images": images,
+                      "manifest": open(manifest).read() if os.path.exists(manifest) else None}
+    return snap

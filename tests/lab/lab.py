@@ -508,7 +508,8 @@ def ensure_default_network(host: str) -> None:
 
 # --------------------------------------------------------------------------- the demo guest
 
-def guest_xml(accel: str, name: str = GUEST, ip: str = GUEST_IP, mac_suffix: int = 0x10) -> str:
+def guest_xml(accel: str, name: str = GUEST, ip: str = GUEST_IP, mac_suffix: int = 0x10,
+              memory_mib: int = GUEST_MEMORY_MIB, disk_format: str = "raw") -> str:
     cpu = "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model></cpu>"
     return textwrap.dedent("""\
         <domain type='%(accel)s'>
@@ -528,8 +529,8 @@ def guest_xml(accel: str, name: str = GUEST, ip: str = GUEST_IP, mac_suffix: int
           <devices>
             <emulator>/usr/bin/qemu-system-x86_64</emulator>
             <disk type='file' device='disk'>
-              <driver name='qemu' type='raw' cache='none'/>
-              <source file='/var/lib/libvirt/images/%(name)s.raw'/>
+              <driver name='qemu' type='%(fmt)s' cache='none'/>
+              <source file='/var/lib/libvirt/images/%(name)s.%(fmt)s'/>
               <target dev='vda' bus='virtio'/>
             </disk>
             <disk type='file' device='disk'>
@@ -556,7 +557,7 @@ def guest_xml(accel: str, name: str = GUEST, ip: str = GUEST_IP, mac_suffix: int
             <memballoon model='none'/>
           </devices>
         </domain>
-        """) % {"accel": accel, "name": name, "mem": GUEST_MEMORY_MIB, "ip": ip, "prefix": PREFIX,
+        """) % {"accel": accel, "name": name, "mem": memory_mib, "ip": ip, "prefix": PREFIX, "fmt": disk_format,
                 "cpu": cpu, "mac": mac_suffix}
 
 
@@ -585,9 +586,22 @@ def _read_bytes_hash(path: str) -> str | None:
     return out(["sha256sum", path]).split()[0]
 
 
+def written_regions(written_mib: int) -> list[tuple[int, int]]:
+    """(offset MiB, size MiB) regions of random data: ``written_mib`` spread over 4 places."""
+    if written_mib == 256:
+        return list(GUEST_WRITTEN)
+    part = max(1, written_mib // 4)
+    return [(i * 2560, part) for i in range(4)]
+
+
 def create_guest(name: str = GUEST, host: str = "hosta", ip: str = GUEST_IP, mac_suffix: int = 0x10,
-                 recreate: bool = False) -> None:
-    """Define and start the demo guest on ``host`` unless it already exists in the lab."""
+                 recreate: bool = False, memory_mib: int = GUEST_MEMORY_MIB, written_mib: int = 256,
+                 disk_format: str = "raw") -> None:
+    """Define and start a lab guest on ``host`` unless it already exists in the lab.
+
+    Two 10 GiB disks: the system disk ``NAME.raw`` (or ``NAME.qcow2``) with ``written_mib`` MiB of
+    random data written at a few places (sparse), and the empty ``NAME.swap`` (raw).
+    """
     art = build_guest_artifacts()
     accel = probe_accelerator(art)
     install_boot_files(art)
@@ -607,30 +621,35 @@ def create_guest(name: str = GUEST, host: str = "hosta", ip: str = GUEST_IP, mac
         if os.path.exists(log_path):
             os.unlink(log_path)
     images = hdir(host, "var-lib-libvirt", "images")
-    system = os.path.join(images, "%s.raw" % name)
+    system = os.path.join(images, "%s.%s" % (name, disk_format))
     swap = os.path.join(images, "%s.swap" % name)
-    for path in (system, swap):
+    for path in (system, swap, system + ".tmp"):
         if os.path.exists(path):
             os.unlink(path)  # lab-owned leftovers of a guest that is defined nowhere
-    with open(system, "wb") as f:
+    raw = system if disk_format == "raw" else system + ".tmp"
+    with open(raw, "wb") as f:
         f.truncate(GUEST_DISK_BYTES)
-    # about 256 MiB of random data written at a few places: a sparse 10 GiB system disk
-    for off_mib, size_mib in GUEST_WRITTEN:
-        run(["dd", "if=/dev/urandom", "of=%s" % system, "bs=1M", "seek=%d" % off_mib,
+    # random data written at a few places: a sparse 10 GiB system disk
+    for off_mib, size_mib in written_regions(written_mib):
+        run(["dd", "if=/dev/urandom", "of=%s" % raw, "bs=1M", "seek=%d" % off_mib,
              "count=%d" % size_mib, "conv=notrunc,fsync", "status=none"])
+    if disk_format != "raw":
+        run(["qemu-img", "convert", "-f", "raw", "-O", disk_format, raw, system])
+        os.unlink(raw)
     with open(swap, "wb") as f:
         f.truncate(GUEST_DISK_BYTES)
     xml = hdir(host, "%s.xml" % name)
-    write(xml, guest_xml(accel, name, ip, mac_suffix))
+    write(xml, guest_xml(accel, name, ip, mac_suffix, memory_mib, disk_format))
     in_host(host, ["virsh", "-q", "define", xml], capture=True)
     in_host(host, ["virsh", "-q", "start", name], capture=True)
-    log("guest %s (%s, %d MiB, 2 x 10 GiB raw disks) started on %s" % (name, accel, GUEST_MEMORY_MIB, host))
+    log("guest %s (%s, %d MiB, 10 GiB %s disk with %d MiB written, 10 GiB empty raw disk) started on %s"
+        % (name, accel, memory_mib, disk_format, written_mib, host))
 
 
 def remove_guest(host: str, name: str) -> None:
     in_host(host, ["virsh", "-q", "destroy", name], check=False, capture=True)
     in_host(host, ["virsh", "-q", "undefine", name], check=False, capture=True)
-    for ext in ("raw", "swap"):
+    for ext in ("raw", "qcow2", "swap"):
         path = hdir(host, "var-lib-libvirt", "images", "%s.%s" % (name, ext))
         if os.path.exists(path):
             os.unlink(path)
@@ -802,9 +821,26 @@ def cmd_status(args) -> None:
 
 
 def cmd_guest(args) -> None:
-    create_guest(name=args.name, host=args.host, ip=args.ip, mac_suffix=args.mac, recreate=args.recreate)
+    create_guest(name=args.name, host=args.host, ip=args.ip, mac_suffix=args.mac, recreate=args.recreate,
+                 memory_mib=args.memory_mib, written_mib=args.written_mib, disk_format=args.format)
     if args.wait:
         log("guest %s answers ping (%.1f s)" % (args.name, wait_guest_ping(args.ip)))
+
+
+def shape(rate: str | None) -> None:
+    """Shape the lab link: egress of the root-side veth of each host (traffic into the host) to
+    ``rate`` (tc tbf, e.g. ``1gbit``), or remove the shaping when ``rate`` is None."""
+    for host in HOSTS:
+        dev = "kl-%s" % host
+        run(["tc", "qdisc", "del", "dev", dev, "root"], check=False, capture=True)
+        if rate:
+            run(["tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "512kb",
+                 "latency", "20ms"])
+    log("lab link %s" % ("shaped to %s per host" % rate if rate else "unshaped"))
+
+
+def cmd_shape(args) -> None:
+    shape(None if args.off else args.rate)
 
 
 def cmd_exec(args) -> None:
@@ -832,8 +868,15 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--ip", default=GUEST_IP)
     g.add_argument("--mac", type=lambda s: int(s, 0), default=0x10)
     g.add_argument("--recreate", action="store_true")
+    g.add_argument("--memory-mib", type=int, default=GUEST_MEMORY_MIB)
+    g.add_argument("--written-mib", type=int, default=256, help="MiB of random data on the system disk")
+    g.add_argument("--format", default="raw", choices=["raw", "qcow2"], help="format of the system disk")
     g.add_argument("--wait", action="store_true")
     g.set_defaults(func=cmd_guest)
+    sh = sub.add_parser("shape", help="shape the lab link (tc) like a direct Gigabit link")
+    sh.add_argument("--rate", default="1gbit")
+    sh.add_argument("--off", action="store_true")
+    sh.set_defaults(func=cmd_shape)
     e = sub.add_parser("exec", help="run a command inside a lab host (or observer)")
     e.add_argument("host", choices=sorted(HOSTS) + [OBSERVER[0]])
     e.add_argument("cmd", nargs=argparse.REMAINDER)

@@ -1,0 +1,134 @@
+"""Issue 6, lab part: the pre-flight on the real lab, with the lab broken on purpose. Each break
+must give its exact finding (check, status, host, a message naming the thing), and the pre-flight
+must change nothing on either host."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import pytest
+
+import proof
+from conftest import lab, lab_cmd, run_module
+
+GUEST = lab.GUEST
+DEST = "hostb"
+
+
+def _dest_facts() -> dict:
+    """What the role hands the pre-flight about the destination (read on the destination)."""
+    info = run_module("hosta", "kvmops.migration.disk_info", {"domain": GUEST})
+    paths = [d["path"] for d in info["disks"] if d.get("path")]
+    paths += ["/var/lib/libvirt/boot/kvmops-guest-vmlinuz", "/var/lib/libvirt/boot/kvmops-guest-initrd.gz"]
+    dest_paths = run_module(DEST, "kvmops.migration.disk_info", {"paths": paths})
+    mounts = run_module(DEST, "ansible.builtin.setup", {"gather_subset": ["!all", "!min", "mounts"]})
+    return {"dest_disks": dest_paths.get("disks", []),
+            "dest_mounts": mounts["ansible_facts"]["ansible_mounts"]}
+
+
+def _preflight(**extra) -> dict:
+    args = {"domain": GUEST, "dest_host": lab.HOSTS[DEST], "fail_on_error": False}
+    args.update(extra)
+    res = run_module("hosta", "kvmops.migration.preflight", args)
+    assert "report" in res, res.get("msg")
+    return res
+
+
+def _findings(res: dict, status: str) -> list[dict]:
+    return [f for f in res["report"]["findings"] if f["status"] == status]
+
+
+def _one(res: dict, check: str, status: str = "error") -> dict:
+    found = [f for f in res["report"]["findings"] if f["check"] == check and f["status"] == status]
+    assert found, "no %s finding %s in:\n%s" % (status, check, "\n".join(
+        "%s %s %s: %s" % (f["status"], f["check"], f["host"], f["msg"]) for f in res["report"]["findings"]))
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def clean_lab(lab_up):
+    lab_cmd("guest", "--recreate", "--wait")
+    for ext in ("raw", "swap"):
+        lab.in_host(DEST, ["rm", "-f", "/var/lib/libvirt/images/%s.%s" % (GUEST, ext)])
+    yield
+
+
+@contextlib.contextmanager
+def unchanged():
+    before = proof.host_snapshot()
+    yield
+    assert proof.host_snapshot() == before, "the pre-flight changed something on a host"
+
+
+def test_clean_lab_has_no_error(clean_lab):
+    with unchanged():
+        res = _preflight(**_dest_facts())
+    errors = _findings(res, "error")
+    assert res["report"]["ok"] is True, errors
+    checks = {f["check"] for f in res["report"]["findings"]}
+    # every class of check ran
+    for name in ("cpu", "machine", "memory", "network", "free_space", "distinct_hosts", "destination_domain"):
+        assert any(name in c for c in checks), (name, sorted(checks))
+
+
+def test_missing_bridge_on_destination(clean_lab):
+    lab.in_host(DEST, ["ip", "link", "del", "br-vm"])
+    try:
+        with unchanged():
+            res = _preflight(**_dest_facts())
+        f = _one(res, "network")
+        assert "br-vm" in f["msg"] and "52:54:00:6b:01:10" in f["msg"], f["msg"]
+        assert res["report"]["ok"] is False
+    finally:
+        # restore hostb's br-vm with its address (the lab's network setup is idempotent)
+        lab.ensure_netns(DEST, lab.HOSTS[DEST], bridge_inside=True)
+        lab.wait_for(lambda: lab.ssh_ok(lab.HOSTS[DEST]), "hostb back on the lab link", 30)
+
+
+def test_destination_filesystem_too_small(clean_lab):
+    img = lab.hdir(DEST, "small-fs.img")
+    with open(img, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    lab.run(["mkfs.ext4", "-q", "-F", img])
+    lab.in_host(DEST, ["mount", "-o", "loop", img, "/var/lib/libvirt/images"])
+    try:
+        with unchanged():
+            res = _preflight(**_dest_facts())
+        f = _one(res, "free_space")
+        assert "/var/lib/libvirt/images" in f["msg"], f["msg"]
+        assert f["values"]["needed_bytes"] > f["values"]["free_bytes"], f["values"]
+    finally:
+        lab.in_host(DEST, ["umount", "/var/lib/libvirt/images"])
+        os.unlink(img)
+
+
+def test_conflicting_domain_on_destination(clean_lab):
+    xml = lab.guest_xml("qemu")
+    path = lab.hdir(DEST, "conflict.xml")
+    with open(path, "w") as f:
+        f.write(xml)  # same name, another UUID (the lab's XML has none: libvirt makes a new one)
+    lab.in_host(DEST, ["virsh", "-q", "define", path], capture=True)
+    try:
+        with unchanged():
+            res = _preflight(**_dest_facts())
+        f = _one(res, "destination_domain")
+        assert GUEST in f["msg"], f["msg"]
+    finally:
+        lab.in_host(DEST, ["virsh", "-q", "undefine", GUEST], capture=True)
+        os.unlink(path)
+
+
+def test_destination_libvirtd_stopped(clean_lab):
+    before = proof.host_snapshot()
+    lab.in_host(DEST, ["pkill", "-x", "libvirtd"])
+    lab.wait_for(lambda: not lab.daemon_running(DEST, "libvirtd"), "libvirtd on hostb to stop", 20)
+    try:
+        res = _preflight()
+        f = _one(res, "dest_connection")
+        assert lab.HOSTS[DEST] in f["msg"], f["msg"]
+        assert res["report"]["ok"] is False
+    finally:
+        lab.start_daemons(DEST)
+    assert proof.host_snapshot() == before

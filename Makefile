@@ -48,6 +48,9 @@ lint:
 integration: setup
 	$(PY) -m pytest -q -p no:cacheprovider -p no:pytest-ansible tests/integration
 
+bench: lab-up  ## issue 9: ours against raw virsh and the link's limit; writes docs/performance.md
+	$(PY) tests/bench/bench.py
+
 build:
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path .cache/build .
 

@@ -74,22 +74,31 @@ class ActionModule(ActionBase):
         start = time.monotonic()
         shown = None
         samples = 0
+
+        def show_progress():
+            """Print the progress file's latest sample when it is new; returns it."""
+            if not args["progress_file"]:
+                return shown
+            res = self._low_level_execute_command(
+                "tail -n 3 %s 2>/dev/null || true" % shlex.quote(args["progress_file"]), sudoable=True)
+            sample = last_sample(res.get("stdout"))
+            if sample is not None and sample != shown:
+                display.display(progress_line(label, sample))
+                return sample
+            return shown
+
         while True:
             status = self._execute_module(module_name="ansible.legacy.async_status", task_vars=task_vars,
                                           module_args={"jid": args["jid"], "_async_dir": async_dir})
-            if status.get("finished"):
-                break
             if status.get("failed") and not status.get("started", True):
                 raise AnsibleActionFail("async job %s is unknown on %s: %s" % (
                     args["jid"], host, status.get("msg")))
-            if args["progress_file"]:
-                res = self._low_level_execute_command(
-                    "tail -n 3 %s 2>/dev/null || true" % shlex.quote(args["progress_file"]), sudoable=True)
-                sample = last_sample(res.get("stdout"))
-                if sample is not None and sample != shown:
-                    samples += 1
-                    shown = sample
-                    display.display(progress_line(label, sample))
+            latest = show_progress()  # also once after the end: a short move still shows its last sample
+            if latest is not shown:
+                samples += 1
+                shown = latest
+            if status.get("finished"):
+                break
             if time.monotonic() - start > args["timeout_s"]:
                 raise AnsibleActionFail(
                     "Gave up waiting for %s after %d s: the migration job %s may still run on %s "

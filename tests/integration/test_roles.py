@@ -31,6 +31,11 @@ def recap(res) -> dict[str, dict[str, int]]:
     return out
 
 
+def flat(res) -> str:
+    """Playbook output with the YAML callback's line folding and quote doubling undone."""
+    return re.sub(r"\s+", " ", res.stdout).replace("''", "'")
+
+
 def changed(res) -> int:
     return sum(h["changed"] for h in recap(res).values())
 
@@ -105,21 +110,54 @@ def test_prepare_hosts_is_idempotent(lab_up):
             lab.in_host(host, ["rmdir", "/var/lib/libvirt/kvmops-test-pool"], check=False, capture=True)
 
 
+def _set_host_uuid(host: str, value: str) -> None:
+    """Write host_uuid into a lab host's libvirtd.conf and restart its libvirtd (no systemd)."""
+    lab.in_host(host, ["sed", "-i", 's/^host_uuid = .*/host_uuid = "%s"/' % value, "/etc/libvirt/libvirtd.conf"])
+    lab.in_host(host, 'pid=$(cat /run/libvirtd.pid) && kill "$pid" && while kill -0 "$pid" 2>/dev/null; '
+                      'do sleep 0.2; done; /usr/sbin/libvirtd -d')
+    lab.wait_for(lambda: lab.in_host(host, ["virsh", "-q", "uri"], check=False, capture=True).returncode == 0,
+                 "libvirtd on %s" % host, 30)
+
+
+def _caps_uuid(host: str) -> str:
+    return re.search(r"<uuid>([0-9a-f-]+)</uuid>", lab.in_host_out(host, ["virsh", "capabilities"])).group(1)
+
+
+def test_c10_cloned_host_uuid_is_replaced_and_libvirtd_restarted(lab_up):
+    """hostb gets hosta's host UUID (a cloned machine); prepare_hosts gives hostb its own and
+    restarts its libvirtd with the lab's restart command; hosta keeps its UUID."""
+    original = _caps_uuid("hostb")
+    uuid_a = _caps_uuid("hosta")
+    assert "hostb" not in where(), "the test restarts hostb's libvirtd: no guest may run there"
+    _set_host_uuid("hostb", uuid_a)
+    try:
+        assert _caps_uuid("hostb") == uuid_a
+        res = play("playbooks/prepare_hosts.yml", "-e", LAB_VARS, "--tags", "kvm_host_uuid,kvm_host_verify")
+        assert "is also hosta's (cloned machines?)" in flat(res)
+        assert recap(res)["hostb"]["changed"] == 2 and recap(res)["hosta"]["changed"] == 0
+        new = _caps_uuid("hostb")
+        assert new not in (uuid_a, original) and _caps_uuid("hosta") == uuid_a
+        again = play("playbooks/prepare_hosts.yml", "-e", LAB_VARS, "--tags", "kvm_host_uuid,kvm_host_verify")
+        assert changed(again) == 0
+    finally:
+        _set_host_uuid("hostb", original)
+
+
 def test_validation_messages(lab_up):
     res = ansible_playbook("playbooks/migrate.yml")
-    assert res.returncode != 0 and "No guest given: name the guest to move with -e vm=NAME" in res.stdout
+    assert res.returncode != 0 and "No guest given: name the guest to move with -e vm=NAME" in flat(res)
     res = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=nosuchhost")
-    assert res.returncode != 0 and "Destination nosuchhost is not a host of group kvm_hosts" in res.stdout
+    assert res.returncode != 0 and "Destination nosuchhost is not a host of group kvm_hosts" in flat(res)
     res = ansible_playbook("playbooks/migrate.yml", "-e", "vm=no-such-guest")
-    assert res.returncode != 0 and "Guest no-such-guest is not defined on any host of group kvm_hosts" in res.stdout
+    assert res.returncode != 0 and "Guest no-such-guest is not defined on any host of group kvm_hosts" in flat(res)
 
 
 def test_migrate_check_mode_changes_nothing(lab_as_found):
     src = list(where())[0]
     before = {h: image_files(h) for h in lab.HOSTS}
     res = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "--check")
-    assert "PLAN (check mode): %s would move %s -> %s" % (GUEST, src, other(src)) in res.stdout
-    assert "Pre-flight passed" in res.stdout
+    assert "PLAN (check mode): %s would move %s -> %s" % (GUEST, src, other(src)) in flat(res)
+    assert "Pre-flight passed" in flat(res)
     assert where() == {src: "running"}
     assert {h: image_files(h) for h in lab.HOSTS} == before
 
@@ -127,27 +165,50 @@ def test_migrate_check_mode_changes_nothing(lab_as_found):
 def test_migrate_there_and_back_and_rerun_changes_nothing(lab_as_found):
     src = list(where())[0]
     dst = other(src)
-    first = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST)
+    drop_old_images(dst)  # a clean destination: this run creates the images
+    # a bandwidth limit (the survey's variable) makes the move last long enough to show progress
+    first = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "bandwidth=32",
+                 "-e", "migrate_guest_poll_interval_s=1")
     assert where() == {dst: "running"}
-    assert "%s moved %s -> %s in" % (GUEST, src, dst) in first.stdout
+    assert "%s moved %s -> %s in" % (GUEST, src, dst) in flat(first)
     assert re.search(r"%s \[%s\]: (storage|memory|setup)\s+[\d.]+%%" % (GUEST, src), first.stdout), \
         "no progress line during the move"
-    assert "images created on %s: /var/lib/libvirt/images/%s.raw" % (dst, GUEST) in first.stdout
+    assert "images created on %s: /var/lib/libvirt/images/%s.raw" % (dst, GUEST) in flat(first)
     lab.wait_guest_ping(timeout=30)
     again = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % dst)
-    assert changed(again) == 0 and "%s already runs on %s: nothing to do." % (GUEST, dst) in again.stdout
-    # the old images stay on the source; moving back is refused by the pre-flight until the
-    # operator removes them (they are not this collection's to delete)
-    refused = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % src)
-    assert refused.returncode != 0 and re.search(r"kvmops did not create it|not created by kvmops.migration",
-                                                 refused.stdout), refused.stdout[-4000:]
-    assert where() == {dst: "running"}
+    assert changed(again) == 0 and "%s already runs on %s: nothing to do." % (GUEST, dst) in flat(again)
+    # the old images stay on the source (kvmops never deletes a disk it did not create): the
+    # operator removes them before moving the guest back
     drop_old_images(src)
     back = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % src)
-    assert where() == {src: "running"} and "%s moved %s -> %s in" % (GUEST, dst, src) in back.stdout
+    assert where() == {src: "running"} and "%s moved %s -> %s in" % (GUEST, dst, src) in flat(back)
     again = play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % src)
     assert changed(again) == 0
     lab.wait_guest_ping(timeout=30)
+
+
+def test_failed_move_keeps_the_source_and_removes_only_what_it_created(lab_as_found):
+    """A migration that cannot finish in time is aborted by the migrate module: the guest keeps
+    running on the source, and the role removes exactly the images this run created on the
+    destination; another file in the same directory stays."""
+    src = list(where())[0]
+    dst = other(src)
+    drop_old_images(dst)
+    bystander = "/var/lib/libvirt/images/kvmops-test-bystander.img"
+    lab.in_host(dst, ["truncate", "-s", "1M", bystander])
+    try:
+        res = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % dst,
+                               "-e", "bandwidth=1", "-e", "timeout=5", "-e", "migrate_guest_timeout_s_per_gib=0.001")
+        out = flat(res)
+        assert res.returncode != 0, out[-3000:]
+        assert "The guest is running on %s" % src in out, out[-3000:]
+        assert ("Images removed from the destination: /var/lib/libvirt/images/%s.raw, "
+                "/var/lib/libvirt/images/%s.swap" % (GUEST, GUEST)) in out, out[-3000:]
+        assert where() == {src: "running"}
+        assert image_files(dst) == {"kvmops-test-bystander.img"}
+        lab.wait_guest_ping(timeout=30)
+    finally:
+        lab.in_host(dst, ["rm", "-f", bystander])
 
 
 def test_evacuate_hosta_with_two_guests(lab_as_found):
@@ -157,7 +218,7 @@ def test_evacuate_hosta_with_two_guests(lab_as_found):
     try:
         assert where(EVAC) == {"hosta": "running"}
         res = play("playbooks/evacuate.yml", "-e", "host=hosta", timeout=1500)
-        assert "Evacuation of hosta: 2 moved, 0 failed" in res.stdout, res.stdout[-6000:]
+        assert "Evacuation of hosta: 2 moved, 0 failed" in flat(res), res.stdout[-6000:]
         assert where(GUEST) == {"hostb": "running"} and where(EVAC) == {"hostb": "running"}
         lab.wait_guest_ping(timeout=30)
         lab.wait_guest_ping(ip="198.18.0.11", timeout=30)

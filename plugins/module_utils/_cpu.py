@@ -52,14 +52,8 @@ import typing as t
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 
-try:
-    from lxml import etree
-    HAS_LXML = True
-    LXML_IMPORT_ERROR: str | None = None
-except ImportError as exc:  # pragma: no cover - depends on the host
-    etree = None
-    HAS_LXML = False
-    LXML_IMPORT_ERROR = str(exc)
+from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import (  # noqa: F401  (one lxml import)
+    HAS_LXML, LXML_IMPORT_ERROR, etree)
 
 
 def _const(name: str, default: int) -> int:

@@ -28,14 +28,7 @@ import typing as t
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-try:
-    from lxml import etree
-    HAS_LXML = True
-    LXML_IMPORT_ERROR: str | None = None
-except ImportError as exc:  # pragma: no cover - depends on the host
-    etree = None
-    HAS_LXML = False
-    LXML_IMPORT_ERROR = str(exc)
+from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import etree
 
 DEFAULT_LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
 KIB = 1024

@@ -60,10 +60,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-try:
-    from lxml import etree  # type: ignore[import-untyped]
-except ImportError:  # pragma: no cover - reported by _domain_xml.HAS_LXML in the module
-    etree = None
+from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import etree
 
 STATUSES = ("ok", "warning", "error")
 #: The one mapping of other modules' finding statuses to ours (``_cpu`` says warn/fail).

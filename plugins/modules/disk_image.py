@@ -259,12 +259,10 @@ msg:
   type: str
 """
 
-import traceback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _images, _libvirt
-from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+from ansible_collections.kvmops.migration.plugins.module_utils import _module
+from ansible_collections.kvmops.migration.plugins.module_utils import _images, _libvirt
 
 
 def main() -> None:
@@ -299,17 +297,8 @@ def main() -> None:
         required_together=[("backing_file", "backing_format")],
         supports_check_mode=True,
     )
-    if not _libvirt.HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=_libvirt.LIBVIRT_IMPORT_ERROR)
-    if not _domain_xml.HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml"), exception=_domain_xml.LXML_IMPORT_ERROR)
-    try:
-        result = _images.disk_image(module.params, check_mode=module.check_mode)
-    except KvmopsError as err:
-        module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    _module.check_requirements(module)
+    module.exit_json(**_module.call_backend(module, _images.disk_image, module.params, check_mode=module.check_mode))
 
 
 if __name__ == "__main__":

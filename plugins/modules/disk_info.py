@@ -181,12 +181,10 @@ disks:
       type: dict
 """
 
-import traceback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _images, _libvirt
-from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+from ansible_collections.kvmops.migration.plugins.module_utils import _module
+from ansible_collections.kvmops.migration.plugins.module_utils import _images, _libvirt
 
 
 def main() -> None:
@@ -202,15 +200,8 @@ def main() -> None:
         mutually_exclusive=[("domain", "paths")],
         supports_check_mode=True,
     )
-    if module.params["domain"] and not _libvirt.HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=_libvirt.LIBVIRT_IMPORT_ERROR)
-    if not _domain_xml.HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml"), exception=_domain_xml.LXML_IMPORT_ERROR)
-    try:
-        result = _images.disk_info(module.params)
-    except KvmopsError as err:
-        module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
-    module.exit_json(changed=False, **result)
+    _module.check_requirements(module, libvirt=bool(module.params["domain"]))
+    module.exit_json(changed=False, **_module.call_backend(module, _images.disk_info, module.params))
 
 
 if __name__ == "__main__":

@@ -215,11 +215,9 @@ xml:
   type: str
 """
 
-import traceback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+from ansible_collections.kvmops.migration.plugins.module_utils import _module
 from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 
@@ -243,18 +241,8 @@ def main() -> None:
         required_if=[("policy", "model", ("model",))],
         supports_check_mode=True,
     )
-    if not _libvirt.HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"),
-                         exception=_libvirt.LIBVIRT_IMPORT_ERROR)
-    if not _cpu.HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml"), exception=_cpu.LXML_IMPORT_ERROR)
-    try:
-        result = _cpu.run_domain_cpu(module.params, module.check_mode)
-    except KvmopsError as err:
-        module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    _module.check_requirements(module)
+    module.exit_json(**_module.call_backend(module, _cpu.run_domain_cpu, module.params, module.check_mode))
 
 
 if __name__ == "__main__":

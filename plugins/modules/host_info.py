@@ -108,12 +108,10 @@ domains:
     vcpus: {description: "vCPU count.", type: int}
 """
 
-import traceback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
+from ansible_collections.kvmops.migration.plugins.module_utils import _module
 from ansible_collections.kvmops.migration.plugins.module_utils import _host, _libvirt
-from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
 def main() -> None:
@@ -125,15 +123,8 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    if not _libvirt.HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=_libvirt.LIBVIRT_IMPORT_ERROR)
-    if not _host.HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml"), exception=_host.LXML_IMPORT_ERROR)
-    try:
-        result = _host.run_host_info(module.params)
-    except KvmopsError as err:
-        module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
-    module.exit_json(changed=False, **result)
+    _module.check_requirements(module)
+    module.exit_json(changed=False, **_module.call_backend(module, _host.run_host_info, module.params))
 
 
 if __name__ == "__main__":

@@ -416,14 +416,11 @@ msg:
   type: str
 """
 
-import traceback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _module
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
-from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
 def argument_spec():
@@ -470,21 +467,14 @@ def argument_spec():
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not _libvirt.HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=_libvirt.LIBVIRT_IMPORT_ERROR)
-    if not _domain_xml.HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml"), exception=_domain_xml.LXML_IMPORT_ERROR)
-
+    _module.check_requirements(module)
     params = dict(module.params)
     progress_file = params.pop("progress_file")
     opts = _migration.MigrationOptions(**params)
     runtime = _migration.Runtime(log=module.log,
                                  progress=_migration.progress_writer(progress_file, module.log))
-    try:
-        result = _migration.run_migration(opts, check_mode=module.check_mode, rt=runtime)
-    except KvmopsError as err:
-        module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
-    module.exit_json(**result)
+    module.exit_json(**_module.call_backend(module, _migration.run_migration, opts,
+                                            check_mode=module.check_mode, rt=runtime))
 
 
 if __name__ == "__main__":

@@ -347,14 +347,11 @@ dest_uri:
   sample: qemu+ssh://root@198.18.0.2/system
 """
 
-import traceback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _module
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight
-from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
 def argument_spec() -> dict:
@@ -392,14 +389,8 @@ def argument_spec() -> dict:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not _libvirt.HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=_libvirt.LIBVIRT_IMPORT_ERROR)
-    if not _domain_xml.HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml"), exception=_domain_xml.LXML_IMPORT_ERROR)
-    try:
-        result = _preflight.run_module(module.params)
-    except KvmopsError as err:
-        module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
+    _module.check_requirements(module)
+    result = _module.call_backend(module, _preflight.run_module, module.params)
     if module.params["fail_on_error"] and not result["report"]["ok"]:
         module.fail_json(**result)
     module.exit_json(**result)

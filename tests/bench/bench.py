@@ -43,8 +43,8 @@ VENV_BIN = os.path.dirname(sys.executable)
 def sh(cmd: list[str], timeout: float = 1800, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, text=True, capture_output=True, timeout=timeout, check=False, env=env, cwd=ROOT)
     if check and res.returncode != 0:
-        raise SystemExit("bench: %s failed (%d):\n%s\n%s" % (" ".join(cmd[:6]), res.returncode,
-                                                            res.stdout[-3000:], res.stderr[-2000:]))
+        raise SystemExit("bench: %s failed (%d):\n%s\n%s" % (
+            " ".join(cmd[:6]), res.returncode, res.stdout[-3000:], res.stderr[-2000:]))
     return res
 
 
@@ -264,8 +264,8 @@ def write_report(r: dict) -> None:
         run = pairs[0][tool]
         job_s = run.get("job", {}).get("Time elapsed", 0) / 1000
         tput = run["link_bytes"] * 8 / job_s / 1e6 if job_s else 0
-        limit_rows.append("| %s | %d | %.1f | %.0f | %.2f |" % (tool, run["link_bytes"], job_s, tput,
-                                                              tput / r["iperf_mbit_s"] if r["iperf_mbit_s"] else 0))
+        fraction = tput / r["iperf_mbit_s"] if r["iperf_mbit_s"] else 0
+        limit_rows.append("| %s | %d | %.1f | %.0f | %.2f |" % (tool, run["link_bytes"], job_s, tput, fraction))
     conv_rows = []
     if "convergence" in r:
         conv_rows = ["| run | finished | wall s | downtime ms | note |", "|---|---|---|---|---|"]

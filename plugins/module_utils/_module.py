@@ -1,0 +1,45 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every module of kvmops.migration does around its one backend call.
+
+- :func:`check_requirements`: libvirt-python and lxml present on the managed host, else
+  ``fail_json(msg=missing_required_lib(...))`` with the import error;
+- :func:`call_backend`: run the backend, turn :class:`KvmopsError` into ``fail_json`` (the
+  operator's message as ``msg``, ``detail``/``values`` beside it, the traceback only in
+  ``exception``), drop ``diff`` unless ``--diff`` was asked.
+"""
+
+from __future__ import annotations
+
+import traceback
+import typing as t
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+
+
+def check_requirements(module: t.Any, libvirt: bool = True, lxml: bool = True) -> None:
+    """Fail the module when a Python library it needs is missing on the managed host."""
+    if libvirt and not _libvirt.HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"),
+                         exception=_libvirt.LIBVIRT_IMPORT_ERROR)
+    if lxml and not _domain_xml.HAS_LXML:
+        module.fail_json(msg=missing_required_lib("lxml (python3-lxml)"), exception=_domain_xml.LXML_IMPORT_ERROR)
+
+
+def call_backend(module: t.Any, backend: t.Callable[..., dict[str, t.Any]], *args: t.Any,
+                 **kwargs: t.Any) -> dict[str, t.Any]:
+    """``backend(*args, **kwargs)``; a :class:`KvmopsError` fails the module with its message.
+
+    :returns: the backend's result, without ``diff`` when the run did not ask for one.
+    """
+    try:
+        result = backend(*args, **kwargs)
+    except KvmopsError as err:
+        module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
+    if not module._diff:
+        result.pop("diff", None)
+    return result

@@ -358,12 +358,30 @@ def file_checksum(path: str, algorithm: str = "sha256", chunk: int = 4 * 1024 **
 
 # --------------------------------------------------------------------------- shared storage
 def storage_fingerprint(path: str) -> dict[str, t.Any]:
-    """``{path, inode, size, fsid}`` of an image as seen on this host (run on the source)."""
+    """``{path, inode, size, fsid, kvmops_id}`` of an image as seen on this host.
+
+    ``kvmops_id`` is the identity attribute (:data:`ID_XATTR`) of a file this collection
+    created, else None; with ``inode`` it tells whether a manifest entry is this very file
+    (:func:`fingerprint_matches`)."""
     st = os.stat(path)
     fsid = None
     with contextlib.suppress(OSError, AttributeError):
         fsid = os.statvfs(path).f_fsid
-    return {"path": path, "inode": st.st_ino, "size": st.st_size, "fsid": fsid}
+    kvmops_id = None
+    with contextlib.suppress(OSError, AttributeError):
+        kvmops_id = os.getxattr(path, ID_XATTR).decode("ascii", "replace")
+    return {"path": path, "inode": st.st_ino, "size": st.st_size, "fsid": fsid, "kvmops_id": kvmops_id}
+
+
+def fingerprint_matches(entry: dict[str, t.Any], fingerprint: dict[str, t.Any] | None) -> bool:
+    """The rule of :func:`is_recorded_file`, applied to a :func:`storage_fingerprint` taken on
+    the host of the file (the pre-flight runs elsewhere): same inode and, when the manifest
+    recorded one, the same identity attribute. No fingerprint: no match."""
+    if not fingerprint:
+        return False
+    if entry.get("inode") is not None and fingerprint.get("inode") != entry["inode"]:
+        return False
+    return not entry.get("id") or fingerprint.get("kvmops_id") == entry["id"]
 
 
 def shared_storage_reason(source_fingerprint: dict[str, t.Any] | None = None,

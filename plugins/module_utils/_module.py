@@ -7,7 +7,9 @@
   ``fail_json(msg=missing_required_lib(...))`` with the import error;
 - :func:`call_backend`: run the backend, turn :class:`KvmopsError` into ``fail_json`` (the
   operator's message as ``msg``, ``detail``/``values`` beside it, the traceback only in
-  ``exception``), drop ``diff`` unless ``--diff`` was asked.
+  ``exception``), drop ``diff`` unless ``--diff`` was asked, and hand the backend's
+  ``warnings`` to ``module.warn`` (ansible-core 2.19 deprecates a ``warnings`` key in results;
+  Ansible still returns them under ``warnings``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def call_backend(module: t.Any, backend: t.Callable[..., dict[str, t.Any]], *arg
                  **kwargs: t.Any) -> dict[str, t.Any]:
     """``backend(*args, **kwargs)``; a :class:`KvmopsError` fails the module with its message.
 
-    :returns: the backend's result, without ``diff`` when the run did not ask for one.
+    :returns: the backend's result, without ``diff`` when the run did not ask for one, and
+        without ``warnings`` (given to ``module.warn``).
     """
     try:
         result = backend(*args, **kwargs)
@@ -42,4 +45,6 @@ def call_backend(module: t.Any, backend: t.Callable[..., dict[str, t.Any]], *arg
         module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
     if not module._diff:
         result.pop("diff", None)
+    for warning in result.pop("warnings", None) or []:
+        module.warn(warning)
     return result

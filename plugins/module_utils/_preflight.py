@@ -458,7 +458,9 @@ def check_dest_image(disk: dict[str, t.Any], dest: DestFiles, host: str,
                        "found'." % (path, disk.get("target"), host, kind), **values)
     ours = None
     if dest.manifest is not None:
+        # the same identity rule as disk_image: path, inode and the identity attribute
         ours = any(e.get("path") == path and (not for_domain or e.get("for_domain") in (None, for_domain))
+                   and _images.fingerprint_matches(e, seen.get("fingerprint"))
                    for e in dest.manifest)
     size, fmt = seen.get("virtual_size"), seen.get("format")
     values.update(state="exists", ours=ours, seen_format=fmt, seen_virtual_size=size)

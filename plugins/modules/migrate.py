@@ -406,8 +406,8 @@ escalation:
   returned: when migrated
   type: str
 warnings:
-  description: Things the operator should know (skipped features, notes of the run).
-  returned: always
+  description: Things the operator should know (skipped features, notes of the run), given as Ansible warnings.
+  returned: when there are any
   type: list
   elements: str
 msg:

@@ -279,9 +279,16 @@ def test_c03_existing_destination_image_of_another_size_is_an_error():
 
 
 def test_c03_matching_image_reused_only_when_ours():
-    seen = {"exists": True, "format": "qcow2", "virtual_size": 21474836480}
-    ours = pf.DestFiles(disks={QCOW["path"]: seen}, manifest=[{"path": QCOW["path"], "for_domain": "vm1"}])
+    seen = {"exists": True, "format": "qcow2", "virtual_size": 21474836480,
+            "fingerprint": {"path": QCOW["path"], "inode": 12, "size": 196616, "kvmops_id": "a1b2"}}
+    entry = {"path": QCOW["path"], "for_domain": "vm1", "inode": 12, "id": "a1b2"}
+    ours = pf.DestFiles(disks={QCOW["path"]: seen}, manifest=[entry])
     assert pf.check_dest_image(QCOW, ours, DST, "vm1")["status"] == "ok"
+    # the same path and inode number, but not the file we made (no identity attribute): as
+    # disk_image decides, it is not ours
+    replaced = dict(seen, fingerprint=dict(seen["fingerprint"], kvmops_id=None))
+    f = pf.check_dest_image(QCOW, pf.DestFiles(disks={QCOW["path"]: replaced}, manifest=[entry]), DST, "vm1")
+    assert f["status"] == "error" and "not in the manifest" in f["msg"]
     foreign = pf.DestFiles(disks={QCOW["path"]: seen}, manifest=[])
     f = pf.check_dest_image(QCOW, foreign, DST, "vm1")
     assert f["status"] == "error" and "not in the manifest" in f["msg"]

@@ -653,10 +653,13 @@ def check_networks(nics: list[dict[str, t.Any]], lookup: t.Callable[[str, str], 
     return out
 
 
-def libvirt_network_lookup(conn: t.Any, lv: t.Any) -> t.Callable[[str, str], dict[str, t.Any]]:
+def libvirt_network_lookup(conn: t.Any, lv: t.Any,
+                           host_interfaces: list[str] | None = None) -> t.Callable[[str, str], dict[str, t.Any]]:
     """A :func:`check_networks` lookup over a destination connection: networks by
-    ``networkLookupByName``/``isActive``; bridges and direct devices by
-    ``interfaceLookupByName`` (host interfaces) or as the bridge of an active network."""
+    ``networkLookupByName``/``isActive``; bridges and direct devices in ``host_interfaces``
+    (the destination's ``ansible_interfaces`` fact, when the caller gathered it), else by
+    ``interfaceLookupByName`` (libvirt's interface driver, absent on many hosts) or as the
+    bridge of an active network."""
     def lookup(kind: str, name: str) -> dict[str, t.Any]:
         if kind == "network":
             try:
@@ -668,6 +671,8 @@ def libvirt_network_lookup(conn: t.Any, lv: t.Any) -> t.Callable[[str, str], dic
                     return {"exists": False, "active": None}
                 return {"exists": None, "why": _libvirt.libvirt_error_detail(err)}
             return {"exists": True, "active": bool(net.isActive())}
+        if host_interfaces is not None:
+            return {"exists": name in host_interfaces, "active": None}
         try:
             iface = conn.interfaceLookupByName(name)
             return {"exists": True, "active": bool(iface.isActive())}
@@ -912,6 +917,7 @@ class PreflightOptions:
     dest_disks: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
     dest_mounts: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
     dest_manifest: list[dict[str, t.Any]] | None = None
+    dest_interfaces: list[str] | None = None
 
     def validate(self) -> None:
         """:raises KvmopsError: an option out of range, named."""
@@ -1165,8 +1171,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         findings.extend(check_required_files(req, dest_files, dest))
 
         # Networks
-        findings.extend(check_networks(facts["interfaces"], libvirt_network_lookup(dconn, lv),
-                                       opts.network_map, dest))
+        lookup = libvirt_network_lookup(dconn, lv, opts.dest_interfaces)
+        findings.extend(check_networks(facts["interfaces"], lookup, opts.network_map, dest))
 
         # Names, ports, TLS
         names = {dst_facts["hostname"]: False}

@@ -170,6 +170,13 @@ options:
     type: list
     elements: dict
     default: []
+  dest_interfaces:
+    description:
+      - Names of the destination's network interfaces (its C(ansible_interfaces) fact), for the
+        bridge and direct-device checks. Without it libvirt's interface driver is asked, which
+        many hosts lack (then the check is a warning, not verified).
+    type: list
+    elements: str
   dest_mounts:
     description:
       - The destination's C(ansible_mounts) fact (C(mount), C(device), C(size_available) in bytes),
@@ -382,6 +389,7 @@ def argument_spec() -> dict:
         cleanup_leftover=dict(type="bool", default=False),
         dest_disks=dict(type="list", elements="dict", default=[]),
         dest_mounts=dict(type="list", elements="dict", default=[]),
+        dest_interfaces=dict(type="list", elements="str"),
         dest_manifest=dict(type="list", elements="dict"),
         fail_on_error=dict(type="bool", default=True),
     )

@@ -22,9 +22,10 @@ def _dest_facts() -> dict:
     paths = [d["path"] for d in info["disks"] if d.get("path")]
     paths += ["/var/lib/libvirt/boot/kvmops-guest-vmlinuz", "/var/lib/libvirt/boot/kvmops-guest-initrd.gz"]
     dest_paths = run_module(DEST, "kvmops.migration.disk_info", {"paths": paths})
-    mounts = run_module(DEST, "ansible.builtin.setup", {"gather_subset": ["!all", "!min", "mounts"]})
+    facts = run_module(DEST, "ansible.builtin.setup", {"gather_subset": ["!all", "!min", "mounts", "network"]})
     return {"dest_disks": dest_paths.get("disks", []),
-            "dest_mounts": mounts["ansible_facts"]["ansible_mounts"]}
+            "dest_mounts": facts["ansible_facts"]["ansible_mounts"],
+            "dest_interfaces": facts["ansible_facts"]["ansible_interfaces"]}
 
 
 def _preflight(**extra) -> dict:
@@ -73,7 +74,10 @@ def test_clean_lab_has_no_error(clean_lab):
 
 
 def test_missing_bridge_on_destination(clean_lab):
-    lab.in_host(DEST, ["ip", "link", "del", "br-vm"])
+    # hostb's own address lives on br-vm: move it to eth0 first, so that hostb stays reachable
+    # and only the guests' bridge is missing
+    addr = "%s/%d" % (lab.HOSTS[DEST], lab.PREFIX)
+    lab.in_host(DEST, "ip link set eth0 nomaster && ip addr add %s dev eth0 && ip link del br-vm" % addr)
     try:
         with unchanged():
             res = _preflight(**_dest_facts())
@@ -81,7 +85,7 @@ def test_missing_bridge_on_destination(clean_lab):
         assert "br-vm" in f["msg"] and "52:54:00:6b:01:10" in f["msg"], f["msg"]
         assert res["report"]["ok"] is False
     finally:
-        # restore hostb's br-vm with its address (the lab's network setup is idempotent)
+        lab.in_host(DEST, ["ip", "addr", "del", addr, "dev", "eth0"], check=False)
         lab.ensure_netns(DEST, lab.HOSTS[DEST], bridge_inside=True)
         lab.wait_for(lambda: lab.ssh_ok(lab.HOSTS[DEST]), "hostb back on the lab link", 30)
 
@@ -121,7 +125,8 @@ def test_conflicting_domain_on_destination(clean_lab):
 
 def test_destination_libvirtd_stopped(clean_lab):
     before = proof.host_snapshot()
-    lab.in_host(DEST, ["pkill", "-x", "libvirtd"])
+    # hostb's own libvirtd only (the hosts share one PID namespace: no pkill)
+    lab.in_host(DEST, "kill $(cat /run/libvirtd.pid)")
     lab.wait_for(lambda: not lab.daemon_running(DEST, "libvirtd"), "libvirtd on hostb to stop", 20)
     try:
         res = _preflight()

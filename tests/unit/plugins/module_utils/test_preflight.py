@@ -441,6 +441,26 @@ def test_libvirt_network_lookup():
     assert look("bridge", "br-vlan774") == {"exists": False, "active": None}
 
 
+class NoInterfaceDriver(NetConn):
+    """A libvirtd without an interface driver (no netcf/udev backend, as in the lab)."""
+
+    def interfaceLookupByName(self, name):  # noqa: N802
+        raise FakeLibvirtError("this function is not supported by the connection driver: "
+                               "virInterfaceLookupByName", libvirt.VIR_ERR_NO_SUPPORT)
+
+
+def test_c08_bridge_checked_against_the_destinations_interface_facts():
+    conn = NoInterfaceDriver({"default": Net(True)}, [])
+    unknown = pf.libvirt_network_lookup(conn, libvirt)("bridge", "br-vm")
+    assert unknown["exists"] is None and "cannot list host interfaces" in unknown["why"]
+    facts = pf.libvirt_network_lookup(conn, libvirt, ["lo", "eth0", "virbr0"])
+    assert facts("bridge", "br-vm") == {"exists": False, "active": None}
+    assert facts("bridge", "virbr0")["exists"] is True
+    out = pf.check_networks([{"type": "bridge", "source": "br-vm", "mac": "52:54:00:6b:01:10"}],
+                            facts, {}, DST)
+    assert out[0]["status"] == "error" and "br-vm" in out[0]["msg"] and "52:54:00:6b:01:10" in out[0]["msg"]
+
+
 # ------------------------------------------------------------------------------------------
 # C09 names, ports, TLS
 # ------------------------------------------------------------------------------------------

@@ -26,13 +26,10 @@ lab-down:
 lab-status:
 	$(LAB) status
 
-demo: lab-up  ## bring the lab up with its demo guest, then run the main job
-	@if [ -f playbooks/migrate.yml ]; then \
-	  ansible-playbook -i $(INVENTORY) playbooks/migrate.yml -e vm=$(VM); \
-	else \
-	  echo "demo: the lab is up (inventory $(INVENTORY)); guest $(VM) runs on hosta."; \
-	  echo "demo: playbooks/migrate.yml does not exist yet, so the demo stops here."; \
-	fi
+demo: setup  ## bring the lab up with a fresh demo guest on hosta, then run the main job
+	$(LAB) up --no-guest
+	$(LAB) guest --name $(VM) --recreate --wait
+	ansible-playbook -i $(INVENTORY) playbooks/migrate.yml -e vm=$(VM)
 
 test: setup units sanity lint collection integration  ## everything CI runs
 

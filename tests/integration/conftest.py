@@ -42,6 +42,15 @@ def lab_up():
         lab_cmd("down")
 
 
+@pytest.fixture(scope="module")
+def guest_on_hosta(lab_up):
+    """A fresh migratetest2 running on hosta, nothing of it on hostb (images, manifest); the
+    same again afterwards, as the demo expects the lab."""
+    lab_cmd("guest", "--recreate", "--wait")
+    yield
+    lab_cmd("guest", "--recreate", "--wait")
+
+
 def ansible_playbook(*args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run ansible-playbook from the checkout against the lab inventory."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",

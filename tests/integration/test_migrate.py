@@ -7,10 +7,8 @@ on the source."""
 
 from __future__ import annotations
 
-import pytest
-
 import proof
-from conftest import lab, lab_cmd, run_module
+from conftest import lab, run_module
 
 GUEST = lab.GUEST
 ADDR = lab.HOSTS
@@ -51,20 +49,6 @@ def _remove_stale_source_images(host: str) -> None:
     create); the operator removes them. The test does so before moving the guest back."""
     for ext in ("raw", "swap"):
         lab.in_host(host, ["rm", "-f", "/var/lib/libvirt/images/%s.%s" % (GUEST, ext)])
-
-
-@pytest.fixture(scope="module")
-def guest_on_hosta(lab_up):
-    lab_cmd("guest", "--recreate", "--wait")
-    for ext in ("raw", "swap"):
-        lab.in_host("hostb", ["rm", "-f", "/var/lib/libvirt/images/%s.%s" % (GUEST, ext)])
-    lab.in_host("hostb", ["rm", "-f", lab.MANIFEST_DIR + "/manifest.json"])
-    yield
-    # leave the lab as the demo expects it: the guest running on hosta, nothing on hostb
-    lab_cmd("guest", "--recreate", "--wait")
-    for ext in ("raw", "swap"):
-        lab.in_host("hostb", ["rm", "-f", "/var/lib/libvirt/images/%s.%s" % (GUEST, ext)])
-    lab.in_host("hostb", ["rm", "-f", lab.MANIFEST_DIR + "/manifest.json"])
 
 
 def _allowed_loss(stats: dict) -> int:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-import pytest
 
 import proof
-from conftest import lab, lab_cmd, run_module
+from conftest import lab, run_module
 
 GUEST = lab.GUEST
 DEST = "hostb"
@@ -47,14 +46,6 @@ def _one(res: dict, check: str, status: str = "error") -> dict:
     return found[0]
 
 
-@pytest.fixture(scope="module")
-def clean_lab(lab_up):
-    lab_cmd("guest", "--recreate", "--wait")
-    for ext in ("raw", "swap"):
-        lab.in_host(DEST, ["rm", "-f", "/var/lib/libvirt/images/%s.%s" % (GUEST, ext)])
-    yield
-
-
 @contextlib.contextmanager
 def unchanged():
     before = proof.host_snapshot()
@@ -62,7 +53,7 @@ def unchanged():
     assert proof.host_snapshot() == before, "the pre-flight changed something on a host"
 
 
-def test_clean_lab_has_no_error(clean_lab):
+def test_clean_lab_has_no_error(guest_on_hosta):
     with unchanged():
         res = _preflight(**_dest_facts())
     errors = _findings(res, "error")
@@ -73,7 +64,7 @@ def test_clean_lab_has_no_error(clean_lab):
         assert any(name in c for c in checks), (name, sorted(checks))
 
 
-def test_missing_bridge_on_destination(clean_lab):
+def test_missing_bridge_on_destination(guest_on_hosta):
     # hostb's own address lives on br-vm: move it to eth0 first, so that hostb stays reachable
     # and only the guests' bridge is missing
     addr = "%s/%d" % (lab.HOSTS[DEST], lab.PREFIX)
@@ -90,7 +81,7 @@ def test_missing_bridge_on_destination(clean_lab):
         lab.wait_for(lambda: lab.ssh_ok(lab.HOSTS[DEST]), "hostb back on the lab link", 30)
 
 
-def test_destination_filesystem_too_small(clean_lab):
+def test_destination_filesystem_too_small(guest_on_hosta):
     img = lab.hdir(DEST, "small-fs.img")
     with open(img, "wb") as f:
         f.truncate(64 * 1024 * 1024)
@@ -107,7 +98,7 @@ def test_destination_filesystem_too_small(clean_lab):
         os.unlink(img)
 
 
-def test_conflicting_domain_on_destination(clean_lab):
+def test_conflicting_domain_on_destination(guest_on_hosta):
     xml = lab.guest_xml("qemu")
     path = lab.hdir(DEST, "conflict.xml")
     with open(path, "w") as f:
@@ -123,7 +114,7 @@ def test_conflicting_domain_on_destination(clean_lab):
         os.unlink(path)
 
 
-def test_destination_libvirtd_stopped(clean_lab):
+def test_destination_libvirtd_stopped(guest_on_hosta):
     before = proof.host_snapshot()
     # hostb's own libvirtd only (the hosts share one PID namespace: no pkill)
     lab.in_host(DEST, "kill $(cat /run/libvirtd.pid)")

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import proof
-from conftest import ROOT, ansible_playbook, lab, lab_cmd
+from conftest import ROOT, ansible_playbook, lab
 
 GUEST = lab.GUEST
 MAX_DOWNTIME_MS = 300
@@ -81,19 +81,6 @@ def play_json(*args: str):
         return res, {}
     stats = data.get("global_custom_stats") or data.get("custom_stats", {}).get("_run", {})
     return res, (stats or {}).get("kvmops_migrations", {})
-
-
-@pytest.fixture(scope="module")
-def guest_on_hosta(lab_up):
-    lab_cmd("guest", "--recreate", "--wait")
-    for ext in ("raw", "swap"):
-        lab.in_host("hostb", ["rm", "-f", "/var/lib/libvirt/images/%s.%s" % (GUEST, ext)])
-    lab.in_host("hostb", ["rm", "-f", lab.MANIFEST_DIR + "/manifest.json"])
-    yield
-    lab_cmd("guest", "--recreate", "--wait")
-    for ext in ("raw", "swap"):
-        lab.in_host("hostb", ["rm", "-f", "/var/lib/libvirt/images/%s.%s" % (GUEST, ext)])
-    lab.in_host("hostb", ["rm", "-f", lab.MANIFEST_DIR + "/manifest.json"])
 
 
 def test_check_mode_changes_nothing(guest_on_hosta):

@@ -606,9 +606,12 @@ def create_guest(name: str = GUEST, host: str = "hosta", ip: str = GUEST_IP, mac
     accel = probe_accelerator(art)
     install_boot_files(art)
     where = domain_hosts(name)
-    if where and recreate:
-        for h in where:
+    if recreate:
+        for h in HOSTS:  # the guest, its images on every host, and what kvmops recorded there
             remove_guest(h, name)
+            manifest = hdir(h, PRIVATE_DIRS[MANIFEST_DIR], "manifest.json")
+            if os.path.exists(manifest):
+                os.unlink(manifest)
         where = {}
     if where:
         for h, state in where.items():
@@ -647,6 +650,7 @@ def create_guest(name: str = GUEST, host: str = "hosta", ip: str = GUEST_IP, mac
 
 
 def remove_guest(host: str, name: str) -> None:
+    """Destroy and undefine ``name`` on ``host`` if it is there; remove its lab images there."""
     in_host(host, ["virsh", "-q", "destroy", name], check=False, capture=True)
     in_host(host, ["virsh", "-q", "undefine", name], check=False, capture=True)
     for ext in ("raw", "qcow2", "swap"):

@@ -410,6 +410,7 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
         "duration_s": round(time_ms / 1000.0, 1) if time_ms is not None else None,
         "downtime_ms": stats.get("downtime_ms"),
         "memory_bytes": stats.get("memory_bytes"), "disk_bytes": stats.get("disk_bytes"),
+        "disk_allocated_bytes": stats.get("disk_allocated_bytes"),
         "data_bytes": stats.get("data_bytes"), "iterations": stats.get("iterations"),
         "images_created": list(created or []),
         "images": [{k: i.get(k) for k in ("target", "path", "virtual_size", "src_allocation",
@@ -428,9 +429,13 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
             guest, source, dest, summary["duration_s"], summary["downtime_ms"])
     lines = [head]
     if state == "migrated":
+        # disk_bytes is what the storage copy walked (the virtual size of the copied disks);
+        # the data that had to move is their allocation on the source
+        disks = human_bytes(summary["disk_bytes"])
+        if summary["disk_allocated_bytes"] is not None:
+            disks = "%s of data (%s of disk walked)" % (human_bytes(summary["disk_allocated_bytes"]), disks)
         lines.append("moved: memory %s, disks %s, %s memory pass(es)" % (
-            human_bytes(summary["memory_bytes"]), human_bytes(summary["disk_bytes"]),
-            summary["iterations"]))
+            human_bytes(summary["memory_bytes"]), disks, summary["iterations"]))
     verb = "would be created" if state == "planned" else "created"
     lines.append("images %s on %s: %s" % (verb, dest, ", ".join(summary["images_created"]) or "none"))
     for img in summary["images"]:

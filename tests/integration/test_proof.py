@@ -122,6 +122,7 @@ def test_the_guest_does_not_notice_and_loses_no_data(guest_on_hosta):
         "records_acked": acked, "records_on_destination": len(records),
         "records_bad": sorted(n for n, v in records.items() if v != "valid"),
         "memory_bytes": summary.get("memory_bytes"), "disk_bytes": summary.get("disk_bytes"),
+        "disk_allocated_bytes": summary.get("disk_allocated_bytes"),
         "source_allocation_bytes": src_alloc, "destination_allocation_bytes": dst_alloc,
         "system_disk_identical": proof.region_digest("hostb", "%s.raw" % GUEST) == src_digest,
     }
@@ -154,8 +155,8 @@ def write_report(report: dict) -> None:
         "| guest console clock | largest gap %s s, %d ticks missing |" % (report["max_tick_gap_s"], len(report["ticks_missing"])),
         "| records written during the move | %d acknowledged, %d on the destination, %d bad |" % (
             report["records_acked"], report["records_on_destination"], len(report["records_bad"])),
-        "| bytes moved | memory %s MiB, disk %s MiB processed |" % (
-            _mib(report["memory_bytes"]), _mib(report["disk_bytes"])),
+        "| bytes moved | memory %s MiB; disks %s MiB of data (%s MiB of disk walked by the copy) |" % (
+            _mib(report["memory_bytes"]), _mib(report["disk_allocated_bytes"]), _mib(report["disk_bytes"])),
         "| allocation, system disk | source %.0f MiB, destination %.0f MiB |" % (
             report["source_allocation_bytes"]["raw"] / mib, report["destination_allocation_bytes"]["raw"] / mib),
         "| allocation, data disk | source %.1f MiB, destination %.1f MiB |" % (

@@ -213,8 +213,8 @@ def test_image_report_missing_and_wrong_size():
 
 def test_migration_summary_lines():
     result = {"changed": True, "state": "migrated", "plan": {"flags": ["VIR_MIGRATE_LIVE"]},
-              "stats": {"time_ms": 12345, "downtime_ms": 42, "memory_bytes": 300 * MIB, "disk_bytes": 256 * MIB,
-                        "iterations": 3}, "warnings": []}
+              "stats": {"time_ms": 12345, "downtime_ms": 42, "memory_bytes": 300 * MIB, "disk_bytes": 20 * GIB,
+                        "disk_allocated_bytes": 256 * MIB, "iterations": 3}, "warnings": []}
     images = p.image_report(SRC, [{"path": "/i/vm.raw", "exists": True, "virtual_size": 10 * GIB,
                                    "allocation": 256 * MIB},
                                   {"path": "/i/vm.swap", "exists": True, "virtual_size": 10 * GIB, "allocation": 0}],
@@ -222,7 +222,7 @@ def test_migration_summary_lines():
     s = p.migration_summary("vm", "hosta", "hostb", result, images, ["/i/vm.raw"])
     assert s["duration_s"] == 12.3 and s["downtime_ms"] == 42 and s["images_created"] == ["/i/vm.raw"]
     assert s["lines"][0] == "vm moved hosta -> hostb in 12.3 s, downtime 42 ms."
-    assert s["lines"][1] == "moved: memory 300.0 MiB, disks 256.0 MiB, 3 memory pass(es)"
+    assert s["lines"][1] == "moved: memory 300.0 MiB, disks 256.0 MiB of data (20.0 GiB of disk walked), 3 memory pass(es)"
     assert "/i/vm.raw (vda): 10.0 GiB virtual, allocated 256.0 MiB on hosta, 256.0 MiB on hostb" in s["lines"][3]
     assert s["lines"][-1].startswith("the old images on hosta are kept (never deleted by kvmops)")
 

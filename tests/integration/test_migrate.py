@@ -113,6 +113,8 @@ def test_move_there_and_back_guest_does_not_notice(guest_on_hosta):
     again = _migrate("hosta", "hostb")
     assert not again.get("failed"), again.get("msg")
     assert again["changed"] is False
+    again_check = _migrate("hosta", "hostb", _check=True)  # the fourth way: rerun in check mode
+    assert not again_check.get("failed") and again_check["changed"] is False, again_check.get("msg")
 
     # and back: hosta still holds the old images, which the operator removes first
     _remove_stale_source_images("hosta")

@@ -1140,6 +1140,9 @@ def _completed_stats(ddom: t.Any, sdom: t.Any, lv: t.Any, notes: list[str]) -> d
     """Completed job statistics: from the destination domain first (libvirt transfers them
     there at the end of a migration), then from the source domain if it still exists."""
     flag = _const(lv, "VIR_DOMAIN_JOB_STATS_COMPLETED")
+    if flag is not None:
+        # keep them for the operator: `virsh domjobinfo --completed` still shows this migration
+        flag |= _const(lv, "VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED") or 0
     if flag is None:
         notes.append("No completed job statistics: this libvirt-python lacks "
                      "VIR_DOMAIN_JOB_STATS_COMPLETED.")

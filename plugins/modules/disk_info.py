@@ -58,17 +58,8 @@ options:
       - Reads the whole of each backing file.
     type: bool
     default: false
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is no diff.
-  platform:
-    support: full
-    platforms: posix
-    description: Linux hypervisor hosts with QEMU and libvirt.
+extends_documentation_fragment:
+  - kvmops.migration.attributes.info_module
 notes:
   - Sizes are bytes. O(domain) volumes (C(type='volume')) are resolved to their path through the
     storage pool.

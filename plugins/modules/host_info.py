@@ -38,16 +38,8 @@ options:
     description: Include the list of domains.
     type: bool
     default: true
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes.
-  idempotent:
-    support: full
-    description: Never changes anything.
+extends_documentation_fragment:
+  - kvmops.migration.attributes.info_module
 notes:
   - Memory values are bytes; libvirt reports KiB.
 seealso:

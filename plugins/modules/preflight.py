@@ -197,20 +197,8 @@ options:
         RV(report.ok) then tells the result.
     type: bool
     default: true
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is no diff.
-  idempotent:
-    support: full
-    description: It changes nothing; C(changed) is always false.
-  platform:
-    support: full
-    platforms: posix
-    description: Linux hypervisor hosts with QEMU and libvirt.
+extends_documentation_fragment:
+  - kvmops.migration.attributes.info_module
 notes:
   - "Ports: the destination QEMU listens on its migration and disk ports only during an incoming
     migration. A connection accepted proves the route; C(connection refused) means the host

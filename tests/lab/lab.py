@@ -362,6 +362,8 @@ def host_uuid(host: str) -> str:
 
 def prepare_host_dirs(host: str, addr: str) -> None:
     for mnt, name in PRIVATE_DIRS.items():
+        # the mount point itself must exist on the machine (a fresh one has no /root/.ssh)
+        os.makedirs(mnt, mode=0o700 if mnt == "/root/.ssh" else 0o755, exist_ok=True)
         src = hdir(host, name)
         if mnt == "/etc/libvirt":
             if not os.path.isdir(src):

@@ -110,7 +110,22 @@ class ActionModule(ActionBase):
         if args["cleanup"]:
             self._execute_module(module_name="ansible.legacy.async_status", task_vars=task_vars,
                                  module_args={"jid": args["jid"], "mode": "cleanup", "_async_dir": async_dir})
+        if status.get("failed") and _no_result(status):
+            # async_wrapper found no JSON: the module process died (killed, or crashed in libvirt)
+            status["detail"] = status.get("msg")
+            status["msg"] = (
+                "The migrate module on %s ended after %d s without a result: its process was killed or "
+                "crashed. The last progress seen is above. Check where %s runs ('virsh list --all' on "
+                "both hosts) and 'virsh domjobinfo %s' on %s before running again." % (
+                    host, time.monotonic() - start, args["label"], args["label"], host))
         result.update(status)
         result["progress_samples"] = samples
         result["waited_s"] = round(time.monotonic() - start, 1)
         return result
+
+
+def _no_result(status: dict) -> bool:
+    """True when async_status reports a job whose module printed no JSON result."""
+    text = "%s %s" % (status.get("msg") or "", status.get("module_stderr") or "")
+    return "No start of json char found" in text or ("data" in status and not status.get("data")
+                                                      and "Traceback" in text)

@@ -1224,10 +1224,21 @@ def disk_image(params: dict[str, t.Any], check_mode: bool = False, runner: Runne
         from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import connection
         connect = connection
     uri = params.get("uri") or "qemu:///system"
-    with connect(uri, readonly=True) as conn:
-        from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import libvirt_errors
-        with libvirt_errors("list the domains and their disks", uri):
-            in_use = paths_in_use(conn)
+    warnings: list[str] = []
+    try:
+        with connect(uri, readonly=True) as conn:
+            from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import libvirt_errors
+            with libvirt_errors("list the domains and their disks", uri):
+                in_use = paths_in_use(conn)
+    except KvmopsError as err:
+        if params.get("state", "present") != "absent":
+            raise
+        # Removing an image we recorded must still work when libvirtd is down (a migration that
+        # failed because the destination's libvirtd died): QEMU's image lock (files) or the
+        # device's holders (LVs) then tell whether anything still uses it.
+        in_use = {}
+        warnings.append("libvirt at %s did not answer (%s): only QEMU's image lock and the device's "
+                        "holders were checked before removing." % (uri, err))
     ctx = HostContext(host=params.get("host") or socket.gethostname(), runner=runner,
                       manifest=Manifest(params.get("manifest_path") or DEFAULT_MANIFEST), in_use=in_use,
                       check_mode=check_mode, source_fingerprint=params.get("source_fingerprint"),
@@ -1248,4 +1259,6 @@ def disk_image(params: dict[str, t.Any], check_mode: bool = False, runner: Runne
             adopt_existing=bool(params.get("adopt_existing")))
         result = ensure_image(spec, ctx)
     result["diff"] = {"before": result["before"], "after": result["after"]}
+    if warnings:
+        result["warnings"] = list(result.get("warnings") or []) + warnings
     return result

@@ -15,6 +15,7 @@ Relies on: libvirt-python ``libvirt.open`` (virConnectOpen), ``lookupByName``/
 from __future__ import annotations
 
 import contextlib
+import threading
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
@@ -29,6 +30,15 @@ except ImportError as exc:  # pragma: no cover - depends on the host
     LIBVIRT_IMPORT_ERROR = str(exc)
 
 DEFAULT_URI = "qemu:///system"
+
+#: Keepalive of remote connections (virConnectSetKeepAlive): a probe every 5 s, the connection
+#: is closed after 6 unanswered ones (about 30 s). Without it, a call on a connection whose
+#: network was cut silently blocks until TCP gives up (15 min and more).
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 6
+
+_EVENT_LOOP_LOCK = threading.Lock()
+_EVENT_LOOP: list[threading.Thread] = []
 
 
 def _ignore_libvirt_errors(_ctx: t.Any, _err: t.Any) -> None:
@@ -86,15 +96,49 @@ def open_connection(uri: str = DEFAULT_URI, readonly: bool = False) -> t.Any:
         raise KvmopsError("libvirt-python is not installed on this host: install python3-libvirt "
                           "(Debian/Ubuntu) or libvirt-python (pip).", detail=LIBVIRT_IMPORT_ERROR)
     libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
+    remote = is_remote_uri(uri)
+    if remote:
+        _start_event_loop()
     try:
-        if readonly:
-            return libvirt.openReadOnly(uri)
-        return libvirt.open(uri)
+        conn = libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
     except libvirt.libvirtError as err:
         raise KvmopsError(
             "Could not connect to libvirt at %s: check that libvirtd runs there and that this "
             "user may use it (for qemu+ssh: key login and libvirt's socket on the remote host)." % uri,
             detail=libvirt_error_detail(err)) from err
+    if remote:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+    return conn
+
+
+def is_remote_uri(uri: str) -> bool:
+    """True for a URI with a host part (``qemu+ssh://root@hostb/system``), False for a local
+    one (``qemu:///system``)."""
+    rest = uri.split("://", 1)[1] if "://" in uri else ""
+    return bool(rest) and not rest.startswith("/")
+
+
+def _start_event_loop() -> None:
+    """Register libvirt's default event loop and run it in a daemon thread, once per process:
+    client keepalive (virConnectSetKeepAlive) needs it. Must run before the first connection
+    is opened (https://libvirt.org/html/libvirt-libvirt-event.html)."""
+    with _EVENT_LOOP_LOCK:
+        if _EVENT_LOOP:
+            return
+        try:
+            libvirt.virEventRegisterDefaultImpl()
+        except libvirt.libvirtError:  # pragma: no cover - only when another loop is registered
+            return
+
+        def run() -> None:
+            while True:
+                if libvirt.virEventRunDefaultImpl() < 0:  # pragma: no cover - libvirt failure
+                    return
+
+        thread = threading.Thread(target=run, name="kvmops-libvirt-events", daemon=True)
+        thread.start()
+        _EVENT_LOOP.append(thread)
 
 
 @contextlib.contextmanager

@@ -64,6 +64,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import threading
 import time
 import typing as t
@@ -842,6 +843,14 @@ def _find(conn: t.Any, lookup: str, key: str, lv: t.Any) -> t.Any:
         raise
 
 
+def _alive(conn: t.Any) -> bool:
+    """``conn.isAlive()``; a connection that cannot even say so counts as dead."""
+    try:
+        return bool(conn.isAlive())
+    except Exception:
+        return False
+
+
 def _uri(conn: t.Any) -> str:
     try:
         return str(conn.getURI())
@@ -1034,6 +1043,15 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     def check(elapsed: float) -> t.Any:
         if not worker.is_alive():
             return "done"
+        if monitor.aborted_at is None and not _alive(dconn):
+            # keepalive closed the destination connection (_libvirt.KEEPALIVE_*): its libvirtd
+            # died or the network to it is cut; the migration cannot finish, so stop it now
+            monitor.aborted_at = elapsed
+            monitor.reason = ("the connection to libvirtd on %s was lost: libvirtd there stopped, or the "
+                              "network between the hosts is cut" % opts.dest_host)
+            rt.log("kvmops.migration: %s: aborting" % monitor.reason)
+            _abort(dom, notes, lv)
+            return None
         try:
             stats = dom.jobStats()
         except Exception as err:  # the job may end between is_alive() and jobStats()
@@ -1077,10 +1095,10 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     outcome = wait_for(check, timing(opts.poll_interval_s, hard_deadline, rt.clock, rt.sleep))
     if outcome != "done":
         raise KvmopsError(
-            "Migration of %s to %s did not end %s after the abort request; the job may still run "
-            "on the source %s. Check 'virsh domjobinfo %s' there and 'virsh -c %s list --all'; "
+            "Migration of %s to %s did not end %s after the abort request (%s); the job may still "
+            "run on the source %s while the guest keeps running there. Check 'virsh domjobinfo %s' there and 'virsh -c %s list --all'; "
             "nothing else was touched." % (source["name"], opts.dest_host,
-                                           "%d s" % opts.abort_grace_s, src_where, source["name"],
+                                           "%d s" % opts.abort_grace_s, monitor.reason, src_where, source["name"],
                                            plan.dest_uri),
             values={"progress": monitor.last, "reason": monitor.reason})
 
@@ -1090,7 +1108,9 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             raise err
         recovery = _recover(sconn, dconn, source, dest_existed, was_running,
                             monitor.postcopy_at is not None, dest_label, lv)
-        why = monitor.reason or "libvirt reported an error"
+        why = monitor.reason or explain_failure(
+            _libvirt.libvirt_error_detail(err) if not isinstance(err, KvmopsError) else str(err),
+            opts.dest_host, source["name"])
         raise KvmopsError(
             "Migration of %s from %s to %s failed (%s; last progress: %s). %s"
             % (source["name"], src_where, opts.dest_host, why, _brief(monitor.last), " ".join(recovery)),
@@ -1118,6 +1138,44 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
                 warnings=result["warnings"] + notes,
                 msg="Migrated %s to %s in %s ms (downtime %s ms)." % (
                     source["name"], opts.dest_host, summary.get("time_ms"), summary.get("downtime_ms")))
+
+
+#: (pattern in libvirt's or QEMU's error text, cause and fix); the first match wins. The texts are
+#: those of libvirt 9-11 and QEMU 7-10 (virnetsocket.c, qemu_migration.c, block/mirror.c).
+_FAILURE_CAUSES: tuple[tuple[str, str], ...] = (
+    (r"No space left on device|ENOSPC|Disk quota exceeded",
+     "the destination ran out of space while the disks were copied: free space on {dest} (the "
+     "filesystem holding the guest's images) and run again"),
+    (r"client socket is closed|End of file while reading data|Cannot recv data|"
+     r"keepalive timeout|connection closed|Connection reset by peer|Broken pipe",
+     "the connection to {dest} broke during the migration: libvirtd there stopped or crashed, or the "
+     "network between the hosts failed. Check that libvirtd runs on {dest} and that the hosts reach "
+     "each other, then run again"),
+    (r"Connection timed out|No route to host|Network is unreachable|Connection refused",
+     "the hosts could not reach each other on the migration ports: check the network and the "
+     "firewall between them (libvirt's migration ports 49152-49215), then run again"),
+    (r"qemu unexpectedly closed the monitor|End of file from qemu monitor|"
+     r"QEMU unexpectedly closed|Domain not found",
+     "QEMU stopped on {dest} while receiving the guest: see /var/log/libvirt/qemu/{guest}.log on "
+     "{dest}"),
+    (r"operation aborted|migration out job: canceled|job .* canceled|Operation canceled",
+     "the migration job was cancelled on the source (virsh domjobabort or another tool)"),
+)
+
+
+def explain_failure(detail: str, dest: str, guest: str) -> str:
+    """The cause of a failed migration, for the operator, from libvirt's error text.
+
+    :param detail: libvirt's message (``libvirtError.get_error_message()``).
+    :param dest: the destination host, as the operator named it.
+    :param guest: the domain name.
+    :returns: a sentence naming the cause and the fix, or "libvirt reported an error" when the
+        text is not one of :data:`_FAILURE_CAUSES` (the detail is always shown beside it).
+    """
+    for pattern, cause in _FAILURE_CAUSES:
+        if re.search(pattern, detail or "", re.IGNORECASE):
+            return cause.format(dest=dest, guest=guest)
+    return "libvirt reported an error"
 
 
 def _brief(sample: dict[str, t.Any] | None) -> str:
@@ -1194,7 +1252,15 @@ def _recover(sconn: t.Any, dconn: t.Any, source: dict[str, t.Any], dest_existed:
                 "see https://libvirt.org/migration.html."]
     out: list[str] = []
     sdom = _find(sconn, "lookupByUUIDString", uuid, lv)
-    ddom = _find(dconn, "lookupByUUIDString", uuid, lv)
+    try:
+        ddom = _find(dconn, "lookupByUUIDString", uuid, lv) if _alive(dconn) else None
+        dest_known = _alive(dconn)
+    except KvmopsError:
+        ddom, dest_known = None, False
+    if not dest_known:
+        out.append("%s could not be checked (no libvirt connection): its libvirtd removes the "
+                   "incomplete incoming domain itself once it notices that this run's connection is "
+                   "gone (keepalive)." % dest)
     src_active = bool(sdom is not None and sdom.isActive())
     if ddom is not None and ddom.isActive():
         dstate = state_name(lv, ddom.state()[0])
@@ -1229,7 +1295,7 @@ def _recover(sconn: t.Any, dconn: t.Any, source: dict[str, t.Any], dest_existed:
                 out.append("The definition this run created on %s was removed." % dest)
         except KvmopsError as err:
             out.append("Cleanup on %s failed: %s" % (dest, err))
-    elif ddom is None:
+    elif ddom is None and dest_known:
         out.append("Nothing is left on %s." % dest)
     return out
 

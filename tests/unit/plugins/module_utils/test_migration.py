@@ -649,6 +649,7 @@ class FakeDomain:
 class FakeConn:
     def __init__(self, uri, domains=()):
         self.uri = uri
+        self.alive = True
         self.domains: list = []
         for dom in domains:
             self.add(dom)
@@ -662,6 +663,9 @@ class FakeConn:
 
     def getURI(self):
         return self.uri
+
+    def isAlive(self):
+        return self.alive
 
     def _lookup(self, pred, key):
         for dom in self.domains:

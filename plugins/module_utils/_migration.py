@@ -1258,9 +1258,11 @@ def _recover(sconn: t.Any, dconn: t.Any, source: dict[str, t.Any], dest_existed:
     except KvmopsError:
         ddom, dest_known = None, False
     if not dest_known:
-        out.append("%s could not be checked (no libvirt connection): its libvirtd removes the "
-                   "incomplete incoming domain itself once it notices that this run's connection is "
-                   "gone (keepalive)." % dest)
+        out.append("%s could not be checked (no libvirt connection). If its libvirtd only lost this "
+                   "connection, it removes the incomplete incoming domain itself within about 30 s; if "
+                   "it was restarted, it may keep that domain paused: then run again with "
+                   "cleanup_leftover (role: -e migrate_guest_cleanup_leftover=true), which removes it "
+                   "only because this run marked it as ours." % dest)
     src_active = bool(sdom is not None and sdom.isActive())
     if ddom is not None and ddom.isActive():
         dstate = state_name(lv, ddom.state()[0])

@@ -320,6 +320,27 @@ def referenced_paths(xml_or_root: t.Any) -> set[str]:
     return paths
 
 
+def required_files(facts: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """Paths the destination must already have because migration does not copy them
+    (case C13, LAB_NOTES): read-only media and cdroms, kernel, initrd, loader, nvram.
+
+    :param facts: :func:`domain_facts`, its disks optionally described by
+        ``_images.describe_disk`` (then ``virtual_size`` is known).
+    :returns: ``[{what, path, target, virtual_size}]``; ``target`` and ``virtual_size`` are
+        None for the files of ``<os>``.
+    """
+    out = []
+    for disk in facts.get("disks") or []:
+        if disk.get("readonly") and disk.get("path") and disk.get("type") != "network":
+            out.append({"what": "%s %s" % (disk.get("device"), disk.get("target")),
+                        "path": disk["path"], "target": disk.get("target"),
+                        "virtual_size": disk.get("virtual_size")})
+    for key in ("kernel", "initrd", "loader", "nvram"):
+        if facts.get(key):
+            out.append({"what": key, "path": facts[key], "target": None, "virtual_size": None})
+    return out
+
+
 def with_discard_unmap(xml: str, targets: t.Iterable[str]) -> tuple[str, list[str]]:
     """Set ``<driver discard='unmap'/>`` on the disks ``targets`` that have no discard mode.
 

@@ -180,7 +180,8 @@ guest_paths:
   description:
     - Other host files O(guest) refers to that a migration does not copy, so they must already be
       on a destination at the same path (case C13), as the pre-flight checks them - read-only
-      media (cdrom, read-only floppy or disk), kernel, initrd, firmware loader and nvram.
+      media (cdrom, read-only floppy or disk), kernel, initrd, device tree (dtb), firmware loader
+      and nvram.
     - Empty when the guest is not defined here.
   returned: when O(guest) is set
   type: list

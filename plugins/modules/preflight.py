@@ -22,7 +22,7 @@ description:
     and emulator; free memory; the copy set (a writable disk left out must be declared shared and
     be shown shared), cache modes; every destination image path (absent, ours and matching,
     foreign or of another size), free space per destination filesystem, backing images for
-    O(copy_storage=incremental); read-only media, kernel, initrd, loader and nvram present on the
+    O(copy_storage=incremental); read-only media, kernel, initrd, dtb, loader and nvram present on the
     destination; every interface's bridge, network (present and active) or direct device, after
     O(network_map); the destination's libvirt transport port and connection; migration and disk
     ports; names resolve from the source to non-loopback addresses; TLS files; libvirt and QEMU
@@ -166,7 +166,7 @@ options:
   dest_disks:
     description:
       - The RV(kvmops.migration.disk_info#module:disks) list that M(kvmops.migration.disk_info) returned
-        on the destination for the guest's image, media, kernel, initrd, loader and nvram paths.
+        on the destination for the guest's image, media, kernel, initrd, dtb, loader and nvram paths.
     type: list
     elements: dict
     default: []

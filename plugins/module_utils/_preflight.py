@@ -16,11 +16,13 @@ Where the facts come from (the module runs on the source host)
   memory, versions. Everything is read; nothing is defined, started or refreshed.
 - the source's images: ``_images.describe_disk`` (``qemu-img info -U``), locally.
 - the destination's files cannot be seen from the source. They come from facts the caller read
-  on the destination: ``dest_disks`` (the ``disks`` list of ``kvmops.migration.disk_info`` run
-  there with ``paths``), ``dest_mounts`` (its ``ansible_mounts`` fact) and ``dest_manifest``
-  (the entries of its kvmops manifest). Without them the destination's libvirt storage pools
-  are used where a pool covers the directory (``storageVolLookupByPath``, pool ``info()``);
-  a path that neither covers is reported as a warning "not verified", never as ok.
+  on the destination, all four given by ``kvmops.migration.host_info`` run there with ``paths``:
+  ``dest_disks`` (its ``paths``, the ``disks`` list ``kvmops.migration.disk_info`` gives for
+  them), ``dest_mounts`` (its ``mounts``, in the shape of the ``ansible_mounts`` fact),
+  ``dest_interfaces`` and ``dest_manifest`` (the entries of its kvmops manifest). Without them
+  the destination's libvirt storage pools are used where a pool covers the directory
+  (``storageVolLookupByPath``, pool ``info()``); a path that neither covers is reported as a
+  warning "not verified", never as ok.
 
 What is honest about ports
 --------------------------
@@ -546,8 +548,8 @@ def check_free_space(disks: list[dict[str, t.Any]], dest: DestFiles, host: str,
             out.append(finding("free_space", "ok" if fs["ok"] else "error", host, msg, **fs))
     if unknown:
         out.append(finding("free_space", "warning", host,
-                           "Free space for %s on %s not verified: pass dest_mounts (the "
-                           "destination's ansible_mounts) or define a libvirt pool there."
+                           "Free space for %s on %s not verified: pass dest_mounts (host_info's "
+                           "mounts or ansible_mounts, read there) or define a libvirt pool there."
                            % (", ".join(unknown), host), paths=unknown))
     return out
 

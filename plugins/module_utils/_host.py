@@ -178,10 +178,11 @@ def guest_facts(conn: t.Any, guest: str, uri: str, runner: _images.Runner) -> di
 
     :returns: ``{guest_disks, guest_paths, guest_error}``: the disks as ``disk_info domain=``
         returns them (:func:`_images.describe_domain`), the paths of
-        :func:`_domain_xml.required_files` (read-only media, kernel, initrd, loader, nvram), and
-        None; empty lists when the guest is not defined here. A failure to read the guest (its
-        XML, an image qemu-img cannot read) is ``guest_error`` with empty lists, so that the
-        host's other facts (where the guest is) still come back; the role stops on it.
+        :func:`_domain_xml.required_files` (read-only media, kernel, initrd, dtb, loader,
+        nvram) and no error; empty lists when the guest is not defined here. A failure to read
+        the guest (its XML, an image qemu-img cannot read) is ``guest_error`` with empty lists,
+        so that the host's other facts (where the guest is) still come back; the role stops on
+        it.
     """
     out: dict[str, t.Any] = {"guest_disks": [], "guest_paths": [], "guest_error": None}
     try:

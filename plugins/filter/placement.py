@@ -72,16 +72,6 @@ def host_uuid_plan(hosts, order=None, pin=True):
     return _placement.host_uuid_plan(facts, [h for h in (order or []) if h in facts], bool(pin))
 
 
-def merge_results(first, second):
-    """``{item: result}`` of two registers of the same loop: the second's result where it ran
-    (not skipped), else the first's."""
-    out = _hosts_from_results(first)
-    for item, res in _hosts_from_results(second or {}).items():
-        if res and not res.get("skipped"):
-            out[item] = res
-    return out
-
-
 def image_report(src_disks, dst_disks, created=None, slack_ratio=0.10, slack_bytes=64 * 1024 ** 2):
     return _placement.image_report(src_disks or [], dst_disks or [], created or [],
                                    float(slack_ratio), int(slack_bytes))
@@ -103,10 +93,6 @@ def host_addresses(hosts, hostvars):
 
 def libvirt_uris(addresses, user="root", transport="ssh", local=None):
     return _placement.libvirt_uris(dict(addresses or {}), user, transport, local)
-
-
-def unverified_paths(report):
-    return _placement.unverified_paths(report)
 
 
 def disk_paths(disks):
@@ -141,8 +127,6 @@ class FilterModule:
             "migration_summary": migration_summary,
             "libvirt_uris": libvirt_uris,
             "host_addresses": host_addresses,
-            "merge_results": merge_results,
-            "unverified_paths": unverified_paths,
             "disk_paths": disk_paths,
             "findings_table": findings_table,
             "mirror_networks": mirror_networks,

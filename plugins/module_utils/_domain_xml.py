@@ -11,7 +11,7 @@ Relies on the libvirt domain XML format, https://libvirt.org/formatdomain.html :
 |protocol+name>``, ``<backingStore>``, ``<target dev bus>``, ``<readonly/>``, ``<shareable/>``;
 ``<interface type>`` with ``<mac address>``, ``<source bridge|network|dev>``, ``<model type>``;
 ``<memory unit>`` (default KiB), ``<vcpu>``, ``<os><type arch machine>``, ``<loader>``,
-``<nvram>``, ``<kernel>``, ``<initrd>``, ``<devices><emulator>``.
+``<nvram>``, ``<kernel>``, ``<initrd>``, ``<dtb>``, ``<devices><emulator>``.
 
 And on libvirt's default disk selection for ``--copy-storage-*`` (qemu_migration.c,
 ``qemuMigrationAnyCopyDisk``): disks that are not shared, not read-only and have a source;
@@ -275,7 +275,7 @@ def domain_facts(xml_or_root: t.Any) -> dict[str, t.Any]:
     """The non-CPU facts of a domain definition.
 
     Shape: ``{name, uuid, domain_type, memory_bytes, current_memory_bytes, vcpus, arch,
-    machine, os_type, emulator, loader, nvram, kernel, initrd, disks: [...],
+    machine, os_type, emulator, loader, nvram, kernel, initrd, dtb, disks: [...],
     interfaces: [...]}``; memory in bytes.
     """
     root = _root(xml_or_root)
@@ -297,6 +297,7 @@ def domain_facts(xml_or_root: t.Any) -> dict[str, t.Any]:
         "nvram": _text(root, "os/nvram") or _attr(root, "os/nvram/source", "file"),
         "kernel": _text(root, "os/kernel"),
         "initrd": _text(root, "os/initrd"),
+        "dtb": _text(root, "os/dtb"),
         "disks": disks(root),
         "interfaces": interfaces(root),
     }
@@ -304,7 +305,7 @@ def domain_facts(xml_or_root: t.Any) -> dict[str, t.Any]:
 
 def referenced_paths(xml_or_root: t.Any) -> set[str]:
     """Every host path a domain uses for storage: disk sources, backing layers, nvram, loader,
-    kernel, initrd. Used to tell whether an image is in use by a domain."""
+    kernel, initrd, dtb. Used to tell whether an image is in use by a domain."""
     root = _root(xml_or_root)
     paths: set[str] = set()
     for disk in disks(root):
@@ -313,11 +314,33 @@ def referenced_paths(xml_or_root: t.Any) -> set[str]:
         for layer in disk["backing"]:
             if layer.get("path"):
                 paths.add(layer["path"])
-    for path in ("os/loader", "os/nvram", "os/kernel", "os/initrd"):
+    for path in ("os/loader", "os/nvram", "os/kernel", "os/initrd", "os/dtb"):
         value = _text(root, path)
         if value:
             paths.add(value)
     return paths
+
+
+def required_files(facts: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """Paths the destination must already have because migration does not copy them
+    (case C13, LAB_NOTES): read-only media and cdroms, kernel, initrd, device tree (dtb),
+    loader, nvram.
+
+    :param facts: :func:`domain_facts`, its disks optionally described by
+        ``_images.describe_disk`` (then ``virtual_size`` is known).
+    :returns: ``[{what, path, target, virtual_size}]``; ``target`` and ``virtual_size`` are
+        None for the files of ``<os>``.
+    """
+    out = []
+    for disk in facts.get("disks") or []:
+        if disk.get("readonly") and disk.get("path") and disk.get("type") != "network":
+            out.append({"what": "%s %s" % (disk.get("device"), disk.get("target")),
+                        "path": disk["path"], "target": disk.get("target"),
+                        "virtual_size": disk.get("virtual_size")})
+    for key in ("kernel", "initrd", "dtb", "loader", "nvram"):
+        if facts.get(key):
+            out.append({"what": key, "path": facts[key], "target": None, "virtual_size": None})
+    return out
 
 
 def with_discard_unmap(xml: str, targets: t.Iterable[str]) -> tuple[str, list[str]]:

@@ -12,25 +12,37 @@ duplicated host UUIDs (case C10) before anything is touched:
   is free + buffers + cached, the kernel's reclaimable page cache).
 * ``domains``: every domain defined or running on the host: name, UUID, state, active,
   persistent, current memory in bytes and vCPU count (``virDomainGetInfo``).
+* with ``guest``: where that domain is defined, ``guest_disks`` (the ``disks`` of ``disk_info``,
+  by ``_images.describe_domain``) and ``guest_paths`` (the files migration does not copy,
+  ``_domain_xml.required_files``), so that locating a guest also describes it.
+* with ``paths`` (what the pre-flight needs of a destination, in one call): ``paths`` (the
+  ``disks`` of ``disk_info paths=``, by ``_images.describe_paths``), ``mounts`` (the filesystems
+  holding them, in the shape of Ansible's ``ansible_mounts``), ``interfaces`` (the names of
+  ``ansible_interfaces``) and ``manifest`` (the entries of the kvmops manifest).
 
 Relies on: ``virConnectGetCapabilities``, ``virConnectGetLibVersion``/``getVersion``,
 ``virNodeGetInfo``, ``virNodeGetMemoryStats(VIR_NODE_MEMORY_STATS_ALL_CELLS)``,
 ``virConnectListAllDomains``, ``virDomainGetInfo`` (memory in KiB); libvirtd.conf(5) syntax
-``key = "value"`` with ``#`` comments.
+``key = "value"`` with ``#`` comments; proc_pid_mounts(5) (``/proc/self/mounts``, fields as in
+fstab(5), octal escapes such as ``\\040``); statvfs(3); ``/sys/class/net`` (one entry per
+network interface of the host's network namespace, as Ansible's network facts read it).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import typing as t
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _images, _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import etree
 
 DEFAULT_LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
+PROC_MOUNTS = "/proc/self/mounts"
+SYS_CLASS_NET = "/sys/class/net"
 KIB = 1024
 
 #: virDomainState numbers (stable libvirt ABI) to names.
@@ -38,6 +50,7 @@ STATE_NAMES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdo
                5: "shutoff", 6: "crashed", 7: "pmsuspended"}
 
 _HOST_UUID_RE = re.compile(r'^\s*host_uuid\s*=\s*"([^"]*)"\s*(?:#.*)?$')
+_OCTAL_ESCAPE_RE = re.compile(r"\\([0-7]{3})")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -160,8 +173,129 @@ def _libvirt_uri(conn: t.Any) -> str | None:
         return None
 
 
-def run_host_info(params: dict[str, t.Any]) -> dict[str, t.Any]:
-    """The ``host_info`` module: read-only facts of the local host (``params['uri']``)."""
+def guest_facts(conn: t.Any, guest: str, uri: str, runner: _images.Runner) -> dict[str, t.Any]:
+    """What the roles need of one guest on the host that defines it, read with ``conn``.
+
+    :returns: ``{guest_disks, guest_paths, guest_error}``: the disks as ``disk_info domain=``
+        returns them (:func:`_images.describe_domain`), the paths of
+        :func:`_domain_xml.required_files` (read-only media, kernel, initrd, dtb, loader,
+        nvram) and no error; empty lists when the guest is not defined here. A failure to read
+        the guest (its XML, an image qemu-img cannot read) is ``guest_error`` with empty lists,
+        so that the host's other facts (where the guest is) still come back; the role stops on
+        it.
+    """
+    out: dict[str, t.Any] = {"guest_disks": [], "guest_paths": [], "guest_error": None}
+    try:
+        dom = _libvirt.lookup_domain(conn, guest, required=False)
+        if dom is None:
+            return out
+        described = _images.describe_domain(conn, dom, uri, runner)
+    except KvmopsError as err:
+        out["guest_error"] = str(err)
+        return out
+    out["guest_disks"] = described["disks"]
+    out["guest_paths"] = [f["path"] for f in _domain_xml.required_files(described["facts"])]
+    return out
+
+
+def parse_mounts(text: str) -> list[dict[str, str]]:
+    """The entries of ``/proc/self/mounts``: ``[{device, mount, fstype, options}]`` with octal
+    escapes (``\\040`` for a space) decoded. A mount point mounted over keeps only its last
+    entry, the filesystem that is visible there."""
+    by_mount: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        fields = [_OCTAL_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 8)), f) for f in line.split()]
+        if len(fields) < 4:
+            continue
+        by_mount.pop(fields[1], None)
+        by_mount[fields[1]] = {"device": fields[0], "mount": fields[1], "fstype": fields[2],
+                               "options": fields[3]}
+    return list(by_mount.values())
+
+
+def mount_facts(entry: dict[str, str], statvfs: t.Callable[[str], t.Any] = os.statvfs) -> dict[str, t.Any]:
+    """One filesystem in the shape of an ``ansible_mounts`` entry (the same ``statvfs``
+    arithmetic as Ansible's mount facts): ``mount, device, fstype, options``, sizes in bytes
+    (``size_total``, ``size_available`` = ``f_bavail * f_frsize``, what the pre-flight counts as
+    free), ``block_size`` in bytes and ``block_*``/``inode_*`` counts.
+
+    :raises KvmopsError: the filesystem cannot be read (statvfs failed).
+    """
+    try:
+        vfs = statvfs(entry["mount"])
+    except OSError as err:
+        raise KvmopsError("Could not read the free space of filesystem %s (%s) on this host: %s. "
+                          "Check that it is mounted and answers (df %s)." % (
+                              entry["mount"], entry["device"], err.strerror or err, entry["mount"]),
+                          detail=str(err)) from err
+    return dict(entry, size_total=vfs.f_blocks * vfs.f_frsize, size_available=vfs.f_bavail * vfs.f_frsize,
+                block_size=vfs.f_bsize, block_total=vfs.f_blocks, block_available=vfs.f_bavail,
+                block_used=vfs.f_blocks - vfs.f_bavail, inode_total=vfs.f_files,
+                inode_available=vfs.f_favail, inode_used=vfs.f_files - vfs.f_favail)
+
+
+def mounts_holding(paths: t.Iterable[str], mounts_text: str,
+                   statvfs: t.Callable[[str], t.Any] = os.statvfs) -> list[dict[str, t.Any]]:
+    """The filesystems that hold ``paths`` (existing or not yet created), each once, as
+    :func:`mount_facts`: per path the mount whose mount point is its longest prefix, the rule by
+    which the pre-flight picks a filesystem from ``dest_mounts`` (``_images.mount_holding``).
+    Only these are measured: another filesystem (a hung network mount) is never touched."""
+    table = parse_mounts(mounts_text)
+    out: list[dict[str, t.Any]] = []
+    seen: set[str] = set()
+    for path in paths:
+        entry = _images.mount_holding(path, table)
+        if entry is not None and entry["mount"] not in seen:
+            seen.add(entry["mount"])
+            out.append(mount_facts(entry, statvfs))
+    return out
+
+
+def interface_names(net_dir: str = SYS_CLASS_NET) -> list[str]:
+    """The network interfaces of this host (bridges included), sorted: the names of Ansible's
+    ``ansible_interfaces``, from the directories of ``/sys/class/net``."""
+    try:
+        names = os.listdir(net_dir)
+    except OSError as err:
+        raise KvmopsError("Could not list the network interfaces in %s on this host: %s."
+                          % (net_dir, err.strerror or err), detail=str(err)) from err
+    return sorted(n for n in names if os.path.isdir(os.path.join(net_dir, n)))
+
+
+def path_facts(paths: list[str], runner: _images.Runner, manifest_path: str = _images.DEFAULT_MANIFEST,
+               mounts_file: str = PROC_MOUNTS, net_dir: str = SYS_CLASS_NET,
+               statvfs: t.Callable[[str], t.Any] = os.statvfs) -> dict[str, t.Any]:
+    """What the pre-flight needs to know of a destination, read on it: the keys ``paths``
+    (``disk_info paths=``), ``mounts``, ``interfaces`` and ``manifest`` (entries; [] when there
+    is no manifest), for its options ``dest_disks``, ``dest_mounts``, ``dest_interfaces`` and
+    ``dest_manifest``."""
+    try:
+        with open(mounts_file, "r", encoding="utf-8") as handle:
+            mounts_text = handle.read()
+    except OSError as err:
+        raise KvmopsError("Could not read the mounted filesystems (%s) on this host: %s."
+                          % (mounts_file, err.strerror or err), detail=str(err)) from err
+    return {"paths": _images.describe_paths(paths, runner),
+            "mounts": mounts_holding(paths, mounts_text, statvfs),
+            "interfaces": interface_names(net_dir),
+            "manifest": _images.Manifest(manifest_path).entries()}
+
+
+def run_host_info(params: dict[str, t.Any], runner: _images.Runner | None = None,
+                  connect: t.Callable[..., t.Any] = _libvirt.connection, **sources: t.Any) -> dict[str, t.Any]:
+    """The ``host_info`` module: read-only facts of the local host (``params['uri']``), with
+    :func:`guest_facts` when ``params['guest']`` is set and :func:`path_facts` when
+    ``params['paths']`` is a list (even empty).
+
+    :param sources: ``mounts_file``, ``net_dir``, ``statvfs`` of :func:`path_facts` (tests).
+    """
+    runner = runner or _images.SubprocessRunner()
     exists, text = read_conf(params["libvirtd_conf"])
-    with _libvirt.connection(params["uri"], readonly=True) as conn:
-        return host_facts(conn, text, exists, include_domains=params["domains"])
+    with connect(params["uri"], readonly=True) as conn:
+        result = host_facts(conn, text, exists, include_domains=params["domains"])
+        if params.get("guest"):
+            result.update(guest_facts(conn, params["guest"], params["uri"], runner))
+    if params.get("paths") is not None:
+        result.update(path_facts(params["paths"], runner,
+                                 params.get("manifest_path") or _images.DEFAULT_MANIFEST, **sources))
+    return result

@@ -433,6 +433,19 @@ def filesystem_of(path: str) -> dict[str, t.Any]:
             "free_bytes": vfs.f_bavail * vfs.f_frsize, "size_bytes": vfs.f_blocks * vfs.f_frsize}
 
 
+def mount_holding(path: str, mounts: t.Iterable[dict[str, t.Any]]) -> dict[str, t.Any] | None:
+    """The entry of ``mounts`` (dicts with ``mount``, as in ``ansible_mounts``) whose mount point
+    is the longest prefix of ``path``, compared as text (links are not resolved); None when no
+    mount point is a prefix. The pre-flight's rule for the filesystem of a destination path."""
+    best = None
+    for mount in mounts:
+        point = mount.get("mount") or ""
+        if path == point or path.startswith(point.rstrip("/") + "/"):
+            if best is None or len(point) > len(best.get("mount") or ""):
+                best = mount
+    return best
+
+
 def margin_for(needed: int, ratio: float = MARGIN_RATIO, extra: int = MARGIN_BYTES) -> int:
     """Safety margin in bytes for ``needed`` bytes: ``ceil(ratio * needed) + extra``."""
     return -(-int(needed * ratio * 1000) // 1000) + extra
@@ -1154,6 +1167,44 @@ def _volume_path(conn: t.Any, pool: str, volume: str, uri: str) -> str | None:
         return str(conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path())
 
 
+def describe_domain(conn: t.Any, dom: t.Any, uri: str, runner: Runner, force_share: bool = True,
+                    checksums: bool = False) -> dict[str, t.Any]:
+    """The disks of a domain with their geometry, as ``disk_info`` returns them.
+
+    Reads the domain's current XML (the live one of a running domain), resolves volume disks to
+    their path through the storage pool and describes every disk (:func:`describe_disk`; always
+    force-share for a running domain).
+
+    :returns: ``{domain: {name, uuid, active}, facts, disks, copy_set}``; ``facts`` is
+        ``_domain_xml.domain_facts`` of that XML with ``disks`` replaced by the described ones.
+    :raises KvmopsError: libvirt or qemu-img failure.
+    """
+    from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import libvirt_errors
+    with libvirt_errors("read domain %s" % dom.name(), uri):
+        active = bool(dom.isActive())
+        xml = dom.XMLDesc(0)
+    facts = _domain_xml.domain_facts(xml)
+    for disk in facts["disks"]:
+        if disk["type"] == "volume" and disk.get("pool") and disk.get("volume"):
+            disk["path"] = _volume_path(conn, disk["pool"], disk["volume"], uri)
+    facts["disks"] = [describe_disk(d, runner, force_share=force_share or active, checksums=checksums)
+                      for d in facts["disks"]]
+    return {"domain": {"name": facts["name"], "uuid": facts["uuid"], "active": active}, "facts": facts,
+            "disks": facts["disks"], "copy_set": _domain_xml.copy_set(facts["disks"])}
+
+
+def describe_paths(paths: t.Iterable[str], runner: Runner, force_share: bool = True,
+                   checksums: bool = False) -> list[dict[str, t.Any]]:
+    """One ``disk_info`` entry per image file or block device path, without a domain."""
+    out = []
+    for path in paths:
+        block = is_block_path(path)
+        out.append(describe_disk({"target": None, "device": "disk", "type": "block" if block else "file",
+                                  "path": path, "format": None, "readonly": False, "shareable": False,
+                                  "backing": []}, runner, force_share=force_share, checksums=checksums))
+    return out
+
+
 def disk_info(params: dict[str, t.Any], runner: Runner | None = None,
               connect: t.Callable[..., t.Any] | None = None) -> dict[str, t.Any]:
     """Backend of the ``disk_info`` module.
@@ -1166,37 +1217,14 @@ def disk_info(params: dict[str, t.Any], runner: Runner | None = None,
     runner = runner or SubprocessRunner()
     force = bool(params.get("force_share", True))
     checksums = bool(params.get("checksums", False))
-    result: dict[str, t.Any] = {"domain": None, "disks": [], "copy_set": []}
-    if params.get("domain"):
-        if connect is None:
-            from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import connection
-            connect = connection
-        from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import (
-            lookup_domain, libvirt_errors)
-        uri = params.get("uri") or "qemu:///system"
-        with connect(uri, readonly=True) as conn:
-            dom = lookup_domain(conn, params["domain"])
-            with libvirt_errors("read domain %s" % params["domain"], uri):
-                active = bool(dom.isActive())
-                xml = dom.XMLDesc(0)
-            facts = _domain_xml.domain_facts(xml)
-            disk_list = facts["disks"]
-            for disk in disk_list:
-                if disk["type"] == "volume" and disk.get("pool") and disk.get("volume"):
-                    disk["path"] = _volume_path(conn, disk["pool"], disk["volume"], uri)
-        result["domain"] = {"name": facts["name"], "uuid": facts["uuid"], "active": active}
-        force = force or active
-    else:
-        disk_list = []
-        for path in params.get("paths") or []:
-            block = is_block_path(path)
-            disk_list.append({"target": None, "device": "disk", "type": "block" if block else "file",
-                              "path": path, "format": None, "readonly": False, "shareable": False,
-                              "backing": []})
-    result["disks"] = [describe_disk(d, runner, force_share=force, checksums=checksums) for d in disk_list]
-    if result["domain"] is not None:
-        result["copy_set"] = _domain_xml.copy_set(result["disks"])
-    return result
+    if not params.get("domain"):
+        return {"domain": None, "disks": describe_paths(params.get("paths") or [], runner, force, checksums),
+                "copy_set": []}
+    from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import connection, lookup_domain
+    uri = params.get("uri") or "qemu:///system"
+    with (connect or connection)(uri, readonly=True) as conn:
+        described = describe_domain(conn, lookup_domain(conn, params["domain"]), uri, runner, force, checksums)
+    return {k: described[k] for k in ("domain", "disks", "copy_set")}
 
 
 def _mode(value: t.Any) -> int:

@@ -474,20 +474,6 @@ def libvirt_uris(addresses: dict[str, str], user: str = "root", transport: str =
     return out
 
 
-def unverified_paths(report: dict[str, t.Any] | None) -> list[str]:
-    """Paths a pre-flight report could not verify on the destination for lack of facts
-    (findings ``required_file``/``dest_image`` whose ``values.seen`` is null): run ``disk_info``
-    with these paths there and pass the result as ``dest_disks`` to a second pre-flight."""
-    report = (report or {}).get("report", report) or {}
-    out: list[str] = []
-    for item in report.get("findings", []):
-        values = item.get("values") or {}
-        if item.get("check") in ("required_file", "dest_image", "backing_chain") and values.get("path") \
-                and "seen" in values and values.get("seen") is None and values["path"] not in out:
-            out.append(values["path"])
-    return out
-
-
 def disk_paths(disks: list[dict[str, t.Any]]) -> list[str]:
     """Every local path of a ``disk_info`` disks list, backing layers included, once each."""
     out: list[str] = []

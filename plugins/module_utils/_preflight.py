@@ -16,11 +16,13 @@ Where the facts come from (the module runs on the source host)
   memory, versions. Everything is read; nothing is defined, started or refreshed.
 - the source's images: ``_images.describe_disk`` (``qemu-img info -U``), locally.
 - the destination's files cannot be seen from the source. They come from facts the caller read
-  on the destination: ``dest_disks`` (the ``disks`` list of ``kvmops.migration.disk_info`` run
-  there with ``paths``), ``dest_mounts`` (its ``ansible_mounts`` fact) and ``dest_manifest``
-  (the entries of its kvmops manifest). Without them the destination's libvirt storage pools
-  are used where a pool covers the directory (``storageVolLookupByPath``, pool ``info()``);
-  a path that neither covers is reported as a warning "not verified", never as ok.
+  on the destination, all four given by ``kvmops.migration.host_info`` run there with ``paths``:
+  ``dest_disks`` (its ``paths``, the ``disks`` list ``kvmops.migration.disk_info`` gives for
+  them), ``dest_mounts`` (its ``mounts``, in the shape of the ``ansible_mounts`` fact),
+  ``dest_interfaces`` and ``dest_manifest`` (the entries of its kvmops manifest). Without them
+  the destination's libvirt storage pools are used where a pool covers the directory
+  (``storageVolLookupByPath``, pool ``info()``); a path that neither covers is reported as a
+  warning "not verified", never as ok.
 
 What is honest about ports
 --------------------------
@@ -408,12 +410,7 @@ class DestFiles:
     def filesystem(self, path: str) -> dict[str, t.Any] | None:
         """``{mount, device, free_bytes}`` holding ``path``: the longest ``ansible_mounts``
         prefix, else the pool of its directory, else None."""
-        best = None
-        for mount in self.mounts:
-            point = mount.get("mount") or ""
-            if path == point or path.startswith(point.rstrip("/") + "/"):
-                if best is None or len(point) > len(best.get("mount") or ""):
-                    best = mount
+        best = _images.mount_holding(path, self.mounts)
         if best is not None:
             return {"mount": best["mount"], "device": best.get("device") or best["mount"],
                     "free_bytes": int(best.get("size_available") or 0)}
@@ -551,30 +548,15 @@ def check_free_space(disks: list[dict[str, t.Any]], dest: DestFiles, host: str,
             out.append(finding("free_space", "ok" if fs["ok"] else "error", host, msg, **fs))
     if unknown:
         out.append(finding("free_space", "warning", host,
-                           "Free space for %s on %s not verified: pass dest_mounts (the "
-                           "destination's ansible_mounts) or define a libvirt pool there."
+                           "Free space for %s on %s not verified: pass dest_mounts (host_info's "
+                           "mounts or ansible_mounts, read there) or define a libvirt pool there."
                            % (", ".join(unknown), host), paths=unknown))
-    return out
-
-
-def required_files(facts: dict[str, t.Any]) -> list[dict[str, t.Any]]:
-    """Paths the destination must already have because migration does not copy them
-    (case C13, LAB_NOTES): read-only media and cdroms, kernel, initrd, loader, nvram."""
-    out = []
-    for disk in facts.get("disks") or []:
-        if disk.get("readonly") and disk.get("path") and disk.get("type") != "network":
-            out.append({"what": "%s %s" % (disk.get("device"), disk.get("target")),
-                        "path": disk["path"], "target": disk.get("target"),
-                        "virtual_size": disk.get("virtual_size")})
-    for key in ("kernel", "initrd", "loader", "nvram"):
-        if facts.get(key):
-            out.append({"what": key, "path": facts[key], "target": None, "virtual_size": None})
     return out
 
 
 def check_required_files(files: list[dict[str, t.Any]], dest: DestFiles, host: str
                          ) -> list[dict[str, t.Any]]:
-    """Each path of :func:`required_files` exists on the destination (case C13)."""
+    """Each path of ``_domain_xml.required_files`` exists on the destination (case C13)."""
     out = []
     for item in files:
         seen, _src = dest.lookup(item["path"])
@@ -1141,7 +1123,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         disks = [_images.describe_disk(d, runner, force_share=True) if d.get("path") and probes.exists(d["path"])
                  else dict(d) for d in facts["disks"]]
         facts["disks"] = disks
-        req = required_files(facts)
+        req = _domain_xml.required_files(facts)
         dest_files = _dest_storage(dconn, opts, [d["path"] for d in disks if d.get("path")]
                                    + [r["path"] for r in req] + [b["path"] for d in disks
                                                                  for b in d.get("backing") or [] if b.get("path")], lv)

@@ -19,12 +19,25 @@ description:
     available memory in bytes (available = free + buffers + page cache)."
   - "Domains: every domain defined or running on the host, with name, UUID, state, active,
     persistent, memory in bytes and vCPU count."
+  - "With O(guest), on the host that defines that guest: its disks as
+    M(kvmops.migration.disk_info) describes them (RV(guest_disks)) and the other host files it
+    refers to that a migration does not copy (RV(guest_paths)). Locating a guest thus also
+    describes it, in the same call."
+  - "With O(paths), what M(kvmops.migration.preflight) needs to know of a destination, in one
+    call: the paths as M(kvmops.migration.disk_info) describes them (RV(paths)), the filesystems
+    that hold them (RV(mounts)), the network interfaces (RV(interfaces)) and the entries of the
+    kvmops manifest (RV(manifest)); pass them as its O(kvmops.migration.preflight#module:dest_disks),
+    O(kvmops.migration.preflight#module:dest_mounts),
+    O(kvmops.migration.preflight#module:dest_interfaces) and
+    O(kvmops.migration.preflight#module:dest_manifest)."
   - Changes nothing.
 author:
   - kvmops.migration contributors (@kvmops)
 requirements:
   - libvirt-python (python3-libvirt) on the host
   - lxml (python3-lxml)
+  - qemu-img (qemu-utils), blockdev (util-linux) and lvs (lvm2) when O(guest) or O(paths) name
+    images, as for M(kvmops.migration.disk_info)
 options:
   uri:
     description: libvirt URI of the host; the connection is read-only.
@@ -38,12 +51,39 @@ options:
     description: Include the list of domains.
     type: bool
     default: true
+  guest:
+    description:
+      - Name or UUID of a guest to describe where it is defined (RV(guest_disks),
+        RV(guest_paths), RV(guest_error)). On the other hosts these are empty.
+      - Its images are read with C(qemu-img info -U) (force-share), so a running guest's images
+        can be read.
+    type: str
+  paths:
+    description:
+      - Image files or block devices to look at on this host, for example the disk and backing
+        paths of a guest (RV(guest_disks)) and its RV(guest_paths) read on the source, looked at
+        on a destination.
+      - When given (even empty), adds RV(paths), RV(mounts), RV(interfaces) and RV(manifest).
+      - A path that does not exist is reported in RV(paths) with C(exists=false), not as a failure.
+    type: list
+    elements: path
+  manifest_path:
+    description:
+      - The kvmops manifest (the images this collection created on the host) read for
+        RV(manifest), with O(paths). A missing file gives an empty list.
+    type: path
+    default: /var/lib/kvmops-migration/manifest.json
 extends_documentation_fragment:
   - kvmops.migration.attributes.info_module
 notes:
-  - Memory values are bytes; libvirt reports KiB.
+  - Memory values and sizes are bytes; libvirt reports memory in KiB.
+  - RV(mounts) lists only the filesystems that hold O(paths) (per path, the mount whose mount
+    point is its longest prefix, the rule by which M(kvmops.migration.preflight) picks one from
+    O(kvmops.migration.preflight#module:dest_mounts)); no other filesystem is read, so a hung
+    network mount elsewhere does not hang the module.
 seealso:
   - module: kvmops.migration.preflight
+  - module: kvmops.migration.disk_info
   - name: libvirt host UUID
     description: The C(host_uuid) setting of libvirtd.conf.
     link: https://libvirt.org/manpages/libvirtd.html
@@ -59,6 +99,32 @@ EXAMPLES = r"""
 - name: Where does vm1 run?
   ansible.builtin.debug:
     msg: "{{ hosts | kvmops.migration.locate_guest('vm1') }}"
+
+- name: Locate vm1 and describe its disks where it is defined, in the same call
+  kvmops.migration.host_info:
+    guest: vm1
+  delegate_to: "{{ item }}"
+  loop: "{{ groups['kvm_hosts'] }}"
+  register: located
+
+- name: Look at vm1's paths, filesystems, interfaces and manifest on hostb
+  kvmops.migration.host_info:
+    domains: false
+    paths: "{{ (src.guest_disks | kvmops.migration.disk_paths) + src.guest_paths }}"
+  vars:
+    src: "{{ located.results | selectattr('guest_disks') | first }}"
+  delegate_to: hostb
+  register: hostb_facts
+
+- name: Pre-flight of vm1 to hostb with those facts
+  kvmops.migration.preflight:
+    domain: vm1
+    dest_host: hostb.example.com
+    dest_disks: "{{ hostb_facts.paths }}"
+    dest_mounts: "{{ hostb_facts.mounts }}"
+    dest_interfaces: "{{ hostb_facts.interfaces }}"
+    dest_manifest: "{{ hostb_facts.manifest }}"
+  delegate_to: hosta
 """
 
 RETURN = r"""
@@ -98,12 +164,98 @@ domains:
     memory_bytes: {description: "Current memory in bytes.", type: int}
     max_memory_bytes: {description: "Maximum memory in bytes.", type: int}
     vcpus: {description: "vCPU count.", type: int}
+guest_disks:
+  description:
+    - The disks of O(guest) on this host, exactly as RV(kvmops.migration.disk_info#module:disks) of
+      M(kvmops.migration.disk_info) with O(kvmops.migration.disk_info#module:domain) (sizes in
+      bytes, backing chain, copy decision, fingerprint).
+    - Empty when the guest is not defined here, or when it could not be read (RV(guest_error)).
+  returned: when O(guest) is set
+  type: list
+  elements: dict
+  sample:
+    - {target: vda, device: disk, type: file, path: /var/lib/libvirt/images/vm1.qcow2, format: qcow2,
+       exists: true, virtual_size: 21474836480, allocation: 1610612736, copy: true}
+guest_paths:
+  description:
+    - Other host files O(guest) refers to that a migration does not copy, so they must already be
+      on a destination at the same path (case C13), as the pre-flight checks them - read-only
+      media (cdrom, read-only floppy or disk), kernel, initrd, device tree (dtb), firmware loader
+      and nvram.
+    - Empty when the guest is not defined here.
+  returned: when O(guest) is set
+  type: list
+  elements: str
+  sample: [/var/lib/libvirt/isos/seed.iso, /var/lib/libvirt/boot/vmlinuz]
+guest_error:
+  description:
+    - Why O(guest), defined here, could not be described (its XML, or an image qemu-img cannot
+      read); null otherwise. The host's other facts are returned all the same.
+  returned: when O(guest) is set
+  type: str
+paths:
+  description:
+    - One entry per O(paths) entry, exactly as RV(kvmops.migration.disk_info#module:disks) of
+      M(kvmops.migration.disk_info) with O(kvmops.migration.disk_info#module:paths) (sizes in
+      bytes); pass it as O(kvmops.migration.preflight#module:dest_disks).
+  returned: when O(paths) is set
+  type: list
+  elements: dict
+  sample:
+    - {path: /var/lib/libvirt/images/vm1.qcow2, exists: false, virtual_size: null}
+mounts:
+  description:
+    - The filesystems that hold O(paths), each once, in the shape of Ansible's C(ansible_mounts)
+      fact; pass it as O(kvmops.migration.preflight#module:dest_mounts).
+  returned: when O(paths) is set
+  type: list
+  elements: dict
+  contains:
+    mount: {description: "Mount point.", type: str, sample: /var/lib/libvirt/images}
+    device: {description: "Mounted device (or source, such as C(tmpfs) or C(server:/export)).", type: str}
+    fstype: {description: "Filesystem type.", type: str, sample: ext4}
+    options: {description: "Mount options.", type: str}
+    size_total: {description: "Size in bytes (C(f_blocks * f_frsize)).", type: int}
+    size_available: {description: "Bytes available to unprivileged writers (C(f_bavail * f_frsize)).", type: int}
+    block_size: {description: "Block size in bytes (C(f_bsize)).", type: int}
+    block_total: {description: "Blocks in all (of C(f_frsize) bytes).", type: int}
+    block_available: {description: "Blocks available to unprivileged writers.", type: int}
+    block_used: {description: "Blocks not available (total minus available).", type: int}
+    inode_total: {description: "Inodes in all.", type: int}
+    inode_available: {description: "Inodes available to unprivileged writers.", type: int}
+    inode_used: {description: "Inodes not available (total minus available).", type: int}
+interfaces:
+  description:
+    - Names of the network interfaces of the host (bridges included), sorted, as Ansible's
+      C(ansible_interfaces) fact; pass it as O(kvmops.migration.preflight#module:dest_interfaces).
+  returned: when O(paths) is set
+  type: list
+  elements: str
+  sample: [br0, eth0, lo, virbr0]
+manifest:
+  description:
+    - The entries of the kvmops manifest (O(manifest_path)), the images this collection created
+      on the host; empty when there is no manifest. Pass it as
+      O(kvmops.migration.preflight#module:dest_manifest).
+  returned: when O(paths) is set
+  type: list
+  elements: dict
+  contains:
+    host: {description: "Host the image was created on.", type: str}
+    path: {description: "Image path.", type: str}
+    kind: {description: "C(file) or C(lv).", type: str}
+    format: {description: "Image format.", type: str}
+    virtual_size: {description: "Virtual size in bytes.", type: int}
+    created_at: {description: "When it was created (UTC, ISO 8601).", type: str}
+    for_domain: {description: "Guest it was created for.", type: str}
+    inode: {description: "Inode number of a file image.", type: int}
+    id: {description: "Identity stored in the file's extended attribute, where the filesystem has them.", type: str}
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
-from ansible_collections.kvmops.migration.plugins.module_utils import _host, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _host, _images, _libvirt
 
 
 def main() -> None:
@@ -112,6 +264,9 @@ def main() -> None:
             uri=dict(type="str", default=_libvirt.DEFAULT_URI),
             libvirtd_conf=dict(type="path", default=_host.DEFAULT_LIBVIRTD_CONF),
             domains=dict(type="bool", default=True),
+            guest=dict(type="str"),
+            paths=dict(type="list", elements="path"),
+            manifest_path=dict(type="path", default=_images.DEFAULT_MANIFEST),
         ),
         supports_check_mode=True,
     )

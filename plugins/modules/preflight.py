@@ -22,19 +22,22 @@ description:
     and emulator; free memory; the copy set (a writable disk left out must be declared shared and
     be shown shared), cache modes; every destination image path (absent, ours and matching,
     foreign or of another size), free space per destination filesystem, backing images for
-    O(copy_storage=incremental); read-only media, kernel, initrd, loader and nvram present on the
+    O(copy_storage=incremental); read-only media, kernel, initrd, dtb, loader and nvram present on the
     destination; every interface's bridge, network (present and active) or direct device, after
     O(network_map); the destination's libvirt transport port and connection; migration and disk
     ports; names resolve from the source to non-loopback addresses; TLS files; libvirt and QEMU
     versions and the libvirt the chosen options need."
   - Run it on the B(source) host, as the user and with the URI the migration will use.
   - Reads only. It never defines, starts, refreshes or creates anything, on either host.
-  - The destination's files cannot be seen from the source. Pass what
-    M(kvmops.migration.disk_info) (with O(kvmops.migration.disk_info#module:paths)) returned on the
-    destination as O(dest_disks), the destination's C(ansible_mounts) fact as O(dest_mounts) and
-    its manifest entries as O(dest_manifest). Without them the destination's libvirt storage pools
-    are used where a pool covers the directory; anything else is reported as a warning
-    C(not verified), never as ok.
+  - The destination's files cannot be seen from the source. Pass what M(kvmops.migration.host_info)
+    with O(kvmops.migration.host_info#module:paths) returned on the destination (one call) -
+    RV(kvmops.migration.host_info#module:paths) as O(dest_disks),
+    RV(kvmops.migration.host_info#module:mounts) as O(dest_mounts),
+    RV(kvmops.migration.host_info#module:interfaces) as O(dest_interfaces) and
+    RV(kvmops.migration.host_info#module:manifest) as O(dest_manifest) (or the same facts from
+    M(kvmops.migration.disk_info) and C(ansible_mounts)). Without them the destination's libvirt
+    storage pools are used where a pool covers the directory; anything else is reported as a
+    warning C(not verified), never as ok.
 author:
   - kvmops.migration contributors (@kvmops)
 requirements:
@@ -166,28 +169,31 @@ options:
   dest_disks:
     description:
       - The RV(kvmops.migration.disk_info#module:disks) list that M(kvmops.migration.disk_info) returned
-        on the destination for the guest's image, media, kernel, initrd, loader and nvram paths.
+        on the destination for the guest's image, media, kernel, initrd, dtb, loader and nvram paths,
+        or the same list as RV(kvmops.migration.host_info#module:paths) of
+        M(kvmops.migration.host_info) run there with O(kvmops.migration.host_info#module:paths).
     type: list
     elements: dict
     default: []
   dest_interfaces:
     description:
-      - Names of the destination's network interfaces (its C(ansible_interfaces) fact), for the
-        bridge and direct-device checks. Without it libvirt's interface driver is asked, which
+      - Names of the destination's network interfaces (its C(ansible_interfaces) fact, or
+        RV(kvmops.migration.host_info#module:interfaces)), for the bridge and direct-device checks. Without it libvirt's interface driver is asked, which
         many hosts lack (then the check is a warning, not verified).
     type: list
     elements: str
   dest_mounts:
     description:
       - The destination's C(ansible_mounts) fact (C(mount), C(device), C(size_available) in bytes),
-        for the free space check.
+        or RV(kvmops.migration.host_info#module:mounts), for the free space check.
     type: list
     elements: dict
     default: []
   dest_manifest:
     description:
       - Entries of the kvmops manifest on the destination (C(/var/lib/kvmops-migration/manifest.json),
-        key C(entries)). An existing destination image is ok only when listed there.
+        key C(entries); RV(kvmops.migration.host_info#module:manifest)). An existing destination
+        image is ok only when listed there.
       - When not given, an existing image of the right size is a warning (unknown owner).
     type: list
     elements: dict
@@ -222,20 +228,23 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Read the destination's view of the guest's paths
-  kvmops.migration.disk_info:
+- name: Read the destination's view of the guest's paths, its filesystems, interfaces and manifest
+  kvmops.migration.host_info:
+    domains: false
     paths:
       - /var/lib/libvirt/images/vm1.qcow2
       - /var/lib/libvirt/isos/seed.iso
   delegate_to: hostb
-  register: dst_paths
+  register: dst
 
 - name: Pre-flight of vm1 to hostb, run on the source
   kvmops.migration.preflight:
     domain: vm1
     dest_host: 198.18.0.2
-    dest_disks: "{{ dst_paths.disks }}"
-    dest_mounts: "{{ hostvars['hostb'].ansible_mounts }}"
+    dest_disks: "{{ dst.paths }}"
+    dest_mounts: "{{ dst.mounts }}"
+    dest_interfaces: "{{ dst.interfaces }}"
+    dest_manifest: "{{ dst.manifest }}"
     network_map:
       br-vlan774: br0
   delegate_to: hosta

@@ -16,15 +16,15 @@ DEST = "hostb"
 
 
 def _dest_facts() -> dict:
-    """What the role hands the pre-flight about the destination (read on the destination)."""
-    info = run_module("hosta", "kvmops.migration.disk_info", {"domain": GUEST})
-    paths = [d["path"] for d in info["disks"] if d.get("path")]
-    paths += ["/var/lib/libvirt/boot/kvmops-guest-vmlinuz", "/var/lib/libvirt/boot/kvmops-guest-initrd.gz"]
-    dest_paths = run_module(DEST, "kvmops.migration.disk_info", {"paths": paths})
-    facts = run_module(DEST, "ansible.builtin.setup", {"gather_subset": ["!all", "!min", "mounts", "network"]})
-    return {"dest_disks": dest_paths.get("disks", []),
-            "dest_mounts": facts["ansible_facts"]["ansible_mounts"],
-            "dest_interfaces": facts["ansible_facts"]["ansible_interfaces"]}
+    """What the role hands the pre-flight about the destination: host_info with ``guest`` on
+    the source gives the guest's disks and the other files it needs, host_info with ``paths``
+    on the destination reads them there with its filesystems, interfaces and manifest."""
+    src = run_module("hosta", "kvmops.migration.host_info", {"guest": GUEST, "domains": False})
+    assert src.get("guest_disks") and src.get("guest_error") is None, src.get("msg") or src.get("guest_error")
+    paths = [d["path"] for d in src["guest_disks"] if d.get("path")] + src["guest_paths"]
+    dest = run_module(DEST, "kvmops.migration.host_info", {"domains": False, "paths": paths})
+    return {"dest_disks": dest["paths"], "dest_mounts": dest["mounts"],
+            "dest_interfaces": dest["interfaces"], "dest_manifest": dest["manifest"]}
 
 
 def _preflight(**extra) -> dict:

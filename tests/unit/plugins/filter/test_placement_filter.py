@@ -19,7 +19,7 @@ def facts(item, domains, available=8 * GIB, uuid=None):
 def test_filters_are_registered():
     names = set(f.FilterModule().filters())
     assert {"locate_guest", "pick_destination", "plan_evacuation", "host_uuid_plan", "image_report",
-            "migration_summary", "merge_results", "mirror_networks", "host_addresses"} <= names
+            "migration_summary", "mirror_networks", "host_addresses"} <= names
 
 
 def test_locate_from_a_looped_register_with_an_unreachable_host():
@@ -52,12 +52,6 @@ def test_host_uuid_plan_ignores_unreadable_hosts():
         r["host"]["uuid_configured_valid"] = True
     plan = f.host_uuid_plan(reg, ["a", "b", "c"])
     assert set(plan) == {"a", "b"} and plan["b"]["action"] == "replace"
-
-
-def test_merge_results_prefers_second_pass():
-    first = {"results": [{"item": "b", "n": 1}, {"item": "c", "n": 1}]}
-    second = {"results": [{"item": "b", "skipped": True}, {"item": "c", "n": 2}]}
-    assert f.merge_results(first, second) == {"b": {"item": "b", "n": 1}, "c": {"item": "c", "n": 2}}
 
 
 def test_host_addresses():

@@ -6,8 +6,15 @@ import contextlib
 import os
 import typing as t
 
+import pytest
+
 from ansible_collections.kvmops.migration.plugins.module_utils._images import (
     Runner, RunResult, SubprocessRunner)
+
+try:
+    import libvirt  # type: ignore[import-not-found]
+except ImportError:  # the fakes that need libvirt's error type skip their test
+    libvirt = None
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures")
 
@@ -108,7 +115,7 @@ class FakeConnection:
         for dom in self.domains:
             if dom.name() == name:
                 return dom
-        raise LookupError(name)
+        raise no_domain_error(name)
 
     lookupByUUIDString = lookupByName
 
@@ -120,6 +127,18 @@ class FakeConnection:
 
     def close(self) -> None:
         self.closed = True
+
+
+def no_domain_error(name: str) -> Exception:
+    """The ``libvirtError`` (VIR_ERR_NO_DOMAIN) libvirt raises for a domain that is not defined,
+    made without a real libvirt failure."""
+    if libvirt is None:
+        pytest.skip("libvirt-python is needed to fake libvirt's errors")
+    err = libvirt.libvirtError.__new__(libvirt.libvirtError)
+    msg = "Domain not found: no domain with matching name '%s'" % name
+    Exception.__init__(err, msg)
+    err.err = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_FROM_QEMU, msg, 2, name, None, None, -1, -1)
+    return err
 
 
 def connector(conn: FakeConnection) -> t.Callable[..., t.Any]:

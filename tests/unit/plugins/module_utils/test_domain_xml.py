@@ -121,6 +121,20 @@ def test_cdrom_without_readonly_element_is_still_readonly():
     assert disk["readonly"] and not disk["copy"]
 
 
+def test_required_files_are_read_only_media_and_the_files_of_os():
+    xml = fixture("domains", "c13_cdrom.xml").replace(
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os>",
+        "<os><type arch='aarch64' machine='virt'>hvm</type><loader readonly='yes'>/fw/AAVMF_CODE.fd</loader>"
+        "<nvram>/nvram/vm13_VARS.fd</nvram><kernel>/boot/Image</kernel><initrd>/boot/initrd</initrd>"
+        "<dtb>/boot/virt.dtb</dtb></os>")
+    facts = dx.domain_facts(xml)
+    assert facts["dtb"] == "/boot/virt.dtb"
+    assert [(f["what"], f["path"]) for f in dx.required_files(facts)] == [
+        ("cdrom sda", "/var/lib/libvirt/isos/seed.iso"), ("kernel", "/boot/Image"), ("initrd", "/boot/initrd"),
+        ("dtb", "/boot/virt.dtb"), ("loader", "/fw/AAVMF_CODE.fd"), ("nvram", "/nvram/vm13_VARS.fd")]
+    assert "/boot/virt.dtb" in dx.referenced_paths(xml)
+
+
 def test_referenced_paths():
     paths = dx.referenced_paths(fixture("domains", "vm1.xml").replace("@DIR@", "/img"))
     assert {"/img/vm1.qcow2", "/img/base.qcow2", "/dev/vg0/vm1-data", "/img/isos/seed.iso",

@@ -9,7 +9,12 @@ import os
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _host
+from ansible_collections.kvmops.migration.plugins.module_utils import _host, _images
+from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
+from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+
+from disk_fakes import FakeConnection, FakeRunner, connector, real_runner
+from disk_fakes import FakeDomain as DiskDomain
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CPU_FIXTURES = os.path.join(HERE, "..", "..", "fixtures", "cpu")
@@ -134,3 +139,186 @@ def test_read_conf_missing(tmp_path):
     conf = tmp_path / "libvirtd.conf"
     conf.write_text('host_uuid = "x"\n')
     assert _host.read_conf(str(conf)) == (True, 'host_uuid = "x"\n')
+
+
+# ------------------------------------------------------------------ guest (locate and describe)
+GIB = 1024 ** 3
+GUEST_XML = """<domain type='kvm'><name>vm1</name><uuid>0f3e5a8c-6f0e-4b0a-9a39-2a1d3c4b5e6f</uuid>
+<memory unit='KiB'>262144</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type><loader readonly='yes' type='pflash'>@DIR@/OVMF_CODE.fd</loader>
+<nvram>@DIR@/vm1_VARS.fd</nvram><kernel>@DIR@/vmlinuz</kernel><initrd>@DIR@/initrd.gz</initrd></os>
+<devices>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>
+<source file='@DIR@/vm1.qcow2'/><target dev='vda' bus='virtio'/></disk>
+<disk type='volume' device='disk'><driver name='qemu' type='raw' cache='none'/>
+<source pool='default' volume='vm1-data.raw'/><target dev='vdb' bus='virtio'/></disk>
+<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>
+<source file='@DIR@/seed.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
+<disk type='file' device='cdrom'><target dev='sdb' bus='sata'/><readonly/></disk>
+</devices></domain>"""
+
+
+class HostConn(FakeConnection):
+    """disk_fakes' connection (domains by XML, pools) that also answers host_facts' calls."""
+
+    def __init__(self, domains=(), pools=None):
+        super().__init__(domains, pools)
+        self.host = FakeConn(caps(), [], {"total": 1024 ** 2, "free": 1024})
+
+    def __getattr__(self, name):
+        return getattr(self.host, name)
+
+
+def guest_host(tmp_path):
+    """A connection defining vm1: a qcow2 over a base, a raw pool volume, an ISO, an empty cdrom."""
+    runner = real_runner()
+    base, top, data = (str(tmp_path / n) for n in ("base.qcow2", "vm1.qcow2", "vm1-data.raw"))
+    runner.run(["qemu-img", "create", "-q", "-f", "qcow2", base, str(GIB)])
+    runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top, str(2 * GIB)])
+    runner.run(["qemu-img", "create", "-q", "-f", "raw", data, str(GIB)])
+    (tmp_path / "seed.iso").write_bytes(b"\0" * 4096)
+    xml = GUEST_XML.replace("@DIR@", str(tmp_path))
+    return HostConn([DiskDomain("vm1", xml)], pools={"default": {"vm1-data.raw": data}})
+
+
+def test_guest_facts_are_disk_infos_disks_and_the_files_not_copied(tmp_path):
+    conn = guest_host(tmp_path)
+    out = _host.guest_facts(conn, "vm1", "qemu:///system", real_runner())
+    expected = _images.disk_info({"domain": "vm1"}, runner=real_runner(), connect=connector(conn))["disks"]
+    assert out["guest_error"] is None
+    assert out["guest_disks"] == expected
+    assert [d["target"] for d in out["guest_disks"]] == ["vda", "vdb", "sda", "sdb"]
+    assert out["guest_disks"][1]["path"] == str(tmp_path / "vm1-data.raw")  # the volume, resolved
+    assert out["guest_paths"] == [str(tmp_path / n) for n in (
+        "seed.iso", "vmlinuz", "initrd.gz", "OVMF_CODE.fd", "vm1_VARS.fd")]
+
+
+def test_guest_facts_by_uuid(tmp_path):
+    conn = guest_host(tmp_path)
+    conn.lookupByUUIDString = lambda u: conn.domains[0]
+    out = _host.guest_facts(conn, "0f3e5a8c-6f0e-4b0a-9a39-2a1d3c4b5e6f", "qemu:///system", real_runner())
+    assert [d["target"] for d in out["guest_disks"]] == ["vda", "vdb", "sda", "sdb"]
+
+
+def test_guest_facts_where_the_guest_is_not_defined():
+    out = _host.guest_facts(HostConn([]), "vm1", "qemu:///system", real_runner())
+    assert out == {"guest_disks": [], "guest_paths": [], "guest_error": None}
+
+
+def test_an_unreadable_guest_image_is_guest_error_and_the_host_facts_still_come(tmp_path):
+    conn = guest_host(tmp_path)
+    runner = FakeRunner(fallback=real_runner().fallback, tools=())
+    runner.add(["qemu-img", "info"], rc=1, stderr="qemu-img: Could not open: Permission denied")
+    out = _host.run_host_info(params(guest="vm1"), runner=runner, connect=connector(conn))
+    assert out["guest_disks"] == [] and out["guest_paths"] == []
+    assert "qemu-img" in out["guest_error"] and "Permission denied" in out["guest_error"]
+    assert out["host"]["cpu_vendor"] == "AMD"
+
+
+# ------------------------------------------------------------------ paths (a destination's facts)
+MOUNTS = """/dev/vda / ext4 rw,relatime 0 0
+proc /proc proc rw,relatime 0 0
+/dev/vdb /srv/vm\\040images xfs rw 0 0
+tmpfs /var/lib/libvirt tmpfs rw 0 0
+/dev/vda /var/lib/libvirt ext4 rw,relatime 0 0
+server:/export /mnt/hung nfs4 rw 0 0
+"""
+
+
+def statvfs(sizes):
+    """A statvfs that knows the mount points of ``sizes`` ({mount: (blocks, bavail, files,
+    favail)}, 4 KiB blocks) and fails for any other path."""
+    def fake(path):
+        if path not in sizes:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        blocks, bavail, files, favail = sizes[path]
+        return os.statvfs_result((4096, 4096, blocks, blocks, bavail, files, favail, favail, 0, 255))
+    return fake
+
+
+def test_parse_mounts_decodes_escapes_and_keeps_the_visible_filesystem():
+    mounts = {m["mount"]: m for m in _host.parse_mounts(MOUNTS)}
+    assert mounts["/srv/vm images"] == {"device": "/dev/vdb", "mount": "/srv/vm images", "fstype": "xfs",
+                                        "options": "rw"}
+    assert mounts["/var/lib/libvirt"]["fstype"] == "ext4"  # mounted over the tmpfs
+    assert len(mounts) == 5
+
+
+def test_mounts_holding_the_paths_in_the_shape_of_ansible_mounts():
+    fake = statvfs({"/": (1000, 400, 100, 60), "/var/lib/libvirt": (2000, 1500, 200, 150)})
+    paths = ["/var/lib/libvirt/images/vm1.qcow2", "/var/lib/libvirt/images/base.qcow2", "/boot/vmlinuz",
+             "relative/path"]
+    out = _host.mounts_holding(paths, MOUNTS, statvfs=fake)
+    assert [m["mount"] for m in out] == ["/var/lib/libvirt", "/"]  # each once; /mnt/hung never read
+    assert out[0] == {"mount": "/var/lib/libvirt", "device": "/dev/vda", "fstype": "ext4",
+                      "options": "rw,relatime", "size_total": 2000 * 4096, "size_available": 1500 * 4096,
+                      "block_size": 4096, "block_total": 2000, "block_available": 1500, "block_used": 500,
+                      "inode_total": 200, "inode_available": 150, "inode_used": 50}
+    # what the pre-flight makes of them, given as dest_mounts
+    fs = pf.DestFiles(mounts=out).filesystem("/var/lib/libvirt/images/new.raw")
+    assert fs == {"mount": "/var/lib/libvirt", "device": "/dev/vda", "free_bytes": 1500 * 4096}
+
+
+def test_a_filesystem_that_cannot_be_read_is_an_error_naming_it():
+    with pytest.raises(KvmopsError, match="/srv/vm images"):
+        _host.mounts_holding(["/srv/vm images/vm1.raw"], MOUNTS, statvfs=statvfs({}))
+
+
+def test_interface_names_are_the_directories_of_sys_class_net(tmp_path):
+    for name in ("eth0", "br-vlan774", "lo"):
+        (tmp_path / "devices" / name).mkdir(parents=True)
+        (tmp_path / "net").mkdir(exist_ok=True)
+        (tmp_path / "net" / name).symlink_to(tmp_path / "devices" / name)
+    (tmp_path / "net" / "bonding_masters").write_text("\n")
+    assert _host.interface_names(str(tmp_path / "net")) == ["br-vlan774", "eth0", "lo"]
+    with pytest.raises(KvmopsError, match="network interfaces"):
+        _host.interface_names(str(tmp_path / "nope"))
+
+
+def sources(tmp_path):
+    """mounts_file, net_dir and statvfs of a host whose every path is on / (tmp_path/net: lo)."""
+    (tmp_path / "mounts").write_text("/dev/vda / ext4 rw 0 0\n")
+    (tmp_path / "net" / "lo").mkdir(parents=True)
+    return {"mounts_file": str(tmp_path / "mounts"), "net_dir": str(tmp_path / "net"),
+            "statvfs": statvfs({"/": (1000, 400, 100, 60)})}
+
+
+def test_path_facts_without_a_manifest(tmp_path):
+    image = str(tmp_path / "x.raw")
+    real_runner().run(["qemu-img", "create", "-q", "-f", "raw", image, str(GIB)])
+    paths = [image, str(tmp_path / "absent.qcow2")]
+    out = _host.path_facts(paths, real_runner(), str(tmp_path / "no" / "manifest.json"), **sources(tmp_path))
+    assert out["paths"] == _images.disk_info({"paths": paths}, runner=real_runner())["disks"]
+    assert [p["exists"] for p in out["paths"]] == [True, False]
+    assert [m["mount"] for m in out["mounts"]] == ["/"] and out["mounts"][0]["size_available"] == 400 * 4096
+    assert out["interfaces"] == ["lo"]
+    assert out["manifest"] == []
+
+
+def test_path_facts_with_a_manifest(tmp_path):
+    manifest = _images.Manifest(str(tmp_path / "state" / "manifest.json"))
+    entry = {"host": "hostb", "path": "/var/lib/libvirt/images/vm1.qcow2", "kind": "file", "format": "qcow2",
+             "virtual_size": 2 * GIB, "created_at": "2026-11-29T20:00:00Z", "for_domain": "vm1", "inode": 12}
+    manifest.add(entry)
+    out = _host.path_facts([], real_runner(), manifest.path, **sources(tmp_path))
+    assert out == {"paths": [], "mounts": [], "interfaces": ["lo"], "manifest": [entry]}
+
+
+def params(**extra):
+    base = {"uri": "qemu:///system", "libvirtd_conf": "/nonexistent/libvirtd.conf", "domains": False,
+            "guest": None, "paths": None, "manifest_path": "/nonexistent/manifest.json"}
+    base.update(extra)
+    return base
+
+
+def test_run_host_info_adds_guest_and_path_facts_only_when_asked(tmp_path):
+    conn, host = guest_host(tmp_path), sources(tmp_path)
+    plain = _host.run_host_info(params(), connect=connector(conn))
+    assert set(plain) == {"host"}
+    both = _host.run_host_info(params(guest="vm1", paths=[str(tmp_path / "vm1.qcow2")]),
+                               runner=real_runner(), connect=connector(conn), **host)
+    assert set(both) == {"host", "guest_disks", "guest_paths", "guest_error", "paths", "mounts", "interfaces",
+                         "manifest"}
+    assert both["paths"][0]["virtual_size"] == 2 * GIB and both["manifest"] == []
+    empty = _host.run_host_info(params(paths=[]), connect=connector(conn), **host)
+    assert (empty["paths"], empty["mounts"], empty["interfaces"]) == ([], [], ["lo"])

@@ -601,6 +601,18 @@ def test_filesystem_of_a_path_not_yet_created(tmp_path):
     assert info["free_bytes"] > 0 and os.path.isdir(info["mount"])
 
 
+@pytest.mark.parametrize("path, expected", [
+    ("/var/lib/libvirt/images/vm1.qcow2", "/var/lib/libvirt/images"),
+    ("/var/lib/libvirt/images", "/var/lib/libvirt/images"),
+    ("/var/lib/libvirt/images2/vm1.qcow2", "/"),  # a prefix of the text, not of the path
+    ("/srv/vm1.raw", "/srv/"),
+    ("relative/vm1.raw", None),
+])
+def test_mount_holding_is_the_longest_mount_point_prefix(path, expected):
+    mounts = [{"mount": "/"}, {"mount": "/srv/"}, {"mount": "/var/lib/libvirt/images"}]
+    assert (im.mount_holding(path, mounts) or {}).get("mount") == expected
+
+
 # ----------------------------------------------------------------- backends of the modules
 def test_disk_info_backend_for_a_running_domain(tmp_path, monkeypatch):
     real_exists = os.path.exists

@@ -249,13 +249,7 @@ def test_libvirt_uris():
     assert p.libvirt_uris({"b": "10.0.0.2"}, transport="tls")[0]["uri"] == "qemu+tls://10.0.0.2/system"
 
 
-def test_unverified_paths_and_disk_paths():
-    rep = {"report": {"findings": [
-        {"check": "required_file", "status": "warning", "values": {"path": "/boot/k", "seen": None}},
-        {"check": "required_file", "status": "ok", "values": {"path": "/boot/i", "seen": {"exists": True}}},
-        {"check": "dest_image", "status": "warning", "values": {"path": "/i/a", "seen": None}},
-        {"check": "network", "status": "ok", "values": {"path": "/nope"}}]}}
-    assert p.unverified_paths(rep) == ["/boot/k", "/i/a"]
+def test_disk_paths():
     disks = [{"path": "/i/a", "type": "file", "backing": [{"path": "/i/base"}]},
              {"path": None, "type": "network"}, {"path": "/i/a", "type": "file"}]
     assert p.disk_paths(disks) == ["/i/a", "/i/base"]

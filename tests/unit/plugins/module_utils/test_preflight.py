@@ -343,7 +343,7 @@ XML_C13 = """<domain type='qemu'><name>vm13</name><uuid>7c9e6679-7425-40de-944b-
 
 def test_c13_missing_iso_and_kernel_are_errors_naming_the_paths():
     facts = _domain_xml.domain_facts(XML_C13)
-    req = pf.required_files(facts)
+    req = _domain_xml.required_files(facts)
     assert [r["path"] for r in req] == ["/var/lib/libvirt/isos/seed.iso", "/var/lib/kvmops/guest/vmlinuz",
                                         "/var/lib/kvmops/guest/initrd.img"]
     dest = pf.DestFiles(disks={"/var/lib/libvirt/isos/seed.iso": {"exists": False},

@@ -103,9 +103,11 @@ def memory_from_stats(stats: dict[str, int], total_kib: int | None = None) -> di
 
 
 def domain_facts(dom: t.Any) -> dict[str, t.Any]:
-    """Name, UUID, state, active, persistent, memory (bytes), vCPUs of one ``virDomain``."""
+    """Name, UUID, libvirt domain ID (-1 when inactive), state, active, persistent, memory
+    (bytes), vCPUs of one ``virDomain``."""
     state, max_kib, cur_kib, vcpus, _cpu_time = dom.info()
-    return {"name": dom.name(), "uuid": dom.UUIDString(), "state": STATE_NAMES.get(state, "unknown"),
+    return {"name": dom.name(), "uuid": dom.UUIDString(), "id": int(dom.ID()),
+            "state": STATE_NAMES.get(state, "unknown"),
             "active": bool(dom.isActive()), "persistent": bool(dom.isPersistent()),
             "memory_bytes": int(cur_kib) * KIB, "max_memory_bytes": int(max_kib) * KIB,
             "vcpus": int(vcpus)}

@@ -51,12 +51,15 @@ def locate_guest(name: str, hosts: dict[str, dict[str, t.Any]], group: str = "kv
     facts: dict[str, dict[str, t.Any]] = {}
     not_searched: dict[str, str] = {}
     host_uuids: dict[str, str | None] = {}
+    identity: dict[str, tuple[t.Any, ...]] = {}
     for host in sorted(hosts):
         data = hosts[host] or {}
         if data.get("failed") or data.get("unreachable") or "domains" not in data:
             not_searched[host] = str(data.get("msg") or "no facts")
             continue
         host_uuids[host] = (data.get("host") or {}).get("uuid")
+        identity[host] = ((data.get("host") or {}).get("hostname"), host_uuids[host],
+                          tuple(sorted((d.get("name"), d.get("id"), d.get("state")) for d in data["domains"])))
         for dom in data["domains"]:
             if _matches(dom, name):
                 on[host] = dom.get("state", "unknown")
@@ -76,6 +79,13 @@ def locate_guest(name: str, hosts: dict[str, dict[str, t.Any]], group: str = "kv
                             name, group, ", ".join(searched) or "none", unsearched_txt))
         return out
     active = sorted(h for h, d in facts.items() if d.get("active"))
+    if len(active) > 1 and len({identity[h] for h in active}) == 1:
+        out["error"] = ("Hosts %s of group %s look like one machine: same host name %s, libvirt host UUID "
+                        "%s and the same domains with the same IDs. If the inventory lists one machine "
+                        "under two names, remove the extra entry. If they are cloned machines, guest %s "
+                        "runs on each: stop one copy by hand. Nothing was touched." % (
+                            ", ".join(active), group, identity[active[0]][0], identity[active[0]][1], name))
+        return out
     if len(active) > 1:
         out["error"] = ("STOP: guest %s is active on %d hosts (%s). Two running copies of one "
                         "guest corrupt its disks; nothing was touched. Decide which copy is current "

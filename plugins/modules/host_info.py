@@ -158,6 +158,7 @@ domains:
   contains:
     name: {description: "Domain name.", type: str}
     uuid: {description: "Domain UUID.", type: str}
+    id: {description: "libvirt domain ID while active, -1 when inactive (two inventory names of one machine report the same IDs).", type: int}
     state: {description: "C(running), C(paused), C(shutoff), ...", type: str}
     active: {description: "Whether it runs (or is paused).", type: bool}
     persistent: {description: "Whether it has a persistent definition.", type: bool}

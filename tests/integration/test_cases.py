@@ -123,7 +123,7 @@ CASES = {
     "C03_stale_image": (StaleImage, [IMAGE, "1073741824 bytes", "10737418240 bytes"]),
     "C05_too_little_space": (SmallFilesystem, ["/var/lib/libvirt/images", "free"]),
     "C08_missing_bridge": (MissingBridge, ["br-vm", "52:54:00:6b:01:10"]),
-    "C10_same_machine": (SameMachine, ["hosta2", "same machine"]),
+    "C10_same_machine": (SameMachine, ["hosta, hosta2", "look like one machine", "remove the extra entry"]),
     "C11a_conflicting_domain": (ConflictingDomain, [GUEST, "hostb", "UUID"]),
     "C12_declared_shared_not_shared": (DeclaredSharedNotShared, ["vdb", "shared"]),
 }

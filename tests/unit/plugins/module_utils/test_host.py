@@ -37,6 +37,9 @@ class FakeDomain:
     def isActive(self):  # noqa: N802
         return self._state in (1, 2, 3)
 
+    def ID(self):  # noqa: N802 - libvirt's name
+        return 1 if self.isActive() else -1
+
     def isPersistent(self):  # noqa: N802
         return self._persistent
 
@@ -115,7 +118,7 @@ def test_host_facts_with_domains():
     assert h["libvirt_version"] == "11.3.0" and h["hypervisor_version"] == "10.0.0" and h["cpus"] == 2
     assert h["free_memory_bytes"] == 1024 ** 3 and h["available_memory_bytes"] == 2 * 1024 ** 3
     assert [d["name"] for d in out["domains"]] == ["vm1", "vm2"]
-    assert out["domains"][0] == {"name": "vm1", "uuid": "u1", "state": "running", "active": True,
+    assert out["domains"][0] == {"name": "vm1", "uuid": "u1", "id": 1, "state": "running", "active": True,
                                  "persistent": True, "memory_bytes": 256 * 1024 ** 2,
                                  "max_memory_bytes": 256 * 1024 ** 2, "vcpus": 1}
     assert out["domains"][1]["state"] == "shutoff" and not out["domains"][1]["active"]

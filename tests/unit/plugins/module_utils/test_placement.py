@@ -64,6 +64,23 @@ def test_c11d_running_on_two_hosts_is_a_stop():
     assert where["error"].startswith("STOP: guest vm1 is active on 2 hosts (hosta, hostb)")
 
 
+def test_c10_one_machine_under_two_inventory_names_is_named_as_such():
+    same = host([dict(dom("vm1"), id=3)], uid="0b7f3d5e-0000-4000-8000-000000000001")
+    same["host"]["hostname"] = "hosta"
+    where = p.locate_guest("vm1", {"hosta": same, "hosta2": same, "hostb": host([])})
+    assert where["error"].startswith("Hosts hosta, hosta2 of group kvm_hosts look like one machine: same host "
+                                     "name hosta, libvirt host UUID 0b7f3d5e-0000-4000-8000-000000000001")
+    assert "remove the extra entry" in where["error"] and "STOP" not in where["error"]
+
+
+def test_cloned_hosts_with_different_domain_ids_are_still_a_stop():
+    uid = "0b7f3d5e-0000-4000-8000-000000000001"
+    a, b = host([dict(dom("vm1"), id=3)], uid=uid), host([dict(dom("vm1"), id=7)], uid=uid)
+    a["host"]["hostname"] = b["host"]["hostname"] = "clone"
+    where = p.locate_guest("vm1", {"hosta": a, "hostb": b})
+    assert where["error"].startswith("STOP: guest vm1 is active on 2 hosts (hosta, hostb)")
+
+
 def test_running_copy_wins_over_an_inactive_definition():
     hosts = {"hosta": host([dom("vm1", "shutoff")]), "hostb": host([dom("vm1")])}
     where = p.locate_guest("vm1", hosts)

@@ -1052,6 +1052,10 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             rt.log("kvmops.migration: %s: aborting" % monitor.reason)
             _abort(dom, notes, lv)
             return None
+        if (monitor.aborted_at is not None and monitor.postcopy_at is None
+                and elapsed - monitor.aborted_at > monitor.abort_grace_s):
+            # also when jobStats() keeps failing (the abort holds the domain's job lock)
+            return "stuck"
         try:
             stats = dom.jobStats()
         except Exception as err:  # the job may end between is_alive() and jobStats()

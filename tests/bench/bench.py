@@ -169,6 +169,70 @@ def dirty_memory(mib_per_s: int) -> None:
     time.sleep(2)
 
 
+SCALE_VMS = [("scale%d" % i, "198.18.0.%d" % (30 + i), 0x30 + i) for i in range(4)]
+
+
+def scale_guests() -> None:
+    """Four small guests (256 MiB, 10 GiB raw with 256 MiB written) on hosta, none on hostb."""
+    for name, ip, mac in SCALE_VMS:
+        remove_vm(name)
+        lab.create_guest(name=name, ip=ip, mac_suffix=mac, recreate=True, memory_mib=256, written_mib=256)
+    for _name, ip, _mac in SCALE_VMS:
+        lab.wait_guest_ping(ip, timeout=120)
+    manifest = os.path.join(lab.hdir("hostb", "var-lib-kvmops-migration"), "manifest.json")
+    if os.path.exists(manifest):
+        os.unlink(manifest)
+
+
+def run_evacuate(concurrency: int) -> dict:
+    """playbooks/evacuate.yml of hosta, only the scale guests, ``concurrency`` at a time."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    evars = {"host": "hosta", "concurrency": concurrency, "include": [n for n, _i, _m in SCALE_VMS]}
+    start = time.monotonic()
+    res = sh([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml"),
+              "playbooks/evacuate.yml", "-e", json.dumps(evars)], timeout=1800, check=False, env=env)
+    wall = time.monotonic() - start
+    moved = [n for n, _i, _m in SCALE_VMS
+             if lab.in_host("hostb", ["virsh", "-q", "domstate", n], check=False, capture=True).stdout.strip() == "running"]
+    return {"wall_s": wall, "ok": res.returncode == 0 and len(moved) == len(SCALE_VMS), "moved": moved,
+            "error": (res.stdout + res.stderr)[-600:] if res.returncode else ""}
+
+
+def run_single(name: str) -> dict:
+    """One scale guest moved alone with migrate.yml."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    start = time.monotonic()
+    res = sh([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml"),
+              "playbooks/migrate.yml", "-e", json.dumps({"vm": name, "dest": "hostb"})], timeout=900, check=False,
+             env=env)
+    return {"wall_s": time.monotonic() - start, "ok": res.returncode == 0}
+
+
+def scale() -> dict:
+    """Issue 9.5: evacuating 4 guests from hosta, against the sum of 4 single moves."""
+    out: dict = {}
+    scale_guests()
+    out["singles"] = {n: run_single(n) for n, _i, _m in SCALE_VMS}
+    for concurrency in (1, 2, 4):
+        scale_guests()
+        out["evacuate_c%d" % concurrency] = run_evacuate(concurrency)
+        print("scale: evacuate 4 guests, concurrency %d: %.1f s" % (concurrency, out["evacuate_c%d" % concurrency]["wall_s"]),
+              flush=True)
+    for name, _i, _m in SCALE_VMS:
+        remove_vm(name)
+    return out
+
+
+def remove_vm(name: str) -> None:
+    for host in lab.HOSTS:
+        if lab.in_host(host, ["virsh", "-q", "domstate", name], check=False, capture=True).returncode == 0:
+            lab.remove_guest(host, name)
+        for ext in ("raw", "qcow2", "swap"):
+            path = lab.hdir(host, "var-lib-libvirt", "images", "%s.%s" % (name, ext))
+            if os.path.exists(path):
+                os.unlink(path)
+
+
 def fmt_s(v):
     return "%.1f" % v if isinstance(v, (int, float)) else str(v)
 
@@ -178,6 +242,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--unshaped", action="store_true")
     p.add_argument("--skip-convergence", action="store_true")
+    p.add_argument("--skip-scale", action="store_true")
     args = p.parse_args()
     rate = None if args.unshaped else "1gbit"
     lab.shape(rate)
@@ -215,6 +280,8 @@ def main() -> None:
                                                          "migrate_guest_timeout_min_s": 30,
                                                          "migrate_guest_timeout_s_per_gib": 1}, timeout=900)
             report["convergence"] = conv
+        if not args.skip_scale:
+            report["scale"] = scale()
     finally:
         lab.shape(None)
         for host in lab.HOSTS:
@@ -227,6 +294,9 @@ def main() -> None:
     with open(os.path.join(ROOT, ".cache", "bench.json"), "w") as f:
         json.dump(report, f, indent=1, default=str)
     write_report(report)
+
+
+MARKER = "<!-- end of the figures written by tests/bench/bench.py; what follows is kept -->"
 
 
 def _ratio(a, b):
@@ -274,6 +344,20 @@ def write_report(r: dict) -> None:
                 name, "yes" if run["ok"] else "no", run["wall_s"],
                 int(run.get("job", {}).get("Total downtime", 0)) if run["ok"] else "-",
                 (run.get("note") or run.get("error", "")[:120]).replace("\n", " ").replace("|", "/")))
+    scale_rows = []
+    if "scale" in r:
+        sc = r["scale"]
+        singles = sc.get("singles", {})
+        total = sum(v["wall_s"] for v in singles.values())
+        scale_rows = ["| run | ok | wall s | against the sum of single moves |", "|---|---|---|---|",
+                      "| 4 single moves (migrate.yml each), summed | %s | %.1f | 1.00 |" % (
+                          "yes" if all(v["ok"] for v in singles.values()) else "no", total)]
+        for c in (1, 2, 4):
+            run = sc.get("evacuate_c%d" % c)
+            if run:
+                scale_rows.append("| evacuate.yml, concurrency %d | %s | %.1f | %.2f |" % (
+                    c, "yes" if run["ok"] else "no (%s)" % ", ".join(run.get("moved", [])), run["wall_s"],
+                    run["wall_s"] / total if total else float("nan")))
     steps = {}
     for name, sec in pairs[-1]["ours"].get("tasks", []):
         steps[name] = steps.get(name, 0) + sec
@@ -291,10 +375,19 @@ def write_report(r: dict) -> None:
         " Target <= 1.05.", "",
         "## The limit", "", *limit_rows, "",
         "## Convergence (64 MiB/s of dirty memory against a 32 MiB/s cap)", "", *conv_rows, "",
+        "## Scale: evacuating 4 guests from hosta (256 MiB, 10 GiB raw with 256 MiB written, each)", "",
+        *(scale_rows or ["Not run (--skip-scale)."]), "",
         "## Controller cost (slowest tasks of the last playbook run, profile_tasks)", "", *step_rows, ""])
     path = os.path.join(ROOT, "docs", "performance.md")
+    # what follows the marker is written by hand (how to read the figures) and is kept
+    tail = MARKER + "\n"
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if MARKER in old:
+            tail = old[old.index(MARKER):]
     with open(path, "w") as f:
-        f.write(text)
+        f.write(text + "\n" + tail)
     print(text)
 
 

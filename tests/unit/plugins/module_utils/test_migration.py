@@ -754,6 +754,43 @@ def test_timeout_aborts_resumes_the_source_and_leaves_nothing_on_the_destination
     assert dconn.domains == [] and sconn.domains == [sdom] and sdom.isActive()
 
 
+def test_lost_destination_connection_aborts_and_gives_up_when_the_job_stays_locked():
+    """A cut link: keepalive closes dconn, the abort cannot finish (QEMU waits for TCP) and
+    jobStats() fails while the abort holds the job lock; the run must still end, naming why."""
+    lv = LV_11_3
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_not_converging.json", abort_grace_s=30)
+    samples = {"n": 0}
+    real_stats = sdom.jobStats
+
+    def stats(flags=0):
+        samples["n"] += 1
+        if samples["n"] == 3:
+            dconn.alive = False  # keepalive gave up on the destination
+        if sdom.aborted:
+            raise FakeLibvirtError("Timed out during operation: cannot acquire state change lock")
+        return real_stats(flags)
+
+    sdom.jobStats = stats
+    sdom.abortJob = lambda: (sdom.calls.append("abortJob"), setattr(sdom, "aborted", True))
+    with pytest.raises(KvmopsError) as err:
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    msg = err.value.msg
+    assert "did not end 30 s after the abort request" in msg
+    assert "the connection to libvirtd on 198.18.0.2 was lost" in msg
+    assert "abortJob" in sdom.calls and sdom.isActive()
+    assert rt.clock() < 60  # about abort_grace_s after the loss, not at the completion timeout (300 s)
+    sdom.finished.set()  # let the fake migrate3 thread end
+
+
+def test_explain_failure_names_the_cause():
+    assert "ran out of space" in m.explain_failure(
+        "operation failed: migration of disk vda failed: No space left on device", "hostb", "vm1")
+    assert "libvirtd there stopped" in m.explain_failure("internal error: client socket is closed", "hostb", "vm1")
+    assert "/var/log/libvirt/qemu/vm1.log on hostb" in m.explain_failure(
+        "internal error: qemu unexpectedly closed the monitor", "hostb", "vm1")
+    assert m.explain_failure("something new", "hostb", "vm1") == "libvirt reported an error"
+
+
 def test_timeout_with_postcopy_switches_and_completes():
     lv = LV_11_3
     sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_postcopy.json", postcopy=True,

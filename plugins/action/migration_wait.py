@@ -127,5 +127,5 @@ class ActionModule(ActionBase):
 def _no_result(status: dict) -> bool:
     """True when async_status reports a job whose module printed no JSON result."""
     text = "%s %s" % (status.get("msg") or "", status.get("module_stderr") or "")
-    return "No start of json char found" in text or ("data" in status and not status.get("data")
-                                                      and "Traceback" in text)
+    no_data = "data" in status and not status.get("data")
+    return "No start of json char found" in text or (no_data and "Traceback" in text)

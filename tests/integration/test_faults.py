@@ -127,7 +127,7 @@ def test_fault_in_the_middle(lab_up, fault):
         if inject:
             lab.wait_for(copy_in_progress, "the storage copy to be under way", 120)
             inject()
-        out, _ = run.communicate(timeout=900)
+        out = run.communicate(timeout=900)[0]
         text = re.sub(r"\s+", " ", out)
         assert run.returncode != 0, out[-3000:]
         for word in words:

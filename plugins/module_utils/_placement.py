@@ -455,8 +455,9 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
             human_bytes(img["dst_allocation"]) if img["dst_allocation"] is not None else "-", dest,
             "" if img["sparse"] in (None, True) else "  NOT SPARSE"))
     if state == "migrated" and summary["images"]:
-        lines.append("the old images on %s are kept (never deleted by kvmops): remove them once they are "
-                     "no longer needed; a move back to %s needs those paths free" % (source, source))
+        lines.append("the old images on %s are kept (never deleted by kvmops): a move back to %s reuses "
+                     "the ones kvmops created there and refuses any other; remove those once they are no "
+                     "longer needed" % (source, source))
     lines += ["warning: %s" % w for w in summary["warnings"]]
     summary["lines"] = lines
     return summary

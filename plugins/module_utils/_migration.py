@@ -1256,9 +1256,9 @@ def _recover(sconn: t.Any, dconn: t.Any, source: dict[str, t.Any], dest_existed:
                 "see https://libvirt.org/migration.html."]
     out: list[str] = []
     sdom = _find(sconn, "lookupByUUIDString", uuid, lv)
+    dest_known = _alive(dconn)
     try:
-        ddom = _find(dconn, "lookupByUUIDString", uuid, lv) if _alive(dconn) else None
-        dest_known = _alive(dconn)
+        ddom = _find(dconn, "lookupByUUIDString", uuid, lv) if dest_known else None
     except KvmopsError:
         ddom, dest_known = None, False
     if not dest_known:

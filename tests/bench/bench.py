@@ -119,17 +119,21 @@ def run_virsh(fmt: str = "raw", extra: list[str] | None = None, timeout: float =
     return out
 
 
+def playbook(name: str, evars: dict, timeout: float, **env: str) -> subprocess.CompletedProcess:
+    """``ansible-playbook playbooks/NAME -e EVARS`` from the checkout against the lab inventory."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", **env)
+    return sh([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml"),
+               "playbooks/" + name, "-e", json.dumps(evars)], timeout=timeout, check=False, env=env)
+
+
 def run_ours(fmt: str = "raw", extra_vars: dict | None = None, timeout: float = 1800) -> dict:
     """(b): ansible-playbook playbooks/migrate.yml, with per-task timings (profile_tasks)."""
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
-               ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", ANSIBLE_NOCOLOR="1",
-               PROFILE_TASKS_SORT_ORDER="none", PROFILE_TASKS_TASK_OUTPUT_LIMIT="all")
     evars = {"vm": VM, "dest": "hostb"}
     evars.update(extra_vars or {})
     before = (src_alloc(fmt), link_rx("hostb"))
     start = time.monotonic()
-    res = sh([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml"),
-              "playbooks/migrate.yml", "-e", json.dumps(evars)], timeout=timeout, check=False, env=env)
+    res = playbook("migrate.yml", evars, timeout, ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks",
+                   PROFILE_TASKS_SORT_ORDER="none", PROFILE_TASKS_TASK_OUTPUT_LIMIT="all")
     wall = time.monotonic() - start
     out = {"wall_s": wall, "ok": res.returncode == 0, "error": (res.stdout + res.stderr)[-600:] if res.returncode else "",
            "link_bytes": link_rx("hostb") - before[1], "src_alloc": before[0], "tasks": task_times(res.stdout)}
@@ -186,11 +190,9 @@ def scale_guests() -> None:
 
 def run_evacuate(concurrency: int) -> dict:
     """playbooks/evacuate.yml of hosta, only the scale guests, ``concurrency`` at a time."""
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     evars = {"host": "hosta", "concurrency": concurrency, "include": [n for n, _i, _m in SCALE_VMS]}
     start = time.monotonic()
-    res = sh([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml"),
-              "playbooks/evacuate.yml", "-e", json.dumps(evars)], timeout=1800, check=False, env=env)
+    res = playbook("evacuate.yml", evars, 1800)
     wall = time.monotonic() - start
     moved = [n for n, _i, _m in SCALE_VMS
              if lab.in_host("hostb", ["virsh", "-q", "domstate", n], check=False, capture=True).stdout.strip() == "running"]
@@ -200,11 +202,8 @@ def run_evacuate(concurrency: int) -> dict:
 
 def run_single(name: str) -> dict:
     """One scale guest moved alone with migrate.yml."""
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     start = time.monotonic()
-    res = sh([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml"),
-              "playbooks/migrate.yml", "-e", json.dumps({"vm": name, "dest": "hostb"})], timeout=900, check=False,
-             env=env)
+    res = playbook("migrate.yml", {"vm": name, "dest": "hostb"}, 900)
     return {"wall_s": time.monotonic() - start, "ok": res.returncode == 0}
 
 
@@ -284,13 +283,7 @@ def main() -> None:
             report["scale"] = scale()
     finally:
         lab.shape(None)
-        for host in lab.HOSTS:
-            if lab.in_host(host, ["virsh", "-q", "domstate", VM], check=False, capture=True).returncode == 0:
-                lab.remove_guest(host, VM)
-            for ext in ("raw", "qcow2", "swap"):
-                path = lab.hdir(host, "var-lib-libvirt", "images", "%s.%s" % (VM, ext))
-                if os.path.exists(path):
-                    os.unlink(path)
+        remove_vm(VM)
     with open(os.path.join(ROOT, ".cache", "bench.json"), "w") as f:
         json.dump(report, f, indent=1, default=str)
     write_report(report)

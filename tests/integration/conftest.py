@@ -51,13 +51,20 @@ def guest_on_hosta(lab_up):
     lab_cmd("guest", "--recreate", "--wait")
 
 
-def ansible_playbook(*args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run ansible-playbook from the checkout against the lab inventory."""
+def playbook_command(args: list[str] | tuple[str, ...], extra_env: dict[str, str] | None = None
+                     ) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) of ansible-playbook from the checkout against the lab inventory."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_NOCOLOR="1")
+               ANSIBLE_NOCOLOR="1", **(extra_env or {}))
     cmd = [os.path.join(os.path.dirname(PYTHON), "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml")]
-    res = subprocess.run(cmd + list(args), cwd=ROOT, env=env, text=True, capture_output=True, timeout=timeout,
-                         check=False)
+    return cmd + list(args), env
+
+
+def ansible_playbook(*args: str, check: bool = False, timeout: float = 900,
+                     extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ansible-playbook from the checkout against the lab inventory."""
+    cmd, env = playbook_command(args, extra_env)
+    res = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=timeout, check=False)
     if check and res.returncode != 0:
         raise AssertionError("ansible-playbook %s failed (%d):\n%s\n%s" % (
             " ".join(args), res.returncode, res.stdout[-6000:], res.stderr[-3000:]))
@@ -84,17 +91,8 @@ def run_module(host: str, module: str, args: dict, check_mode: bool = False, dif
         path = f.name
     try:
         extra = (["--check"] if check_mode else []) + (["--diff"] if diff else [])
-        env_cb = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
-        old = {k: os.environ.get(k) for k in env_cb}
-        os.environ.update(env_cb)
-        try:
-            res = ansible_playbook(path, *extra, timeout=timeout)
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        res = ansible_playbook(path, *extra, timeout=timeout, extra_env={
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
     finally:
         os.unlink(path)
     try:

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 import proof
-from conftest import PYTHON, ROOT, ansible_playbook, lab, lab_cmd
+from conftest import ROOT, ansible_playbook, lab, lab_cmd, playbook_command
 
 GUEST = lab.GUEST
 SRC, DEST = "hosta", "hostb"
@@ -168,7 +168,5 @@ def test_fault_in_the_middle(lab_up, fault):
 
 
 def _start_playbook(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    cmd = [os.path.join(os.path.dirname(PYTHON), "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml")]
-    return subprocess.Popen(cmd + args, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    cmd, env = playbook_command(args)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -64,17 +64,8 @@ def read_records(host: str) -> dict[int, str]:
 
 def play_json(*args: str):
     """migrate.yml with the json callback: (result, the kvmops_migrations stats of the run)."""
-    settings = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_SHOW_CUSTOM_STATS": "1"}
-    old = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
-        res = ansible_playbook("playbooks/migrate.yml", *args)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    res = ansible_playbook("playbooks/migrate.yml", *args, extra_env={
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_SHOW_CUSTOM_STATS": "1"})
     try:
         data = json.loads(res.stdout[res.stdout.index("{"):])
     except ValueError:

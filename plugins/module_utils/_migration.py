@@ -30,15 +30,18 @@ The migration stream URI (``VIR_MIGRATE_PARAM_URI``) and the storage stream URI
 are always built from the destination's inventory address, so that nothing depends on the
 destination's own host name resolving from the source. IPv6 literals are put in brackets.
 
-Threads and keepalive
----------------------
+Threads, keepalive and a cut link
+---------------------------------
 ``migrate3`` blocks until the job ends, so it runs in a worker thread while the main thread
 polls ``dom.jobStats()`` on the same source connection (libvirt connections are thread-safe and
 libvirt-python releases the GIL during calls; ``virsh migrate --verbose`` works the same way).
-No event loop is registered (``virEventRegisterDefaultImpl`` is not called), so libvirt's
-keepalive is not active: a dead destination does not kill the connection by a keepalive
-timeout, and a stuck migration is ended by our completion timeout (``abortJob`` on the source,
-whose connection is local).
+The connection helper (``_libvirt.connection``) runs libvirt's event loop and turns on client
+keepalive for remote URIs, so a destination whose libvirtd died or whose network is cut closes
+``dconn``; the monitor then aborts the job (``abortJob`` on the source, whose connection is
+local). On a link that drops packets, the abort itself waits for the data already sent to the
+destination: ``sever_after_s`` after the abort, the source QEMU's data connections to the
+destination are closed (:mod:`_sockets`), which ends the job within seconds instead of when TCP
+gives up (minutes), with the guest still running on the source.
 
 libvirt versions
 ----------------
@@ -71,7 +74,9 @@ import typing as t
 import uuid as uuidlib
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _images
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _sockets
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 GIB = 1024 ** 3
@@ -186,6 +191,7 @@ class MigrationOptions:
     timeout_min_s: float = 300.0
     timeout_action: str = "abort"
     abort_grace_s: float = 120.0
+    sever_after_s: float | None = 10.0
     dest_name: str | None = None
     dest_xml: str | None = None
     persist_xml: str | None = None
@@ -955,13 +961,14 @@ class _Worker(threading.Thread):
 
 @dataclasses.dataclass
 class Runtime:
-    """Injectable clock, sleep and libvirt namespace (tests use fakes)."""
+    """Injectable clock, sleep, libvirt namespace and command runner (tests use fakes)."""
 
     lv: t.Any = None
     clock: t.Callable[[], float] = time.monotonic
     sleep: t.Callable[[float], None] = time.sleep
     log: t.Callable[[str], None] = lambda msg: None
     progress: t.Callable[[dict[str, t.Any]], None] = lambda sample: None
+    runner: _images.Runner = dataclasses.field(default_factory=_images.SubprocessRunner)
 
 
 def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_mode: bool = False,
@@ -1039,6 +1046,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     worker = _Worker(dom, dconn, plan.params, plan.flags)
     worker.start()
     notes: list[str] = []
+    severed: list[dict[str, t.Any]] = []  # at most one entry: what closing the data connections did
 
     def check(elapsed: float) -> t.Any:
         if not worker.is_alive():
@@ -1052,6 +1060,9 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             rt.log("kvmops.migration: %s: aborting" % monitor.reason)
             _abort(dom, notes, lv)
             return None
+        if (monitor.aborted_at is not None and monitor.postcopy_at is None and not severed
+                and opts.sever_after_s is not None and elapsed - monitor.aborted_at >= opts.sever_after_s):
+            severed.append(_sever(plan, opts, source["name"], rt, notes))
         if (monitor.aborted_at is not None and monitor.postcopy_at is None
                 and elapsed - monitor.aborted_at > monitor.abort_grace_s):
             # also when jobStats() keeps failing (the abort holds the domain's job lock)
@@ -1115,6 +1126,10 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         why = monitor.reason or explain_failure(
             _libvirt.libvirt_error_detail(err) if not isinstance(err, KvmopsError) else str(err),
             opts.dest_host, source["name"])
+        if severed and severed[0]["closed"]:
+            recovery = ["The aborted job was ended %g s after the abort by closing its %d data "
+                        "connection(s) to %s on the source." % (opts.sever_after_s, len(severed[0]["closed"]),
+                                                                opts.dest_host)] + list(recovery)
         raise KvmopsError(
             "Migration of %s from %s to %s failed (%s; last progress: %s). %s"
             % (source["name"], src_where, opts.dest_host, why, _brief(monitor.last), " ".join(recovery)),
@@ -1187,6 +1202,41 @@ def _brief(sample: dict[str, t.Any] | None) -> str:
         return "none"
     return "%s, %s%%, %s bytes remaining" % (sample["phase"], sample["percent"],
                                              sample["data_remaining_bytes"])
+
+
+def _sever(plan: "MigrationPlan", opts: MigrationOptions, name: str, rt: Runtime,
+           notes: list[str]) -> dict[str, t.Any]:
+    """Close the source QEMU's data connections to the destination after an abort that did not
+    end the job (:func:`_sockets.sever`); what was done goes to the log and ``notes``.
+
+    Pre-copy only (the caller never calls it once post-copy started): the source still owns the
+    guest, and a failed data connection leaves it running on its own disks.
+    """
+    pid = _sockets.qemu_pid(name)
+    if pid is None:
+        notes.append("the aborted job did not end within %s s; the QEMU process of %s was not found, "
+                     "so its connections to %s were left to TCP" % (opts.sever_after_s, name, opts.dest_host))
+        return {"closed": [], "left": [], "error": "no QEMU pid"}
+    ports = [p for p in (_port_of(plan.migrate_uri), _port_of(plan.disks_uri), opts.migrate_port,
+                         opts.disks_port) if p]
+    done = _sockets.sever(rt.runner, pid, opts.dest_host, ports)
+    rt.log("kvmops.migration: the aborted job did not end within %s s: closed %d data connection(s) "
+           "of QEMU (pid %d) to %s%s" % (opts.sever_after_s, len(done["closed"]), pid, opts.dest_host,
+                                       "; %d could not be closed" % len(done["left"]) if done["left"] else ""))
+    if done["left"] or done["error"]:
+        notes.append("closing the data connections to %s after the abort did not work (%s): the job "
+                     "ends when TCP gives up on them (ss -K needs CONFIG_INET_DIAG_DESTROY)"
+                     % (opts.dest_host, done["error"] or "%d left" % len(done["left"])))
+    else:
+        notes.append("the aborted job did not end within %s s: its %d data connection(s) to %s were "
+                     "closed on the source (ss -K)" % (opts.sever_after_s, len(done["closed"]), opts.dest_host))
+    return done
+
+
+def _port_of(uri: str | None) -> int | None:
+    """The port of a ``tcp://host:port`` data URI, None without one."""
+    m = re.search(r":(\d+)/?$", uri or "")
+    return int(m.group(1)) if m else None
 
 
 def _abort(dom: t.Any, notes: list[str], lv: t.Any) -> None:

@@ -197,6 +197,18 @@ options:
     description: Seconds to wait for an aborted job to end before the module gives up and reports it.
     type: float
     default: 120
+  sever_after_s:
+    description:
+      - Seconds after an abort (pre-copy only) after which, if the job still runs, the source QEMU's data
+        connections to the destination (memory and disk streams, to O(migrate_port)/O(disks_port) or to
+        libvirt's default migration ports 49152-49215) are closed with C(ss -K). On a link that drops
+        packets this ends the aborted job within seconds; without it the job lasts until the link returns
+        and a retransmission meets a reset, or until TCP gives up (about 15 minutes). The guest keeps running
+        on the source with its disks untouched either way.
+      - Needs C(ss) (iproute2) and a kernel with C(CONFIG_INET_DIAG_DESTROY); where that is missing the
+        result's notes say so and the job is left to TCP. V(null) never closes connections.
+    type: float
+    default: 10
   poll_interval_s:
     description: Seconds between two job statistics polls.
     type: float
@@ -455,6 +467,7 @@ def argument_spec():
         timeout_min_s=dict(type="float", default=300),
         timeout_action=dict(type="str", choices=["abort", "postcopy"], default="abort"),
         abort_grace_s=dict(type="float", default=120),
+        sever_after_s=dict(type="float", default=10),
         poll_interval_s=dict(type="float", default=1),
         dest_name=dict(type="str"),
         dest_xml=dict(type="str"),

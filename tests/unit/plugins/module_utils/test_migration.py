@@ -866,3 +866,72 @@ def test_detect_zeroes_with_an_old_binding_on_a_new_library():
     old = m.build_plan(opts(), source(), LV_9_0)
     assert "migrate_disks_detect_zeroes" not in old.params
     assert any("detect_zeroes skipped" in w for w in old.warnings)
+
+
+def test_cut_link_abort_that_hangs_is_ended_by_closing_the_data_connections(monkeypatch):
+    """Issue 13 item 7: on a link that drops packets the abort waits for TCP; sever_after_s after
+    the abort, the source QEMU's data connections to the destination are closed (ss -K) and the
+    job ends then, as a failure with the guest running on the source, well before abort_grace_s."""
+    from ansible_collections.kvmops.migration.plugins.module_utils import _images
+
+    lv = LV_11_3
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_not_converging.json", abort_grace_s=120,
+                                              sever_after_s=10)
+    polls = {"n": 0}
+    real_stats = sdom.jobStats
+
+    def stats(flags=0):
+        polls["n"] += 1
+        if polls["n"] == 3:
+            dconn.alive = False  # keepalive gave up on the destination
+        return real_stats(flags)
+
+    sdom.jobStats = stats
+    # the abort is accepted but the job does not end: QEMU waits for the NBD requests in flight
+    sdom.abortJob = lambda: (sdom.calls.append("abortJob"), setattr(sdom, "aborted", True))
+    severed_at = {}
+
+    class Kernel(_images.Runner):
+        conns = ["ESTAB 0 2339968 198.18.0.1:34610 198.18.0.2:49153 users:((\"qemu-system-x86\",pid=4242,fd=41))"]
+
+        def run(self, argv):
+            if argv[1] == "-K":
+                self.conns = []
+                severed_at["t"] = rt.clock()
+                sdom.finished.set()  # the NBD client fails: migrate3 returns with the abort's error
+                return _images.RunResult(0, "", "")
+            return _images.RunResult(0, "\n".join(self.conns), "")
+
+    rt.runner = Kernel()
+    monkeypatch.setattr(m._sockets, "qemu_pid", lambda name: 4242 if name == "vm12" else None)
+    with pytest.raises(KvmopsError) as err:
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    msg = err.value.msg
+    assert "the connection to libvirtd on 198.18.0.2 was lost" in msg
+    assert "ended 10 s after the abort by closing its 1 data connection(s) to 198.18.0.2" in msg
+    assert "did not end" not in msg
+    assert 10 <= severed_at["t"] < 20  # sever_after_s after the abort, not abort_grace_s (120 s)
+    # the guest runs on the source; the destination could not be reached (its libvirtd removes
+    # the incoming domain itself, which the message says)
+    assert sdom.isActive() and sconn.domains == [sdom] and "could not be checked" in msg
+
+
+def test_sever_is_off_when_asked_and_never_in_post_copy(monkeypatch):
+    """sever_after_s=None leaves the aborted job to TCP (the run gives up after abort_grace_s)."""
+    lv = LV_11_3
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_not_converging.json", abort_grace_s=30,
+                                              sever_after_s=None)
+    sdom.abortJob = lambda: (sdom.calls.append("abortJob"), setattr(sdom, "aborted", True))
+    real_stats = sdom.jobStats
+    sdom.jobStats = lambda flags=0: (setattr(dconn, "alive", False), real_stats(flags))[1]
+
+    class NoSs:
+        def run(self, argv):
+            raise AssertionError("ss must not run: %s" % argv)
+
+    rt.runner = NoSs()
+    monkeypatch.setattr(m._sockets, "qemu_pid", lambda name: 4242)
+    with pytest.raises(KvmopsError) as err:
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert "did not end 30 s after the abort request" in err.value.msg
+    sdom.finished.set()

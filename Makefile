@@ -34,7 +34,7 @@ demo: setup  ## bring the lab up with a fresh demo guest on hosta, then run the 
 test: setup units sanity lint collection integration  ## everything CI runs
 
 units:
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -rs tests/unit
 
 sanity:
 	bash tools/sanity.sh
@@ -43,7 +43,7 @@ lint:
 	bash tools/lint.sh
 
 integration: setup
-	$(PY) -m pytest -q -p no:cacheprovider -p no:pytest-ansible tests/integration
+	$(PY) -m pytest -q -rs -p no:cacheprovider -p no:pytest-ansible tests/integration
 
 bench: lab-up  ## issue 9: ours against raw virsh and the link's limit; writes docs/performance.md
 	$(PY) tests/bench/bench.py

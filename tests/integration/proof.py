@@ -108,16 +108,20 @@ def domain_state(host: str, name: str = lab.GUEST) -> str | None:
 
 def host_snapshot() -> dict:
     """What a run may change on the lab hosts: each domain with its state and persistent and live
-    XML, each image file with size and allocation, the kvmops manifest. Equal snapshots before and
-    after a run mean the run changed nothing on either host."""
+    XML (the live one of an active domain: None for an inactive one), each image file with size
+    and allocation, the kvmops manifest. Equal snapshots before and after a run mean the run
+    changed nothing on either host."""
     snap: dict = {}
     for host in lab.HOSTS:
         names = lab.in_host_out(host, ["virsh", "-q", "list", "--all", "--name"], check=False).split()
         domains = {}
         for name in names:
+            state = domain_state(host, name)
             domains[name] = {
-                "state": domain_state(host, name),
+                "state": state,
                 "inactive_xml": lab.in_host_out(host, ["virsh", "dumpxml", "--inactive", name], check=False),
+                "live_xml": lab.in_host_out(host, ["virsh", "dumpxml", name], check=False)
+                if state not in (None, "shut off") else None,
             }
         images = {}
         root = lab.hdir(host, "var-lib-libvirt", "images")

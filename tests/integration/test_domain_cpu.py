@@ -1,11 +1,13 @@
-"""Issue 4, lab part: a guest defined with ``<model>SandyBridge</model><vendor>Intel</vendor>``
-on the lab's AMD hosts, before and after kvmops.migration.domain_cpu (default policy: the
-migratable baseline of both hosts' host-model CPUs).
+"""Issue 4, lab part: a guest defined with a named CPU model of the other vendor than the lab
+machine's (``SandyBridge``/``Intel`` on an AMD machine, ``EPYC``/``AMD`` on an Intel one: the
+expectation comes from the hosts' own capabilities, issue 13 item 7), before and after
+kvmops.migration.domain_cpu (default policy: the migratable baseline of both hosts' host-model
+CPUs).
 
-What the lab shows (libvirt 11.3, QEMU 10.0, an AMD host under nested KVM):
+What the lab shows (libvirt 11.3, QEMU 10.0, a host under nested KVM):
 - libvirt's hypervisor CPU comparison (virConnectCompareHypervisorCPU, ``virsh
   hypervisor-cpu-compare --error``) reports the vendor clash on both hosts, for virttype kvm and
-  qemu: "host CPU vendor does not match required CPU vendor Intel";
+  qemu: "host CPU vendor does not match required CPU vendor Intel" (or AMD);
 - a ``type='kvm'`` guest with that CPU fails to start on both hosts with the same message;
 - a ``type='qemu'`` (TCG) guest with that CPU starts: TCG emulates any vendor, and libvirt
   checks nothing with the default ``check='none'``; with ``check='full'`` it fails to start
@@ -31,11 +33,33 @@ from conftest import lab, run_module
 
 NAME = "cputest"
 GROUP = ["qemu+ssh://root@198.18.0.1/system", "qemu+ssh://root@198.18.0.2/system"]
-SANDYBRIDGE = "<cpu mode='custom' match='exact'><model>SandyBridge</model><vendor>Intel</vendor></cpu>"
-VENDOR_CLASH = "host CPU vendor does not match required CPU vendor Intel"
+#: host CPU vendor -> a named model of the other vendor (which a KVM guest cannot get there)
+FOREIGN_MODEL = {"AMD": ("SandyBridge", "Intel"), "Intel": ("EPYC", "AMD")}
 
 
-def cputest_xml(virttype: str, cpu: str = SANDYBRIDGE) -> str:
+def host_cpu_vendor(host: str) -> str:
+    """The host CPU vendor in ``virsh capabilities`` (/capabilities/host/cpu/vendor)."""
+    caps = virsh(host, "capabilities").stdout
+    m = re.search(r"<host>.*?<cpu>.*?<vendor>([^<]+)</vendor>", caps, re.S)
+    assert m, "no host CPU vendor in the capabilities of %s" % host
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def foreign(lab_up) -> dict:
+    """A CPU definition this lab's hosts cannot provide to a KVM guest, from their capabilities:
+    ``{vendor (the hosts'), cpu (XML), model, other (its vendor), clash (libvirt's message)}``."""
+    vendors = {host: host_cpu_vendor(host) for host in lab.HOSTS}
+    assert len(set(vendors.values())) == 1, vendors  # the lab's hosts share one machine
+    vendor = vendors["hosta"]
+    assert vendor in FOREIGN_MODEL, "no CPU model of another vendor known for %s hosts" % vendor
+    model, other = FOREIGN_MODEL[vendor]
+    return {"vendor": vendor, "model": model, "other": other,
+            "cpu": "<cpu mode='custom' match='exact'><model>%s</model><vendor>%s</vendor></cpu>" % (model, other),
+            "clash": "host CPU vendor does not match required CPU vendor %s" % other}
+
+
+def cputest_xml(virttype: str, cpu: str) -> str:
     xml = lab.guest_xml(virttype, name=NAME, ip="198.18.0.20", mac_suffix=0x20)
     xml = re.sub(r"\s*<disk .*?</disk>", "", xml, flags=re.S)
     xml = re.sub(r"<memory unit='MiB'>\d+</memory>", "<memory unit='MiB'>128</memory>", xml)
@@ -113,27 +137,27 @@ def start_and_check(host: str, virttype: str) -> None:
     virsh(host, "destroy", NAME)
 
 
-def test_compare_api_reports_the_vendor_clash(lab_up):
+def test_compare_api_reports_the_vendor_clash(foreign):
     """virConnectCompareHypervisorCPU (what pre-flight uses) on both hosts, both virttypes."""
     for host in lab.HOSTS:
-        path = lab.hdir(host, "lab-test-sandybridge-cpu.xml")
-        lab.write(path, SANDYBRIDGE)
+        path = lab.hdir(host, "lab-test-foreign-cpu.xml")
+        lab.write(path, foreign["cpu"])
         try:
             for virttype in ("kvm", "qemu"):
                 res = lab.in_host(host, ["virsh", "hypervisor-cpu-compare", "--error", "--virttype", virttype, path],
                                   capture=True, check=False)
-                assert res.returncode != 0 and VENDOR_CLASH in res.stderr, (host, virttype, res.stderr)
+                assert res.returncode != 0 and foreign["clash"] in res.stderr, (host, virttype, res.stderr)
         finally:
             os.unlink(path)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm on this machine")
-def test_kvm_guest_refused_then_normalised_boots_on_both_hosts(cputest):
-    xml = cputest_xml("kvm")
+def test_kvm_guest_refused_then_normalised_boots_on_both_hosts(cputest, foreign):
+    xml = cputest_xml("kvm", foreign["cpu"])
     for host in lab.HOSTS:
         define(host, xml)
         res = virsh(host, "start", NAME, check=False)
-        assert res.returncode != 0 and VENDOR_CLASH in res.stderr, (host, res.stderr)
+        assert res.returncode != 0 and foreign["clash"] in res.stderr, (host, res.stderr)
         assert domstate(host) == "shut off"
     virsh("hostb", "undefine", NAME)
     before = inactive_cpu("hosta")
@@ -142,18 +166,18 @@ def test_kvm_guest_refused_then_normalised_boots_on_both_hosts(cputest):
     # four-way check: check mode reports the change and defines nothing
     res = domain_cpu("hosta", check_mode=True, **args)
     assert res["changed"] is True and res["effective"] == "next start" and res["virttype"] == "kvm"
-    assert "Intel" not in res["cpu_after"] and res["cpu"]["vendor"] == "AMD"  # both hosts are AMD
+    assert foreign["other"] not in res["cpu_after"] and res["cpu"]["vendor"] == foreign["vendor"]
     assert (res["cpu"]["mode"], res["cpu"]["match"], res["cpu"]["check"], res["cpu"]["fallback"]) == \
         ("custom", "exact", "partial", "forbid")
     assert {"name": "arch-capabilities", "policy": "disable"} in res["cpu"]["features"]
     assert [(v["host"], v["compatible"]) for v in res["validation"]] == [(u, True) for u in GROUP]
-    assert "SandyBridge" in res["diff"]["before"] and res["diff"]["after"] == res["cpu_after"]
+    assert foreign["model"] in res["diff"]["before"] and res["diff"]["after"] == res["cpu_after"]
     assert inactive_cpu("hosta") == before
     # run: defines it
     res = domain_cpu("hosta", **args)
     assert res["changed"] is True
     after = inactive_cpu("hosta")
-    assert "SandyBridge" not in after and "Intel" not in after and res["cpu"]["model"] in after
+    assert foreign["model"] not in after and foreign["other"] not in after and res["cpu"]["model"] in after
     # rerun, and rerun in check mode: no change
     for check_mode in (False, True):
         res = domain_cpu("hosta", check_mode=check_mode, **args)
@@ -166,15 +190,15 @@ def test_kvm_guest_refused_then_normalised_boots_on_both_hosts(cputest):
     start_and_check("hostb", "kvm")
 
 
-def test_tcg_guest_normalised_boots_on_both_hosts(cputest):
-    """The lab's guests run under TCG: there the SandyBridge/Intel CPU is only refused when
-    libvirt checks it (check='full'); the default policy's result boots on both hosts."""
-    define("hosta", cputest_xml("qemu", SANDYBRIDGE.replace("match='exact'", "match='exact' check='full'")))
+def test_tcg_guest_normalised_boots_on_both_hosts(cputest, foreign):
+    """The lab's guests run under TCG: there the other vendor's CPU is only refused when libvirt
+    checks it (check='full'); the default policy's result boots on both hosts."""
+    define("hosta", cputest_xml("qemu", foreign["cpu"].replace("match='exact'", "match='exact' check='full'")))
     res = virsh("hosta", "start", NAME, check=False)
     assert res.returncode != 0 and "guest CPU doesn't match specification" in res.stderr, res.stderr
     res = domain_cpu("hosta")
     assert res["changed"] is True and res["virttype"] == "qemu"
-    assert "Intel" not in res["cpu_after"] and res["cpu"]["check"] == "partial"
+    assert foreign["other"] not in res["cpu_after"] and res["cpu"]["check"] == "partial"
     assert all(v["compatible"] for v in res["validation"])
     assert domain_cpu("hosta")["changed"] is False
     start_and_check("hosta", "qemu")

@@ -19,9 +19,12 @@ from conftest import ROOT, ansible_playbook, lab
 
 GUEST = lab.GUEST
 MAX_DOWNTIME_MS = 300
-# QEMU announces the guest's MAC from the destination 50 ms after it resumes (migration
-# parameter announce-initial, default 50 ms); until then the lab bridge still sends to hosta.
-ANNOUNCE_INITIAL_MS = 50
+# Pings at 10 Hz lost during the move: the target is 0 (issue 8). Under TCG the switch-over
+# (paused guest, then QEMU's first announce 50 ms after the resume, announce-initial) lasts
+# 90-300 ms, so 1-2 are lost here; the report shows the figure beside the target, and the test
+# fails above this fixed bound, which does not grow with a slower switch-over.
+PING_LOSS_TARGET = 0
+PING_LOSS_MAX = 3
 RECORD = 512
 
 
@@ -111,7 +114,8 @@ def test_the_guest_does_not_notice_and_loses_no_data(guest_on_hosta):
     report = {
         "guest": GUEST, "from": "hosta", "to": "hostb", "wall_s": round(wall_s, 1),
         "downtime_ms": downtime_ms, "max_downtime_ms": MAX_DOWNTIME_MS,
-        "pings_sent": ping.sent, "pings_lost": ping.lost,
+        "pings_sent": ping.sent, "pings_lost": ping.lost, "pings_lost_target": PING_LOSS_TARGET,
+        "pings_lost_max": PING_LOSS_MAX,
         "ticks_missing": gaps["missing"], "max_tick_gap_s": gaps["max_gap_s"],
         "records_acked": acked, "records_on_destination": len(records),
         "records_bad": sorted(n for n, v in records.items() if v != "valid"),
@@ -127,10 +131,8 @@ def test_the_guest_does_not_notice_and_loses_no_data(guest_on_hosta):
     assert all(records.get(n) == "valid" for n in range(1, acked + 1)), (acked, len(records))
     assert gaps["missing"] == [] and gaps["max_gap_s"] <= 2, gaps
     assert downtime_ms is not None and 0 < downtime_ms <= MAX_DOWNTIME_MS, summary
-    # At 10 Hz, only the requests that fall in the switch-over may go unanswered: the paused guest,
-    # then the lab bridge learning the guest's MAC behind hostb (QEMU's first announce). Issue 8
-    # asks for 0; the figure is reported (migration-report.md) and bounded here by that window.
-    assert ping.lost <= (downtime_ms + ANNOUNCE_INITIAL_MS) // 100 + 1, report
+    # At 10 Hz, only the requests that fall in the switch-over may go unanswered (see PING_LOSS_MAX)
+    assert ping.lost <= PING_LOSS_MAX, report
     assert dst_alloc["raw"] <= src_alloc["raw"] * 1.05 + 4 * 1024 * 1024, report
 
 
@@ -145,7 +147,8 @@ def write_report(report: dict) -> None:
         "| guest | %s, %s -> %s, storage copy of both disks |" % (report["guest"], report["from"], report["to"]),
         "| playbook wall time | %s s |" % report["wall_s"],
         "| downtime (job statistics) | %s ms (max %s ms) |" % (report["downtime_ms"], report["max_downtime_ms"]),
-        "| pings at 10 Hz from observer | %d sent, %d lost |" % (report["pings_sent"], report["pings_lost"]),
+        "| pings at 10 Hz from observer | %d sent, %d lost (target %d, the test fails above %d) |" % (
+            report["pings_sent"], report["pings_lost"], report["pings_lost_target"], report["pings_lost_max"]),
         "| guest console clock | largest gap %s s, %d ticks missing |" % (report["max_tick_gap_s"], len(report["ticks_missing"])),
         "| records written during the move | %d acknowledged, %d on the destination, %d bad |" % (
             report["records_acked"], report["records_on_destination"], len(report["records_bad"])),
@@ -167,7 +170,8 @@ def _mib(value) -> str:
 
 def test_second_run_changes_nothing(guest_on_hosta):
     if proof.domain_state("hostb") != "running":
-        pytest.skip("needs the move of the previous test")
+        # a skip here would hide the failure of the move before it
+        pytest.fail("needs the move of the previous test, which did not leave %s running on hostb" % GUEST)
     before = proof.host_snapshot()
     res = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=hostb")
     assert res.returncode == 0, res.stdout[-3000:]

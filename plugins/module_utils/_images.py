@@ -4,9 +4,20 @@
 """Disk geometry and exclusive, sparse destination images.
 
 Geometry
-    Files: ``qemu-img info --output=json [--backing-chain] [-U]`` parsed from JSON only; sizes
-    are always integers in bytes (``virtual-size``, ``actual-size``, ``cluster-size``). ``-U``
-    (``--force-share``) reads images that a running QEMU holds locked.
+    Files: ``qemu-img info --output=json [-U] -f FMT PATH``, one layer per call, parsed from JSON
+    only; sizes are always integers in bytes (``virtual-size``, ``actual-size``,
+    ``cluster-size``). ``-U`` (``--force-share``) reads images that a running QEMU holds locked.
+    The format is never probed (:func:`read_format`): a layer is read as the format declared for
+    it (the domain XML's driver type, the manifest's record of a file we made, a caller's
+    declaration; none: raw), because a raw disk's first sector is the guest's and may hold a
+    qcow2 header naming any size and any host file as backing. A backing chain is libvirt's
+    ``<backingStore>`` or, below it, what a declared qcow2 layer's header names with the backing
+    format that header records (none: raw); a raw layer never has one (:func:`geometry`).
+
+Paths
+    Image paths must be absolute and normalised (:func:`check_image_path`), and an image is only
+    created or removed under a libvirt storage pool's target directory of the host unless the
+    caller allows otherwise (:func:`check_in_pools`).
     Block devices: ``blockdev --getsize64``; LVM facts from
     ``lvs --reportformat json --units b --nosuffix``.
 

@@ -99,6 +99,11 @@ def disk_paths(disks):
     return _placement.disk_paths(disks or [])
 
 
+def disk_formats(disks):
+    """``{{ disks | kvmops.migration.disk_formats }}``: ``{path: declared format}``."""
+    return _placement.disk_formats(disks or [])
+
+
 def findings_table(report, show_ok=False):
     return _placement.findings_table(report, bool(show_ok))
 
@@ -128,6 +133,7 @@ class FilterModule:
             "libvirt_uris": libvirt_uris,
             "host_addresses": host_addresses,
             "disk_paths": disk_paths,
+            "disk_formats": disk_formats,
             "findings_table": findings_table,
             "mirror_networks": mirror_networks,
         }

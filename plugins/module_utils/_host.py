@@ -264,23 +264,47 @@ def interface_names(net_dir: str = SYS_CLASS_NET) -> list[str]:
     return sorted(n for n in names if os.path.isdir(os.path.join(net_dir, n)))
 
 
+def path_formats(paths: t.Iterable[str], declared: t.Mapping[str, str | None] | None,
+                 manifest: _images.Manifest, host: str) -> dict[str, str]:
+    """The format to read each path as on this host: the manifest's when it records this very
+    file (kvmops made it), else the declared one (``declared``: the source's format of the disk
+    or backing layer at that path), else ``raw``. Never probed."""
+    ctx = _images.HostContext(host=host, manifest=manifest)
+    out = {}
+    for path in paths:
+        out[path] = _images.recorded_format(ctx, path) or _images.read_format((declared or {}).get(path))
+    return out
+
+
 def path_facts(paths: list[str], runner: _images.Runner, manifest_path: str = _images.DEFAULT_MANIFEST,
                mounts_file: str = PROC_MOUNTS, net_dir: str = SYS_CLASS_NET,
-               statvfs: t.Callable[[str], t.Any] = os.statvfs) -> dict[str, t.Any]:
+               statvfs: t.Callable[[str], t.Any] = os.statvfs,
+               formats: t.Mapping[str, str | None] | None = None, host: str | None = None) -> dict[str, t.Any]:
     """What the pre-flight needs to know of a destination, read on it: the keys ``paths``
     (``disk_info paths=``), ``mounts``, ``interfaces`` and ``manifest`` (entries; [] when there
     is no manifest), for its options ``dest_disks``, ``dest_mounts``, ``dest_interfaces`` and
-    ``dest_manifest``."""
+    ``dest_manifest``.
+
+    Each path is read as :func:`path_formats` says (``qemu-img info -f FMT``), top layer only:
+    no backing chain is followed here (the pre-flight looks every backing path up itself); a
+    file not in its declared format is described as raw (``_images.read_as_declared``).
+
+    :raises KvmopsError: a path is not absolute and normalised, or cannot be read.
+    """
+    for path in paths:
+        _images.check_image_path(path)
+    manifest = _images.Manifest(manifest_path)
+    fmts = path_formats(paths, formats, manifest, host or socket.gethostname())
     try:
         with open(mounts_file, "r", encoding="utf-8") as handle:
             mounts_text = handle.read()
     except OSError as err:
         raise KvmopsError("Could not read the mounted filesystems (%s) on this host: %s."
                           % (mounts_file, err.strerror or err), detail=str(err)) from err
-    return {"paths": _images.describe_paths(paths, runner),
+    return {"paths": _images.describe_paths(paths, runner, formats=fmts, follow_backing=False, fallback_raw=True),
             "mounts": mounts_holding(paths, mounts_text, statvfs),
             "interfaces": interface_names(net_dir),
-            "manifest": _images.Manifest(manifest_path).entries()}
+            "manifest": manifest.entries()}
 
 
 def run_host_info(params: dict[str, t.Any], runner: _images.Runner | None = None,
@@ -299,5 +323,6 @@ def run_host_info(params: dict[str, t.Any], runner: _images.Runner | None = None
             result.update(guest_facts(conn, params["guest"], params["uri"], runner))
     if params.get("paths") is not None:
         result.update(path_facts(params["paths"], runner,
-                                 params.get("manifest_path") or _images.DEFAULT_MANIFEST, **sources))
+                                 params.get("manifest_path") or _images.DEFAULT_MANIFEST,
+                                 formats=params.get("formats"), **sources))
     return result

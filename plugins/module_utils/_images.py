@@ -4,9 +4,20 @@
 """Disk geometry and exclusive, sparse destination images.
 
 Geometry
-    Files: ``qemu-img info --output=json [--backing-chain] [-U]`` parsed from JSON only; sizes
-    are always integers in bytes (``virtual-size``, ``actual-size``, ``cluster-size``). ``-U``
-    (``--force-share``) reads images that a running QEMU holds locked.
+    Files: ``qemu-img info --output=json [-U] -f FMT PATH``, one layer per call, parsed from JSON
+    only; sizes are always integers in bytes (``virtual-size``, ``actual-size``,
+    ``cluster-size``). ``-U`` (``--force-share``) reads images that a running QEMU holds locked.
+    The format is never probed (:func:`read_format`): a layer is read as the format declared for
+    it (the domain XML's driver type, the manifest's record of a file we made, a caller's
+    declaration; none: raw), because a raw disk's first sector is the guest's and may hold a
+    qcow2 header naming any size and any host file as backing. A backing chain is libvirt's
+    ``<backingStore>`` or, below it, what a declared qcow2 layer's header names with the backing
+    format that header records (none: raw); a raw layer never has one (:func:`geometry`).
+
+Paths
+    Image paths must be absolute and normalised (:func:`check_image_path`), and an image is only
+    created or removed under a libvirt storage pool's target directory of the host unless the
+    caller allows otherwise (:func:`check_in_pools`).
     Block devices: ``blockdev --getsize64``; LVM facts from
     ``lvs --reportformat json --units b --nosuffix``.
 
@@ -65,6 +76,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -88,6 +100,10 @@ MARGIN_BYTES = 256 * 1024 ** 2
 DEFAULT_DIR_MODE = 0o711
 IMAGE_MODE = 0o600
 FORMATS = ("raw", "qcow2")
+#: What a format name given to ``qemu-img -f`` may look like (raw, qcow2, vmdk, luks ...).
+_FORMAT_RE = re.compile(r"^[a-z][a-z0-9]*$")
+#: Longest backing chain :func:`geometry` walks.
+MAX_CHAIN = 32
 #: Extended attribute holding the random identity recorded in the manifest for a file we made.
 ID_XATTR = "user.kvmops-migration.id"
 #: The byte ranges QEMU's file locking uses: 100+n "holds permission n", 200+n "does not share
@@ -207,23 +223,39 @@ def parse_qemu_img_info(text: str) -> list[Geometry]:
     return [_layer(d) for d in docs]
 
 
-def qemu_img_info(path: str, runner: Runner, backing_chain: bool = True, force_share: bool = True,
-                  fmt: str | None = None) -> list[Geometry]:
-    """Geometry of a file image and its backing chain (top first).
+def read_format(fmt: str | None) -> str:
+    """The format to read an image as: the declared one, else ``raw`` (never probed).
 
+    A format that nobody declared is never guessed from the image's first bytes: a raw disk's
+    first sector is written by the guest, which can put a qcow2 header there naming any virtual
+    size and any host file as backing file.
+
+    :raises KvmopsError: ``fmt`` is not a plain qemu-img format name (lower-case letters, digits).
+    """
+    if not fmt:
+        return "raw"
+    if not _FORMAT_RE.match(str(fmt)):
+        raise KvmopsError("Image format %r is not a qemu-img format name (such as raw or qcow2)." % (fmt,))
+    return str(fmt)
+
+
+def qemu_img_info(path: str, runner: Runner, fmt: str, force_share: bool = True) -> Geometry:
+    """Geometry of one image layer, read as the declared format ``fmt``.
+
+    Runs ``qemu-img info --output=json [-U] -f FMT PATH``: never ``--backing-chain`` (qemu-img
+    would then open the backing files the header names, probing formats the header does not
+    record) and never without ``-f``. ``qemu-img info`` does not open the backing file.
+
+    :param fmt: the declared format (``-f``), see :func:`read_format`; required.
     :param force_share: pass ``-U`` so that images of running guests can be read.
-    :param fmt: the known format (``-f``); None lets qemu-img probe.
     :raises KvmopsError: qemu-img failed (detail: its stderr) or bad JSON.
     """
     argv = ["qemu-img", "info", "--output=json"]
-    if backing_chain:
-        argv.append("--backing-chain")
     if force_share:
         argv.append("-U")
-    if fmt:
-        argv += ["-f", fmt]
-    argv.append(path)
-    return parse_qemu_img_info(run_checked(runner, argv, "read the geometry of %s" % path))
+    argv += ["-f", read_format(fmt), path]
+    layers = parse_qemu_img_info(run_checked(runner, argv, "read the geometry of %s as %s" % (path, fmt)))
+    return layers[0]
 
 
 def parse_lvs(text: str) -> list[dict[str, t.Any]]:
@@ -340,11 +372,88 @@ def is_block_path(path: str) -> bool:
     return False
 
 
-def geometry(path: str, runner: Runner, force_share: bool = True) -> list[Geometry]:
-    """Geometry of a file (chain, top first) or block device (one entry)."""
-    if is_block_path(path):
-        return [block_geometry(path, runner)]
-    return qemu_img_info(path, runner, backing_chain=True, force_share=force_share)
+def read_as_declared(path: str, runner: Runner, fmt: str, force_share: bool = True,
+                     fallback_raw: bool = False) -> Geometry:
+    """One layer read as ``fmt`` (:func:`qemu_img_info`); with ``fallback_raw``, a file that is
+    not in that format (qemu-img refuses it) is read as ``raw`` instead of failing: what a file
+    of someone else at a path holds is then reported as the raw bytes it is."""
+    try:
+        return qemu_img_info(path, runner, fmt, force_share=force_share)
+    except KvmopsError:
+        if not fallback_raw or read_format(fmt) == "raw":
+            raise
+    return qemu_img_info(path, runner, "raw", force_share=force_share)
+
+
+def _next_layer(geo: Geometry, declared: list[dict[str, t.Any]], depth: int) -> tuple[str, str] | None:
+    """``(path, format)`` of the layer below ``geo``, or None at the end of the chain.
+
+    Only a qcow2 layer has a backing file. libvirt's ``<backingStore>`` layer at ``depth`` (its
+    path and declared format) wins; without one the qcow2 header's backing path is taken with
+    the backing format the header records, else ``raw`` (never probed). A backing file that is
+    not a local absolute path (``json:``, a URL, a network layer) ends the chain.
+    """
+    if geo.format != "qcow2":
+        return None
+    if depth < len(declared):
+        layer = declared[depth]
+        if not layer.get("path") or layer.get("type") == "network":
+            return None
+        return str(layer["path"]), read_format(layer.get("format"))
+    if not geo.backing_file:
+        return None
+    path = geo.full_backing_file or geo.backing_file
+    if not os.path.isabs(path):
+        if ":" in path.split("/", 1)[0]:
+            return None
+        path = os.path.join(os.path.dirname(geo.path), path)
+    return os.path.normpath(path), read_format(geo.backing_format)
+
+
+def geometry(path: str, runner: Runner, force_share: bool = True, fmt: str | None = None,
+             backing: t.Sequence[dict[str, t.Any]] | None = None, follow_backing: bool = True,
+             fallback_raw: bool = False) -> list[Geometry]:
+    """Geometry of an image and its backing chain (top first), every layer read as its
+    declared format (:func:`qemu_img_info`, ``-f``), or of a raw block device (one entry,
+    :func:`block_geometry`).
+
+    :param fmt: the declared format of the top layer (the domain's ``<driver type>``); None is
+        ``raw`` (:func:`read_format`). A raw layer never has a backing chain.
+    :param backing: libvirt's ``<backingStore>`` chain (``_domain_xml`` ``backing``: ``[{path,
+        format, type}]``, nearest first); layers it does not list come from the headers of the
+        declared qcow2 layers only (:func:`_next_layer`).
+    :param follow_backing: False reads the top layer only.
+    :param fallback_raw: a top layer that is not in format ``fmt`` is read as raw
+        (:func:`read_as_declared`) instead of failing.
+    :raises KvmopsError: qemu-img/blockdev failed, the chain loops or is deeper than
+        :data:`MAX_CHAIN` layers.
+    """
+    declared = list(backing or [])
+    layers: list[Geometry] = []
+    seen = set()
+    current: tuple[str, str] | None = (path, read_format(fmt))
+    while current is not None:
+        layer_path, layer_fmt = current
+        if layer_path in seen:
+            raise KvmopsError("The backing chain of %s loops at %s: fix the image's backing file "
+                              "(qemu-img rebase -u)." % (path, layer_path), values={"path": path})
+        if len(layers) >= MAX_CHAIN:
+            raise KvmopsError("The backing chain of %s is deeper than %d layers: flatten it (qemu-img "
+                              "convert or virsh blockpull)." % (path, MAX_CHAIN), values={"path": path})
+        seen.add(layer_path)
+        if is_block_path(layer_path) and layer_fmt == "raw":
+            geo = block_geometry(layer_path, runner)
+        else:
+            geo = read_as_declared(layer_path, runner, layer_fmt, force_share=force_share,
+                                   fallback_raw=fallback_raw and not layers)
+            geo.path = layer_path
+            if is_block_path(layer_path):
+                geo.kind = "block"
+        layers.append(geo)
+        if not follow_backing:
+            break
+        current = _next_layer(geo, declared, len(layers) - 1)
+    return layers
 
 
 def file_checksum(path: str, algorithm: str = "sha256", chunk: int = 4 * 1024 ** 2) -> str:
@@ -406,6 +515,94 @@ def shared_storage_reason(source_fingerprint: dict[str, t.Any] | None = None,
                 if handle.read().strip() == str(shared_marker.get("token", "")).strip():
                     return "the marker file %s written on the source is visible on this host" % (
                         shared_marker["path"])
+    return None
+
+
+# --------------------------------------------------------------------------- path rules
+def check_image_path(path: str, what: str = "Image path") -> str:
+    """Refuse a path that is not absolute and normalised, before anything reads or changes it.
+
+    Normalised: what ``os.path.normpath`` gives back unchanged, and no leading ``//``; so no
+    ``..`` or ``.`` component, no ``//`` and no trailing ``/``.
+
+    :returns: ``path``.
+    :raises KvmopsError: naming the path and its normalised spelling.
+    """
+    text = str(path or "")
+    if text.startswith("/") and not text.startswith("//") and os.path.normpath(text) == text:
+        return text
+    if text.startswith("/"):
+        fix = "write it as %r (check that this is the file you mean)" % ("/" + os.path.normpath(text).lstrip("/"))
+    else:
+        fix = "give the absolute path, such as '/var/lib/libvirt/images/vm1.qcow2'"
+    raise KvmopsError("%s %r is not an absolute, normalised path (no '..', '.', '//' or trailing '/'): %s. "
+                      "Nothing was read or changed." % (what, text, fix), values={"path": text})
+
+
+def _pool_target(xml: str) -> str | None:
+    """``<target><path>`` of a libvirt storage pool XML (hardened parser), or None."""
+    if not _domain_xml.HAS_LXML:
+        raise KvmopsError("lxml is not installed on this host: install python3-lxml (Debian/Ubuntu) "
+                          "or lxml (pip).", detail=_domain_xml.LXML_IMPORT_ERROR)
+    parser = _domain_xml.etree.XMLParser(resolve_entities=False, no_network=True)
+    root = _domain_xml.etree.fromstring(xml.encode("utf-8"), parser)
+    target = root.findtext("target/path")
+    return target.strip() if target and target.strip() else None
+
+
+def storage_pools(conn: t.Any) -> list[dict[str, t.Any]]:
+    """The libvirt storage pools of ``conn`` with a target directory: ``[{name, path, active}]``
+    (``virConnectListAllStoragePools``, every pool, active or not; ``path`` normalised)."""
+    out = []
+    for pool in conn.listAllStoragePools(0):
+        target = _pool_target(pool.XMLDesc(0))
+        if target and target.startswith("/"):
+            out.append({"name": str(pool.name()), "path": os.path.normpath(target),
+                        "active": bool(pool.isActive())})
+    return out
+
+
+def pool_of(path: str, pools: t.Iterable[dict[str, t.Any]]) -> dict[str, t.Any] | None:
+    """The pool whose target directory holds ``path``, compared as text and, for files, with
+    links resolved (a symlinked directory inside a pool leading elsewhere does not count)."""
+    for pool in pools:
+        root = pool["path"].rstrip("/") or "/"
+        prefix = root if root == "/" else root + "/"
+        if not (path.startswith(prefix) and path != root):
+            continue
+        if is_block_path(path):
+            return pool
+        real, real_root = os.path.realpath(path), os.path.realpath(root)
+        if real.startswith(real_root.rstrip("/") + "/"):
+            return pool
+    return None
+
+
+def check_in_pools(path: str, pools: list[dict[str, t.Any]] | None, allow_outside: bool,
+                   host: str, action: str = "create") -> None:
+    """Refuse an image path outside every storage pool of this host unless allowed.
+
+    :param pools: :func:`storage_pools` of the host; None when libvirt could not be asked
+        (then nothing is checked here: the caller warns).
+    :raises KvmopsError: naming the path, the pools (name and directory) and the option.
+    """
+    if allow_outside or pools is None or pool_of(path, pools) is not None:
+        return
+    where = ", ".join("%s (%s)" % (p["name"], p["path"]) for p in pools) or "none defined"
+    raise KvmopsError("Refusing to %s %s on %s: it is not under any libvirt storage pool of this host "
+                      "(pools: %s). Use a path inside a pool, define a pool for its directory "
+                      "(kvm_host_storage_pools), or set allow_outside_pools: true "
+                      "(migrate_guest_allow_outside_pools in the migrate_guest role)."
+                      % (action, path, host, where), values={"path": path, "pools": pools})
+
+
+def recorded_format(ctx: "HostContext", path: str) -> str | None:
+    """The format the manifest records for the file at ``path`` when it records this very file
+    (:func:`is_recorded_file`), else None: the caller then reads it as ``raw`` or as declared,
+    never probed (a file we did not make may hold a guest-written header)."""
+    entry = ctx.manifest.find(ctx.host, path)
+    if entry is not None and entry.get("kind") == "file" and is_recorded_file(entry, path):
+        return read_format(entry.get("format"))
     return None
 
 
@@ -609,13 +806,17 @@ def lock_bytes_held(path: str) -> bool:
     return False
 
 
-def qemu_holds_lock(path: str, runner: Runner) -> bool:
+def qemu_holds_lock(path: str, runner: Runner, fmt: str | None = None) -> bool:
     """True when a process (QEMU) has the image open: it holds QEMU's lock bytes
-    (:func:`lock_bytes_held`) or ``qemu-img info`` without ``-U`` fails on a lock."""
+    (:func:`lock_bytes_held`) or ``qemu-img info --output=json -f FMT PATH`` (without ``-U``)
+    fails on a lock.
+
+    :param fmt: the format recorded for the image (:func:`read_format`: None is raw).
+    """
     with contextlib.suppress(OSError):
         if lock_bytes_held(path):
             return True
-    res = runner.run(["qemu-img", "info", "--output=json", path])
+    res = runner.run(["qemu-img", "info", "--output=json", "-f", read_format(fmt), path])
     return res.rc != 0 and "lock" in res.stderr.lower()
 
 
@@ -697,7 +898,9 @@ class ImageSpec:
 @dataclass
 class HostContext:
     """Where and how: this host's name, the command runner, the manifest, the paths in use
-    (``{realpath: [domain names]}``), check mode, and the shared-storage evidence."""
+    (``{realpath: [domain names]}``), check mode, the shared-storage evidence, and the pool rule:
+    ``pools`` (:func:`storage_pools`, None when libvirt was not asked: not checked) and
+    ``allow_outside_pools``."""
     host: str = field(default_factory=socket.gethostname)
     runner: Runner = field(default_factory=SubprocessRunner)
     manifest: Manifest = field(default_factory=Manifest)
@@ -705,6 +908,8 @@ class HostContext:
     check_mode: bool = False
     source_fingerprint: dict[str, t.Any] | None = None
     shared_marker: dict[str, t.Any] | None = None
+    pools: list[dict[str, t.Any]] | None = None
+    allow_outside_pools: bool = False
 
 
 def _now() -> str:
@@ -712,8 +917,15 @@ def _now() -> str:
 
 
 def _validate(spec: ImageSpec) -> None:
-    if not os.path.isabs(spec.path):
-        raise KvmopsError("Image path %r must be absolute." % spec.path)
+    check_image_path(spec.path)
+    if spec.backing_file:
+        base = spec.backing_file
+        if os.path.isabs(base):
+            check_image_path(base, "backing_file")
+        elif os.path.normpath(base) != base or base.split("/", 1)[0] in ("..", "."):
+            raise KvmopsError("backing_file %r of %s is not a normalised relative path (no '..', '.', '//' "
+                              "or trailing '/'): give the absolute path of the base." % (base, spec.path),
+                              values={"path": spec.path, "backing_file": base})
     if spec.format not in FORMATS:
         raise KvmopsError("Image format %r is not supported: use one of %s." % (spec.format, ", ".join(FORMATS)))
     if isinstance(spec.virtual_size, bool) or not isinstance(spec.virtual_size, int) or spec.virtual_size <= 0:
@@ -794,6 +1006,7 @@ def ensure_image(spec: ImageSpec, ctx: HostContext) -> dict[str, t.Any]:
         any tool failure.
     """
     _validate(spec)
+    check_in_pools(spec.path, ctx.pools, ctx.allow_outside_pools, ctx.host, "create")
     _check_shared(ctx, "create", spec.path)
     if is_block_path(spec.path):
         return _ensure_block(spec, ctx)
@@ -850,10 +1063,10 @@ def _verify_base(spec: ImageSpec, ctx: HostContext) -> None:
     if spec.backing_virtual_size is None or not spec.backing_checksum:
         raise KvmopsError("An incremental overlay %s needs backing_virtual_size and backing_checksum of "
                           "the source's base %s to prove the destination's base identical." % (spec.path, base))
-    layers = qemu_img_info(base, ctx.runner, backing_chain=False, fmt=spec.backing_format)
-    if layers[0].virtual_size != spec.backing_virtual_size:
+    layer = qemu_img_info(base, ctx.runner, spec.backing_format or "raw")
+    if layer.virtual_size != spec.backing_virtual_size:
         raise KvmopsError("Backing base %s on %s has virtual size %d bytes; the source's base has %d bytes."
-                          % (base, ctx.host, layers[0].virtual_size, spec.backing_virtual_size),
+                          % (base, ctx.host, layer.virtual_size, spec.backing_virtual_size),
                           values={"base": base})
     algo, _sep, want = spec.backing_checksum.rpartition(":")
     algo = algo or "sha256"
@@ -910,7 +1123,10 @@ def _ensure_file(spec: ImageSpec, ctx: HostContext) -> dict[str, t.Any]:
         if os.path.islink(spec.path) or not os.path.isfile(spec.path):
             raise KvmopsError("dst image %s exists on %s and is not a regular file (a symlink, directory or "
                               "device): left untouched." % (spec.path, ctx.host), values={"path": spec.path})
-        geo = qemu_img_info(spec.path, ctx.runner, backing_chain=False)[0]
+        # ours: read as the format we made it; not ours: as the requested format, else as raw
+        # (it is refused either way; the format only makes the message exact).
+        recorded = recorded_format(ctx, spec.path)
+        geo = read_as_declared(spec.path, ctx.runner, recorded or spec.format, fallback_raw=recorded is None)
         return _reuse_or_refuse(spec, ctx, geo, "file")
     if spec.backing_file:
         _verify_base(spec, ctx)
@@ -962,7 +1178,7 @@ def _create_file_exclusive(spec: ImageSpec, ctx: HostContext) -> tuple[Geometry,
                 argv += ["-b", spec.backing_file, "-F", spec.backing_format or ""]
             argv += [tmp, "%d" % spec.virtual_size]
             run_checked(ctx.runner, argv, "create qcow2 image %s on %s" % (spec.path, ctx.host))
-        geo = qemu_img_info(tmp, ctx.runner, backing_chain=False, fmt=spec.format)[0]
+        geo = qemu_img_info(tmp, ctx.runner, spec.format)
         diffs = _mismatch(spec, geo)
         if diffs:
             raise KvmopsError("The image made for %s on %s came out with format %s, virtual size %d bytes "
@@ -1079,9 +1295,13 @@ def remove_image(path: str, ctx: HostContext) -> dict[str, t.Any]:
     domain uses it.
 
     :returns: ``{changed, path, action: removed|would_remove|absent, before, after, msg}``.
-    :raises KvmopsError: the path exists and is not ours (left untouched), is in use, is shared
-        with the source, or removal failed.
+    :raises KvmopsError: the path is not normalised or outside the storage pools (unless
+        allowed), exists and is not ours (left untouched), is in use, is shared with the source,
+        or removal failed. The file is read as the format the manifest records
+        (``qemu-img info -f FMT``), never probed.
     """
+    check_image_path(path)
+    check_in_pools(path, ctx.pools, ctx.allow_outside_pools, ctx.host, "remove")
     _check_shared(ctx, "delete", path)
     kind = "lv" if is_block_path(path) else "file"
     entry = ctx.manifest.find(ctx.host, path)
@@ -1101,9 +1321,10 @@ def remove_image(path: str, ctx: HostContext) -> dict[str, t.Any]:
         raise KvmopsError("%s on %s is used by domain(s) %s: it was left in place." % (
             path, ctx.host, ", ".join(users)), values={"path": path, "domains": users})
     if kind == "file":
-        if qemu_holds_lock(path, ctx.runner):
+        fmt = read_format(entry.get("format"))
+        if qemu_holds_lock(path, ctx.runner, fmt):
             raise KvmopsError("%s on %s is locked by a running QEMU: it was left in place." % (path, ctx.host))
-        geo = qemu_img_info(path, ctx.runner, backing_chain=False)[0]
+        geo = qemu_img_info(path, ctx.runner, fmt)
     else:
         if block_busy(path):
             raise KvmopsError("%s on %s is mounted or held: it was left in place." % (path, ctx.host))
@@ -1125,11 +1346,19 @@ def remove_image(path: str, ctx: HostContext) -> dict[str, t.Any]:
 
 # --------------------------------------------------------------------------- disk facts
 def describe_disk(disk: dict[str, t.Any], runner: Runner, force_share: bool = True,
-                  checksums: bool = False) -> dict[str, t.Any]:
-    """Add geometry to a ``_domain_xml.parse_disk`` dict (or ``{path}``): ``exists, kind,
+                  checksums: bool = False, follow_backing: bool = True,
+                  fallback_raw: bool = False) -> dict[str, t.Any]:
+    """Add geometry to a ``_domain_xml.parse_disk`` dict (or ``{path, format}``): ``exists, kind,
     virtual_size, allocation, cluster_size, compat, backing: [{path, format, virtual_size,
     allocation[, checksum]}], lv, fingerprint``. Sizes in bytes. A missing source gives
     ``exists: False`` (nothing raised): the caller decides (C13: missing ISO).
+
+    The image is read as its declared ``format`` (None: raw), never probed (:func:`geometry`):
+    ``format`` and ``detected_format`` are that format. The backing chain is libvirt's
+    ``backing`` (``<backingStore>``) where given, else what the declared qcow2 layers' headers
+    name; a raw disk has none, whatever its first sector holds. Checksums are only taken of
+    those layers. With ``fallback_raw`` a file not in its declared format is described as raw
+    (``format: raw``) instead of failing (:func:`read_as_declared`).
     """
     out = dict(disk)
     path = out.get("path")
@@ -1140,9 +1369,11 @@ def describe_disk(disk: dict[str, t.Any], runner: Runner, force_share: bool = Tr
         return out
     if not os.path.exists(path):
         return out
-    layers = geometry(path, runner, force_share=force_share)
+    fmt = read_format(out.get("format"))
+    layers = geometry(path, runner, force_share=force_share, fmt=fmt, backing=out["backing"],
+                      follow_backing=follow_backing, fallback_raw=fallback_raw)
     top = layers[0]
-    out.update({"exists": True, "kind": top.kind, "format": out.get("format") or top.format,
+    out.update({"exists": True, "kind": top.kind, "format": top.format if fallback_raw else fmt,
                 "detected_format": top.format, "virtual_size": top.virtual_size, "allocation": top.allocation,
                 "cluster_size": top.cluster_size, "compat": top.compat, "lv": top.lv,
                 "fingerprint": storage_fingerprint(path) if top.kind == "file" else None})
@@ -1194,14 +1425,26 @@ def describe_domain(conn: t.Any, dom: t.Any, uri: str, runner: Runner, force_sha
 
 
 def describe_paths(paths: t.Iterable[str], runner: Runner, force_share: bool = True,
-                   checksums: bool = False) -> list[dict[str, t.Any]]:
-    """One ``disk_info`` entry per image file or block device path, without a domain."""
+                   checksums: bool = False, formats: t.Mapping[str, str | None] | None = None,
+                   follow_backing: bool = True, fallback_raw: bool = False) -> list[dict[str, t.Any]]:
+    """One ``disk_info`` entry per image file or block device path, without a domain.
+
+    :param formats: the declared format per path; a path without one is read as ``raw``
+        (never probed, so no backing chain: a qcow2 header in it is guest data).
+    :param fallback_raw: see :func:`describe_disk`.
+    :raises KvmopsError: a path is not absolute and normalised (:func:`check_image_path`), or
+        qemu-img failed.
+    """
+    formats = formats or {}
     out = []
     for path in paths:
+        check_image_path(path)
         block = is_block_path(path)
         out.append(describe_disk({"target": None, "device": "disk", "type": "block" if block else "file",
-                                  "path": path, "format": None, "readonly": False, "shareable": False,
-                                  "backing": []}, runner, force_share=force_share, checksums=checksums))
+                                  "path": path, "format": read_format(formats.get(path)), "readonly": False,
+                                  "shareable": False, "backing": []}, runner, force_share=force_share,
+                                 checksums=checksums, follow_backing=follow_backing,
+                                 fallback_raw=fallback_raw))
     return out
 
 
@@ -1209,7 +1452,8 @@ def disk_info(params: dict[str, t.Any], runner: Runner | None = None,
               connect: t.Callable[..., t.Any] | None = None) -> dict[str, t.Any]:
     """Backend of the ``disk_info`` module.
 
-    :param params: ``{domain, paths, uri, force_share, checksums}``.
+    :param params: ``{domain, paths, format, uri, force_share, checksums}``; ``format`` is the
+        declared format of every path of ``paths`` (None: raw, no backing chain).
     :param connect: ``connection(uri, readonly=True)`` context manager (``_libvirt.connection``).
     :returns: ``{domain: {name, uuid, active}|None, disks: [...], copy_set: [targets]}``.
     :raises KvmopsError: domain not found, libvirt or qemu-img failure.
@@ -1218,8 +1462,10 @@ def disk_info(params: dict[str, t.Any], runner: Runner | None = None,
     force = bool(params.get("force_share", True))
     checksums = bool(params.get("checksums", False))
     if not params.get("domain"):
-        return {"domain": None, "disks": describe_paths(params.get("paths") or [], runner, force, checksums),
-                "copy_set": []}
+        paths = params.get("paths") or []
+        fmt = read_format(params.get("format"))
+        return {"domain": None, "copy_set": [],
+                "disks": describe_paths(paths, runner, force, checksums, formats={p: fmt for p in paths})}
     from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import connection, lookup_domain
     uri = params.get("uri") or "qemu:///system"
     with (connect or connection)(uri, readonly=True) as conn:
@@ -1253,11 +1499,17 @@ def disk_image(params: dict[str, t.Any], check_mode: bool = False, runner: Runne
         connect = connection
     uri = params.get("uri") or "qemu:///system"
     warnings: list[str] = []
+    check_image_path(params["path"])
+    allow_outside = bool(params.get("allow_outside_pools"))
+    pools: list[dict[str, t.Any]] | None = None
     try:
         with connect(uri, readonly=True) as conn:
             from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import libvirt_errors
             with libvirt_errors("list the domains and their disks", uri):
                 in_use = paths_in_use(conn)
+            if not allow_outside:
+                with libvirt_errors("list the storage pools", uri):
+                    pools = storage_pools(conn)
     except KvmopsError as err:
         if params.get("state", "present") != "absent":
             raise
@@ -1265,12 +1517,15 @@ def disk_image(params: dict[str, t.Any], check_mode: bool = False, runner: Runne
         # failed because the destination's libvirtd died): QEMU's image lock (files) or the
         # device's holders (LVs) then tell whether anything still uses it.
         in_use = {}
+        pools = None
         warnings.append("libvirt at %s did not answer (%s): only QEMU's image lock and the device's "
-                        "holders were checked before removing." % (uri, err))
+                        "holders were checked before removing (and not the storage pools: the "
+                        "manifest still decides what may be removed)." % (uri, err))
     ctx = HostContext(host=params.get("host") or socket.gethostname(), runner=runner,
                       manifest=Manifest(params.get("manifest_path") or DEFAULT_MANIFEST), in_use=in_use,
                       check_mode=check_mode, source_fingerprint=params.get("source_fingerprint"),
-                      shared_marker=params.get("shared_marker"))
+                      shared_marker=params.get("shared_marker"), pools=pools,
+                      allow_outside_pools=allow_outside)
     if params.get("state", "present") == "absent":
         result = remove_image(params["path"], ctx)
     else:

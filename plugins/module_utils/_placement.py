@@ -495,6 +495,21 @@ def disk_paths(disks: list[dict[str, t.Any]]) -> list[str]:
     return out
 
 
+def disk_formats(disks: list[dict[str, t.Any]]) -> dict[str, str]:
+    """The declared format of every local path of a ``disk_info`` disks list (:func:`disk_paths`),
+    backing layers included: ``{path: format}``, for ``host_info``'s ``formats`` on a
+    destination. A path without a declared format is left out (read as raw there)."""
+    out: dict[str, str] = {}
+    for disk in disks or []:
+        if disk.get("type") == "network":
+            continue
+        for item in [disk] + list(disk.get("backing") or []):
+            path, fmt = item.get("path"), item.get("format")
+            if path and fmt and path not in out:
+                out[path] = str(fmt)
+    return out
+
+
 def findings_table(report: dict[str, t.Any] | None, show_ok: bool = False) -> list[str]:
     """The findings of a pre-flight report as lines for people, errors first."""
     report = (report or {}).get("report", report) or {}

@@ -39,6 +39,14 @@ description:
     uses it; a path that exists and is not ours fails and is left untouched."
   - Shared storage is refused for both states when O(source_fingerprint) or O(shared_marker)
     shows that this host sees the source's storage.
+  - "Paths: O(path) must be absolute and normalised (no C(..), C(.), C(//) or trailing C(/)), and
+    (unless O(allow_outside_pools=true)) under the target directory of a libvirt storage pool of
+    this host (C(virsh pool-list --all)); otherwise the module fails naming the path, the pools and
+    the fix before anything is read or changed. Both states keep these rules."
+  - "An existing file is never probed for its format: an image the manifest records is read as the
+    format recorded (C(qemu-img info -f FORMAT)); any other file as O(format), or as C(raw) when it
+    is not in that format (it is refused either way). A qcow2 header inside a raw image (written
+    by its guest) is never taken for the image's geometry or backing file."
 author:
   - kvmops.migration contributors (@kvmops)
 requirements:
@@ -139,6 +147,18 @@ options:
         it for this guest). Its contents will be overwritten by the copy. Files are never adopted.
     type: bool
     default: false
+  allow_outside_pools:
+    description:
+      - Allow O(path) outside every libvirt storage pool of this host (pools are read with
+        C(virConnectListAllStoragePools), active or not, and compared by their target directory,
+        links resolved for files; a logical pool's C(/dev/VG) holds its LVs).
+      - By default such a path is refused, for O(state=present) and O(state=absent) alike; a host
+        without pools refuses every path. Set it for images kept in a directory libvirt does not
+        manage as a pool.
+      - When libvirt does not answer for O(state=absent), the pools are not checked (a warning
+        says so); the manifest still decides what may be removed.
+    type: bool
+    default: false
   manifest_path:
     description:
       - The JSON manifest of images created by this collection on this host.
@@ -208,11 +228,12 @@ EXAMPLES = r"""
   loop: "{{ src.disks | selectattr('copy') | selectattr('kind', 'equalto', 'file') | list }}"
   delegate_to: hostb
 
-- name: An LV of exactly the source's size, created when missing
+- name: An LV of exactly the source's size, created when missing (VG vg0 is no libvirt pool here)
   kvmops.migration.disk_image:
     path: /dev/vg0/vm1-data
     virtual_size: 10737418240
     lv_create: true
+    allow_outside_pools: true
     for_domain: vm1
 
 - name: Roll back an image this collection created
@@ -287,6 +308,7 @@ def main() -> None:
             lv_name=dict(type="str"),
             lv_thin_pool=dict(type="str"),
             adopt_existing=dict(type="bool", default=False),
+            allow_outside_pools=dict(type="bool", default=False),
             manifest_path=dict(type="path", default=_images.DEFAULT_MANIFEST),
             host=dict(type="str"),
             uri=dict(type="str", default=_libvirt.DEFAULT_URI),

@@ -14,9 +14,17 @@ version_added: 0.1.0
 description:
   - Reads, for every disk of a domain (by name or UUID) or for a list of image paths, the facts a
     storage migration needs, with sizes in bytes.
-  - File images are read with C(qemu-img info --output=json --backing-chain -U) (force-share), so
+  - File images are read with C(qemu-img info --output=json -U -f FORMAT) (force-share), so
     images locked by a running QEMU can be read; sizes come from the JSON, never from
     human-readable text.
+  - "The format is never probed: each image is read as the format that is declared for it, the
+    domain's C(<driver type>) for O(domain) (none declared: C(raw), as libvirt does), O(format)
+    for O(paths). The first sector of a raw disk is written by the guest, which can put a qcow2
+    header there naming any virtual size and any host file as backing file; read as raw it is
+    just data."
+  - "The backing chain is libvirt's C(<backingStore>) chain of the domain where it lists one,
+    else what the headers of the layers declared qcow2 name, each with the backing format that
+    header records (none recorded: C(raw), never probed). A raw layer has no backing chain."
   - Block devices are measured with C(blockdev --getsize64); LVM facts are added where the device
     is a logical volume (C(lvs --reportformat json --units b)).
   - "Each disk of a domain also says whether a storage migration copies it (RV(disks[].copy)):
@@ -38,8 +46,20 @@ options:
   paths:
     description:
       - Image files or block devices to describe, without a domain.
+      - Each must be absolute and normalised (no C(..), C(.), C(//) or trailing C(/)), else the
+        module fails naming the path and its normalised spelling.
     type: list
     elements: path
+  format:
+    description:
+      - The format every path of O(paths) is read as (C(qemu-img info -f)); not probed.
+      - With the default C(raw) a file is described by its own size and without a backing chain,
+        whatever header it holds; set C(qcow2) only for images known to be qcow2 (qemu-img then
+        refuses a file that is not) to get their virtual size and backing chain.
+      - Ignored with O(domain) (the domain's XML declares each disk's format).
+    type: str
+    choices: [raw, qcow2]
+    default: raw
   uri:
     description:
       - libvirt URI of the host that holds O(domain). The connection is read-only.
@@ -85,12 +105,18 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ src_disks.copy_set }}"
 
-- name: Describe images by path, with checksums of their backing layers
+- name: Describe qcow2 images by path, with checksums of their backing layers
   kvmops.migration.disk_info:
     paths:
       - /var/lib/libvirt/images/vm1.qcow2
-      - /dev/vg0/vm1-data
+    format: qcow2
     checksums: true
+
+- name: Describe a raw image and an LV by path (read as raw, no backing chain)
+  kvmops.migration.disk_info:
+    paths:
+      - /var/lib/libvirt/images/vm1-swap.raw
+      - /dev/vg0/vm1-data
 """
 
 RETURN = r"""
@@ -125,8 +151,8 @@ disks:
     name: {description: "Name of a network disk's source.", type: str}
     exists: {description: "Whether the source exists on this host.", type: bool}
     kind: {description: "C(file) or C(block) as found on the host.", type: str}
-    format: {description: "Format: the domain's driver type, else what qemu-img detected.", type: str}
-    detected_format: {description: "Format reported by qemu-img (C(raw) for block devices).", type: str}
+    format: {description: "Format the image was read as: the domain's driver type (none: C(raw)), or O(format).", type: str}
+    detected_format: {description: "Format qemu-img reported when reading it as RV(disks[].format) (never probed).", type: str}
     virtual_size: {description: "Guest-visible size in bytes.", type: int, sample: 21474836480}
     allocation: {description: "Bytes the image really uses on the host (qemu-img actual-size).", type: int}
     cluster_size: {description: "qcow2 cluster size in bytes.", type: int, sample: 65536}
@@ -183,6 +209,7 @@ def main() -> None:
         argument_spec=dict(
             domain=dict(type="str"),
             paths=dict(type="list", elements="path"),
+            format=dict(type="str", default="raw", choices=list(_images.FORMATS)),
             uri=dict(type="str", default=_libvirt.DEFAULT_URI),
             force_share=dict(type="bool", default=True),
             checksums=dict(type="bool", default=False),

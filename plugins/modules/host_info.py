@@ -55,8 +55,9 @@ options:
     description:
       - Name or UUID of a guest to describe where it is defined (RV(guest_disks),
         RV(guest_paths), RV(guest_error)). On the other hosts these are empty.
-      - Its images are read with C(qemu-img info -U) (force-share), so a running guest's images
-        can be read.
+      - Its images are read with C(qemu-img info -U -f FORMAT) (force-share), so a running guest's
+        images can be read, each as the format its domain XML declares (never probed; see
+        M(kvmops.migration.disk_info)).
     type: str
   paths:
     description:
@@ -65,8 +66,20 @@ options:
         on a destination.
       - When given (even empty), adds RV(paths), RV(mounts), RV(interfaces) and RV(manifest).
       - A path that does not exist is reported in RV(paths) with C(exists=false), not as a failure.
+      - Each must be absolute and normalised (no C(..), C(.), C(//) or trailing C(/)), else the
+        module fails naming the path before reading anything.
+      - "Each path is read as one layer (no backing chain is followed; list the backing paths too)
+        with C(qemu-img info -f FORMAT), never probed: FORMAT is the one the kvmops manifest
+        records when it records this very file, else O(formats) of the path, else C(raw). A file
+        that is not in the format O(formats) declares is described as C(raw)."
     type: list
     elements: path
+  formats:
+    description:
+      - The declared format (C(raw), C(qcow2)) per path of O(paths), for example the formats the
+        source declares for the guest's disks and backing layers. Paths not listed are C(raw).
+    type: dict
+    default: {}
   manifest_path:
     description:
       - The kvmops manifest (the images this collection created on the host) read for
@@ -267,6 +280,7 @@ def main() -> None:
             domains=dict(type="bool", default=True),
             guest=dict(type="str"),
             paths=dict(type="list", elements="path"),
+            formats=dict(type="dict", default={}),
             manifest_path=dict(type="path", default=_images.DEFAULT_MANIFEST),
         ),
         supports_check_mode=True,

@@ -86,6 +86,9 @@ def purge(host: str, paths: list[str], entries: list[str] = ()) -> None:
 
 
 def disk_image(host: str, check_mode: bool = False, diff: bool = False, **args) -> dict:
+    """The module on ``host``; the lab's images directory is no libvirt pool, so
+    ``allow_outside_pools`` is on unless a test sets it."""
+    args.setdefault("allow_outside_pools", True)
     return run_module(host, "kvmops.migration.disk_image", args, check_mode=check_mode, diff=diff)
 
 

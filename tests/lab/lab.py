@@ -685,7 +685,10 @@ def write_inventory() -> str:
               "        ansible_ssh_private_key_file: %s" % os.path.join(keys, "controller_id_ed25519"),
               "        ansible_ssh_common_args: %s" % json.dumps(ssh_args),
               "        ansible_ssh_pipelining: true",
-              "        kvmops_lab: true"]
+              "        kvmops_lab: true",
+              "        # the guests' images live in /var/lib/libvirt/images, which is no libvirt pool",
+              "        # on the lab's hosts (a pool there would let libvirt pre-create the images)",
+              "        migrate_guest_allow_outside_pools: true"]
     write(path, "\n".join(lines) + "\n")
     return path
 

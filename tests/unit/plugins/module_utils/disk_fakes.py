@@ -100,13 +100,39 @@ class FakePool:
         return FakeVolume(self.volumes[name])
 
 
-class FakeConnection:
-    """The few virConnect calls used: listAllDomains, lookupByName/UUIDString, pools."""
+class FakePoolDef:
+    """A storage pool as ``listAllStoragePools`` returns it: name, XML with its target, state."""
 
-    def __init__(self, domains: t.Iterable[FakeDomain] = (), pools: dict[str, dict[str, str]] | None = None) -> None:
+    def __init__(self, name: str, path: str, active: bool = True) -> None:
+        self._name, self.path, self.active = name, path, active
+
+    def name(self) -> str:
+        return self._name
+
+    def isActive(self) -> int:  # noqa: N802 - libvirt's name
+        return int(self.active)
+
+    def XMLDesc(self, flags: int = 0) -> str:  # noqa: N802 - libvirt's name
+        return ("<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>"
+                % (self._name, self.path))
+
+
+class FakeConnection:
+    """The few virConnect calls used: listAllDomains, lookupByName/UUIDString, pools.
+
+    ``pools`` maps a pool name to its volumes (name -> path) for ``storagePoolLookupByName``;
+    ``pool_dirs`` maps a pool name to its target directory for ``listAllStoragePools``.
+    """
+
+    def __init__(self, domains: t.Iterable[FakeDomain] = (), pools: dict[str, dict[str, str]] | None = None,
+                 pool_dirs: dict[str, str] | None = None) -> None:
         self.domains = list(domains)
         self.pools = pools or {}
+        self.pool_dirs = pool_dirs or {}
         self.closed = False
+
+    def listAllStoragePools(self, flags: int = 0) -> list[FakePoolDef]:  # noqa: N802
+        return [FakePoolDef(name, path) for name, path in self.pool_dirs.items()]
 
     def listAllDomains(self, flags: int = 0) -> list[FakeDomain]:  # noqa: N802
         return list(self.domains)

@@ -318,10 +318,15 @@ def test_run_host_info_adds_guest_and_path_facts_only_when_asked(tmp_path):
     conn, host = guest_host(tmp_path), sources(tmp_path)
     plain = _host.run_host_info(params(), connect=connector(conn))
     assert set(plain) == {"host"}
-    both = _host.run_host_info(params(guest="vm1", paths=[str(tmp_path / "vm1.qcow2")]),
+    qcow2 = str(tmp_path / "vm1.qcow2")
+    both = _host.run_host_info(params(guest="vm1", paths=[qcow2], formats={qcow2: "qcow2"}),
                                runner=real_runner(), connect=connector(conn), **host)
     assert set(both) == {"host", "guest_disks", "guest_paths", "guest_error", "paths", "mounts", "interfaces",
                          "manifest"}
     assert both["paths"][0]["virtual_size"] == 2 * GIB and both["manifest"] == []
+    # no declared format: read as raw (the file's own size), never probed as qcow2
+    undeclared = _host.run_host_info(params(paths=[qcow2]), runner=real_runner(), connect=connector(conn), **host)
+    assert (undeclared["paths"][0]["format"], undeclared["paths"][0]["virtual_size"]) == (
+        "raw", -(-os.path.getsize(qcow2) // 512) * 512)
     empty = _host.run_host_info(params(paths=[]), connect=connector(conn), **host)
     assert (empty["paths"], empty["mounts"], empty["interfaces"]) == ([], [], ["lo"])

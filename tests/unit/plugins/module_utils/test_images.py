@@ -73,12 +73,12 @@ def test_human_readable_or_bad_json_is_refused(text):
         im.parse_qemu_img_info(text)
 
 
-def test_qemu_img_info_passes_force_share_and_backing_chain():
+def test_qemu_img_info_passes_force_share_and_the_declared_format():
     runner = FakeRunner()
-    runner.add(["qemu-img", "info"], fixture("qemu-img", "chain.json"))
-    layers = im.qemu_img_info("/var/lib/libvirt/images/vm1.qcow2", runner)
-    assert len(layers) == 2
-    assert runner.calls[0] == ["qemu-img", "info", "--output=json", "--backing-chain", "-U",
+    runner.add(["qemu-img", "info"], fixture("qemu-img", "qcow2.json"))
+    geo = im.qemu_img_info("/var/lib/libvirt/images/vm1.qcow2", runner, "qcow2")
+    assert geo.format == "qcow2"
+    assert runner.calls[0] == ["qemu-img", "info", "--output=json", "-U", "-f", "qcow2",
                                "/var/lib/libvirt/images/vm1.qcow2"]
 
 
@@ -86,7 +86,7 @@ def test_qemu_img_failure_keeps_stderr_as_detail():
     runner = FakeRunner()
     runner.add(["qemu-img", "info"], rc=1, stderr="qemu-img: Could not open 'x': No such file")
     with pytest.raises(KvmopsError) as err:
-        im.qemu_img_info("x", runner)
+        im.qemu_img_info("x", runner, "raw")
     assert err.value.detail == "qemu-img: Could not open 'x': No such file"
     assert err.value.msg.startswith("Could not read the geometry of x")
 
@@ -96,7 +96,7 @@ def test_real_qemu_img_reads_a_real_chain(tmp_path):
     base, top = str(tmp_path / "base.qcow2"), str(tmp_path / "top.qcow2")
     runner.run(["qemu-img", "create", "-q", "-f", "qcow2", base, str(GiB)])
     runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top, str(2 * GiB)])
-    layers = im.geometry(top, runner)
+    layers = im.geometry(top, runner, fmt="qcow2")
     assert [(g.path, g.format, g.virtual_size) for g in layers] == [(top, "qcow2", 2 * GiB), (base, "qcow2", GiB)]
 
 
@@ -235,7 +235,7 @@ def test_c01_missing_image_is_created_sparse_with_exact_size(tmp_path, fmt):
     result = im.ensure_image(spec, ctx)
     assert (result["changed"], result["action"]) == (True, "created")
     assert result["before"] == {"exists": False}
-    (geo,) = im.qemu_img_info(path, real_runner(), backing_chain=False, fmt=fmt)
+    geo = im.qemu_img_info(path, real_runner(), fmt)
     assert (geo.format, geo.virtual_size) == (fmt, 10 * GiB)
     if fmt == "qcow2":
         assert (geo.cluster_size, geo.compat, geo.backing_file) == (65536, "1.1", None)
@@ -293,7 +293,7 @@ def test_c02_full_copy_gets_a_flat_image_of_the_top_size(tmp_path):
     top, _base = im.parse_qemu_img_info(fixture("qemu-img", "chain.json"))
     path = str(tmp_path / "vm1.qcow2")
     im.ensure_image(im.ImageSpec(path=path, format="qcow2", virtual_size=top.virtual_size), ctx_for(tmp_path))
-    (geo,) = im.qemu_img_info(path, real_runner())
+    geo = im.qemu_img_info(path, real_runner(), "qcow2")
     assert (geo.virtual_size, geo.backing_file) == (22011707392, None)
 
 
@@ -309,7 +309,7 @@ def test_c02_incremental_overlay_keeps_backing_path_and_format(tmp_path):
     spec = im.ImageSpec(path=path, format="qcow2", virtual_size=2 * GiB, backing_file=base,
                         backing_format="qcow2", backing_virtual_size=GiB, backing_checksum=checksum)
     im.ensure_image(spec, ctx_for(tmp_path))
-    top, lower = im.qemu_img_info(path, real_runner())
+    top, lower = im.geometry(path, real_runner(), fmt="qcow2")
     assert (top.backing_file, top.backing_format, top.virtual_size) == (base, "qcow2", 2 * GiB)
     assert lower.path == base
 
@@ -653,7 +653,7 @@ def test_disk_info_backend_for_paths(tmp_path):
 def test_disk_image_backend_is_idempotent_and_diffs(tmp_path):
     path = str(tmp_path / "images" / "vm1.qcow2")
     other = FakeDomain("other", "<domain><name>other</name><devices/></domain>")
-    connect = connector(FakeConnection([other]))
+    connect = connector(FakeConnection([other], pool_dirs={"default": str(tmp_path / "images")}))
     params = {"path": path, "state": "present", "format": "qcow2", "virtual_size": 21474836480,
               "manifest_path": str(tmp_path / "m.json"), "host": "hostb", "dir_mode": "0711",
               "dir_owner": os.geteuid(), "dir_group": os.getegid()}

@@ -272,6 +272,13 @@ def test_disk_paths():
     assert p.disk_paths(disks) == ["/i/a", "/i/base"]
 
 
+def test_disk_formats_are_the_declared_ones():
+    disks = [{"path": "/i/a", "type": "file", "format": "qcow2",
+              "backing": [{"path": "/i/base", "format": "raw"}, {"path": "/i/undeclared"}]},
+             {"path": "/i/n", "type": "network", "format": "raw"}, {"path": "/i/a", "type": "file", "format": "raw"}]
+    assert p.disk_formats(disks) == {"/i/a": "qcow2", "/i/base": "raw"}
+
+
 def test_findings_table_errors_first():
     rep = {"findings": [{"check": "memory", "status": "ok", "msg": "fine"},
                         {"check": "network", "status": "error", "msg": "br-x missing"}]}

@@ -1220,9 +1220,9 @@ def _sever(plan: "MigrationPlan", opts: MigrationOptions, name: str, rt: Runtime
     ports = [p for p in (_port_of(plan.migrate_uri), _port_of(plan.disks_uri), opts.migrate_port,
                          opts.disks_port) if p]
     done = _sockets.sever(rt.runner, pid, opts.dest_host, ports)
+    unclosed = "; %d could not be closed" % len(done["left"]) if done["left"] else ""
     rt.log("kvmops.migration: the aborted job did not end within %s s: closed %d data connection(s) "
-           "of QEMU (pid %d) to %s%s" % (opts.sever_after_s, len(done["closed"]), pid, opts.dest_host,
-                                       "; %d could not be closed" % len(done["left"]) if done["left"] else ""))
+           "of QEMU (pid %d) to %s%s" % (opts.sever_after_s, len(done["closed"]), pid, opts.dest_host, unclosed))
     if done["left"] or done["error"]:
         notes.append("closing the data connections to %s after the abort did not work (%s): the job "
                      "ends when TCP gives up on them (ss -K needs CONFIG_INET_DIAG_DESTROY)"

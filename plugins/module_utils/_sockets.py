@@ -163,7 +163,7 @@ def sever(runner: t.Any, pid: int, dest_host: str, ports: t.Iterable[int] = ()) 
         return {"closed": [], "left": [], "error": error}
     for c in before:
         runner.run(["ss", "-K", "-Htn", "src", c.local_addr, "sport", "=", str(c.local_port),
-             "dst", c.peer_addr, "dport", "=", str(c.peer_port)])
+                    "dst", c.peer_addr, "dport", "=", str(c.peer_port)])
     after, error = listing()
     left = {(c.local_addr, c.local_port, c.peer_addr, c.peer_port) for c in after}
     return {"closed": [c.as_dict() for c in before

@@ -18,7 +18,11 @@ import lab  # noqa: E402  (tests/lab/lab.py)
 
 # A skip whose reason is not listed in tests/skip_policy.py fails the run.
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from skip_policy import pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: E402,F401
+import skip_policy  # noqa: E402
+
+pytest_runtest_logreport = skip_policy.pytest_runtest_logreport
+pytest_terminal_summary = skip_policy.pytest_terminal_summary
+pytest_sessionfinish = skip_policy.pytest_sessionfinish
 
 PYTHON = sys.executable
 

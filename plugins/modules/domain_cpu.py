@@ -54,9 +54,9 @@ options:
     type: str
   restore_cpu:
     description:
-      - Undo an earlier normalisation of O(domain)'s persistent definition: write this C(<cpu>)
+      - "Undo an earlier normalisation of O(domain)'s persistent definition: write this C(<cpu>)
         element (RV(cpu_before) of the run to undo) back as it was, without computing or
-        validating anything. An empty string removes the C(<cpu>) element (the domain had none).
+        validating anything. An empty string removes the C(<cpu>) element (the domain had none)."
       - The other options but O(uri) and O(domain) are ignored. A running guest's live CPU is
         never changed.
     type: str

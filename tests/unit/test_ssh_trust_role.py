@@ -57,7 +57,7 @@ HOST_KEYS = {
 
 
 def play(tmp_path, *extra):
-    import ansible_collections.ansible.posix as posix  # pylint: disable=import-outside-toplevel
+    from ansible_collections.ansible import posix  # pylint: disable=import-outside-toplevel
     site = os.path.dirname(os.path.dirname(os.path.dirname(list(posix.__path__)[0])))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.pathsep.join([COLLECTIONS, site]),
                ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")

@@ -965,6 +965,37 @@ def plan_normalisation(domain_xml_text: str, group: t.Sequence[tuple[str, t.Any]
             "virttype": virttype}
 
 
+def restore_cpu(domain_xml_text: str, cpu_xml: str) -> NormaliseResult:
+    """Put a saved ``<cpu>`` (``cpu_before`` of an earlier :func:`normalise_cpu`) back into a
+    domain XML, as it was: the undo of a normalisation. ``cpu_xml`` empty removes the ``<cpu>``
+    (the domain had none). Pure: no libvirt call, no validation (it is the CPU the domain had).
+
+    :raises KvmopsError: ``cpu_xml`` is not a ``<cpu>`` element.
+    """
+    root = _parse(domain_xml_text, "domain XML")
+    old = root.find("cpu")
+    new = None
+    if (cpu_xml or "").strip():
+        new = _parse(cpu_xml, "saved <cpu> element")
+        if new.tag != "cpu":
+            raise KvmopsError("restore_cpu must be a <cpu> element (cpu_before of the run to undo), "
+                              "got <%s>." % new.tag)
+    if old is not None and new is not None:
+        root.replace(old, new)
+    elif old is not None:
+        root.remove(old)
+    elif new is not None:
+        _insert_cpu(root, new)
+    if old is None or new is None:
+        changed = (old is None) != (new is None)
+    else:
+        changed = canonical_cpu(old) != canonical_cpu(new)
+    return NormaliseResult(
+        xml=etree.tostring(root, pretty_print=True, encoding="unicode"),
+        cpu_before=cpu_to_xml(old), cpu_after=cpu_to_xml(new), changed=changed,
+        dropped=[], renamed={})
+
+
 # ----------------------------------------------------------------------------------------------
 # the domain_cpu module's backend
 
@@ -976,7 +1007,7 @@ def run_domain_cpu(params: dict[str, t.Any], check_mode: bool,
 
     :param params: the module's parameters (``uri``, ``domain`` or ``xml``, ``policy``,
         ``model``, ``features``, ``disable_features``, ``require_features``, ``group_uris``,
-        ``virttype``).
+        ``virttype``; or ``domain`` with ``restore_cpu``: :func:`restore_cpu`, no group needed).
     :param connect: opens a connection for a URI (a context manager); tests pass fakes.
     :returns: the module result ``{changed, cpu_before, cpu_after, cpu, dropped, renamed,
         validation, effective, diff, [domain, state], [xml]}``.
@@ -988,7 +1019,11 @@ def run_domain_cpu(params: dict[str, t.Any], check_mode: bool,
     of a running guest is never touched.
     """
     uri = params.get("uri") or _libvirt.DEFAULT_URI
-    group_uris = list(dict.fromkeys(params.get("group_uris") or [])) or [uri]
+    restoring = params.get("restore_cpu") is not None
+    if restoring and not params.get("domain"):
+        raise KvmopsError("restore_cpu needs domain: it writes the saved <cpu> back into that "
+                          "domain's persistent definition.")
+    group_uris = [] if restoring else (list(dict.fromkeys(params.get("group_uris") or [])) or [uri])
     needed = ([uri] if params.get("domain") else []) + group_uris
     with _Connections(connect, needed) as conns:
         dom = None
@@ -1007,22 +1042,26 @@ def run_domain_cpu(params: dict[str, t.Any], check_mode: bool,
             xml = domain_xml(dom, inactive=True, secure=True)
         else:
             xml = params["xml"]
-        plan = plan_normalisation(
-            xml, [(u, conns[u]) for u in group_uris], policy=params.get("policy") or "baseline",
-            virttype=params.get("virttype"), model=params.get("model"),
-            features=params.get("features") or (),
-            disable_features=params.get("disable_features") or (),
-            require_features=params.get("require_features") or ())
+        if restoring:
+            plan = {"result": restore_cpu(xml, params["restore_cpu"]), "validation": [], "baseline": None,
+                    "virttype": params.get("virttype") or domain_platform(xml)["virttype"]}
+        else:
+            plan = plan_normalisation(
+                xml, [(u, conns[u]) for u in group_uris], policy=params.get("policy") or "baseline",
+                virttype=params.get("virttype"), model=params.get("model"),
+                features=params.get("features") or (),
+                disable_features=params.get("disable_features") or (),
+                require_features=params.get("require_features") or ())
         res: NormaliseResult = plan["result"]
         if dom is not None and res.changed and not check_mode:
-            with _libvirt.libvirt_errors("define the normalised domain %s" % params["domain"],
-                                         host=uri):
+            with _libvirt.libvirt_errors("define the %s domain %s" % (
+                    "restored" if restoring else "normalised", params["domain"]), host=uri):
                 local.defineXML(res.xml)
     result: dict[str, t.Any] = {
         "changed": res.changed,
         "cpu_before": res.cpu_before,
         "cpu_after": res.cpu_after,
-        "cpu": parse_guest_cpu(res.cpu_after).as_dict(),
+        "cpu": parse_guest_cpu(res.cpu_after).as_dict() if res.cpu_after else GuestCpu().as_dict(),
         "dropped": res.dropped,
         "renamed": res.renamed,
         "baseline": plan["baseline"],

@@ -20,6 +20,7 @@ network disks are never copied.
 
 from __future__ import annotations
 
+import re
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
@@ -46,6 +47,22 @@ _UNITS = {
 
 #: Disk types whose data lives on the host (a storage migration can copy them).
 LOCAL_DISK_TYPES = ("file", "block", "volume")
+
+#: What a redacted secret reads as in results, diffs and messages.
+REDACTED = "********"
+
+# Secrets that domain XML (and libvirt's or QEMU's messages quoting it) can carry: any attribute
+# whose name holds "passwd"/"password" (<graphics passwd>, the VNC/SPICE passwords of
+# formatdomain.html#graphical-framebuffers), the user and the libvirt secret of an <auth>
+# (iSCSI CHAP, RBD/cephx; formatdomain.html#hard-drives-floppy-disks-cdroms), the <secret>
+# references of <auth> and <encryption>, and HTTP <cookie> values of network disks.
+_SECRET_ATTR_RE = re.compile(r"""(?P<name>[\w:.-]*(?:passwd|password))(?P<eq>\s*=\s*)"""
+                             r"""(?:(?P<q>["'])(?P<quoted>.*?)(?P=q)|(?P<bare>[^\s,;&"'<>/]+))""",
+                             re.IGNORECASE | re.DOTALL)
+_SECRET_ELEMENT_ATTRS = {"auth": ("username",), "secret": ("usage", "uuid")}
+_ELEMENT_RE = re.compile(r"<(?P<tag>auth|secret)\b(?P<attrs>[^>]*)>", re.IGNORECASE)
+_ATTR_RE = re.compile(r"""(?P<name>[\w:.-]+)(?P<eq>\s*=\s*)(?P<q>["'])(?P<value>.*?)(?P=q)""", re.DOTALL)
+_COOKIE_RE = re.compile(r"(?P<open><cookie\b[^>]*>)(?P<value>[^<]*)(?P<close></cookie>)", re.IGNORECASE)
 
 
 def parse_xml(xml: str | bytes) -> t.Any:
@@ -375,3 +392,48 @@ def with_discard_unmap(xml: str, targets: t.Iterable[str]) -> tuple[str, list[st
     if not changed:
         return xml, []
     return etree.tostring(root, encoding="unicode"), changed
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every secret a domain XML can carry replaced by :data:`REDACTED`.
+
+    Works on any text, not only well-formed XML: whole domain XML, a ``<cpu>`` or ``<disk>``
+    fragment, or a libvirt/QEMU message quoting one (``passwd='...'``, ``password=...``).
+    Replaced: the value of any attribute or ``key=value`` whose name contains ``passwd`` or
+    ``password``; ``username`` of ``<auth>``; ``usage`` and ``uuid`` of ``<secret>``; the value of
+    ``<cookie>``. Everything else is left byte for byte.
+    """
+    if not text or not isinstance(text, str):
+        return text
+
+    def attr(match: t.Any) -> str:
+        if match.group("q"):
+            return "%s%s%s%s%s" % (match.group("name"), match.group("eq"), match.group("q"),
+                                   REDACTED, match.group("q"))
+        return "%s%s%s" % (match.group("name"), match.group("eq"), REDACTED)
+
+    def element(match: t.Any) -> str:
+        secret = _SECRET_ELEMENT_ATTRS[match.group("tag").lower()]
+
+        def one(am: t.Any) -> str:
+            if am.group("name").lower() not in secret:
+                return am.group(0)
+            return "%s%s%s%s%s" % (am.group("name"), am.group("eq"), am.group("q"), REDACTED, am.group("q"))
+        return "<%s%s>" % (match.group("tag"), _ATTR_RE.sub(one, match.group("attrs")))
+
+    text = _SECRET_ATTR_RE.sub(attr, text)
+    text = _ELEMENT_RE.sub(element, text)
+    return _COOKIE_RE.sub(lambda m: m.group("open") + REDACTED + m.group("close"), text)
+
+
+def redact(value: t.Any) -> t.Any:
+    """A copy of a module result (dicts, lists, strings, ...) with :func:`redact_secrets`
+    applied to every string in it; dict keys and other types are kept. Used on every result,
+    diff, warning and error of the collection's modules (``_module.call_backend``)."""
+    if isinstance(value, str):
+        return redact_secrets(value)
+    if isinstance(value, dict):
+        return {key: redact(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(item) for item in value)
+    return value

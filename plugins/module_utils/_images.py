@@ -699,9 +699,11 @@ class Manifest:
     """The JSON record of what this collection created on a host.
 
     File shape: ``{"version": 1, "entries": [{host, path, kind: file|lv, format, virtual_size,
-    created_at, for_domain, inode, id}]}`` (``id``: the :data:`ID_XATTR` value of a file, where
-    the filesystem has user xattrs). Writes go to a temporary file renamed over the manifest
-    (our own file), under an ``flock`` on ``<path>.lock``.
+    created_at, for_domain, inode, id, created_dirs}]}`` (``id``: the :data:`ID_XATTR` value of a
+    file, where the filesystem has user xattrs; ``created_dirs``: ``[{path, inode}]``, the parent
+    directories made for the image, outermost first; entries written before it was recorded have
+    none, and then no directory is ever removed for them). Writes go to a temporary file
+    renamed over the manifest (our own file), under an ``flock`` on ``<path>.lock``.
     """
 
     def __init__(self, path: str = DEFAULT_MANIFEST) -> None:
@@ -752,12 +754,44 @@ class Manifest:
             entries.append(entry)
             self._write(entries)
 
-    def remove(self, host: str, path: str) -> None:
+    def remove(self, host: str, path: str, hand_over: t.Sequence[dict[str, t.Any]] = ()) -> None:
+        """Drop the entry of ``path``.
+
+        :param hand_over: directories recorded with it that could not be removed yet (not
+            empty): each is recorded again with an image of ours still inside it, so that
+            removing that one removes the directory (a directory made for the first of two
+            images is not left behind when the second goes last).
+        """
         with self._locked():
             entries = self.entries()
             kept = [e for e in entries if not (e.get("host") == host and e.get("path") == path)]
-            if len(kept) != len(entries):
+            moved = False
+            for record in hand_over:
+                heir = next((e for e in kept if e.get("host") == host
+                             and _is_under(str(e.get("path") or ""), record["path"])), None)
+                if heir is None:
+                    continue
+                dirs = [d for d in created_dirs_of(heir) if d["path"] != record["path"]] + [dict(record)]
+                heir["created_dirs"] = sorted(dirs, key=lambda d: len(d["path"]))
+                moved = True
+            if len(kept) != len(entries) or moved:
                 self._write(kept)
+
+
+def _is_under(path: str, directory: str) -> bool:
+    """True when ``path`` lies inside ``directory`` (both absolute, normalised)."""
+    directory = directory.rstrip("/")
+    return bool(directory) and path.startswith(directory + "/")
+
+
+def created_dirs_of(entry: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """The ``created_dirs`` of a manifest entry as ``[{path, inode}]``, outermost first; ``[]``
+    for entries of older versions (no field) and for records that are not well-formed."""
+    out = []
+    for record in entry.get("created_dirs") or []:
+        if isinstance(record, dict) and isinstance(record.get("path"), str) and os.path.isabs(record["path"]):
+            out.append({"path": os.path.normpath(record["path"]), "inode": record.get("inode")})
+    return sorted(out, key=lambda d: len(d["path"]))
 
 
 # --------------------------------------------------------------------------- in use
@@ -1100,13 +1134,78 @@ def _ids(owner: str | int, group: str | int) -> tuple[int, int]:
     return int(uid), int(gid)
 
 
-def _make_dirs(dirs: list[str], spec: ImageSpec) -> None:
+def _make_dirs(dirs: list[str], spec: ImageSpec) -> list[dict[str, t.Any]]:
+    """Create ``dirs`` (outermost first, from :func:`_missing_dirs`).
+
+    :returns: ``[{path, inode}]`` of the directories made, for the manifest entry of the image
+        (:func:`remove_created_dirs` removes only those, only when empty, only the same inode).
+        On a failure the ones already made are removed again (when empty) and the error raised.
+    """
     uid, gid = _ids(spec.dir_owner, spec.dir_group)
-    for directory in dirs:
-        os.mkdir(directory, spec.dir_mode)
-        if os.geteuid() == 0:
-            os.chown(directory, uid, gid)
-        os.chmod(directory, spec.dir_mode)
+    made: list[dict[str, t.Any]] = []
+    try:
+        for directory in dirs:
+            os.mkdir(directory, spec.dir_mode)
+            made.append({"path": os.path.normpath(directory), "inode": os.lstat(directory).st_ino})
+            if os.geteuid() == 0:
+                os.chown(directory, uid, gid)
+            os.chmod(directory, spec.dir_mode)
+    except OSError as err:
+        with contextlib.suppress(KvmopsError):
+            remove_created_dirs(made, os.path.join(dirs[-1], "-"))
+        raise KvmopsError("Could not create directory %s: %s." % (err.filename or dirs[-1], err.strerror or err)) from err
+    return made
+
+
+def remove_created_dirs(records: t.Sequence[dict[str, t.Any]], image_path: str,
+                        check_mode: bool = False) -> tuple[list[str], list[dict[str, t.Any]]]:
+    """Remove the directories we made for ``image_path`` (``created_dirs`` of its manifest
+    entry) that are empty once the image is gone, innermost first.
+
+    Never a directory we did not make: only recorded paths that contain ``image_path``, are
+    still a directory (not a symlink) with the recorded inode; never a non-empty one (``rmdir``,
+    which refuses one that is not empty). In check mode nothing is removed and the answer
+    says what would be (the image and the inner recorded directories counted as gone).
+
+    :returns: ``(removed, kept)``: the paths removed (or that would be), and the records of
+        ours left because they are not empty (for :meth:`Manifest.remove` to hand over).
+    """
+    removed: list[str] = []
+    kept: list[dict[str, t.Any]] = []
+    gone = os.path.normpath(image_path)
+    for record in sorted(records, key=lambda d: len(d["path"]), reverse=True):
+        directory = record["path"]
+        if not _is_under(gone, directory) and gone != directory:
+            continue
+        try:
+            st = os.lstat(directory)
+        except FileNotFoundError:
+            gone = directory
+            continue
+        if not stat.S_ISDIR(st.st_mode) or (record.get("inode") is not None and st.st_ino != record["inode"]):
+            continue  # not the directory we made any more: never ours to remove
+        if kept:
+            kept.append(record)
+            continue
+        if check_mode:
+            rest = [n for n in os.listdir(directory) if os.path.join(directory, n) != gone]
+            if rest:
+                kept.append(record)
+            else:
+                removed.append(directory)
+                gone = directory
+            continue
+        try:
+            os.rmdir(directory)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+                raise KvmopsError("Could not remove directory %s that kvmops.migration created: %s."
+                                  % (directory, err.strerror or err)) from err
+            kept.append(record)
+            continue
+        removed.append(directory)
+        gone = directory
+    return removed, kept
 
 
 def _restorecon(paths: list[str], runner: Runner) -> None:
@@ -1137,11 +1236,17 @@ def _ensure_file(spec: ImageSpec, ctx: HostContext) -> dict[str, t.Any]:
         result.update(action="would_create", msg="Would create %s image %s (%d bytes) on %s." % (
             spec.format, spec.path, spec.virtual_size, ctx.host))
         return result
-    _make_dirs(dirs, spec)
-    geo, ident = _create_file_exclusive(spec, ctx)
+    made = _make_dirs(dirs, spec)
+    try:
+        geo, ident = _create_file_exclusive(spec, ctx)
+    except BaseException:
+        with contextlib.suppress(KvmopsError):
+            remove_created_dirs(made, spec.path)
+        raise
     entry = {"host": ctx.host, "path": spec.path, "kind": "file", "format": spec.format,
              "virtual_size": spec.virtual_size, "created_at": _now(),
-             "for_domain": spec.for_domain, "inode": os.lstat(spec.path).st_ino}
+             "for_domain": spec.for_domain, "inode": os.lstat(spec.path).st_ino,
+             "created_dirs": made}
     if ident:
         entry["id"] = ident
     ctx.manifest.add(entry)
@@ -1294,7 +1399,12 @@ def remove_image(path: str, ctx: HostContext) -> dict[str, t.Any]:
     """``state: absent``: remove an image only when the manifest records it as ours and no
     domain uses it.
 
-    :returns: ``{changed, path, action: removed|would_remove|absent, before, after, msg}``.
+    The parent directories recorded with it (``created_dirs``) go too when they are empty
+    (:func:`remove_created_dirs`); those still holding another image of ours are handed over
+    to its entry.
+
+    :returns: ``{changed, path, action: removed|would_remove|absent, before, after,
+        removed_dirs, msg}``.
     :raises KvmopsError: the path is not normalised or outside the storage pools (unless
         allowed), exists and is not ours (left untouched), is in use, is shared with the source,
         or removal failed. The file is read as the format the manifest records
@@ -1307,11 +1417,15 @@ def remove_image(path: str, ctx: HostContext) -> dict[str, t.Any]:
     entry = ctx.manifest.find(ctx.host, path)
     exists = block_device_exists(path, ctx.host) if kind == "lv" else os.path.lexists(path)
     result: dict[str, t.Any] = {"changed": False, "path": path, "kind": kind, "before": {"exists": exists},
-                                "after": {"exists": False}, "manifest_path": ctx.manifest.path}
+                                "after": {"exists": False}, "manifest_path": ctx.manifest.path,
+                                "removed_dirs": []}
     if not exists:
-        if entry is not None and not ctx.check_mode:
-            ctx.manifest.remove(ctx.host, path)
-        result.update(action="absent", msg="%s is absent on %s." % (path, ctx.host))
+        if entry is not None:
+            dirs, left = remove_created_dirs(created_dirs_of(entry), path, ctx.check_mode)
+            result.update(changed=bool(dirs), removed_dirs=dirs)
+            if not ctx.check_mode:
+                ctx.manifest.remove(ctx.host, path, hand_over=left)
+        result.update(action="absent", msg="%s is absent on %s.%s" % (path, ctx.host, _dirs_note(result, ctx.check_mode)))
         return result
     if entry is None or entry.get("kind") != kind or (kind == "file" and not is_recorded_file(entry, path)):
         raise KvmopsError("%s on %s was not created by kvmops.migration (not recorded in %s): it was left "
@@ -1331,7 +1445,8 @@ def remove_image(path: str, ctx: HostContext) -> dict[str, t.Any]:
         geo = block_geometry(path, ctx.runner)
     result.update(changed=True, before=_describe(geo))
     if ctx.check_mode:
-        result.update(action="would_remove", msg="Would remove %s on %s." % (path, ctx.host))
+        result["removed_dirs"] = remove_created_dirs(created_dirs_of(entry), path, check_mode=True)[0]
+        result.update(action="would_remove", msg="Would remove %s on %s.%s" % (path, ctx.host, _dirs_note(result, True)))
         return result
     if kind == "file":
         os.unlink(path)
@@ -1339,9 +1454,18 @@ def remove_image(path: str, ctx: HostContext) -> dict[str, t.Any]:
         lv = geo.lv or {}
         target = "%s/%s" % (lv.get("vg_name"), lv.get("lv_name")) if lv else path
         run_checked(ctx.runner, ["lvremove", "-y", target], "remove LV %s on %s" % (path, ctx.host))
-    ctx.manifest.remove(ctx.host, path)
-    result.update(action="removed", msg="Removed %s on %s." % (path, ctx.host))
+    result["removed_dirs"], left = remove_created_dirs(created_dirs_of(entry), path)
+    ctx.manifest.remove(ctx.host, path, hand_over=left)
+    result.update(action="removed", msg="Removed %s on %s.%s" % (path, ctx.host, _dirs_note(result, False)))
     return result
+
+
+def _dirs_note(result: dict[str, t.Any], check_mode: bool) -> str:
+    dirs = result.get("removed_dirs") or []
+    if not dirs:
+        return ""
+    return " %s the empty directories created for it: %s." % (
+        "Would remove" if check_mode else "Removed", ", ".join(dirs))
 
 
 # --------------------------------------------------------------------------- disk facts

@@ -9,7 +9,9 @@
   operator's message as ``msg``, ``detail``/``values`` beside it, the traceback only in
   ``exception``), drop ``diff`` unless ``--diff`` was asked, and hand the backend's
   ``warnings`` to ``module.warn`` (ansible-core 2.19 deprecates a ``warnings`` key in results;
-  Ansible still returns them under ``warnings``).
+  Ansible still returns them under ``warnings``), with every secret a domain XML can carry
+  (graphics passwords, ``<auth>``/``<secret>`` of iSCSI/RBD disks, cookies) redacted from the
+  result, the diff, the warnings and the error (``_domain_xml.redact``).
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ def call_backend(module: t.Any, backend: t.Callable[..., dict[str, t.Any]], *arg
     """``backend(*args, **kwargs)``; a :class:`KvmopsError` fails the module with its message.
 
     :returns: the backend's result, without ``diff`` when the run did not ask for one, and
-        without ``warnings`` (given to ``module.warn``).
+        without ``warnings`` (given to ``module.warn``); secrets redacted.
     """
     try:
         result = backend(*args, **kwargs)
     except KvmopsError as err:
-        module.fail_json(msg=str(err), exception=traceback.format_exc(), **err.as_result())
+        module.fail_json(**_domain_xml.redact(dict(err.as_result(), msg=str(err),
+                                                   exception=traceback.format_exc())))
+    result = _domain_xml.redact(result)
     if not module._diff:
         result.pop("diff", None)
     for warning in result.pop("warnings", None) or []:

@@ -36,7 +36,8 @@ description:
     source's; the base must already be on this host with O(backing_virtual_size) and
     O(backing_checksum), or the module fails naming the base."
   - "O(state=absent): removes the image only when the manifest records it as ours and no domain
-    uses it; a path that exists and is not ours fails and is left untouched."
+    uses it; a path that exists and is not ours fails and is left untouched. The parent
+    directories the module created for it go too, when they are empty."
   - Shared storage is refused for both states when O(source_fingerprint) or O(shared_marker)
     shows that this host sees the source's storage.
   - "Paths: O(path) must be absolute and normalised (no C(..), C(.), C(//) or trailing C(/)), and
@@ -266,8 +267,19 @@ after:
   type: dict
   sample: {exists: true, format: qcow2, virtual_size: 21474836480, allocation: 196608, cluster_size: 65536}
 created_dirs:
-  description: Parent directories created (or to be created in check mode).
+  description:
+    - Parent directories created (or to be created in check mode). They are recorded in the
+      manifest with the image, and O(state=absent) removes them again when they are empty.
   returned: when O(state=present)
+  type: list
+  elements: str
+removed_dirs:
+  description:
+    - With O(state=absent), the parent directories created for the image (as recorded in the
+      manifest) that were empty once it was gone and were removed (would be, in check mode),
+      innermost first. A directory kvmops did not create, or one that is not empty, is never
+      removed.
+  returned: when O(state=absent)
   type: list
   elements: str
 manifest_path:

@@ -49,6 +49,16 @@ options:
   xml:
     description:
       - A whole domain XML to normalise; the result is returned in RV(xml) and nothing is defined.
+      - Not logged, as it can carry graphics passwords and disk credentials; in RV(xml) they are
+        redacted, so define a domain that has such secrets with O(domain) instead.
+    type: str
+  restore_cpu:
+    description:
+      - "Undo an earlier normalisation of O(domain)'s persistent definition: write this C(<cpu>)
+        element (RV(cpu_before) of the run to undo) back as it was, without computing or
+        validating anything. An empty string removes the C(<cpu>) element (the domain had none)."
+      - The other options but O(uri) and O(domain) are ignored. A running guest's live CPU is
+        never changed.
     type: str
   policy:
     description:
@@ -137,6 +147,12 @@ EXAMPLES = r"""
     model: EPYC-Rome
     disable_features: [svm]
 
+- name: Undo the normalisation when the move that needed it failed
+  kvmops.migration.domain_cpu:
+    domain: demo1
+    restore_cpu: "{{ cpu.cpu_before }}"
+  when: cpu is changed
+
 - name: Normalise an XML before defining it anywhere
   kvmops.migration.domain_cpu:
     xml: "{{ lookup('ansible.builtin.file', 'guest.xml') }}"
@@ -150,7 +166,9 @@ changed:
   returned: always
   type: bool
 cpu_before:
-  description: The C(<cpu>) element before (empty when the domain had none).
+  description:
+    - The C(<cpu>) element before (empty when the domain had none). Pass it to O(restore_cpu) to
+      undo this run. A C(<cpu>) element holds no secrets.
   returned: always
   type: str
 cpu_after:
@@ -199,6 +217,7 @@ effective:
   description:
     - When the new CPU applies. C(next cold boot) for a running guest (its live CPU never
       changes), C(next start) for a shut-off one, C(unchanged), or C(returned XML only).
+    - With O(restore_cpu) the same, for the restored C(<cpu>).
   returned: always
   type: str
 domain:
@@ -210,7 +229,8 @@ state:
   returned: when O(domain) is given
   type: str
 xml:
-  description: The whole normalised domain XML.
+  description:
+    - The whole normalised domain XML, with passwords and disk credentials redacted.
   returned: when O(xml) is given
   type: str
 """
@@ -222,22 +242,28 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 
 
+def argument_spec() -> dict:
+    """The module's options (see DOCUMENTATION)."""
+    return dict(
+        uri=dict(type="str", default=_libvirt.DEFAULT_URI),
+        domain=dict(type="str"),
+        xml=dict(type="str", no_log=True),
+        restore_cpu=dict(type="str"),
+        policy=dict(type="str", default="baseline", choices=list(_cpu.POLICIES)),
+        model=dict(type="str"),
+        features=dict(type="list", elements="str", default=[]),
+        disable_features=dict(type="list", elements="str", default=[]),
+        require_features=dict(type="list", elements="str", default=[]),
+        group_uris=dict(type="list", elements="str", default=[]),
+        virttype=dict(type="str", choices=["kvm", "qemu"]),
+    )
+
+
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            uri=dict(type="str", default=_libvirt.DEFAULT_URI),
-            domain=dict(type="str"),
-            xml=dict(type="str"),
-            policy=dict(type="str", default="baseline", choices=list(_cpu.POLICIES)),
-            model=dict(type="str"),
-            features=dict(type="list", elements="str", default=[]),
-            disable_features=dict(type="list", elements="str", default=[]),
-            require_features=dict(type="list", elements="str", default=[]),
-            group_uris=dict(type="list", elements="str", default=[]),
-            virttype=dict(type="str", choices=["kvm", "qemu"]),
-        ),
+        argument_spec=argument_spec(),
         required_one_of=[("domain", "xml")],
-        mutually_exclusive=[("domain", "xml")],
+        mutually_exclusive=[("domain", "xml"), ("xml", "restore_cpu")],
         required_if=[("policy", "model", ("model",))],
         supports_check_mode=True,
     )

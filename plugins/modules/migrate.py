@@ -217,10 +217,14 @@ options:
     description: Name of the guest on the destination (C(VIR_MIGRATE_PARAM_DEST_NAME)); default the source name.
     type: str
   dest_xml:
-    description: Domain XML for the destination's live definition (C(VIR_MIGRATE_PARAM_DEST_XML)); must keep the guest ABI.
+    description:
+      - Domain XML for the destination's live definition (C(VIR_MIGRATE_PARAM_DEST_XML)); must keep the guest ABI.
+      - Not logged (it can carry graphics passwords); the result shows only its length.
     type: str
   persist_xml:
-    description: Domain XML for the destination's persistent definition (C(VIR_MIGRATE_PARAM_PERSIST_XML)).
+    description:
+      - Domain XML for the destination's persistent definition (C(VIR_MIGRATE_PARAM_PERSIST_XML)).
+      - Not logged (it can carry graphics passwords); the result shows only its length.
     type: str
   unsafe:
     description:
@@ -470,8 +474,8 @@ def argument_spec():
         sever_after_s=dict(type="float", default=10),
         poll_interval_s=dict(type="float", default=1),
         dest_name=dict(type="str"),
-        dest_xml=dict(type="str"),
-        persist_xml=dict(type="str"),
+        dest_xml=dict(type="str", no_log=True),
+        persist_xml=dict(type="str", no_log=True),
         unsafe=dict(type="bool", default=False),
         cleanup_leftover=dict(type="bool", default=False),
         progress_file=dict(type="path"),

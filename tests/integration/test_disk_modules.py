@@ -166,10 +166,14 @@ def test_disk_image_four_way_on_hostb(lab_up, fmt, size, cluster, compat):
         # state absent, the same four ways
         res = assert_ok(disk_image("hostb", check_mode=True, path=path, state="absent"))
         assert res["changed"] is True and res["action"] == "would_remove"
+        assert res["removed_dirs"] == [TEST_DIR]
         assert exists("hostb", path) and path in manifest_paths("hostb")
         res = assert_ok(disk_image("hostb", path=path, state="absent"))
         assert res["changed"] is True and res["action"] == "removed"
         assert not exists("hostb", path) and path not in manifest_paths("hostb")
+        # the directory it made for the image (recorded with it) went with it: it was empty
+        assert res["removed_dirs"] == [TEST_DIR] and not exists("hostb", TEST_DIR)
+        assert exists("hostb", IMAGES)
         for check_mode in (False, True):
             res = assert_ok(disk_image("hostb", check_mode=check_mode, path=path, state="absent"))
             assert res["changed"] is False and res["action"] == "absent"

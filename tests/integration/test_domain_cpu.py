@@ -201,6 +201,12 @@ def test_tcg_guest_normalised_boots_on_both_hosts(cputest, foreign):
     assert foreign["other"] not in res["cpu_after"] and res["cpu"]["check"] == "partial"
     assert all(v["compatible"] for v in res["validation"])
     assert domain_cpu("hosta")["changed"] is False
+    # the undo the migrate_guest rollback runs: the saved <cpu> back, then the normalisation again
+    normalised = inactive_cpu("hosta")
+    undo = domain_cpu("hosta", restore_cpu=res["cpu_before"], group_uris=[])
+    assert undo["changed"] is True and "SandyBridge" in inactive_cpu("hosta") and "Intel" in inactive_cpu("hosta")
+    assert domain_cpu("hosta", restore_cpu=res["cpu_before"], group_uris=[])["changed"] is False
+    assert domain_cpu("hosta")["changed"] is True and inactive_cpu("hosta") == normalised
     start_and_check("hosta", "qemu")
     define("hostb", virsh("hosta", "dumpxml", "--inactive", NAME).stdout)
     start_and_check("hostb", "qemu")

@@ -95,6 +95,26 @@ def test_prepare_hosts_is_idempotent(lab_up):
     try:
         first = play("playbooks/prepare_hosts.yml", "-e", LAB_VARS)
         assert recap(first)["hosta"]["failed"] == 0
+        assert "ssh-keyscan" not in first.stdout
+        addresses = ",".join(lab.HOSTS.values())
+        for host in lab.HOSTS:
+            # the other host's key is accepted from the group's addresses only; its host key is
+            # the one its sshd serves (the lab's key file), pinned under its name and address
+            peer = other(host)
+            with open(lab.hdir(host, "root-ssh", "authorized_keys")) as f:
+                authorized = f.read()
+            with open(os.path.join(lab.STATE, "keys", "%s_id_ed25519.pub" % peer)) as f:
+                peer_key = f.read().split()[1]
+            assert 'from="%s" ssh-ed25519 %s' % (addresses, peer_key) in authorized, authorized
+            with open(os.path.join(lab.STATE, "keys", "%s_hostkey_ed25519.pub" % peer)) as f:
+                host_key = " ".join(f.read().split()[:2])
+            with open(lab.hdir(host, "root-ssh", "known_hosts")) as f:
+                assert "%s,%s %s" % (peer, lab.HOSTS[peer], host_key) in f.read()
+        # qemu+ssh between the hosts still works with the restricted keys
+        for host in lab.HOSTS:
+            res = lab.in_host(host, ["virsh", "-c", "qemu+ssh://root@%s/system" % lab.HOSTS[other(host)], "hostname"],
+                              capture=True, check=False)
+            assert res.returncode == 0, res.stderr
         second = play("playbooks/prepare_hosts.yml", "-e", LAB_VARS)
         assert changed(second) == 0, second.stdout[-6000:]
         check = play("playbooks/prepare_hosts.yml", "-e", LAB_VARS, "--check")

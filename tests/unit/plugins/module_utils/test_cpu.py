@@ -523,3 +523,57 @@ def test_xml_input_returns_xml_and_defines_nothing():
 
 def test_connection_helper_is_the_default():
     assert _cpu.run_domain_cpu.__defaults__[0] is _libvirt.connection
+
+
+# --- undo (issue 13 item 5: the role restores the CPU when the move fails) --------------------
+
+
+def test_result_carries_what_restores_the_persistent_cpu():
+    dom, conns = _sandy_lab(state=libvirt.VIR_DOMAIN_RUNNING)
+    original = dom.xml
+    params = {"uri": LAB, "domain": "cpu-sandy", "group_uris": [LAB, HOSTB]}
+    result = _cpu.run_domain_cpu(params, check_mode=False, connect=connector(conns))
+    assert result["changed"] and "EPYC" in dom.xml
+    undo = {"uri": LAB, "domain": "cpu-sandy", "restore_cpu": result["cpu_before"]}
+    check = _cpu.run_domain_cpu(undo, check_mode=True, connect=connector(conns))
+    assert check["changed"] and len(conns[LAB].defined) == 1
+    restored = _cpu.run_domain_cpu(undo, check_mode=False, connect=connector(conns))
+    assert restored["changed"] and restored["effective"] == "next cold boot"
+    assert len(conns[LAB].defined) == 2
+    assert _cpu.canonical_cpu(dom.xml) == _cpu.canonical_cpu(original)
+    assert _cpu.parse_guest_cpu(dom.xml).vendor == "Intel"
+    # only the <cpu> changed, and the secure XML (with secrets) was the base
+    assert _strip_cpu(dom.xml) == _strip_cpu(original)
+    assert dom.flags_seen[-1] == libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+    again = _cpu.run_domain_cpu(undo, check_mode=False, connect=connector(conns))
+    assert not again["changed"] and len(conns[LAB].defined) == 2
+
+
+def _strip_cpu(xml):
+    root = _cpu._parse(xml, "domain XML")
+    cpu = root.find("cpu")
+    if cpu is not None:
+        root.remove(cpu)
+    return _cpu.etree.tostring(root, method="c14n")
+
+
+def test_restore_of_a_domain_that_had_no_cpu_removes_it():
+    dom = FakeDomain(domain("", virttype="qemu"), state=libvirt.VIR_DOMAIN_SHUTOFF)
+    conns = {LAB: lab_conn(baseline=fixture("lab-amd-baseline-qemu.xml"), domains={"vm1": dom}),
+             HOSTB: lab_conn(HOSTB)}
+    params = {"uri": LAB, "domain": "vm1", "group_uris": [LAB, HOSTB], "policy": "model",
+              "model": "qemu64"}
+    result = _cpu.run_domain_cpu(params, check_mode=False, connect=connector(conns))
+    assert result["changed"] and result["cpu_before"] == "" and "<cpu" in dom.xml
+    restored = _cpu.run_domain_cpu({"uri": LAB, "domain": "vm1", "restore_cpu": result["cpu_before"]},
+                                   check_mode=False, connect=connector(conns))
+    assert restored["changed"] and restored["cpu_after"] == "" and "<cpu" not in dom.xml
+
+
+def test_restore_needs_a_domain_and_a_cpu_element():
+    dom, conns = _sandy_lab()
+    with pytest.raises(KvmopsError, match="restore_cpu needs domain"):
+        _cpu.run_domain_cpu({"xml": dom.xml, "restore_cpu": ""}, False, connect=connector(conns))
+    with pytest.raises(KvmopsError, match="must be a <cpu> element"):
+        _cpu.run_domain_cpu({"uri": LAB, "domain": "cpu-sandy", "restore_cpu": "<os/>"}, False,
+                            connect=connector(conns))

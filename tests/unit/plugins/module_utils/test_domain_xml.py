@@ -170,3 +170,48 @@ def test_with_discard_unmap_sets_only_unset_copied_disks():
     assert by_target["sda"]["discard"] is None
     same, none = dx.with_discard_unmap(out, ["vda", "vdc"])
     assert none == [] and same == out
+
+
+# ----------------------------------------------------------------- secrets (issue 13 item 4)
+def test_redact_secrets_hides_every_secret_a_domain_xml_carries():
+    xml = fixture("domains", "secrets.xml")
+    assert xml.count("s3cret") == 8
+    out = dx.redact_secrets(xml)
+    assert "s3cret" not in out
+    assert "passwd='%s'" % dx.REDACTED in out and 'passwd="%s"' % dx.REDACTED in out
+    assert "<auth username='%s'>" % dx.REDACTED in out
+    assert "<secret type='ceph' usage='%s'/>" % dx.REDACTED in out
+    assert "<cookie name='session'>%s</cookie>" % dx.REDACTED in out
+    # the rest is kept: still the same domain with the same disks
+    assert passwd_valid_to(out) == "2026-12-31T00:00:00"
+    assert [d["target"] for d in dx.disks(out)] == ["vda", "vdb", "sda", "vdc"]
+    assert dx.domain_facts(out)["name"] == "vm-secrets"
+
+
+def passwd_valid_to(xml):
+    return dx.parse_xml(xml).find("devices/graphics").get("passwdValidTo")
+
+
+def test_redact_secrets_leaves_xml_without_secrets_byte_for_byte():
+    xml = fixture("domains", "vm1.xml")
+    assert dx.redact_secrets(xml) == xml
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("qemu-system-x86_64: -vnc 0.0.0.0:0,password=vnc-s3cret: invalid", "vnc-s3cret"),
+    ("unsupported configuration: <graphics type=\"vnc\" passwd=\"a b'c\"/>", "a b'c"),
+    ("PASSWD = 'x-s3cret' and tls_password=\"y-s3cret\"", "s3cret"),
+])
+def test_redact_secrets_in_messages(text, secret):
+    assert secret not in dx.redact_secrets(text)
+
+
+def test_redact_walks_a_whole_result_and_keeps_other_values():
+    xml = fixture("domains", "secrets.xml")
+    result = {"changed": True, "xml": xml, "n": 3, "diff": {"before": xml, "after": [xml, None]},
+              "warnings": ("passwd='w-s3cret'",)}
+    out = dx.redact(result)
+    assert "s3cret" not in repr(out)
+    assert out["changed"] is True and out["n"] == 3 and out["diff"]["after"][1] is None
+    assert isinstance(out["warnings"], tuple)
+    assert "s3cret" in result["xml"]  # the input is not modified

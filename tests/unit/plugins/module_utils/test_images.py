@@ -467,7 +467,9 @@ def test_manifest_file_shape(tmp_path):
         doc = json.load(handle)
     assert doc["version"] == 1
     (entry,) = doc["entries"]
-    assert set(entry) == {"host", "path", "kind", "format", "virtual_size", "created_at", "for_domain", "inode", "id"}
+    assert set(entry) == {"host", "path", "kind", "format", "virtual_size", "created_at", "for_domain", "inode", "id",
+                          "created_dirs"}
+    assert entry["created_dirs"] == []
     assert os.getxattr(path, im.ID_XATTR).decode() == entry["id"]
 
 
@@ -675,3 +677,121 @@ def test_paths_in_use_reads_live_and_inactive_xml():
     used = im.paths_in_use(FakeConnection([FakeDomain("vm13", live, inactive_xml=inactive)]))
     assert used["/var/lib/libvirt/images/vm13.raw"] == ["vm13"]
     assert used["/var/lib/libvirt/images/vm13-next.raw"] == ["vm13"]
+
+
+# ----------------------------------------------------------------- directories we create (issue 13 item 5)
+def _nested(tmp_path, name="vm1.raw"):
+    return str(tmp_path / "pool" / "guests" / "vm1" / name)
+
+
+def _create(ctx, path):
+    return im.ensure_image(im.ImageSpec(path=path, virtual_size=GiB, dir_owner=os.geteuid(),
+                                        dir_group=os.getegid()), ctx)
+
+
+def test_created_dirs_are_recorded_in_the_manifest_and_removed_with_the_image(tmp_path):
+    ctx = ctx_for(tmp_path)
+    path = _nested(tmp_path)
+    _create(ctx, path)
+    entry = ctx.manifest.find("hostb", path)
+    made = [str(tmp_path / "pool"), str(tmp_path / "pool" / "guests"), str(tmp_path / "pool" / "guests" / "vm1")]
+    assert [d["path"] for d in entry["created_dirs"]] == made
+    assert [d["inode"] for d in entry["created_dirs"]] == [os.lstat(d).st_ino for d in made]
+    result = im.remove_image(path, ctx)
+    assert result["action"] == "removed" and result["removed_dirs"] == list(reversed(made))
+    assert not os.path.exists(str(tmp_path / "pool")) and os.path.isdir(str(tmp_path))
+    assert ctx.manifest.find("hostb", path) is None
+
+
+def test_check_mode_names_the_dirs_it_would_remove_and_removes_nothing(tmp_path):
+    ctx = ctx_for(tmp_path)
+    path = _nested(tmp_path)
+    _create(ctx, path)
+    ctx.check_mode = True
+    result = im.remove_image(path, ctx)
+    assert result["action"] == "would_remove" and len(result["removed_dirs"]) == 3
+    assert os.path.exists(path) and ctx.manifest.find("hostb", path) is not None
+
+
+def test_a_recorded_dir_that_is_not_empty_stays_with_what_is_in_it(tmp_path):
+    ctx = ctx_for(tmp_path)
+    path = _nested(tmp_path)
+    _create(ctx, path)
+    foreign = str(tmp_path / "pool" / "guests" / "notes.txt")
+    with open(foreign, "w", encoding="utf-8") as handle:
+        handle.write("the operator's")
+    result = im.remove_image(path, ctx)
+    assert result["removed_dirs"] == [str(tmp_path / "pool" / "guests" / "vm1")]
+    assert content(foreign) == b"the operator's"
+
+
+def test_a_dir_shared_by_two_images_of_ours_goes_with_the_last_one(tmp_path):
+    ctx = ctx_for(tmp_path)
+    first, second = _nested(tmp_path, "vm1.raw"), _nested(tmp_path, "vm1.swap")
+    _create(ctx, first)
+    _create(ctx, second)
+    assert ctx.manifest.find("hostb", second)["created_dirs"] == []
+    assert im.remove_image(first, ctx)["removed_dirs"] == []
+    assert len(ctx.manifest.find("hostb", second)["created_dirs"]) == 3  # handed over
+    assert len(im.remove_image(second, ctx)["removed_dirs"]) == 3
+    assert not os.path.exists(str(tmp_path / "pool"))
+
+
+def test_a_dir_made_again_by_someone_else_at_a_recorded_path_is_not_removed(tmp_path):
+    ctx = ctx_for(tmp_path)
+    path = _nested(tmp_path)
+    _create(ctx, path)
+    vm1 = str(tmp_path / "pool" / "guests" / "vm1")
+    os.rename(vm1, vm1 + ".old")
+    os.mkdir(vm1)  # another directory at the recorded path (a new inode: the old one still exists)
+    os.rename(os.path.join(vm1 + ".old", "vm1.raw"), path)
+    os.rmdir(vm1 + ".old")
+    ctx.manifest.add(dict(ctx.manifest.find("hostb", path), inode=os.lstat(path).st_ino))
+    result = im.remove_image(path, ctx)
+    assert result["action"] == "removed" and result["removed_dirs"] == []
+    assert os.path.isdir(vm1)
+
+
+def test_entries_without_created_dirs_never_remove_a_dir(tmp_path):
+    """Manifests written before the field (or entries of LVs) keep every directory."""
+    ctx = ctx_for(tmp_path)
+    path = _nested(tmp_path)
+    _create(ctx, path)
+    old = dict(ctx.manifest.find("hostb", path))
+    del old["created_dirs"]
+    ctx.manifest.add(old)
+    result = im.remove_image(path, ctx)
+    assert result["action"] == "removed" and result["removed_dirs"] == []
+    assert os.path.isdir(os.path.dirname(path))
+
+
+def test_a_recorded_dir_that_does_not_hold_the_image_is_never_removed(tmp_path):
+    ctx = ctx_for(tmp_path)
+    path = str(tmp_path / "images" / "vm1.raw")
+    _create(ctx, path)
+    elsewhere = str(tmp_path / "elsewhere")
+    os.mkdir(elsewhere)
+    entry = ctx.manifest.find("hostb", path)
+    entry["created_dirs"].append({"path": elsewhere, "inode": os.lstat(elsewhere).st_ino})
+    ctx.manifest.add(entry)
+    assert im.remove_image(path, ctx)["removed_dirs"] == [str(tmp_path / "images")]
+    assert os.path.isdir(elsewhere)
+
+
+def test_removing_an_image_already_gone_still_removes_its_empty_dirs(tmp_path):
+    ctx = ctx_for(tmp_path)
+    path = _nested(tmp_path)
+    _create(ctx, path)
+    os.unlink(path)
+    result = im.remove_image(path, ctx)
+    assert (result["action"], result["changed"], len(result["removed_dirs"])) == ("absent", True, 3)
+    assert not os.path.exists(str(tmp_path / "pool"))
+
+
+def test_dirs_made_for_an_image_that_could_not_be_made_are_removed(tmp_path, monkeypatch):
+    def fail(spec, ctx):
+        raise KvmopsError("qemu-img failed")
+    monkeypatch.setattr(im, "_create_file_exclusive", fail)
+    with pytest.raises(KvmopsError, match="qemu-img failed"):
+        _create(ctx_for(tmp_path), _nested(tmp_path))
+    assert not os.path.exists(str(tmp_path / "pool"))

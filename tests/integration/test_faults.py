@@ -39,6 +39,12 @@ def source_job_ended() -> bool:
     return bool(re.search(r"^Job type:\s+None", out, re.M))
 
 
+def persistent_cpu() -> str:
+    """The <cpu> of the guest's persistent definition on the source."""
+    xml = lab.in_host_out(SRC, ["virsh", "dumpxml", "--inactive", GUEST])
+    return re.search(r"<cpu.*?</cpu>", xml, re.S).group(0)
+
+
 def answers_ping() -> bool:
     res = lab.run(["ip", "netns", "exec", lab.OBSERVER[0], "ping", "-c", "3", "-i", "0.3", "-W", "1", lab.GUEST_IP],
                   check=False, capture=True)
@@ -111,8 +117,10 @@ FAULTS = {
                  ["connection to libvirtd on 198.18.0.2 was lost", "network between the hosts",
                   "by closing its", "data connection(s) to 198.18.0.2 on the source"]),
     "dest_fs_full": (mount_small_fs, fill_dest_fs, free_dest_fs, [], ["ran out of space", "hostb"]),
-    "timeout": (None, None, None, ["-e", "migrate_guest_timeout_min_s=6", "-e", "migrate_guest_timeout_s_per_gib=1"],
-                ["completion timeout of 6 s reached"]),
+    # with the optional CPU normalisation (issue 13 item 5): the rollback restores the CPU
+    "timeout": (None, None, None, ["-e", "migrate_guest_timeout_min_s=6", "-e", "migrate_guest_timeout_s_per_gib=1",
+                                   "-e", "migrate_guest_normalise_cpu=true"],
+                ["completion timeout of 6 s reached", "The persistent CPU normalised by this run was restored."]),
 }
 
 
@@ -121,6 +129,7 @@ def test_fault_in_the_middle(lab_up, fault):
     setup, inject, repair, extra, words = FAULTS[fault]
     lab_cmd("guest", "--recreate", "--wait")
     digest = {n: proof.region_digest(SRC, n) for n in IMAGES}
+    cpu_before = persistent_cpu()
     lab_cmd("shape", "--rate", "200mbit")
     try:
         if setup:
@@ -149,6 +158,7 @@ def test_fault_in_the_middle(lab_up, fault):
         assert proof.domain_state(SRC) == "running"
         assert answers_ping()
         assert {n: proof.region_digest(SRC, n) for n in IMAGES} == digest
+        assert persistent_cpu() == cpu_before  # never changed, or restored by the rollback
         # nothing of this run on hostb
         if fault != "dest_libvirtd_killed":
             assert left_on_dest() == {"images": [], "manifest": [], "domain": None}, out[-3000:]

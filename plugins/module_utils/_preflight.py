@@ -652,7 +652,12 @@ def libvirt_network_lookup(conn: t.Any, lv: t.Any,
                 if _libvirt.libvirt_error_code(err) == getattr(lv, "VIR_ERR_NO_NETWORK", None):
                     return {"exists": False, "active": None}
                 return {"exists": None, "why": _libvirt.libvirt_error_detail(err)}
-            return {"exists": True, "active": bool(net.isActive())}
+            try:
+                return {"exists": True, "active": bool(net.isActive())}
+            except Exception as err:
+                if not _migration._is_lv_error(err, lv):
+                    raise
+                return {"exists": True, "active": None, "why": _libvirt.libvirt_error_detail(err)}
         if host_interfaces is not None:
             return {"exists": name in host_interfaces, "active": None}
         try:
@@ -994,20 +999,24 @@ def _dest_storage(dconn: t.Any, opts: PreflightOptions, paths: list[str], lv: t.
             continue
         try:
             vol = dconn.storageVolLookupByPath(path)
-        except Exception as err:
+            info = vol.info()
+            vol_xml = vol.XMLDesc(0)
+        except Exception as err:  # not a volume there, or unreadable: the path stays "not verified"
             if not _migration._is_lv_error(err, lv):
                 raise
             continue
-        info = vol.info()
-        fmt_el = etree.fromstring(vol.XMLDesc(0).encode("utf-8")).find("target/format")
+        fmt_el = etree.fromstring(vol_xml.encode("utf-8")).find("target/format")
         fmt = fmt_el.get("type") if fmt_el is not None else None
         dest.volumes[path] = {"path": path, "virtual_size": int(info[1]), "allocation": int(info[2]),
                               "format": fmt}
     return dest
 
 
-def _memory(dconn: t.Any, lv: t.Any) -> tuple[int, int | None]:
-    free = int(dconn.getFreeMemory())
+def _memory(dconn: t.Any, lv: t.Any, host: str = "the destination") -> tuple[int, int | None]:
+    """``(free bytes, available bytes or None)`` of the destination (virNodeGetFreeMemory,
+    virNodeGetMemoryStats). :raises KvmopsError: the free memory could not be read."""
+    with _libvirt.libvirt_errors("read the free memory", host=host):
+        free = int(dconn.getFreeMemory())
     try:
         stats = dconn.getMemoryStats(getattr(lv, "VIR_NODE_MEMORY_STATS_ALL_CELLS", -1), 0)
     except Exception as err:  # not every driver reports it: reclaimable memory stays unknown
@@ -1061,20 +1070,28 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
                                     "will (%s)." % (dest, dest_uri), uri=dest_uri))
 
         # Where is the guest (C11, group)?
-        dom = _lookup(sconn, opts.domain, lv)
-        info = _migration.describe(dom, lv) if dom is not None else None
+        try:
+            dom = _lookup(sconn, opts.domain, lv)
+            info = _migration.describe(dom, lv, src_label) if dom is not None else None
+        except KvmopsError as err:
+            findings.append(finding("guest_location", "error", src_label, str(err)))
+            return done()
         found = {src_label: info}
         for member in opts.group:
             if member.get("uri") in (opts.source_uri, dest_uri) or member.get("name") == opts.dest_host:
                 continue  # the destination is judged by the C11 check
+            label = member.get("name") or member["uri"]
             with contextlib.ExitStack() as gstack:
                 gconn, gerr = _open(gstack, probes, member["uri"])
+                try:
+                    gdom = _lookup(gconn, opts.domain, lv) if gconn is not None else None
+                    if gconn is not None:
+                        found[label] = _migration.describe(gdom, lv, label) if gdom else None
+                except KvmopsError as err:
+                    gconn, gerr = None, str(err)
                 if gconn is None:
-                    findings.append(finding("group_host", "warning", member.get("name") or member["uri"],
+                    findings.append(finding("group_host", "warning", label,
                                             "Group host not searched for the guest: %s" % gerr))
-                    continue
-                gdom = _lookup(gconn, opts.domain, lv)
-                found[member.get("name") or member["uri"]] = _migration.describe(gdom, lv) if gdom else None
         try:
             src_facts = _host_facts(sconn, src_label)
             dst_facts = _host_facts(dconn, dest_uri) if dconn is not None else None
@@ -1083,12 +1100,17 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             return done()
         dest_name = opts.dest_name or (info["name"] if info else opts.domain)
         if dconn is not None:
-            d_by_name = _migration._find(dconn, "lookupByName", dest_name, lv)
             uuid_key = info["uuid"] if info else (opts.domain if _libvirt._looks_like_uuid(opts.domain)
                                                   else None)
-            d_by_uuid = _migration._find(dconn, "lookupByUUIDString", uuid_key, lv) if uuid_key else None
-            by_name = _migration.describe(d_by_name, lv) if d_by_name is not None else None
-            by_uuid = _migration.describe(d_by_uuid, lv) if d_by_uuid is not None else None
+            try:
+                d_by_name = _migration._find(dconn, "lookupByName", dest_name, lv)
+                d_by_uuid = _migration._find(dconn, "lookupByUUIDString", uuid_key, lv) if uuid_key else None
+                by_name = _migration.describe(d_by_name, lv, dest) if d_by_name is not None else None
+                by_uuid = _migration.describe(d_by_uuid, lv, dest) if d_by_uuid is not None else None
+            except KvmopsError as err:
+                findings.append(finding("destination_domain", "error", dest, "The domains on %s could not "
+                                        "be read, so a conflict (C11) cannot be ruled out: %s" % (dest, err)))
+                return done()
             dd = check_destination_domain(info, by_name, by_uuid, dest_name, dest, opts.cleanup_leftover)
             findings.append(dd)
             if dd["values"]["already_migrated"]:
@@ -1114,9 +1136,13 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             if _is_ip(opts.dest_host) else any(probes.is_local(a) for a in probes.resolver(opts.dest_host))))
         findings.extend(check_cpu_all(dconn, xml, dst_facts["caps"], dest))
         if active:
-            free, available = _memory(dconn, lv)
-            findings.append(check_memory(info["name"], int(facts.get("memory_bytes") or 0), free,
-                                         available, dest))
+            try:
+                free, available = _memory(dconn, lv, dest)
+            except KvmopsError as err:
+                findings.append(finding("memory", "error", dest, str(err)))
+            else:
+                findings.append(check_memory(info["name"], int(facts.get("memory_bytes") or 0), free,
+                                             available, dest))
 
         # Storage
         runner = probes.runner or _images.SubprocessRunner()

@@ -760,3 +760,20 @@ def test_run_module_shapes_the_result_and_maps_ports(tmp_path):
     assert res["changed"] is False and res["report"]["ok"] is False
     assert res["failed_checks"] == ["network"] and "br-vlan774" in res["msg"]
     assert (50000, 1.5) in seen and (50001, 1.5) in seen
+
+
+def test_run_destination_domain_unreadable_is_a_finding_not_a_traceback(tmp_path):
+    """A destination domain whose state cannot be read (issue 13 item 2): an error finding."""
+    xml, image, kernel = run_xml(tmp_path)
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    other = Dom(xml.replace(UUID, "11111111-2222-3333-4444-555555555555"), libvirt.VIR_DOMAIN_SHUTOFF)
+
+    def broken():
+        raise FakeLibvirtError("Cannot recv data: Connection reset by peer", 38)
+
+    other.state = broken
+    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb", [other])
+    res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src, DEST_URI: dst}))
+    f = only(res["findings"], "destination_domain")
+    assert res["ok"] is False and f["status"] == "error"
+    assert "cannot be ruled out" in f["msg"] and "Connection reset by peer" in f["msg"]

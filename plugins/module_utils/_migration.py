@@ -198,6 +198,11 @@ class MigrationOptions:
     unsafe: bool = False
     cleanup_leftover: bool = False
     poll_interval_s: float = 1.0
+    #: the copy set the pre-flight checked and the images were made for: ``[{target, path,
+    #: format, virtual_size (bytes)}]`` (other keys ignored); None: not compared
+    expect_disks: list[dict[str, t.Any]] | None = None
+    #: ``_domain_xml.cpu_fingerprint`` of the CPU the pre-flight checked; None: not compared
+    expect_cpu: str | None = None
 
     def validate(self) -> None:
         """Refuse contradictory options before anything is opened.
@@ -238,6 +243,9 @@ class MigrationOptions:
         if (self.auto_converge_initial is not None or self.auto_converge_increment is not None) \
                 and not self.auto_converge:
             raise KvmopsError("auto_converge_initial/increment need auto_converge=true.")
+        for item in self.expect_disks or []:
+            if not isinstance(item, dict) or not item.get("target"):
+                raise KvmopsError("expect_disks: every item needs a target (vda ...), got %r." % (item,))
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,6 +548,65 @@ def build_plan(opts: MigrationOptions, source: dict[str, t.Any], lv: t.Any = Non
         timeout_s=timeout_s, timeout_action=opts.timeout_action if active else "abort",
         max_downtime_ms=opts.max_downtime_ms if active else None, warnings=warnings,
         sparse_targets=sparse_targets)
+
+
+# --------------------------------------------------------------------------------------------
+# The guest as the pre-flight saw it
+# --------------------------------------------------------------------------------------------
+
+def guest_changes(expect_disks: list[dict[str, t.Any]] | None, expect_cpu: str | None,
+                  source: dict[str, t.Any], copied: list[str]) -> list[str]:
+    """What changed in the guest since the pre-flight, one phrase per difference (empty: none).
+
+    :param expect_disks: the copy set the pre-flight checked and the destination images were
+        created for, ``[{target, path, format, virtual_size}]`` (sizes in bytes; a missing or
+        None key is not compared; ``format`` None means raw); None: disks not compared.
+    :param expect_cpu: :func:`_domain_xml.cpu_fingerprint` of the checked CPU; None: not compared.
+    :param source: :func:`source_facts` of the guest now (``disks``, ``disk_capacity`` from
+        ``virDomainGetBlockInfo``, ``cpu_fingerprint``).
+    :param copied: the copy set computed now from the fresh XML (:func:`select_disks`).
+    """
+    out: list[str] = []
+    if expect_disks is not None:
+        expected = {str(d["target"]): d for d in expect_disks}
+        now = {d["target"]: d for d in source.get("disks") or [] if d.get("target") in copied}
+        for target in copied:
+            if target not in expected:
+                out.append("disk %s (%s) was added" % (target, now.get(target, {}).get("path") or "no path"))
+        for target, exp in expected.items():
+            disk = now.get(target)
+            if disk is None:
+                out.append("disk %s (%s) was removed or is no longer copied" % (target, exp.get("path") or "no path"))
+                continue
+            if exp.get("path") and disk.get("path") and os.path.normpath(str(exp["path"])) != \
+                    os.path.normpath(str(disk["path"])):
+                out.append("disk %s now is %s, not %s" % (target, disk["path"], exp["path"]))
+            if exp.get("format") is not None and (exp["format"] or "raw") != (disk.get("format") or "raw"):
+                out.append("disk %s now is %s, not %s" % (target, disk.get("format") or "raw", exp["format"]))
+            if exp.get("virtual_size") is not None:
+                size = (source.get("disk_capacity") or {}).get(target)
+                if size is None:
+                    out.append("the virtual size of disk %s could not be read" % target)
+                elif int(size) != int(exp["virtual_size"]):
+                    out.append("disk %s was resized from %d to %d bytes" % (target, int(exp["virtual_size"]), int(size)))
+    if expect_cpu is not None and expect_cpu != source.get("cpu_fingerprint"):
+        out.append("its CPU definition changed (%s, checked %s)" % (source.get("cpu_fingerprint"), expect_cpu))
+    return out
+
+
+def check_unchanged(opts: MigrationOptions, source: dict[str, t.Any], plan: MigrationPlan) -> None:
+    """Refuse to move a guest that no longer matches what the pre-flight checked and the
+    preparation made images for (``expect_disks``, ``expect_cpu``).
+
+    :raises KvmopsError: naming each difference (:func:`guest_changes`) and the fix (run the
+        playbook again); ``values.changes`` lists them. Nothing has been changed at this point.
+    """
+    changes = guest_changes(opts.expect_disks, opts.expect_cpu, source, plan.disks)
+    if changes:
+        raise KvmopsError(
+            "Guest %s changed since the pre-flight: %s. Nothing was changed: run the playbook again, so "
+            "that the pre-flight checks the guest as it is now and the destination images match it."
+            % (source["name"], "; ".join(changes)), values={"changes": changes, "copy_set": plan.disks})
 
 
 # --------------------------------------------------------------------------------------------
@@ -928,8 +995,11 @@ def write_marker(dom: t.Any, run_id: str, source: str, lv: t.Any) -> bool:
 def source_facts(dom: t.Any, lv: t.Any, where: str = "the source") -> dict[str, t.Any]:
     """Facts :func:`build_plan` needs, read from the source domain.
 
-    Memory is the maximum memory (``virDomainGetInfo``, KiB -> bytes); disk bytes the
-    allocation of each copy candidate (``virDomainGetBlockInfo``), only for an active guest.
+    Memory is the maximum memory (``virDomainGetInfo``, KiB -> bytes); ``disk_bytes`` the
+    allocation and ``disk_capacity`` the virtual size (None: unreadable) of each copy candidate
+    (``virDomainGetBlockInfo``), only for an active guest; ``cpu_fingerprint`` that of the
+    ``<cpu>`` the destination receives (:func:`_domain_xml.cpu_fingerprint` of the migratable
+    live XML, of the persistent one for a shut-off guest).
     """
     info = describe(dom, lv, where)
     action = "read domain %s" % info["name"]
@@ -940,18 +1010,24 @@ def source_facts(dom: t.Any, lv: t.Any, where: str = "the source") -> dict[str, 
         info["migratable_xml"] = _call(lv, action, where, dom.XMLDesc, flags)
     disk_list = _domain_xml.disks(xml)
     info["disks"] = disk_list
+    info["cpu_fingerprint"] = _domain_xml.cpu_fingerprint(info.get("migratable_xml") or xml)
     info["memory_bytes"] = int(_call(lv, action, where, dom.info)[1]) * 1024
     sizes: dict[str, int] = {}
+    capacity: dict[str, int | None] = {}
     if info["active"]:
         for disk in disk_list:
             if disk.get("copy") and disk.get("target"):
                 try:
-                    sizes[disk["target"]] = int(dom.blockInfo(disk["target"])[1])
+                    block = dom.blockInfo(disk["target"])
+                    sizes[disk["target"]] = int(block[1])
+                    capacity[disk["target"]] = int(block[0])
                 except Exception as err:
                     if not (_is_lv_error(err, lv)):
                         raise
                     sizes[disk["target"]] = 0
+                    capacity[disk["target"]] = None
     info["disk_bytes"] = sizes
+    info["disk_capacity"] = capacity
     return info
 
 
@@ -987,7 +1063,8 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
                    rt: Runtime | None = None) -> dict[str, t.Any]:
     """Move one guest from ``sconn`` (source) to ``dconn`` (destination), safely.
 
-    Reads the source guest and the destination (C11), builds the plan, and unless check mode:
+    Reads the source guest and the destination (C11), builds the plan, refuses a guest that
+    changed since the pre-flight (:func:`check_unchanged`; check mode too), and unless check mode:
     removes an owned leftover when asked, marks the guest, runs ``migrate3`` in a worker thread
     while polling job statistics (progress, max downtime, completion timeout with abort or
     post-copy), then verifies where the guest runs and reads the completed statistics.
@@ -1032,6 +1109,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     if source is None:  # pragma: no cover - classify_destination never migrates without one
         raise KvmopsError("Guest %s is not on the source." % opts.domain)
     plan = build_plan(opts, source, lv)
+    check_unchanged(opts, source, plan)
     result = dict(base, plan=plan.as_result(), warnings=list(plan.warnings))
     if decision.action == "cleanup_then_migrate":
         result["warnings"].append(decision.msg)

@@ -145,3 +145,103 @@ def test_a_destination_read_error_before_the_move_is_an_operator_error():
     assert "Could not read domain vm12 on 198.18.0.2" in err.value.msg
     assert "Connection reset by peer" in err.value.detail
     assert sdom.calls == []
+
+
+# ------------------------------------------------------------------------------------------
+# The guest as the pre-flight saw it (item 3)
+# ------------------------------------------------------------------------------------------
+
+XML_CPU = XML_C12.replace("<devices>", "<cpu mode='custom' match='exact'><model>qemu64</model></cpu><devices>")
+HOTPLUG = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+           "<source file='/var/lib/libvirt/images/vm12-new.raw'/><target dev='vdc' bus='virtio'/></disk>")
+
+
+def checked(xml=XML_CPU):
+    """What the pre-flight checked and the role made images for: vda and vdb of 10 GiB
+    (FakeDomain.blockInfo reports 10 GiB for every disk), and the CPU of ``xml``."""
+    disks = [{"target": d["target"], "path": d["path"], "format": d["format"], "virtual_size": 10 * GIB}
+             for d in _domain_xml.disks(xml)]
+    return disks, _domain_xml.cpu_fingerprint(xml)
+
+
+def guarded_run(xml, expect_disks, expect_cpu, check_mode=False, capacity=None):
+    lv = LV_11_3
+    fx = load("jobstats_converging.json")
+    sdom = FakeDomain(lv, "vm12", UUID, xml, samples=fx["samples"], completed=fx["completed"])
+    sdom.finish_after_samples = True
+    if capacity is not None:
+        sdom.blockInfo = lambda target: [capacity.get(target, 10 * GIB), 128 * 1024 * 1024, 10 * GIB]
+    sconn, dconn = FakeConn("qemu:///system", [sdom]), FakeConn("qemu+ssh://root@198.18.0.2/system")
+    o = opts(poll_interval_s=0.5, expect_disks=expect_disks, expect_cpu=expect_cpu)
+    return sdom, dconn, (lambda: m.migrate_domain(o, sconn, dconn, check_mode=check_mode, rt=m.Runtime(lv=lv)))
+
+
+def assert_refused_before_anything(sdom, dconn, run, *needles):
+    with pytest.raises(KvmopsError) as err:
+        run()
+    msg = err.value.msg
+    assert "Guest vm12 changed since the pre-flight" in msg and "run the playbook again" in msg
+    for needle in needles:
+        assert needle in msg
+    assert not any(isinstance(c, tuple) and c[0] == "migrate3" for c in sdom.calls)
+    assert sdom.calls == [] and dconn.domains == []  # not even the marker was written
+    return err.value
+
+
+def test_unchanged_guest_migrates():
+    disks, cpu = checked()
+    sdom, dconn, run = guarded_run(XML_CPU, disks, cpu)
+    assert run()["state"] == "migrated"
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check-mode"])
+def test_hot_plugged_disk_is_refused_before_the_move(check_mode):
+    disks, cpu = checked()
+    sdom, dconn, run = guarded_run(XML_CPU.replace("</devices>", HOTPLUG + "</devices>"), disks, cpu, check_mode)
+    err = assert_refused_before_anything(sdom, dconn, run, "disk vdc (/var/lib/libvirt/images/vm12-new.raw) was added")
+    assert err.values["copy_set"] == ["vda", "vdb", "vdc"]
+
+
+def test_removed_disk_is_refused():
+    disks, cpu = checked()
+    xml = XML_CPU.replace(XML_CPU[XML_CPU.index("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"):
+                                  XML_CPU.index("</devices>")], "")
+    sdom, dconn, run = guarded_run(xml, disks, cpu)
+    assert_refused_before_anything(sdom, dconn, run, "disk vdb (/var/lib/libvirt/images/vm12-data.raw) was removed")
+
+
+def test_resized_disk_is_refused():
+    disks, cpu = checked()
+    sdom, dconn, run = guarded_run(XML_CPU, disks, cpu, capacity={"vdb": 20 * GIB})
+    assert_refused_before_anything(sdom, dconn, run, "disk vdb was resized from %d to %d bytes" % (10 * GIB, 20 * GIB))
+
+
+def test_changed_cpu_is_refused():
+    disks, cpu = checked()
+    sdom, dconn, run = guarded_run(XML_CPU.replace("qemu64", "Westmere"), disks, cpu)
+    assert_refused_before_anything(sdom, dconn, run, "its CPU definition changed")
+
+
+def test_replaced_disk_path_or_format_is_refused():
+    disks, cpu = checked()
+    xml = XML_CPU.replace("vm12-data.raw", "vm12-other.raw").replace("type='qcow2'", "type='raw'")
+    sdom, dconn, run = guarded_run(xml, disks, cpu)
+    assert_refused_before_anything(sdom, dconn, run, "disk vdb now is /var/lib/libvirt/images/vm12-other.raw",
+                                   "disk vda now is raw, not qcow2")
+
+
+def test_without_expectations_nothing_is_compared():
+    """Direct module users who pass neither option keep the old behaviour."""
+    sdom, dconn, run = guarded_run(XML_CPU.replace("</devices>", HOTPLUG + "</devices>"), None, None)
+    assert run()["state"] == "migrated"
+
+
+def test_cpu_fingerprint_ignores_formatting_only():
+    a = _domain_xml.cpu_fingerprint(XML_CPU)
+    assert a == _domain_xml.cpu_fingerprint(XML_CPU.replace("<model>", "\n  <model>"))
+    assert a != _domain_xml.cpu_fingerprint(XML_C12) and a.startswith("sha256:")
+
+
+def test_expect_disks_items_need_a_target():
+    with pytest.raises(KvmopsError, match="needs a target"):
+        opts(expect_disks=[{"path": "/x"}]).validate()

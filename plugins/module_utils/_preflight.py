@@ -905,6 +905,9 @@ class PreflightOptions:
     dest_mounts: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
     dest_manifest: list[dict[str, t.Any]] | None = None
     dest_interfaces: list[str] | None = None
+    #: where the caller already found the guest: ``{source: host name, on: {host: state}}``
+    #: (the role's locate step); given, the group is not searched again
+    located: dict[str, t.Any] | None = None
 
     def validate(self) -> None:
         """:raises KvmopsError: an option out of range, named."""
@@ -913,6 +916,11 @@ class PreflightOptions:
         if self.copy_storage not in _migration.COPY_STORAGE_CHOICES:
             raise KvmopsError("copy_storage must be one of %s, got %r." % (
                 ", ".join(_migration.COPY_STORAGE_CHOICES), self.copy_storage))
+        if self.located is not None and self.group:
+            raise KvmopsError("Give either group (search the hosts for the guest) or located (where it "
+                              "was already found), not both.")
+        if self.located is not None and not self.located.get("source"):
+            raise KvmopsError("located needs source: the host name the guest was found on.")
         if self.require_state not in REQUIRE_STATES:
             raise KvmopsError("require_state must be one of %s, got %r." % (
                 ", ".join(REQUIRE_STATES), self.require_state))
@@ -1030,7 +1038,9 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     """Read both hosts and run every check; never changes anything.
 
     :returns: :func:`report` plus ``domain``, ``source``, ``destination``, ``dest_uri``,
-        ``copy_set`` and ``already_migrated``.
+        ``copy_set``, ``already_migrated`` and ``checked`` (``{disks: [{target, path, format,
+        virtual_size}], cpu}``: the copy set with the geometry and the CPU fingerprint the checks
+        saw, for ``migrate``'s ``expect_disks``/``expect_cpu``; ``cpu`` None before the XML was read).
     :raises KvmopsError: only for invalid options; every failure to read a host is a finding.
     """
     probes = probes or Probes()
@@ -1041,7 +1051,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     src_label = opts.source_uri
     findings: list[dict[str, t.Any]] = []
     result: dict[str, t.Any] = {"domain": opts.domain, "source": src_label, "destination": dest,
-                                "dest_uri": dest_uri, "copy_set": [], "already_migrated": False}
+                                "dest_uri": dest_uri, "copy_set": [], "already_migrated": False,
+                                "checked": {"disks": [], "cpu": None}}
 
     def done() -> dict[str, t.Any]:
         out = dict(result)
@@ -1077,6 +1088,10 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             findings.append(finding("guest_location", "error", src_label, str(err)))
             return done()
         found = {src_label: info}
+        if opts.located is not None:  # found by the caller (the role's locate step): not searched again
+            found = {str(h): {"state": str(st)} for h, st in (opts.located.get("on") or {}).items()}
+            found[src_label] = info
+            found.pop(str(opts.located["source"]), None)
         for member in opts.group:
             if member.get("uri") in (opts.source_uri, dest_uri) or member.get("name") == opts.dest_host:
                 continue  # the destination is judged by the C11 check
@@ -1129,6 +1144,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         with _libvirt.libvirt_errors("read the XML of domain %s" % info["name"], host=src_label):
             xml = _cpu.domain_xml(dom, migratable=active, inactive=not active)
         facts = _domain_xml.domain_facts(xml)
+        result["checked"]["cpu"] = _domain_xml.cpu_fingerprint(xml)
         findings.append(check_distinct_hosts(
             {"host": src_label, "uuid": src_facts["uuid"], "hostname": src_facts["hostname"]},
             {"host": dest, "uuid": dst_facts["uuid"], "hostname": dst_facts["hostname"]},
@@ -1171,6 +1187,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
                                     "copy the images yourself and use copy_storage: none."
                                     % (info["name"], ", ".join(copied)), copy=copied))
         copy_disks = [d for d in disks if d["target"] in copied]
+        result["checked"]["disks"] = [{k: d.get(k) for k in ("target", "path", "format", "virtual_size")}
+                                      for d in copy_disks]
         for disk in copy_disks:
             findings.append(check_dest_image(disk, dest_files, dest, info["name"]))
             if opts.copy_storage == "incremental":

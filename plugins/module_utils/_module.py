@@ -67,8 +67,8 @@ def libvirt_error_message(err: BaseException) -> str:
     check libvirtd on the hosts involved, then run again; nothing is implied about what changed.
     """
     code = _libvirt.libvirt_error_code(err)
+    where = " (libvirt error code %s)" % code if code is not None else ""
     return ("libvirt reported an error that kvmops did not expect at this step: %s%s. Check that "
             "libvirtd runs on the hosts involved and that the connection between them holds "
             "(journalctl -u libvirtd), then run again; the guest's state is reported by "
-            "'virsh domstate' on each host." % (_libvirt.libvirt_error_detail(err),
-                                                 " (libvirt error code %s)" % code if code is not None else ""))
+            "'virsh domstate' on each host." % (_libvirt.libvirt_error_detail(err), where))

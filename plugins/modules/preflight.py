@@ -93,7 +93,7 @@ options:
   located:
     description:
       - Where the caller already found the guest (the C(migrate_guest) role's locate step, which reads
-        every host of the group once). Given, the group is not searched again: the guest-location check
+        every host of the group once). Given, the group is not searched again; the guest-location check
         judges these facts, with the source's state read now.
       - Leave the destination out of O(located.on); it is judged by the name and UUID conflict check.
       - Mutually exclusive with O(group).

@@ -795,8 +795,8 @@ def test_run_with_located_does_not_search_the_group_again(tmp_path):
     assert only(res["findings"], "guest_location")["status"] == "ok"
     assert res["checked"]["disks"] == [{"target": "vda", "path": image, "format": "raw", "virtual_size": GIB}]
     assert res["checked"]["cpu"] == _domain_xml.cpu_fingerprint(xml)
-    twice = pf.run_preflight(opts_for(image, kernel, located={"source": "hosta",
-                                                               "on": {"hosta": "running", "hostc": "shutoff"}}), probe)
+    located = {"source": "hosta", "on": {"hosta": "running", "hostc": "shutoff"}}
+    twice = pf.run_preflight(opts_for(image, kernel, located=located), probe)
     f = only(twice["findings"], "guest_location")
     assert f["status"] == "error" and "hostc: shutoff" in f["msg"]
 

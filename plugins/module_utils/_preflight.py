@@ -905,7 +905,7 @@ class PreflightOptions:
     dest_mounts: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
     dest_manifest: list[dict[str, t.Any]] | None = None
     dest_interfaces: list[str] | None = None
-    #: where the caller already found the guest: ``{source: host name, on: {host: state}}``
+    #: where the caller already found the guest: ``{source: host name, hosts: {host: state}}``
     #: (the role's locate step); given, the group is not searched again
     located: dict[str, t.Any] | None = None
 
@@ -1089,7 +1089,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             return done()
         found = {src_label: info}
         if opts.located is not None:  # found by the caller (the role's locate step): not searched again
-            found = {str(h): {"state": str(st)} for h, st in (opts.located.get("on") or {}).items()}
+            found = {str(h): {"state": str(st)} for h, st in (opts.located.get("hosts") or {}).items()}
             found[src_label] = info
             found.pop(str(opts.located["source"]), None)
         for member in opts.group:

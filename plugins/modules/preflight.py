@@ -95,15 +95,15 @@ options:
       - Where the caller already found the guest (the C(migrate_guest) role's locate step, which reads
         every host of the group once). Given, the group is not searched again; the guest-location check
         judges these facts, with the source's state read now.
-      - Leave the destination out of O(located.on); it is judged by the name and UUID conflict check.
+      - Leave the destination out of O(located.hosts); it is judged by the name and UUID conflict check.
       - Mutually exclusive with O(group).
     type: dict
     suboptions:
       source:
-        description: Host name the guest was found on (the source), as in O(located.on).
+        description: Host name the guest was found on (the source), as in O(located.hosts).
         type: str
         required: true
-      on:
+      hosts:
         description: Host name to the guest's state there, for every host that defines the guest.
         type: dict
         default: {}
@@ -402,7 +402,7 @@ def argument_spec() -> dict:
         group=dict(type="list", elements="dict", default=[], options=dict(
             name=dict(type="str", required=True), uri=dict(type="str", required=True))),
         located=dict(type="dict", options=dict(source=dict(type="str", required=True),
-                                               on=dict(type="dict", default={}))),
+                                               hosts=dict(type="dict", default={}))),
         dest_name=dict(type="str"),
         copy_storage=dict(type="str", choices=["all", "incremental", "none"], default="all"),
         disks=dict(type="list", elements="str"),

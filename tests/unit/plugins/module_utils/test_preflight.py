@@ -789,13 +789,13 @@ def test_run_with_located_does_not_search_the_group_again(tmp_path):
     probe = probes({"qemu:///system": src, DEST_URI: dst})
     connect = probe.connect
     probe.connect = lambda uri: (opened.append(uri), connect(uri))[1]
-    res = pf.run_preflight(opts_for(image, kernel, located={"source": "hosta", "on": {"hosta": "running"}}), probe)
+    res = pf.run_preflight(opts_for(image, kernel, located={"source": "hosta", "hosts": {"hosta": "running"}}), probe)
     assert res["ok"] is True, [f for f in res["findings"] if f["status"] == "error"]
     assert sorted(set(opened)) == sorted(["qemu:///system", DEST_URI])
     assert only(res["findings"], "guest_location")["status"] == "ok"
     assert res["checked"]["disks"] == [{"target": "vda", "path": image, "format": "raw", "virtual_size": GIB}]
     assert res["checked"]["cpu"] == _domain_xml.cpu_fingerprint(xml)
-    located = {"source": "hosta", "on": {"hosta": "running", "hostc": "shutoff"}}
+    located = {"source": "hosta", "hosts": {"hosta": "running", "hostc": "shutoff"}}
     twice = pf.run_preflight(opts_for(image, kernel, located=located), probe)
     f = only(twice["findings"], "guest_location")
     assert f["status"] == "error" and "hostc: shutoff" in f["msg"]
@@ -804,4 +804,4 @@ def test_run_with_located_does_not_search_the_group_again(tmp_path):
 def test_group_and_located_exclude_each_other():
     with pytest.raises(KvmopsError, match="not both"):
         pf.PreflightOptions(domain="vm1", dest_host=DST, group=[{"name": "c", "uri": "qemu:///c"}],
-                            located={"source": "hosta", "on": {}}).validate()
+                            located={"source": "hosta", "hosts": {}}).validate()

@@ -20,6 +20,7 @@ network disks are never copied.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import typing as t
 
@@ -89,6 +90,18 @@ def _root(xml_or_root: t.Any) -> t.Any:
     if isinstance(xml_or_root, (str, bytes)):
         return parse_xml(xml_or_root)
     return xml_or_root
+
+
+def cpu_fingerprint(xml_or_root: t.Any) -> str:
+    """``sha256:<hex>`` of the domain's ``<cpu>`` element in canonical form (C14N, blank text
+    removed by the parser), or of nothing when it has none.
+
+    Pass the XML the pre-flight checked (the migratable live XML of a running guest): the
+    ``migrate`` module compares it with the one it is about to send (``expect_cpu``).
+    """
+    cpu = _root(xml_or_root).find("cpu")
+    text = etree.tostring(cpu, method="c14n", with_comments=False) if cpu is not None else b""
+    return "sha256:" + hashlib.sha256(text).hexdigest()
 
 
 def to_bytes(value: str | int, unit: str | None = None) -> int:

@@ -198,6 +198,11 @@ class MigrationOptions:
     unsafe: bool = False
     cleanup_leftover: bool = False
     poll_interval_s: float = 1.0
+    #: the copy set the pre-flight checked and the images were made for: ``[{target, path,
+    #: format, virtual_size (bytes)}]`` (other keys ignored); None: not compared
+    expect_disks: list[dict[str, t.Any]] | None = None
+    #: ``_domain_xml.cpu_fingerprint`` of the CPU the pre-flight checked; None: not compared
+    expect_cpu: str | None = None
 
     def validate(self) -> None:
         """Refuse contradictory options before anything is opened.
@@ -238,6 +243,9 @@ class MigrationOptions:
         if (self.auto_converge_initial is not None or self.auto_converge_increment is not None) \
                 and not self.auto_converge:
             raise KvmopsError("auto_converge_initial/increment need auto_converge=true.")
+        for item in self.expect_disks or []:
+            if not isinstance(item, dict) or not item.get("target"):
+                raise KvmopsError("expect_disks: every item needs a target (vda ...), got %r." % (item,))
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,6 +548,65 @@ def build_plan(opts: MigrationOptions, source: dict[str, t.Any], lv: t.Any = Non
         timeout_s=timeout_s, timeout_action=opts.timeout_action if active else "abort",
         max_downtime_ms=opts.max_downtime_ms if active else None, warnings=warnings,
         sparse_targets=sparse_targets)
+
+
+# --------------------------------------------------------------------------------------------
+# The guest as the pre-flight saw it
+# --------------------------------------------------------------------------------------------
+
+def guest_changes(expect_disks: list[dict[str, t.Any]] | None, expect_cpu: str | None,
+                  source: dict[str, t.Any], copied: list[str]) -> list[str]:
+    """What changed in the guest since the pre-flight, one phrase per difference (empty: none).
+
+    :param expect_disks: the copy set the pre-flight checked and the destination images were
+        created for, ``[{target, path, format, virtual_size}]`` (sizes in bytes; a missing or
+        None key is not compared; ``format`` None means raw); None: disks not compared.
+    :param expect_cpu: :func:`_domain_xml.cpu_fingerprint` of the checked CPU; None: not compared.
+    :param source: :func:`source_facts` of the guest now (``disks``, ``disk_capacity`` from
+        ``virDomainGetBlockInfo``, ``cpu_fingerprint``).
+    :param copied: the copy set computed now from the fresh XML (:func:`select_disks`).
+    """
+    out: list[str] = []
+    if expect_disks is not None:
+        expected = {str(d["target"]): d for d in expect_disks}
+        now = {d["target"]: d for d in source.get("disks") or [] if d.get("target") in copied}
+        for target in copied:
+            if target not in expected:
+                out.append("disk %s (%s) was added" % (target, now.get(target, {}).get("path") or "no path"))
+        for target, exp in expected.items():
+            disk = now.get(target)
+            if disk is None:
+                out.append("disk %s (%s) was removed or is no longer copied" % (target, exp.get("path") or "no path"))
+                continue
+            if exp.get("path") and disk.get("path") and os.path.normpath(str(exp["path"])) != \
+                    os.path.normpath(str(disk["path"])):
+                out.append("disk %s now is %s, not %s" % (target, disk["path"], exp["path"]))
+            if exp.get("format") is not None and (exp["format"] or "raw") != (disk.get("format") or "raw"):
+                out.append("disk %s now is %s, not %s" % (target, disk.get("format") or "raw", exp["format"]))
+            if exp.get("virtual_size") is not None:
+                size = (source.get("disk_capacity") or {}).get(target)
+                if size is None:
+                    out.append("the virtual size of disk %s could not be read" % target)
+                elif int(size) != int(exp["virtual_size"]):
+                    out.append("disk %s was resized from %d to %d bytes" % (target, int(exp["virtual_size"]), int(size)))
+    if expect_cpu is not None and expect_cpu != source.get("cpu_fingerprint"):
+        out.append("its CPU definition changed (%s, checked %s)" % (source.get("cpu_fingerprint"), expect_cpu))
+    return out
+
+
+def check_unchanged(opts: MigrationOptions, source: dict[str, t.Any], plan: MigrationPlan) -> None:
+    """Refuse to move a guest that no longer matches what the pre-flight checked and the
+    preparation made images for (``expect_disks``, ``expect_cpu``).
+
+    :raises KvmopsError: naming each difference (:func:`guest_changes`) and the fix (run the
+        playbook again); ``values.changes`` lists them. Nothing has been changed at this point.
+    """
+    changes = guest_changes(opts.expect_disks, opts.expect_cpu, source, plan.disks)
+    if changes:
+        raise KvmopsError(
+            "Guest %s changed since the pre-flight: %s. Nothing was changed: run the playbook again, so "
+            "that the pre-flight checks the guest as it is now and the destination images match it."
+            % (source["name"], "; ".join(changes)), values={"changes": changes, "copy_set": plan.disks})
 
 
 # --------------------------------------------------------------------------------------------
@@ -864,12 +931,23 @@ def _uri(conn: t.Any) -> str:
         return "the host"
 
 
-def describe(dom: t.Any, lv: t.Any) -> dict[str, t.Any]:
-    """``{name, uuid, state, reason, active, persistent, ours, run}`` of a domain."""
-    state, reason = dom.state()
-    info = {"name": dom.name(), "uuid": dom.UUIDString(), "state": state_name(lv, state),
-            "reason": reason, "active": bool(dom.isActive()),
-            "persistent": bool(dom.isPersistent()), "ours": False, "run": None}
+def describe(dom: t.Any, lv: t.Any, where: str = "the host") -> dict[str, t.Any]:
+    """``{name, uuid, state, reason, active, persistent, ours, run}`` of a domain.
+
+    Every libvirt call (``virDomainGetName``/``GetUUIDString``/``GetState``/``IsActive``/
+    ``IsPersistent``) goes through :func:`_call`.
+
+    :param where: the host in error messages (URI or inventory address).
+    :raises KvmopsError: libvirt could not read the domain (a broken connection, a domain that
+        vanished meanwhile), naming the host; libvirt's message as detail.
+    """
+    name = str(_call(lv, "read the name of a domain", where, dom.name))
+    action = "read domain %s" % name
+    state, reason = _call(lv, action, where, dom.state)
+    info = {"name": name, "uuid": _call(lv, action, where, dom.UUIDString),
+            "state": state_name(lv, state), "reason": reason,
+            "active": bool(_call(lv, action, where, dom.isActive)),
+            "persistent": bool(_call(lv, action, where, dom.isPersistent)), "ours": False, "run": None}
     marker = read_marker(dom, lv)
     if marker is not None:
         info["ours"] = True
@@ -914,32 +992,42 @@ def write_marker(dom: t.Any, run_id: str, source: str, lv: t.Any) -> bool:
     return True
 
 
-def source_facts(dom: t.Any, lv: t.Any) -> dict[str, t.Any]:
+def source_facts(dom: t.Any, lv: t.Any, where: str = "the source") -> dict[str, t.Any]:
     """Facts :func:`build_plan` needs, read from the source domain.
 
-    Memory is the maximum memory (``virDomainGetInfo``, KiB -> bytes); disk bytes the
-    allocation of each copy candidate (``virDomainGetBlockInfo``), only for an active guest.
+    Memory is the maximum memory (``virDomainGetInfo``, KiB -> bytes); ``disk_bytes`` the
+    allocation and ``disk_capacity`` the virtual size (None: unreadable) of each copy candidate
+    (``virDomainGetBlockInfo``), only for an active guest; ``cpu_fingerprint`` that of the
+    ``<cpu>`` the destination receives (:func:`_domain_xml.cpu_fingerprint` of the migratable
+    live XML, of the persistent one for a shut-off guest).
     """
-    info = describe(dom, lv)
-    xml = dom.XMLDesc(0)
+    info = describe(dom, lv, where)
+    action = "read domain %s" % info["name"]
+    xml = _call(lv, action, where, dom.XMLDesc, 0)
     if info["active"]:
         # the migratable live XML (secure: keeps graphics passwords) is the base of a destination XML
         flags = (_const(lv, "VIR_DOMAIN_XML_MIGRATABLE") or 0) | (_const(lv, "VIR_DOMAIN_XML_SECURE") or 0)
-        info["migratable_xml"] = dom.XMLDesc(flags)
+        info["migratable_xml"] = _call(lv, action, where, dom.XMLDesc, flags)
     disk_list = _domain_xml.disks(xml)
     info["disks"] = disk_list
-    info["memory_bytes"] = int(dom.info()[1]) * 1024
+    info["cpu_fingerprint"] = _domain_xml.cpu_fingerprint(info.get("migratable_xml") or xml)
+    info["memory_bytes"] = int(_call(lv, action, where, dom.info)[1]) * 1024
     sizes: dict[str, int] = {}
+    capacity: dict[str, int | None] = {}
     if info["active"]:
         for disk in disk_list:
             if disk.get("copy") and disk.get("target"):
                 try:
-                    sizes[disk["target"]] = int(dom.blockInfo(disk["target"])[1])
+                    block = dom.blockInfo(disk["target"])
+                    sizes[disk["target"]] = int(block[1])
+                    capacity[disk["target"]] = int(block[0])
                 except Exception as err:
                     if not (_is_lv_error(err, lv)):
                         raise
                     sizes[disk["target"]] = 0
+                    capacity[disk["target"]] = None
     info["disk_bytes"] = sizes
+    info["disk_capacity"] = capacity
     return info
 
 
@@ -975,7 +1063,8 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
                    rt: Runtime | None = None) -> dict[str, t.Any]:
     """Move one guest from ``sconn`` (source) to ``dconn`` (destination), safely.
 
-    Reads the source guest and the destination (C11), builds the plan, and unless check mode:
+    Reads the source guest and the destination (C11), builds the plan, refuses a guest that
+    changed since the pre-flight (:func:`check_unchanged`; check mode too), and unless check mode:
     removes an owned leftover when asked, marks the guest, runs ``migrate3`` in a worker thread
     while polling job statistics (progress, max downtime, completion timeout with abort or
     post-copy), then verifies where the guest runs and reads the completed statistics.
@@ -994,15 +1083,15 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         else None
     if dom is None:
         dom = _find(sconn, "lookupByName", opts.domain, lv)
-    source = source_facts(dom, lv) if dom is not None else None
+    source = source_facts(dom, lv, src_where) if dom is not None else None
 
     dest_name = opts.dest_name or (source["name"] if source else opts.domain)
     d_by_name = _find(dconn, "lookupByName", dest_name, lv)
     uuid_key = source["uuid"] if source else (opts.domain if _libvirt._looks_like_uuid(opts.domain)
                                               else None)
     d_by_uuid = _find(dconn, "lookupByUUIDString", uuid_key, lv) if uuid_key else None
-    by_name = describe(d_by_name, lv) if d_by_name is not None else None
-    by_uuid = describe(d_by_uuid, lv) if d_by_uuid is not None else None
+    by_name = describe(d_by_name, lv, dest_label) if d_by_name is not None else None
+    by_uuid = describe(d_by_uuid, lv, dest_label) if d_by_uuid is not None else None
     decision = classify_destination(source, by_name, by_uuid, dest_name=dest_name, dest=dest_label,
                                     cleanup_leftover=opts.cleanup_leftover)
     base = {"domain": source["name"] if source else dest_name,
@@ -1020,6 +1109,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     if source is None:  # pragma: no cover - classify_destination never migrates without one
         raise KvmopsError("Guest %s is not on the source." % opts.domain)
     plan = build_plan(opts, source, lv)
+    check_unchanged(opts, source, plan)
     result = dict(base, plan=plan.as_result(), warnings=list(plan.warnings))
     if decision.action == "cleanup_then_migrate":
         result["warnings"].append(decision.msg)
@@ -1119,10 +1209,15 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
 
     if worker.error is not None:
         err = worker.error
+        try:
+            recovery = _recover(sconn, dconn, source, dest_existed, was_running,
+                                monitor.postcopy_at is not None, dest_label, lv)
+        except Exception as rerr:  # noted: the recovery must never hide the migration's own error
+            recovery = ["The recovery after the failure stopped early (%s: %s): check the guest on both "
+                        "hosts ('virsh domstate %s'; 'virsh resume %s' on the source if it is paused)."
+                        % (type(rerr).__name__, rerr, source["name"], source["name"])]
         if not (_is_lv_error(err, lv) or isinstance(err, KvmopsError)):
             raise err
-        recovery = _recover(sconn, dconn, source, dest_existed, was_running,
-                            monitor.postcopy_at is not None, dest_label, lv)
         why = monitor.reason or explain_failure(
             _libvirt.libvirt_error_detail(err) if not isinstance(err, KvmopsError) else str(err),
             opts.dest_host, source["name"])
@@ -1138,9 +1233,15 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
 
     ddom = worker.result
     stats = _completed_stats(ddom, dom, lv, notes)
-    dest_info = describe(ddom, lv) if ddom is not None else None
+    dest_info = None
+    if ddom is not None:
+        try:
+            dest_info = describe(ddom, lv, dest_label)
+        except KvmopsError as err:  # the guest has moved: a failed read is a note, not a failure
+            notes.append("the migrated guest could not be read on %s: %s" % (dest_label, err))
     leftover = _find(sconn, "lookupByUUIDString", source["uuid"], lv)
-    if leftover is not None and leftover.isActive() and dest_info and dest_info["active"]:
+    if (leftover is not None and dest_info and dest_info["active"]
+            and _call(lv, "read domain %s" % source["name"], src_where, leftover.isActive)):
         raise KvmopsError("STOP: after the migration %s is active on the source AND on %s. Nothing "
                           "more was touched; stop one copy by hand." % (source["name"], opts.dest_host))
     summary = result_from_stats(stats, lv) if stats else {}
@@ -1281,9 +1382,10 @@ def _remove_leftover(ddom: t.Any, info: dict[str, t.Any] | None, dest: str, lv: 
     if ddom is None or info is None or not info.get("ours"):
         raise KvmopsError("Refusing to remove %s on %s: it is not marked as ours." % (
             info and info.get("name"), dest))
-    if ddom.isActive():
+    action = "read the leftover domain %s" % info["name"]
+    if _call(lv, action, dest, ddom.isActive):
         _call(lv, "destroy the leftover domain %s" % info["name"], dest, ddom.destroy)
-    if ddom.isPersistent():
+    if _call(lv, action, dest, ddom.isPersistent):
         _undefine(ddom, info["name"], dest, lv)
 
 
@@ -1298,62 +1400,104 @@ def _undefine(ddom: t.Any, name: str, dest: str, lv: t.Any) -> None:
 def _recover(sconn: t.Any, dconn: t.Any, source: dict[str, t.Any], dest_existed: bool,
              was_running: bool, postcopy_started: bool, dest: str, lv: t.Any) -> list[str]:
     """After a failed ``migrate3``: keep the guest running on the source and leave nothing on
-    the destination that this run created. Returns sentences for the error message."""
+    the destination that this run created. Returns sentences for the error message.
+
+    Never raises: the operator must read the migration's own error, so every step of the
+    recovery that fails is noted in the returned sentences instead. The order is:
+
+    1. the destination is *read* (``lookupByUUIDString``, ``state``) through guarded calls; a
+       dead connection or any error there only makes its state unknown;
+    2. the source is resumed when the failure left it paused, whatever step 1 found, except
+       when the guest is positively seen running on the destination (resuming then would make
+       two running copies);
+    3. only then is anything removed from the destination (``destroy``/``undefineFlags``), and
+       only while the source holds the guest.
+    """
     uuid = source["uuid"]
+    name = source["name"]
     if postcopy_started:
         return ["The failure happened in post-copy: the guest's memory is split between both "
                 "hosts. Nothing was touched; recover with 'virsh migrate --postcopy-resume' or "
                 "see https://libvirt.org/migration.html."]
     out: list[str] = []
-    sdom = _find(sconn, "lookupByUUIDString", uuid, lv)
+    src_where = _uri(sconn)
+
+    # 1. read the destination, changing nothing and raising nothing
+    ddom: t.Any = None
+    dstate: str | None = None
     dest_known = _alive(dconn)
-    try:
-        ddom = _find(dconn, "lookupByUUIDString", uuid, lv) if dest_known else None
-    except KvmopsError:
-        ddom, dest_known = None, False
+    dest_why = "no libvirt connection"
+    if dest_known:
+        try:
+            ddom = _find(dconn, "lookupByUUIDString", uuid, lv)
+            if ddom is not None:
+                dstate = _state_of(ddom, name, dest, lv)
+        except KvmopsError as err:
+            ddom, dstate, dest_known, dest_why = None, None, False, str(err)
     if not dest_known:
-        out.append("%s could not be checked (no libvirt connection). If its libvirtd only lost this "
+        out.append("%s could not be checked (%s). If its libvirtd only lost this "
                    "connection, it removes the incomplete incoming domain itself within about 30 s; if "
                    "it was restarted, it may keep that domain paused: then run again with "
                    "cleanup_leftover (role: -e migrate_guest_cleanup_leftover=true), which removes it "
-                   "only because this run marked it as ours." % dest)
-    src_active = bool(sdom is not None and sdom.isActive())
-    if ddom is not None and ddom.isActive():
-        dstate = state_name(lv, ddom.state()[0])
-        if dstate in RUNNING_STATES:
-            if src_active:
-                return out + ["STOP: the guest is active on the source AND runs on %s; nothing was "
-                              "touched." % dest]
-            return out + ["The guest runs on %s although libvirt reported an error: verify it there "
-                          "before doing anything." % dest]
-    if sdom is not None and src_active:
-        state = state_name(lv, sdom.state()[0])
-        if state == "paused" and was_running:
+                   "only because this run marked it as ours." % (dest, dest_why))
+
+    # 2. the source first
+    sdom: t.Any = None
+    src_active: bool | None = None  # None: unknown
+    sstate: str | None = None
+    try:
+        sdom = _find(sconn, "lookupByUUIDString", uuid, lv)
+        src_active = False
+        if sdom is not None:
+            src_active = bool(_call(lv, "read the state of domain %s" % name, src_where, sdom.isActive))
+            sstate = _state_of(sdom, name, src_where, lv) if src_active else "shutoff"
+    except KvmopsError as err:
+        out.append("The source guest could not be read after the failure (%s): check it with "
+                   "'virsh domstate %s' on the source." % (err, name))
+    if dstate in RUNNING_STATES:
+        if src_active is not False:
+            return out + ["STOP: the guest is active on the source AND runs on %s; nothing was "
+                          "touched." % dest]
+        return out + ["The guest runs on %s although libvirt reported an error: verify it there "
+                      "before doing anything." % dest]
+    if sdom is not None and src_active is not False:
+        if was_running and sstate in ("paused", None):
             try:
-                sdom.resume()
+                _call(lv, "resume domain %s" % name, src_where, sdom.resume)
                 out.append("The source guest was paused and has been resumed.")
-            except Exception as err:
-                if not (_is_lv_error(err, lv)):
-                    raise
-                out.append("The source guest is paused and could not be resumed (%s): run "
-                           "'virsh resume %s'." % (_libvirt.libvirt_error_detail(err), source["name"]))
+            except KvmopsError as err:
+                out.append("The source guest is %s and could not be resumed (%s): run "
+                           "'virsh resume %s'." % (sstate or "in an unknown state", err, name))
         else:
-            out.append("The guest keeps running on the source (%s)." % state)
-    elif source.get("active"):
+            out.append("The guest keeps running on the source (%s)." % sstate)
+    elif src_active is False and source.get("active"):
         out.append("WARNING: the guest is no longer active on the source.")
+
+    # 3. the destination, once the source holds the guest
     if ddom is not None and src_active:
         try:
-            if ddom.isActive():
-                _call(lv, "destroy the incomplete incoming domain %s" % source["name"], dest, ddom.destroy)
+            if dstate != "shutoff":
+                _call(lv, "destroy the incomplete incoming domain %s" % name, dest, ddom.destroy)
                 out.append("The incomplete incoming domain on %s was destroyed." % dest)
-            if ddom.isPersistent() and not dest_existed:
-                _undefine(ddom, source["name"], dest, lv)
+            if not dest_existed and _call(lv, "read domain %s" % name, dest, ddom.isPersistent):
+                _undefine(ddom, name, dest, lv)
                 out.append("The definition this run created on %s was removed." % dest)
         except KvmopsError as err:
             out.append("Cleanup on %s failed: %s" % (dest, err))
-    elif ddom is None and dest_known:
+    elif ddom is not None:
+        out.append("The domain on %s (%s) was left alone: the source does not hold the guest for "
+                   "certain." % (dest, dstate))
+    elif dest_known:
         out.append("Nothing is left on %s." % dest)
     return out
+
+
+def _state_of(dom: t.Any, name: str, where: str, lv: t.Any) -> str:
+    """:func:`state_name` of ``dom.state()`` (virDomainGetState), through :func:`_call`.
+
+    :raises KvmopsError: libvirt could not say.
+    """
+    return state_name(lv, _call(lv, "read the state of domain %s" % name, where, dom.state)[0])
 
 
 def run_migration(opts: MigrationOptions, *, check_mode: bool = False,

@@ -11,7 +11,9 @@
   ``warnings`` to ``module.warn`` (ansible-core 2.19 deprecates a ``warnings`` key in results;
   Ansible still returns them under ``warnings``), with every secret a domain XML can carry
   (graphics passwords, ``<auth>``/``<secret>`` of iSCSI/RBD disks, cookies) redacted from the
-  result, the diff, the warnings and the error (``_domain_xml.redact``).
+  result, the diff, the warnings and the error (``_domain_xml.redact``). A
+  ``libvirt.libvirtError`` left over fails the module with a message naming libvirt's error
+  (:func:`libvirt_error_message`), not a traceback.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def call_backend(module: t.Any, backend: t.Callable[..., dict[str, t.Any]], *arg
                  **kwargs: t.Any) -> dict[str, t.Any]:
     """``backend(*args, **kwargs)``; a :class:`KvmopsError` fails the module with its message.
 
+    A ``libvirt.libvirtError`` that the backend did not turn into :class:`KvmopsError` fails the
+    module too, with :func:`libvirt_error_message` as ``msg`` and libvirt's text as ``detail``
+    (the traceback only in ``exception``), never as a MODULE FAILURE with a traceback.
+
     :returns: the backend's result, without ``diff`` when the run did not ask for one, and
         without ``warnings`` (given to ``module.warn``); secrets redacted.
     """
@@ -46,9 +52,28 @@ def call_backend(module: t.Any, backend: t.Callable[..., dict[str, t.Any]], *arg
     except KvmopsError as err:
         module.fail_json(**_domain_xml.redact(dict(err.as_result(), msg=str(err),
                                                    exception=traceback.format_exc())))
+    except Exception as err:  # only libvirt's errors are mapped; anything else is a bug, shown as one
+        if not _libvirt.is_libvirt_error(err):
+            raise
+        module.fail_json(**_domain_xml.redact(dict(msg=libvirt_error_message(err), exception=traceback.format_exc(),
+                                                   detail=_libvirt.libvirt_error_detail(err))))
     result = _domain_xml.redact(result)
     if not module._diff:
         result.pop("diff", None)
     for warning in result.pop("warnings", None) or []:
         module.warn(warning)
     return result
+
+
+def libvirt_error_message(err: BaseException) -> str:
+    """The ``msg`` of a module that met a libvirt error no backend step explained.
+
+    Names libvirt's code and message (``get_error_code``/``get_error_message``) and what to do:
+    check libvirtd on the hosts involved, then run again; nothing is implied about what changed.
+    """
+    code = _libvirt.libvirt_error_code(err)
+    where = " (libvirt error code %s)" % code if code is not None else ""
+    return ("libvirt reported an error that kvmops did not expect at this step: %s%s. Check that "
+            "libvirtd runs on the hosts involved and that the connection between them holds "
+            "(journalctl -u libvirtd), then run again; the guest's state is reported by "
+            "'virsh domstate' on each host." % (_libvirt.libvirt_error_detail(err), where))

@@ -652,7 +652,12 @@ def libvirt_network_lookup(conn: t.Any, lv: t.Any,
                 if _libvirt.libvirt_error_code(err) == getattr(lv, "VIR_ERR_NO_NETWORK", None):
                     return {"exists": False, "active": None}
                 return {"exists": None, "why": _libvirt.libvirt_error_detail(err)}
-            return {"exists": True, "active": bool(net.isActive())}
+            try:
+                return {"exists": True, "active": bool(net.isActive())}
+            except Exception as err:
+                if not _migration._is_lv_error(err, lv):
+                    raise
+                return {"exists": True, "active": None, "why": _libvirt.libvirt_error_detail(err)}
         if host_interfaces is not None:
             return {"exists": name in host_interfaces, "active": None}
         try:
@@ -900,6 +905,9 @@ class PreflightOptions:
     dest_mounts: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
     dest_manifest: list[dict[str, t.Any]] | None = None
     dest_interfaces: list[str] | None = None
+    #: where the caller already found the guest: ``{source: host name, hosts: {host: state}}``
+    #: (the role's locate step); given, the group is not searched again
+    located: dict[str, t.Any] | None = None
 
     def validate(self) -> None:
         """:raises KvmopsError: an option out of range, named."""
@@ -908,6 +916,11 @@ class PreflightOptions:
         if self.copy_storage not in _migration.COPY_STORAGE_CHOICES:
             raise KvmopsError("copy_storage must be one of %s, got %r." % (
                 ", ".join(_migration.COPY_STORAGE_CHOICES), self.copy_storage))
+        if self.located is not None and self.group:
+            raise KvmopsError("Give either group (search the hosts for the guest) or located (where it "
+                              "was already found), not both.")
+        if self.located is not None and not self.located.get("source"):
+            raise KvmopsError("located needs source: the host name the guest was found on.")
         if self.require_state not in REQUIRE_STATES:
             raise KvmopsError("require_state must be one of %s, got %r." % (
                 ", ".join(REQUIRE_STATES), self.require_state))
@@ -994,20 +1007,24 @@ def _dest_storage(dconn: t.Any, opts: PreflightOptions, paths: list[str], lv: t.
             continue
         try:
             vol = dconn.storageVolLookupByPath(path)
-        except Exception as err:
+            info = vol.info()
+            vol_xml = vol.XMLDesc(0)
+        except Exception as err:  # not a volume there, or unreadable: the path stays "not verified"
             if not _migration._is_lv_error(err, lv):
                 raise
             continue
-        info = vol.info()
-        fmt_el = etree.fromstring(vol.XMLDesc(0).encode("utf-8")).find("target/format")
+        fmt_el = etree.fromstring(vol_xml.encode("utf-8")).find("target/format")
         fmt = fmt_el.get("type") if fmt_el is not None else None
         dest.volumes[path] = {"path": path, "virtual_size": int(info[1]), "allocation": int(info[2]),
                               "format": fmt}
     return dest
 
 
-def _memory(dconn: t.Any, lv: t.Any) -> tuple[int, int | None]:
-    free = int(dconn.getFreeMemory())
+def _memory(dconn: t.Any, lv: t.Any, host: str = "the destination") -> tuple[int, int | None]:
+    """``(free bytes, available bytes or None)`` of the destination (virNodeGetFreeMemory,
+    virNodeGetMemoryStats). :raises KvmopsError: the free memory could not be read."""
+    with _libvirt.libvirt_errors("read the free memory", host=host):
+        free = int(dconn.getFreeMemory())
     try:
         stats = dconn.getMemoryStats(getattr(lv, "VIR_NODE_MEMORY_STATS_ALL_CELLS", -1), 0)
     except Exception as err:  # not every driver reports it: reclaimable memory stays unknown
@@ -1021,7 +1038,9 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     """Read both hosts and run every check; never changes anything.
 
     :returns: :func:`report` plus ``domain``, ``source``, ``destination``, ``dest_uri``,
-        ``copy_set`` and ``already_migrated``.
+        ``copy_set``, ``already_migrated`` and ``checked`` (``{disks: [{target, path, format,
+        virtual_size}], cpu}``: the copy set with the geometry and the CPU fingerprint the checks
+        saw, for ``migrate``'s ``expect_disks``/``expect_cpu``; ``cpu`` None before the XML was read).
     :raises KvmopsError: only for invalid options; every failure to read a host is a finding.
     """
     probes = probes or Probes()
@@ -1032,7 +1051,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     src_label = opts.source_uri
     findings: list[dict[str, t.Any]] = []
     result: dict[str, t.Any] = {"domain": opts.domain, "source": src_label, "destination": dest,
-                                "dest_uri": dest_uri, "copy_set": [], "already_migrated": False}
+                                "dest_uri": dest_uri, "copy_set": [], "already_migrated": False,
+                                "checked": {"disks": [], "cpu": None}}
 
     def done() -> dict[str, t.Any]:
         out = dict(result)
@@ -1061,20 +1081,32 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
                                     "will (%s)." % (dest, dest_uri), uri=dest_uri))
 
         # Where is the guest (C11, group)?
-        dom = _lookup(sconn, opts.domain, lv)
-        info = _migration.describe(dom, lv) if dom is not None else None
+        try:
+            dom = _lookup(sconn, opts.domain, lv)
+            info = _migration.describe(dom, lv, src_label) if dom is not None else None
+        except KvmopsError as err:
+            findings.append(finding("guest_location", "error", src_label, str(err)))
+            return done()
         found = {src_label: info}
+        if opts.located is not None:  # found by the caller (the role's locate step): not searched again
+            found = {str(h): {"state": str(st)} for h, st in (opts.located.get("hosts") or {}).items()}
+            found[src_label] = info
+            found.pop(str(opts.located["source"]), None)
         for member in opts.group:
             if member.get("uri") in (opts.source_uri, dest_uri) or member.get("name") == opts.dest_host:
                 continue  # the destination is judged by the C11 check
+            label = member.get("name") or member["uri"]
             with contextlib.ExitStack() as gstack:
                 gconn, gerr = _open(gstack, probes, member["uri"])
+                try:
+                    gdom = _lookup(gconn, opts.domain, lv) if gconn is not None else None
+                    if gconn is not None:
+                        found[label] = _migration.describe(gdom, lv, label) if gdom else None
+                except KvmopsError as err:
+                    gconn, gerr = None, str(err)
                 if gconn is None:
-                    findings.append(finding("group_host", "warning", member.get("name") or member["uri"],
+                    findings.append(finding("group_host", "warning", label,
                                             "Group host not searched for the guest: %s" % gerr))
-                    continue
-                gdom = _lookup(gconn, opts.domain, lv)
-                found[member.get("name") or member["uri"]] = _migration.describe(gdom, lv) if gdom else None
         try:
             src_facts = _host_facts(sconn, src_label)
             dst_facts = _host_facts(dconn, dest_uri) if dconn is not None else None
@@ -1083,12 +1115,17 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             return done()
         dest_name = opts.dest_name or (info["name"] if info else opts.domain)
         if dconn is not None:
-            d_by_name = _migration._find(dconn, "lookupByName", dest_name, lv)
             uuid_key = info["uuid"] if info else (opts.domain if _libvirt._looks_like_uuid(opts.domain)
                                                   else None)
-            d_by_uuid = _migration._find(dconn, "lookupByUUIDString", uuid_key, lv) if uuid_key else None
-            by_name = _migration.describe(d_by_name, lv) if d_by_name is not None else None
-            by_uuid = _migration.describe(d_by_uuid, lv) if d_by_uuid is not None else None
+            try:
+                d_by_name = _migration._find(dconn, "lookupByName", dest_name, lv)
+                d_by_uuid = _migration._find(dconn, "lookupByUUIDString", uuid_key, lv) if uuid_key else None
+                by_name = _migration.describe(d_by_name, lv, dest) if d_by_name is not None else None
+                by_uuid = _migration.describe(d_by_uuid, lv, dest) if d_by_uuid is not None else None
+            except KvmopsError as err:
+                findings.append(finding("destination_domain", "error", dest, "The domains on %s could not "
+                                        "be read, so a conflict (C11) cannot be ruled out: %s" % (dest, err)))
+                return done()
             dd = check_destination_domain(info, by_name, by_uuid, dest_name, dest, opts.cleanup_leftover)
             findings.append(dd)
             if dd["values"]["already_migrated"]:
@@ -1107,6 +1144,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         with _libvirt.libvirt_errors("read the XML of domain %s" % info["name"], host=src_label):
             xml = _cpu.domain_xml(dom, migratable=active, inactive=not active)
         facts = _domain_xml.domain_facts(xml)
+        result["checked"]["cpu"] = _domain_xml.cpu_fingerprint(xml)
         findings.append(check_distinct_hosts(
             {"host": src_label, "uuid": src_facts["uuid"], "hostname": src_facts["hostname"]},
             {"host": dest, "uuid": dst_facts["uuid"], "hostname": dst_facts["hostname"]},
@@ -1114,9 +1152,13 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             if _is_ip(opts.dest_host) else any(probes.is_local(a) for a in probes.resolver(opts.dest_host))))
         findings.extend(check_cpu_all(dconn, xml, dst_facts["caps"], dest))
         if active:
-            free, available = _memory(dconn, lv)
-            findings.append(check_memory(info["name"], int(facts.get("memory_bytes") or 0), free,
-                                         available, dest))
+            try:
+                free, available = _memory(dconn, lv, dest)
+            except KvmopsError as err:
+                findings.append(finding("memory", "error", dest, str(err)))
+            else:
+                findings.append(check_memory(info["name"], int(facts.get("memory_bytes") or 0), free,
+                                             available, dest))
 
         # Storage
         runner = probes.runner or _images.SubprocessRunner()
@@ -1145,6 +1187,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
                                     "copy the images yourself and use copy_storage: none."
                                     % (info["name"], ", ".join(copied)), copy=copied))
         copy_disks = [d for d in disks if d["target"] in copied]
+        result["checked"]["disks"] = [{k: d.get(k) for k in ("target", "path", "format", "virtual_size")}
+                                      for d in copy_disks]
         for disk in copy_disks:
             findings.append(check_dest_image(disk, dest_files, dest, info["name"]))
             if opts.copy_storage == "incremental":

@@ -238,6 +238,25 @@ options:
         migrating, but only when it carries this collection's marker and the guest runs on the source.
     type: bool
     default: false
+  expect_disks:
+    description:
+      - The copy set the pre-flight checked and the destination images were created for. Right before the
+        move the guest's current XML and disk sizes (C(virDomainGetBlockInfo)) are compared with it; a disk
+        added (hot-plugged) to or removed from the copy set, resized, or with another path or format stops the
+        module before anything changes, naming the disk, with the advice to run the playbook again.
+      - The C(preflight) module returns it as RV(kvmops.migration.preflight#module:checked.disks); the
+        C(migrate_guest) role passes the disk facts it made the images from. Keys other than those below are
+        ignored; a missing key is not compared.
+      - Not given (the default), nothing is compared.
+    type: list
+    elements: dict
+  expect_cpu:
+    description:
+      - C(sha256:) fingerprint of the guest's C(<cpu>) element as the pre-flight checked it
+        (RV(kvmops.migration.preflight#module:checked.cpu)). A guest whose CPU definition (of the migratable
+        live XML; the persistent one for a shut-off guest) differs now stops the module before anything changes.
+      - Not given (the default), the CPU is not compared.
+    type: str
   progress_file:
     description:
       - Path on the source host to append one JSON line of progress per poll to (phase, percent,
@@ -478,6 +497,8 @@ def argument_spec():
         persist_xml=dict(type="str", no_log=True),
         unsafe=dict(type="bool", default=False),
         cleanup_leftover=dict(type="bool", default=False),
+        expect_disks=dict(type="list", elements="dict"),
+        expect_cpu=dict(type="str"),
         progress_file=dict(type="path"),
     )
 

@@ -90,6 +90,23 @@ options:
         description: libvirt URI of the host, as reachable from the source.
         type: str
         required: true
+  located:
+    description:
+      - Where the caller already found the guest (the C(migrate_guest) role's locate step, which reads
+        every host of the group once). Given, the group is not searched again; the guest-location check
+        judges these facts, with the source's state read now.
+      - Leave the destination out of O(located.hosts); it is judged by the name and UUID conflict check.
+      - Mutually exclusive with O(group).
+    type: dict
+    suboptions:
+      source:
+        description: Host name the guest was found on (the source), as in O(located.hosts).
+        type: str
+        required: true
+      hosts:
+        description: Host name to the guest's state there, for every host that defines the guest.
+        type: dict
+        default: {}
   dest_name:
     description: Name of the guest on the destination, when it is renamed by the migration.
     type: str
@@ -326,6 +343,22 @@ already_migrated:
   description: The guest already runs on the destination and is absent on the source; the other checks were skipped.
   returned: always
   type: bool
+checked:
+  description:
+    - What the checks saw, to hand to the C(migrate) module as O(kvmops.migration.migrate#module:expect_disks)
+      and O(kvmops.migration.migrate#module:expect_cpu), so that it refuses a guest changed since.
+  returned: always
+  type: dict
+  contains:
+    disks:
+      description: The copy set with its geometry (virtual size in bytes); empty when nothing is copied.
+      type: list
+      elements: dict
+      sample: [{target: vda, path: /var/lib/libvirt/images/vm1.qcow2, format: qcow2, virtual_size: 10737418240}]
+    cpu:
+      description: C(sha256:) fingerprint of the guest's C(<cpu>) element as checked; null when the XML was not read.
+      type: str
+      sample: "sha256:0c5e..."
 copy_set:
   description: Targets a storage migration copies (empty when the copy set is unsafe).
   returned: always
@@ -368,6 +401,8 @@ def argument_spec() -> dict:
         source_uri=dict(type="str", default=_libvirt.DEFAULT_URI),
         group=dict(type="list", elements="dict", default=[], options=dict(
             name=dict(type="str", required=True), uri=dict(type="str", required=True))),
+        located=dict(type="dict", options=dict(source=dict(type="str", required=True),
+                                               hosts=dict(type="dict", default={}))),
         dest_name=dict(type="str"),
         copy_storage=dict(type="str", choices=["all", "incremental", "none"], default="all"),
         disks=dict(type="list", elements="str"),
@@ -393,7 +428,8 @@ def argument_spec() -> dict:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           mutually_exclusive=[("group", "located")])
     _module.check_requirements(module)
     result = _module.call_backend(module, _preflight.run_module, module.params)
     if module.params["fail_on_error"] and not result["report"]["ok"]:

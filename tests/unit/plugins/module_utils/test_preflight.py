@@ -760,3 +760,48 @@ def test_run_module_shapes_the_result_and_maps_ports(tmp_path):
     assert res["changed"] is False and res["report"]["ok"] is False
     assert res["failed_checks"] == ["network"] and "br-vlan774" in res["msg"]
     assert (50000, 1.5) in seen and (50001, 1.5) in seen
+
+
+def test_run_destination_domain_unreadable_is_a_finding_not_a_traceback(tmp_path):
+    """A destination domain whose state cannot be read (issue 13 item 2): an error finding."""
+    xml, image, kernel = run_xml(tmp_path)
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    other = Dom(xml.replace(UUID, "11111111-2222-3333-4444-555555555555"), libvirt.VIR_DOMAIN_SHUTOFF)
+
+    def broken():
+        raise FakeLibvirtError("Cannot recv data: Connection reset by peer", 38)
+
+    other.state = broken
+    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb", [other])
+    res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src, DEST_URI: dst}))
+    f = only(res["findings"], "destination_domain")
+    assert res["ok"] is False and f["status"] == "error"
+    assert "cannot be ruled out" in f["msg"] and "Connection reset by peer" in f["msg"]
+
+
+def test_run_with_located_does_not_search_the_group_again(tmp_path):
+    """The role's locate step found the guest (issue 13 item 3): no group host is connected to,
+    the located facts are judged instead, and the result carries what was checked."""
+    xml, image, kernel = run_xml(tmp_path)
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    opened = []
+    probe = probes({"qemu:///system": src, DEST_URI: dst})
+    connect = probe.connect
+    probe.connect = lambda uri: (opened.append(uri), connect(uri))[1]
+    res = pf.run_preflight(opts_for(image, kernel, located={"source": "hosta", "hosts": {"hosta": "running"}}), probe)
+    assert res["ok"] is True, [f for f in res["findings"] if f["status"] == "error"]
+    assert sorted(set(opened)) == sorted(["qemu:///system", DEST_URI])
+    assert only(res["findings"], "guest_location")["status"] == "ok"
+    assert res["checked"]["disks"] == [{"target": "vda", "path": image, "format": "raw", "virtual_size": GIB}]
+    assert res["checked"]["cpu"] == _domain_xml.cpu_fingerprint(xml)
+    located = {"source": "hosta", "hosts": {"hosta": "running", "hostc": "shutoff"}}
+    twice = pf.run_preflight(opts_for(image, kernel, located=located), probe)
+    f = only(twice["findings"], "guest_location")
+    assert f["status"] == "error" and "hostc: shutoff" in f["msg"]
+
+
+def test_group_and_located_exclude_each_other():
+    with pytest.raises(KvmopsError, match="not both"):
+        pf.PreflightOptions(domain="vm1", dest_host=DST, group=[{"name": "c", "uri": "qemu:///c"}],
+                            located={"source": "hosta", "hosts": {}}).validate()

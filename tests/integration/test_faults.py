@@ -112,10 +112,10 @@ FAULTS = {
                              ["connection to libvirtd on 198.18.0.2 was lost"]),
     # The abort alone would wait for TCP (minutes, and up to 2 min more after the link is back):
     # sever_after_s (10 s) after it, the source QEMU's data connections are closed and the job
-    # ends, while the link is still cut. abort_grace_s=30 makes a failure to do so visible.
+    # ends, while the link is still cut (or the abort ends it by itself before). abort_grace_s=30
+    # makes a job that outlives both visible; the test asserts no job is left and the bound.
     "link_cut": (None, cut_link, repair_link, ["-e", "migrate_guest_abort_grace_s=30"],
-                 ["connection to libvirtd on 198.18.0.2 was lost", "network between the hosts",
-                  "by closing its", "data connection(s) to 198.18.0.2 on the source"]),
+                 ["connection to libvirtd on 198.18.0.2 was lost", "network between the hosts"]),
     "dest_fs_full": (mount_small_fs, fill_dest_fs, free_dest_fs, [], ["ran out of space", "hostb"]),
     # with the optional CPU normalisation (issue 13 item 5): the rollback restores the CPU
     "timeout": (None, None, None, ["-e", "migrate_guest_timeout_min_s=6", "-e", "migrate_guest_timeout_s_per_gib=1",
@@ -150,7 +150,8 @@ def test_fault_in_the_middle(lab_up, fault):
         # the source holds no job any more when the run reports the failure, whatever the fault
         # (for the cut link: while the link is still cut)
         assert source_job_ended(), lab.in_host_out(SRC, ["virsh", "domjobinfo", GUEST], check=False)
-        print("%s: the run failed %.1f s after the fault" % (fault, ended_s))
+        print("%s: the run failed %.1f s after the fault%s" % (
+            fault, ended_s, " (data connections closed after the abort)" if "by closing its" in text else ""))
         if fault == "link_cut":
             # keepalive (5 s x 6) finds the cut, the abort, 10 s later the connections are closed
             assert ended_s < 90, ended_s

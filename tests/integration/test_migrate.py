@@ -38,7 +38,8 @@ def _prepare_destination(src: str, dst: str) -> list[str]:
             continue
         res = run_module(dst, "kvmops.migration.disk_image", {
             "path": disk["path"], "format": disk["format"], "virtual_size": disk["virtual_size"],
-            "for_domain": GUEST})
+            # the lab's images directory is no libvirt pool (see lab.write_inventory)
+            "for_domain": GUEST, "allow_outside_pools": True})
         assert not res.get("failed"), res.get("msg")
         created.append(disk["path"])
     return created

@@ -159,7 +159,7 @@ def test_fault_in_the_middle(lab_up, fault):
         print("%s: source job ended before the repair: %s" % (fault, ended_before_repair))
         print("%s: the run failed %.1f s after the fault%s" % (
             fault, ended_s, " (data connections closed after the abort)" if "by closing its" in text else ""))
-        if fault == "link_cut":
+        if fault == "link_cut" and ended_before_repair:
             # keepalive (5 s x 6) finds the cut, the abort, 10 s later the connections are closed
             assert ended_s < 90, ended_s
         # the guest never left hosta and its disks are as they were

@@ -1197,7 +1197,9 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         hard_deadline = plan.timeout_s + opts.abort_grace_s + 10 * max(opts.poll_interval_s, 1.0)
         if plan.timeout_action == "postcopy":
             hard_deadline = None  # a post-copy phase must be waited for; it cannot be undone
+    started_clock = rt.clock()
     outcome = wait_for(check, timing(opts.poll_interval_s, hard_deadline, rt.clock, rt.sleep))
+    lingering: str | None = None
     if outcome != "done":
         raise KvmopsError(
             "Migration of %s to %s did not end %s after the abort request (%s); the job may still "
@@ -1206,6 +1208,14 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
                                            "%d s" % opts.abort_grace_s, monitor.reason, src_where, source["name"],
                                            plan.dest_uri),
             values={"progress": monitor.last, "reason": monitor.reason})
+
+    if worker.error is not None and monitor.postcopy_at is None:
+        # migrate3 can return its error while the source's job still runs (libvirt ends the API
+        # call once QEMU reports the migration cancelled or failed, and the storage copy's mirror
+        # jobs may still wait on a dead link): the job has ended only when the source domain
+        # holds none. Until then keep waiting, and close the data connections as above.
+        abort_clock = None if monitor.aborted_at is None else started_clock + monitor.aborted_at
+        lingering = _wait_source_job_ended(dom, plan, opts, source["name"], rt, notes, abort_clock, severed, lv)
 
     if worker.error is not None:
         err = worker.error
@@ -1225,6 +1235,8 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             recovery = ["The aborted job was ended %g s after the abort by closing its %d data "
                         "connection(s) to %s on the source." % (opts.sever_after_s, len(severed[0]["closed"]),
                                                                 opts.dest_host)] + list(recovery)
+        if lingering:
+            recovery = [lingering] + list(recovery)
         raise KvmopsError(
             "Migration of %s from %s to %s failed (%s; last progress: %s). %s"
             % (source["name"], src_where, opts.dest_host, why, _brief(monitor.last), " ".join(recovery)),
@@ -1296,6 +1308,52 @@ def explain_failure(detail: str, dest: str, guest: str) -> str:
         if re.search(pattern, detail or "", re.IGNORECASE):
             return cause.format(dest=dest, guest=guest)
     return "libvirt reported an error"
+
+
+def _source_job_type(dom: t.Any, lv: t.Any) -> int:
+    """The type of the source domain's current job (``virDomainGetJobInfo``: 0 none, 1 bounded,
+    2 unbounded, 5 cancelled but not yet ended); 0 when it cannot be read (the domain or the
+    connection is gone: no job of ours can be left there then)."""
+    try:
+        return int(dom.jobInfo()[0])
+    except Exception as err:
+        if not _is_lv_error(err, lv):
+            raise
+        return 0
+
+
+def _wait_source_job_ended(dom: t.Any, plan: "MigrationPlan", opts: MigrationOptions, name: str,
+                           rt: Runtime, notes: list[str], abort_clock: float | None,
+                           severed: list[dict[str, t.Any]], lv: t.Any) -> str | None:
+    """After ``migrate3`` failed (pre-copy): wait until the source domain holds no job.
+
+    ``sever_after_s`` after the abort (or after the failure, when nothing was aborted), the
+    source QEMU's data connections to the destination are closed (:func:`_sever`), once. Waits at
+    most ``abort_grace_s``. ``abort_clock``: ``rt.clock()`` at the abort, None if none was sent.
+    libvirt API: ``virDomainGetJobInfo`` (``dom.jobInfo()``).
+
+    :returns: None once no job is left; else a sentence for the failure message saying the job
+        still runs on the source.
+    """
+    if _source_job_type(dom, lv) == 0:
+        return None
+    rt.log("kvmops.migration: migrate3 returned but the source still holds a job: waiting for it to end")
+    started = rt.clock()
+    already = 0.0 if abort_clock is None else max(0.0, started - abort_clock)  # s since the abort
+
+    def check(elapsed: float) -> t.Any:
+        if _source_job_type(dom, lv) == 0:
+            return "ended"
+        if not severed and opts.sever_after_s is not None and already + elapsed >= opts.sever_after_s:
+            severed.append(_sever(plan, opts, name, rt, notes))
+        return None
+
+    outcome = wait_for(check, timing(opts.poll_interval_s, opts.abort_grace_s, rt.clock, rt.sleep))
+    if outcome == "ended":
+        rt.log("kvmops.migration: the source's job ended %.1f s after migrate3 returned" % (rt.clock() - started))
+        return None
+    return ("The migration job on the source had not ended %d s after the failure: check 'virsh "
+            "domjobinfo %s' there; the guest keeps running on its own disks." % (opts.abort_grace_s, name))
 
 
 def _brief(sample: dict[str, t.Any] | None) -> str:

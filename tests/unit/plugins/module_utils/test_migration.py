@@ -564,6 +564,8 @@ class FakeDomain:
         self.finished = threading.Event()
         self.aborted = False
         self.pause_during_migration = False
+        # job types virDomainGetJobInfo reports after migrate3 returned (0: no job), one per call
+        self.lingering_job: list = []
 
     def name(self):
         return self._name
@@ -608,6 +610,11 @@ class FakeDomain:
         if len(self.samples) == 1 and getattr(self, "finish_after_samples", False):
             self.finished.set()
         return sample["stats"]
+
+    def jobInfo(self):
+        if self.lingering_job:
+            return [self.lingering_job[0]] + [0] * 11
+        return [0] * 12
 
     def migrateSetMaxDowntime(self, ms, flags=0):
         self.calls.append(("migrateSetMaxDowntime", ms))
@@ -927,6 +934,78 @@ def test_cut_link_abort_that_hangs_is_ended_by_closing_the_data_connections(monk
     # the guest runs on the source; the destination could not be reached (its libvirtd removes
     # the incoming domain itself, which the message says)
     assert sdom.isActive() and sconn.domains == [sdom] and "could not be checked" in msg
+
+
+def test_cut_link_migrate3_returns_before_the_job_ends_and_the_wait_goes_on(monkeypatch):
+    """Issue 13 item 7, as seen in the full lab suite: migrate3 returns the abort's error at once,
+    while the source keeps a 'Cancelled' job (its mirror jobs wait on the dead link). The run must
+    not report before that job ended: it waits, closes the data connections sever_after_s after
+    the abort, and only then recovers and reports."""
+    from ansible_collections.kvmops.migration.plugins.module_utils import _images
+
+    lv = LV_11_3
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_not_converging.json", abort_grace_s=120,
+                                              sever_after_s=10)
+    polls = {"n": 0}
+    real_stats = sdom.jobStats
+
+    def stats(flags=0):
+        polls["n"] += 1
+        if polls["n"] == 3:
+            dconn.alive = False  # keepalive gave up on the destination
+        return real_stats(flags)
+
+    sdom.jobStats = stats
+    real_abort = sdom.abortJob
+
+    def abort():
+        sdom.lingering_job = [5]  # VIR_DOMAIN_JOB_CANCELLED: the job is still there
+        real_abort()  # migrate3 returns with "canceled by client" right away
+
+    sdom.abortJob = abort
+    events = []
+
+    class Kernel(_images.Runner):
+        conns = ["ESTAB 0 2339968 198.18.0.1:34610 198.18.0.2:49153 users:((\"qemu-system-x86\",pid=4242,fd=41))"]
+
+        def run(self, argv):
+            if argv[1] == "-K":
+                self.conns = []
+                events.append(("sever", rt.clock()))
+                sdom.lingering_job = []  # the mirror jobs fail: the job ends
+                return _images.RunResult(0, "", "")
+            return _images.RunResult(0, "\n".join(self.conns), "")
+
+    real_resume = sdom.resume
+    sdom.resume = lambda: (events.append(("resume", rt.clock(), list(sdom.lingering_job))), real_resume())[1]
+    rt.runner = Kernel()
+    monkeypatch.setattr(m._sockets, "qemu_pid", lambda name: 4242 if name == "vm12" else None)
+    with pytest.raises(KvmopsError) as err:
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    msg = err.value.msg
+    assert "by closing its 1 data connection(s) to 198.18.0.2" in msg
+    assert "had not ended" not in msg
+    assert events and events[0][0] == "sever"
+    assert 10 <= events[0][1] < 20  # sever_after_s after the abort
+    # anything the recovery did came after the job ended
+    assert all(e[2] == [] for e in events if e[0] == "resume")
+    assert sdom.isActive() and sconn.domains == [sdom]
+
+
+def test_a_job_that_outlives_migrate3_and_the_grace_is_named_in_the_failure(monkeypatch):
+    """When closing the connections is off and the job stays, the failure says so after
+    abort_grace_s instead of claiming the source is clean."""
+    lv = LV_11_3
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_not_converging.json", abort_grace_s=30,
+                                              sever_after_s=None)
+    real_stats = sdom.jobStats
+    sdom.jobStats = lambda flags=0: (setattr(dconn, "alive", False), real_stats(flags))[1]
+    real_abort = sdom.abortJob
+    sdom.abortJob = lambda: (setattr(sdom, "lingering_job", [5]), real_abort())
+    with pytest.raises(KvmopsError) as err:
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert "had not ended 30 s after the failure" in err.value.msg
+    assert "virsh domjobinfo vm12" in err.value.msg
 
 
 def test_sever_is_off_when_asked_and_never_in_post_copy(monkeypatch):

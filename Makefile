@@ -26,8 +26,9 @@ lab-down:
 lab-status:
 	$(LAB) status
 
-demo: setup  ## bring the lab up with a fresh demo guest on hosta, then run the main job
+demo: setup  ## the user's journey: bare Debian hosts, prepare_hosts.yml, a demo guest, the main job
 	$(LAB) up --no-guest
+	ansible-playbook -i $(INVENTORY) playbooks/prepare_hosts.yml
 	$(LAB) guest --name $(VM) --recreate --wait
 	ansible-playbook -i $(INVENTORY) playbooks/migrate.yml -e vm=$(VM)
 

@@ -7,10 +7,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 BACKPORTS_PKGS=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu
-  libvirt-clients libvirt-dev python3-libvirt)
+  libvirt-clients libvirt-dev python3-libvirt systemd-container debootstrap)
 PKGS=(pkg-config gcc python3-dev python3-venv python3-lxml openssh-server openssh-client
   busybox-static cpio xz-utils kmod iproute2 iputils-ping iperf3 lvm2 socat e2fsprogs
-  dnsmasq-base nftables iptables util-linux procps git make)
+  dnsmasq-base nftables iptables util-linux procps git make apt-cacher-ng)
 
 need_apt=0
 for p in "${BACKPORTS_PKGS[@]}" "${PKGS[@]}"; do

@@ -65,23 +65,30 @@ def left_on_dest() -> dict:
 # --------------------------------------------------------------------------- the faults
 
 def kill_dest_libvirtd() -> None:
-    # hostb's own libvirtd only (the hosts share one PID namespace: no pkill), as a crash would
-    lab.in_host(DEST, "kill -9 $(cat /run/libvirtd.pid)")
+    # as a crash would: SIGKILL, and it stays down (systemd's restart held off) until repaired
+    lab.stop_libvirtd(DEST, crash=True)
 
 
 def restart_dest_libvirtd() -> None:
     lab.start_daemons(DEST)
 
 
+CUT_RULES = """
+table inet kvmops_lab_cut {
+    chain input { type filter hook input priority -300; policy accept; ip saddr %(src)s drop; }
+    chain output { type filter hook output priority -300; policy accept; ip daddr %(src)s drop; }
+}
+"""
+
+
 def cut_link() -> None:
     # The link between the hypervisors drops every packet silently (a dead switch port); the
     # controller still reaches both hosts, as over a separate management network.
-    for chain, side in (("INPUT", "-s"), ("OUTPUT", "-d")):
-        lab.in_host(DEST, ["iptables", "-I", chain, side, lab.HOSTS[SRC], "-j", "DROP"])
+    lab.in_host(DEST, ["nft", "-f", "-"], input=CUT_RULES % {"src": lab.HOSTS[SRC]})
 
 
 def repair_link() -> None:
-    lab.in_host(DEST, ["iptables", "-F"])
+    lab.in_host(DEST, ["nft", "delete", "table", "inet", "kvmops_lab_cut"])
     # the aborted job on the source ends once its connections can close
     lab.wait_for(source_job_ended, "the aborted job on hosta to end", 300)
 
@@ -193,7 +200,7 @@ def test_fault_in_the_middle(lab_up, fault):
         assert proof.domain_state(DEST) == "running" and proof.domain_state(SRC) is None
     finally:
         lab_cmd("shape", "--off", check=False)
-        lab.in_host(DEST, ["iptables", "-F"], check=False)
+        lab.in_host(DEST, ["nft", "delete", "table", "inet", "kvmops_lab_cut"], check=False, capture=True)
         if not lab.daemon_running(DEST, "libvirtd"):
             restart_dest_libvirtd()
         lab_cmd("guest", "--recreate", "--wait")

@@ -116,9 +116,7 @@ def test_conflicting_domain_on_destination(guest_on_hosta):
 
 def test_destination_libvirtd_stopped(guest_on_hosta):
     before = proof.host_snapshot()
-    # hostb's own libvirtd only (the hosts share one PID namespace: no pkill)
-    lab.in_host(DEST, "kill $(cat /run/libvirtd.pid)")
-    lab.wait_for(lambda: not lab.daemon_running(DEST, "libvirtd"), "libvirtd on hostb to stop", 20)
+    lab.stop_libvirtd(DEST)  # systemctl stop, its sockets too
     try:
         res = _preflight()
         f = _one(res, "dest_connection")

@@ -103,7 +103,8 @@ def test_prepare_hosts_is_idempotent(lab_up):
             peer = other(host)
             with open(lab.hdir(host, "root-ssh", "authorized_keys")) as f:
                 authorized = f.read()
-            with open(os.path.join(lab.STATE, "keys", "%s_id_ed25519.pub" % peer)) as f:
+            # the peer's own key, made there by the role
+            with open(lab.hdir(peer, "root-ssh", "id_ed25519.pub")) as f:
                 peer_key = f.read().split()[1]
             assert 'from="%s" ssh-ed25519 %s' % (addresses, peer_key) in authorized, authorized
             with open(os.path.join(lab.STATE, "keys", "%s_hostkey_ed25519.pub" % peer)) as f:
@@ -133,8 +134,7 @@ def test_prepare_hosts_is_idempotent(lab_up):
 def _set_host_uuid(host: str, value: str) -> None:
     """Write host_uuid into a lab host's libvirtd.conf and restart its libvirtd (no systemd)."""
     lab.in_host(host, ["sed", "-i", 's/^host_uuid = .*/host_uuid = "%s"/' % value, "/etc/libvirt/libvirtd.conf"])
-    lab.in_host(host, 'pid=$(cat /run/libvirtd.pid) && kill "$pid" && while kill -0 "$pid" 2>/dev/null; '
-                      'do sleep 0.2; done; /usr/sbin/libvirtd -d')
+    lab.in_host(host, ["systemctl", "restart", "libvirtd"])
     lab.wait_for(lambda: lab.in_host(host, ["virsh", "-q", "uri"], check=False, capture=True).returncode == 0,
                  "libvirtd on %s" % host, 30)
 

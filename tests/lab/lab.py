@@ -52,9 +52,13 @@ GUEST_DISK_BYTES = 10 * GIB
 GUEST_WRITTEN = [(0, 64), (2 * 1024, 64), (5 * 1024, 64), (9 * 1024, 64)]  # (offset MiB, MiB)
 DEFAULT_NET_ADDR = "198.18.1.1"
 MANIFEST_DIR = "/var/lib/kvmops-migration"
+DEFAULT_SUITE = "trixie"  # Debian 13; --mixed gives hosta bookworm (Debian 12)
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+APT_PROXY_PORT = 3142
+APT_PROXY = "http://%s:%d" % (BRIDGE_ADDR, APT_PROXY_PORT)
 PRIVATE_DIRS = {
-    # mount point inside the host -> directory name under STATE/<host>/
-    "/etc/libvirt": "etc-libvirt",
+    # mount point inside the host -> directory name under STATE/<host>/ (bound into the booted
+    # host, so that tests read and stage files there from the root namespace)
     "/var/lib/libvirt": "var-lib-libvirt",
     "/var/log/libvirt": "var-log-libvirt",
     "/var/cache/libvirt": "var-cache-libvirt",
@@ -74,7 +78,11 @@ def run(cmd: list[str] | str, check: bool = True, capture: bool = False, input: 
         timeout: float | None = 120) -> subprocess.CompletedProcess:
     if isinstance(cmd, str):
         cmd = shlex.split(cmd)
+    # never the caller's stdin: a child that sets it non-blocking (QEMU's -serial stdio) and is
+    # killed leaves it so, and the next ansible-playbook refuses to start ("Ansible requires
+    # blocking IO"); and nothing of the lab reads a terminal
     res = subprocess.run(cmd, input=input, text=True, timeout=timeout, check=False,
+                         stdin=subprocess.DEVNULL if input is None else None,
                          stdout=subprocess.PIPE if capture else None,
                          stderr=subprocess.PIPE if capture else None)
     if check and res.returncode != 0:
@@ -91,25 +99,6 @@ def hdir(host: str, *parts: str) -> str:
     return os.path.join(STATE, host, *parts)
 
 
-def holder_pid(host: str) -> int | None:
-    try:
-        with open(hdir(host, "holder.pid")) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    # make sure it is ours: it must live in the host's network namespace
-    try:
-        if os.readlink("/proc/%d/ns/net" % pid) != _netns_id(host):
-            return None
-    except OSError:
-        return None
-    return pid
-
-
 def _netns_id(host: str) -> str | None:
     path = "/run/netns/%s" % host
     if not os.path.exists(path):
@@ -119,13 +108,15 @@ def _netns_id(host: str) -> str | None:
 
 
 def in_host(host: str, cmd: list[str] | str, **kw) -> subprocess.CompletedProcess:
-    """Run ``cmd`` inside a hypervisor host (its network, mount and UTS namespaces)."""
+    """Run ``cmd`` inside a booted lab host (all its namespaces), as root logged in there."""
     pid = holder_pid(host)
     if pid is None:
         raise SystemExit("lab: host %s is not up (run: lab.py up)" % host)
     if isinstance(cmd, str):
         cmd = ["/bin/sh", "-c", cmd]
-    return run(["nsenter", "-t", str(pid), "-m", "-u", "-n", "--"] + cmd, **kw)
+    env = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME=/root", "LANG=C.UTF-8", "TERM=dumb"]
+    return run(["nsenter", "-t", str(pid), "-a", "--"] + env + cmd, **kw)
 
 
 def in_host_out(host: str, cmd: list[str] | str, check: bool = True) -> str:
@@ -267,8 +258,10 @@ def probe_accelerator(art: dict[str, str]) -> str:
                "-display", "none", "-serial", "stdio", "-no-reboot", "-kernel", art["kernel"],
                "-initrd", art["initrd"], "-append", "console=ttyS0 kvmops.probe=1 panic=-1"]
         try:
-            res = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 timeout=30, errors="replace", check=False)
+            # stdin from /dev/null: QEMU's -serial stdio sets its stdin non-blocking and, killed
+            # at the timeout, would leave the caller's terminal so (issue 14 item 6)
+            res = subprocess.run(cmd, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, timeout=30, errors="replace", check=False)
             output = res.stdout
         except subprocess.TimeoutExpired as exc:
             output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
@@ -323,35 +316,27 @@ def ensure_netns(name: str, addr: str, bridge_inside: bool) -> None:
 # --------------------------------------------------------------------------- ssh keys
 
 def ensure_keys() -> None:
+    """The controller's key and each host's ssh host key (installed into the host's root by
+    :func:`ensure_host_root`), and the controller's known_hosts: what a user brings (ssh access
+    to their servers). The hosts' own keys and their trust are the kvm_host role's work."""
     keys = os.path.join(STATE, "keys")
     os.makedirs(keys, mode=0o700, exist_ok=True)
-    for name in ["controller"] + list(HOSTS):
-        for kind in ("id", "hostkey"):
-            if kind == "hostkey" and name == "controller":
-                continue
-            path = os.path.join(keys, "%s_%s_ed25519" % (name, kind))
-            if not os.path.exists(path):
-                run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kvmops-lab-%s-%s" % (name, kind),
-                     "-f", path])
-    pub = {n: _read(os.path.join(keys, "%s_id_ed25519.pub" % n)) for n in ["controller"] + list(HOSTS)}
+    for name, kind in [("controller", "id")] + [(h, "hostkey") for h in HOSTS]:
+        path = os.path.join(keys, "%s_%s_ed25519" % (name, kind))
+        if not os.path.exists(path):
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kvmops-lab-%s-%s" % (name, kind),
+                 "-f", path])
     known = []
     for host, addr in HOSTS.items():
         hk = _read(os.path.join(keys, "%s_hostkey_ed25519.pub" % host)).split()
         known.append("%s,%s %s %s" % (host, addr, hk[0], hk[1]))
     write(os.path.join(STATE, "known_hosts"), "\n".join(known) + "\n", 0o600)
-    for host in HOSTS:
-        sshd = hdir(host, "root-ssh")
-        os.makedirs(sshd, mode=0o700, exist_ok=True)
-        write(os.path.join(sshd, "authorized_keys"), "\n".join(pub.values()) + "\n", 0o600)
-        write(os.path.join(sshd, "known_hosts"), "\n".join(known) + "\n", 0o600)
-        shutil.copy2(os.path.join(keys, "%s_id_ed25519" % host), os.path.join(sshd, "id_ed25519"))
-        shutil.copy2(os.path.join(keys, "%s_id_ed25519.pub" % host), os.path.join(sshd, "id_ed25519.pub"))
-        os.chmod(os.path.join(sshd, "id_ed25519"), 0o600)
 
 
 # --------------------------------------------------------------------------- hosts
 
 def host_uuid(host: str) -> str:
+    """Kept for tools that read it; the lab no longer writes libvirt's host_uuid (the role does)."""
     path = hdir(host, "host_uuid")
     val = _read(path)
     if not val:
@@ -360,122 +345,310 @@ def host_uuid(host: str) -> str:
     return val
 
 
-def prepare_host_dirs(host: str, addr: str) -> None:
-    for mnt, name in PRIVATE_DIRS.items():
-        # the mount point itself must exist on the machine (a fresh one has no /root/.ssh)
-        os.makedirs(mnt, mode=0o700 if mnt == "/root/.ssh" else 0o755, exist_ok=True)
-        src = hdir(host, name)
-        if mnt == "/etc/libvirt":
-            if not os.path.isdir(src):
-                shutil.copytree("/etc/libvirt", src, symlinks=True)
-                # the packaged default network (192.168.122.0/24) is replaced by the lab's own
-                for p in ("qemu/networks/autostart/default.xml", "qemu/networks/default.xml"):
-                    if os.path.lexists(os.path.join(src, p)):
-                        os.unlink(os.path.join(src, p))
-        else:
-            os.makedirs(src, exist_ok=True)
-    for sub in ("images", "boot", "qemu", "network", "dnsmasq"):
-        os.makedirs(hdir(host, "var-lib-libvirt", sub), exist_ok=True)
-    os.makedirs(hdir(host, "var-log-libvirt", "qemu"), exist_ok=True)
+def host_root(host: str) -> str:
+    """The root filesystem of a booted lab host (a Debian server)."""
+    return hdir(host, "root")
+
+
+def suite_of(host: str) -> str:
+    """The Debian release of ``host``: trixie (Debian 13), or bookworm (Debian 12) for hosta when
+    the lab was brought up with ``--mixed``."""
+    return _read(hdir(host, "suite")) or DEFAULT_SUITE
+
+
+def ensure_apt_proxy() -> None:
+    """apt-cacher-ng (Debian's package) on the bridge address in the root namespace: the lab
+    hosts' only way to packages. Its cache in STATE/apt-cache outlives ``down``."""
+    if _proxy_pid() is not None:
+        return
+    if shutil.which("apt-cacher-ng") is None and not os.path.exists("/usr/sbin/apt-cacher-ng"):
+        raise SystemExit("lab: apt-cacher-ng is missing: run tools/bootstrap.sh (make setup)")
+    cache, logs = os.path.join(STATE, "apt-cache"), os.path.join(STATE, "apt-cache-log")
+    os.makedirs(cache, exist_ok=True)
+    os.makedirs(logs, exist_ok=True)
+    conf = os.path.join(STATE, "apt-cacher-ng")
+    # a configuration of the lab's own: the package's backends name mirrors these machines
+    # cannot reach; the Debian archive is fetched from the registry the machine uses
+    write(os.path.join(conf, "acng.conf"), textwrap.dedent("""\
+        # kvmops lab: the apt proxy of the lab's hosts (tests/lab/lab.py)
+        CacheDir: %(cache)s
+        LogDir: %(logs)s
+        SocketPath: %(conf)s/socket
+        PidFile: %(conf)s/pid
+        Port: %(port)d
+        BindAddress: %(addr)s
+        Remap-debrep: file:backends_debian /debian ; file:backends_debian
+        ExThreshold: 90
+        VerboseLog: 1
+        """) % {"cache": cache, "logs": logs, "conf": conf, "port": APT_PROXY_PORT, "addr": BRIDGE_ADDR})
+    write(os.path.join(conf, "backends_debian"), DEBIAN_MIRROR + "/\n")
+    logf = open(os.path.join(STATE, "apt-cacher-ng.out"), "w")
+    proc = subprocess.Popen(["/usr/sbin/apt-cacher-ng", "-c", conf, "ForeGround=1"],
+                            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
+    write(os.path.join(STATE, "apt-cacher-ng.pid"), str(proc.pid))
+    import socket
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((BRIDGE_ADDR, APT_PROXY_PORT), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    raise SystemExit("lab: apt-cacher-ng did not start: %s" % _read(os.path.join(STATE, "apt-cacher-ng.out")))
+
+
+def _proxy_pid() -> int | None:
+    try:
+        pid = int(_read(os.path.join(STATE, "apt-cacher-ng.pid")) or "")
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            if b"apt-cacher-ng" not in f.read():
+                return None
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_base(suite: str) -> str:
+    """A minimal Debian ``suite`` root filesystem (debootstrap from the Debian registry, through
+    the lab's apt proxy), built once into STATE/base/SUITE: what a freshly installed server has
+    (systemd, dbus, sshd, python3, iproute2), nothing of libvirt or QEMU."""
+    base = os.path.join(STATE, "base", suite)
+    if os.path.exists(os.path.join(base, ".kvmops-base")):
+        return base
+    tmp = base + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    if shutil.which("debootstrap") is None and not os.path.exists("/usr/sbin/debootstrap"):
+        raise SystemExit("lab: debootstrap is missing: run tools/bootstrap.sh (make setup)")
+    log("building the %s root filesystem of the lab hosts (debootstrap, once)" % suite)
+    env = dict(os.environ, http_proxy="http://%s:%d" % (BRIDGE_ADDR, APT_PROXY_PORT))
+    res = subprocess.run(["debootstrap", "--variant=minbase",
+                          "--include=systemd,systemd-sysv,dbus,openssh-server,python3,iproute2,ca-certificates",
+                          suite, tmp, DEBIAN_MIRROR], env=env, text=True, capture_output=True, check=False)
+    if res.returncode:
+        raise SystemExit("lab: debootstrap %s failed:\n%s" % (suite, (res.stdout + res.stderr)[-3000:]))
+    # as an installer leaves it: no machine id yet (set per host), sources of the release
+    write(os.path.join(tmp, "etc", "machine-id"), "")
+    sources = ["deb %s %s main" % (DEBIAN_MIRROR, suite), "deb %s %s-updates main" % (DEBIAN_MIRROR, suite)]
+    write(os.path.join(tmp, "etc", "apt", "sources.list"), "\n".join(sources) + "\n")
+    for f in os.listdir(os.path.join(tmp, "etc", "ssh")):
+        if f.startswith("ssh_host_"):
+            os.unlink(os.path.join(tmp, "etc", "ssh", f))
+    write(os.path.join(tmp, ".kvmops-base"), suite + "\n")
+    os.replace(tmp, base)
+    return base
+
+
+def ensure_host_root(host: str, addr: str) -> None:
+    """The host's own root filesystem, a copy of the base (kept across ``down``/``up``, like a
+    server's disk): hostname, machine id, the lab's ssh host key and the controller's key for
+    root. Nothing of libvirt: that is the ``kvm_host`` role's work."""
+    root = host_root(host)
+    suite = suite_of(host)
+    if not os.path.exists(os.path.join(root, ".kvmops-host")):
+        base = ensure_base(suite)
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(hdir(host), exist_ok=True)
+        run(["cp", "-a", "--reflink=auto", base, root])
+        write(os.path.join(root, "etc", "hostname"), host + "\n")
+        write(os.path.join(root, "etc", "machine-id"), uuid.uuid4().hex + "\n", 0o444)
+        write(os.path.join(root, "etc", "hosts"), "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n"
+              "::1\tlocalhost ip6-localhost ip6-loopback\n" % host)
+        # no name server: a name that is not in /etc/hosts fails at once instead of timing out
+        write(os.path.join(root, "etc", "resolv.conf"), "# kvmops lab: no DNS on the lab network\n")
+        write(os.path.join(root, ".kvmops-host"), "%s %s\n" % (host, suite))
+    keys = os.path.join(STATE, "keys")
+    for ext, mode in (("", 0o600), (".pub", 0o644)):
+        shutil.copy2(os.path.join(keys, "%s_hostkey_ed25519%s" % (host, ext)),
+                     os.path.join(root, "etc", "ssh", "ssh_host_ed25519_key%s" % ext))
+        os.chmod(os.path.join(root, "etc", "ssh", "ssh_host_ed25519_key%s" % ext), mode)
+    for sub in PRIVATE_DIRS.values():
+        os.makedirs(hdir(host, sub), exist_ok=True)
     os.chmod(hdir(host, "root-ssh"), 0o700)
-    etc = hdir(host, "etc-libvirt")
-    write(os.path.join(etc, "libvirtd.conf"), textwrap.dedent("""\
-        # kvmops lab: libvirtd of %(host)s
-        listen_tls = 0
-        listen_tcp = 0
-        unix_sock_group = "root"
-        unix_sock_rw_perms = "0770"
-        host_uuid = "%(uuid)s"
-        log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
-        keepalive_interval = 5
-        keepalive_count = 5
-        """) % {"host": host, "uuid": host_uuid(host)})
-    write(os.path.join(etc, "qemu.conf"), textwrap.dedent("""\
-        # kvmops lab: QEMU driver of %(host)s (no systemd, no cgroups, no virtlogd in namespaces)
-        security_driver = "none"
-        cgroup_controllers = [ ]
-        stdio_handler = "file"
-        migration_address = "%(addr)s"
-        user = "root"
-        group = "root"
-        """) % {"host": host, "addr": addr})
-    hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-    hosts += ["%s\t%s" % (a, h) for h, a in HOSTS.items()] + ["%s\t%s" % (OBSERVER[1], OBSERVER[0])]
-    write(hdir(host, "hosts"), "\n".join(hosts) + "\n")
-    write(hdir(host, "hostname"), host + "\n")
-    write(hdir(host, "sshd_config"), textwrap.dedent("""\
-        # kvmops lab: sshd of %(host)s
-        ListenAddress %(addr)s
-        HostKey %(keys)s/%(host)s_hostkey_ed25519
-        PidFile /run/sshd.pid
-        PermitRootLogin prohibit-password
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        UsePAM no
-        StrictModes no
-        AuthorizedKeysFile /root/.ssh/authorized_keys
-        AcceptEnv LANG LC_*
-        MaxStartups 100:30:200
-        MaxSessions 100
-        Subsystem sftp /usr/lib/openssh/sftp-server
-        """) % {"host": host, "addr": addr, "keys": os.path.join(STATE, "keys")})
-    binds = "\n".join("mount --bind %s %s" % (shlex.quote(hdir(host, n)), m) for m, n in PRIVATE_DIRS.items())
-    write(hdir(host, "holder.sh"), textwrap.dedent("""\
-        #!/bin/sh
-        # kvmops lab: the namespace holder of %(host)s (private mounts, own hostname)
-        set -e
-        mount --make-rprivate /
-        mount -t tmpfs -o mode=0755 tmpfs /run
-        mkdir -p /run/sshd /run/libvirt /run/lock
-        %(binds)s
-        mount --bind %(hosts)s /etc/hosts
-        mount --bind %(hostname)s /etc/hostname
-        hostname %(host)s
-        echo ready > %(ready)s
-        exec sleep infinity
-        """) % {"host": host, "binds": binds, "hosts": hdir(host, "hosts"),
-                "hostname": hdir(host, "hostname"), "ready": hdir(host, "holder.ready")}, 0o755)
+    # the controller's key for root, as a provisioned server has it (the role adds the peers')
+    auth = hdir(host, "root-ssh", "authorized_keys")
+    ctl = _read(os.path.join(keys, "controller_id_ed25519.pub"))
+    have = (_read(auth) or "").splitlines()
+    if ctl not in have:
+        write(auth, "\n".join(have + [ctl]) + "\n", 0o600)
 
 
-def start_holder(host: str) -> int:
+def _children(pid: int) -> list[int]:
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def holder_pid(host: str) -> int | None:
+    """The pid (in the root namespace) of the booted host's systemd (its PID 1), or None."""
+    try:
+        nspawn = int(_read(hdir(host, "nspawn.pid")) or "")
+    except ValueError:
+        return None
+    try:
+        with open("/proc/%d/cmdline" % nspawn, "rb") as f:
+            if b"systemd-nspawn" not in f.read():
+                return None
+    except OSError:
+        return None
+    # systemd-nspawn -> systemd (or, with some versions, an intermediate nspawn process -> systemd)
+    for child in _children(nspawn):
+        for grandchild in [child] + _children(child):
+            try:
+                with open("/proc/%d/comm" % grandchild) as f:
+                    if f.read().strip() != "systemd":
+                        continue
+                # ours: it lives in the host's network namespace
+                if os.readlink("/proc/%d/ns/net" % grandchild) == _netns_id(host):
+                    return grandchild
+            except OSError:
+                continue
+    return None
+
+
+def boot_host(host: str) -> int:
+    """Boot ``host`` (systemd as PID 1 in its own container, in the host's network namespace)
+    unless it runs; wait until systemd reports the system up and sshd answers."""
+    pid = holder_pid(host)
+    if pid is None:
+        binds = ["--bind=%s:%s" % (hdir(host, n), m) for m, n in PRIVATE_DIRS.items()]
+        # the host's lab directory at the same path: files the tests hand to the host (XML)
+        binds.append("--bind=%s" % hdir(host))
+        for dev in ("/dev/kvm", "/dev/net/tun"):
+            if os.path.exists(dev):
+                binds.append("--bind=%s" % dev)
+        cmd = ["systemd-nspawn", "-D", host_root(host), "--keep-unit", "--register=no", "-b",
+               "--machine=kvmops-%s" % host, "--hostname=%s" % host,
+               "--network-namespace-path=/run/netns/%s" % host, "--resolv-conf=off", "--timezone=off",
+               "--link-journal=no", "--console=passive", "--capability=all"] + binds
+        logf = open(hdir(host, "nspawn.log"), "w")
+        # /proc/sys/net writable: libvirt sets bridge and forwarding sysctls of its networks
+        env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="0", SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                start_new_session=True, env=env)
+        write(hdir(host, "nspawn.pid"), str(proc.pid))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pid = holder_pid(host)
+            if pid is not None:
+                break
+            if proc.poll() is not None:
+                raise SystemExit("lab: %s did not boot:\n%s" % (host, _read(hdir(host, "nspawn.log"))))
+            time.sleep(0.2)
+        else:
+            raise SystemExit("lab: %s did not boot within 60 s" % host)
+
+    def booted() -> bool:
+        res = in_host(host, ["systemctl", "is-system-running"], check=False, capture=True)
+        return res.stdout.strip() in ("running", "degraded")
+    wait_for(booted, "systemd on %s to finish booting" % host, 120)
+    return pid
+
+
+def stop_host(host: str, timeout: float = 120) -> None:
+    """Shut ``host`` down as ``poweroff`` would (its guests destroyed first: libvirt-guests would
+    wait minutes for guests that ignore ACPI), then make sure nothing of it runs."""
     pid = holder_pid(host)
     if pid is not None:
-        return pid
-    if not os.path.isdir(MANIFEST_DIR):
-        os.makedirs(MANIFEST_DIR)
-        write(os.path.join(STATE, "created-manifest-mountpoint"), MANIFEST_DIR)
-    ready = hdir(host, "holder.ready")
-    if os.path.exists(ready):
-        os.unlink(ready)
-    logf = open(hdir(host, "holder.log"), "w")
-    proc = subprocess.Popen(["ip", "netns", "exec", host, "unshare", "--mount", "--uts",
-                             "--propagation", "private", "/bin/sh", hdir(host, "holder.sh")],
-                            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
-    write(hdir(host, "holder.pid"), str(proc.pid))
-    for _attempt in range(100):
-        if os.path.exists(ready):
-            break
-        if proc.poll() is not None:
-            raise SystemExit("lab: holder of %s exited: %s" % (host, _read(hdir(host, "holder.log"))))
-        time.sleep(0.1)
-    else:
-        raise SystemExit("lab: holder of %s did not get ready" % host)
-    return proc.pid
+        res = in_host(host, "command -v virsh >/dev/null && virsh -q list --name || true", check=False, capture=True)
+        for name in res.stdout.split():
+            in_host(host, ["virsh", "-q", "destroy", name], check=False, capture=True)
+        in_host(host, ["systemctl", "poweroff"], check=False, capture=True)
+    try:
+        nspawn = int(_read(hdir(host, "nspawn.pid")) or "")
+    except ValueError:
+        nspawn = None
+    if nspawn is not None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and os.path.exists("/proc/%d" % nspawn):
+            try:
+                with open("/proc/%d/cmdline" % nspawn, "rb") as f:
+                    if b"systemd-nspawn" not in f.read():
+                        break
+            except OSError:
+                break
+            time.sleep(0.3)
+        else:
+            if os.path.exists("/proc/%d" % nspawn):
+                try:
+                    os.kill(nspawn, signal.SIGKILL)
+                except OSError:
+                    pass
+    if os.path.exists(hdir(host, "nspawn.pid")):
+        os.unlink(hdir(host, "nspawn.pid"))
+
+
+def reboot_host(host: str) -> None:
+    """A restart of the host: poweroff, then boot again (the services that come back are the
+    enabled ones)."""
+    stop_host(host)
+    boot_host(host)
+    wait_for(lambda: ssh_ok(HOSTS[host]), "sshd on %s" % host, 60)
+
+
+def reset_host(host: str) -> None:
+    """Back to a freshly installed server: the host is stopped, its root filesystem and its
+    private directories are replaced by a new copy of the base."""
+    stop_host(host)
+    shutil.rmtree(host_root(host), ignore_errors=True)
+    for sub in PRIVATE_DIRS.values():
+        shutil.rmtree(hdir(host, sub), ignore_errors=True)
+
+
+def _unit(name: str) -> str:
+    return {"sshd": "ssh"}.get(name, name)
 
 
 def daemon_running(host: str, name: str) -> bool:
-    res = in_host(host, ["pgrep", "-x", "--ns", str(holder_pid(host)), "--nslist", "mnt", name],
-                  check=False, capture=True)
+    """The systemd unit of ``name`` (sshd, libvirtd, virtqemud) is active on ``host``."""
+    res = in_host(host, ["systemctl", "is-active", "--quiet", _unit(name)], check=False, capture=True)
     return res.returncode == 0
 
 
+LIBVIRTD_UNITS = ["libvirtd.socket", "libvirtd-ro.socket", "libvirtd-admin.socket", "libvirtd.service"]
+_NO_RESTART = "/run/systemd/system/libvirtd.service.d/kvmops-lab-fault.conf"
+
+
+def stop_libvirtd(host: str, crash: bool = False) -> None:
+    """libvirtd on ``host`` down and staying down (its sockets too, so that no connection starts
+    it again): stopped as an operator would, or with ``crash`` killed (SIGKILL, as a crash),
+    with systemd's restart of a failed libvirtd held off until :func:`start_daemons`."""
+    if crash:
+        in_host(host, "mkdir -p %s && printf '[Service]\\nRestart=no\\n' > %s && systemctl daemon-reload"
+                % (os.path.dirname(_NO_RESTART), _NO_RESTART))
+        in_host(host, ["systemctl", "stop"] + LIBVIRTD_UNITS[:3])
+        pid = libvirtd_pid(host)
+        if pid:
+            in_host(host, ["kill", "-9", str(pid)])
+    else:
+        in_host(host, ["systemctl", "stop"] + LIBVIRTD_UNITS)
+    wait_for(lambda: not daemon_running(host, "libvirtd"), "libvirtd on %s to stop" % host, 30)
+
+
 def start_daemons(host: str) -> None:
-    if not daemon_running(host, "sshd"):
-        in_host(host, ["/usr/sbin/sshd", "-f", hdir(host, "sshd_config")])
-    if not daemon_running(host, "libvirtd"):
-        in_host(host, ["/usr/sbin/libvirtd", "-d"])
-    wait_for(lambda: in_host(host, ["virsh", "-q", "uri"], check=False, capture=True).returncode == 0,
-             "libvirtd on %s" % host, 30)
+    """Start what a test stopped, as an operator would (systemctl start), and wait for libvirt."""
+    in_host(host, ["systemctl", "start", "ssh"], check=False, capture=True)
+    res = in_host(host, ["systemctl", "list-unit-files", "--no-legend", "libvirtd.service"], check=False, capture=True)
+    if res.stdout.strip():
+        in_host(host, "rm -f %s && systemctl daemon-reload && systemctl reset-failed libvirtd.service || true"
+                % _NO_RESTART, check=False, capture=True)
+        in_host(host, ["systemctl", "start"] + LIBVIRTD_UNITS, check=False, capture=True)
+        wait_for(lambda: in_host(host, ["virsh", "-q", "uri"], check=False, capture=True).returncode == 0,
+                 "libvirtd on %s" % host, 30)
+
+
+def libvirtd_pid(host: str) -> int | None:
+    """The main pid of libvirtd.service inside ``host`` (in its PID namespace), None if it does not run."""
+    res = in_host(host, ["systemctl", "show", "-p", "MainPID", "--value", "libvirtd"], check=False, capture=True)
+    try:
+        pid = int(res.stdout.strip())
+    except ValueError:
+        return None
+    return pid or None
 
 
 def wait_for(check, what: str, timeout: float) -> None:
@@ -485,27 +658,6 @@ def wait_for(check, what: str, timeout: float) -> None:
             return
         time.sleep(0.3)
     raise SystemExit("lab: timed out waiting for %s" % what)
-
-
-def ensure_default_network(host: str) -> None:
-    xml = textwrap.dedent("""\
-        <network>
-          <name>default</name>
-          <forward mode='nat'/>
-          <bridge name='virbr0' stp='on' delay='0'/>
-          <ip address='%s' netmask='255.255.255.0'>
-            <dhcp><range start='198.18.1.100' end='198.18.1.200'/></dhcp>
-          </ip>
-        </network>
-        """) % DEFAULT_NET_ADDR
-    if in_host(host, ["virsh", "-q", "net-info", "default"], check=False, capture=True).returncode != 0:
-        path = hdir(host, "net-default.xml")
-        write(path, xml)
-        in_host(host, ["virsh", "-q", "net-define", path], capture=True)
-        in_host(host, ["virsh", "-q", "net-autostart", "default"], capture=True)
-    info = in_host_out(host, ["virsh", "-q", "net-info", "default"])
-    if not any(line.split()[:2] == ["Active:", "yes"] for line in info.splitlines()):
-        in_host(host, ["virsh", "-q", "net-start", "default"], capture=True)
 
 
 # --------------------------------------------------------------------------- the demo guest
@@ -670,6 +822,13 @@ def wait_guest_ping(ip: str = GUEST_IP, timeout: float = 90) -> float:
 
 # --------------------------------------------------------------------------- inventory
 
+DEFAULT_NETWORK_XML = ("<network><name>default</name><forward mode='nat'/>"
+                       "<bridge name='virbr0' stp='on' delay='0'/>"
+                       "<ip address='%s' netmask='255.255.255.0'>"
+                       "<dhcp><range start='198.18.1.100' end='198.18.1.200'/></dhcp></ip></network>"
+                       % DEFAULT_NET_ADDR)
+
+
 def write_inventory() -> str:
     path = os.path.join(STATE, "inventory.yml")
     keys = os.path.join(STATE, "keys")
@@ -686,8 +845,23 @@ def write_inventory() -> str:
               "        ansible_ssh_common_args: %s" % json.dumps(ssh_args),
               "        ansible_ssh_pipelining: true",
               "        kvmops_lab: true",
-              "        # the guests' images live in /var/lib/libvirt/images, which is no libvirt pool",
-              "        # on the lab's hosts (a pool there would let libvirt pre-create the images)",
+              "        # what this site brings: packages through its apt proxy (no internet here)",
+              "        kvm_host_apt_proxy: %s" % APT_PROXY,
+              "        # the hosts are containers (systemd-nspawn): QEMU gets no cgroups or",
+              "        # security driver of its own there",
+              "        kvm_host_qemu_conf:",
+              "          security_driver: none",
+              "          cgroup_controllers: []",
+              "        # the guests' NAT network inside each host; the guests' bridge br-vm is the",
+              "        # hosts' uplink bridge, made with the host's network (as an installer would)",
+              "        kvm_host_networks:",
+              "          - name: default",
+              "            xml: %s" % json.dumps(DEFAULT_NETWORK_XML),
+              "        kvm_host_guest_bridges: [br-vm]",
+              "        # a pool of its own, not the images directory: a pool there would let libvirt",
+              "        # pre-create the images that the collection's tests expect to be missing",
+              "        kvm_host_storage_pools:",
+              "          - {name: kvmops-test, path: /var/lib/libvirt/kvmops-test-pool}",
               "        migrate_guest_allow_outside_pools: true"]
     write(path, "\n".join(lines) + "\n")
     return path
@@ -696,29 +870,71 @@ def write_inventory() -> str:
 # --------------------------------------------------------------------------- commands
 
 def cmd_up(args) -> None:
+    """Bare hosts: two booted Debian servers (systemd, sshd with the lab's key, python3) on the
+    lab bridge, the observer, the apt proxy, the inventory. Nothing of libvirt: ``prepare``
+    (playbooks/prepare_hosts.yml, the kvm_host role) makes them hypervisors."""
     if os.geteuid() != 0:
         raise SystemExit("lab: must run as root")
-    for tool in ("ip", "nsenter", "unshare", "libvirtd", "virsh", "qemu-system-x86_64", "sshd", "ssh-keygen"):
+    for tool in ("ip", "nsenter", "systemd-nspawn", "debootstrap", "apt-cacher-ng", "ssh-keygen", "qemu-system-x86_64"):
         if shutil.which(tool) is None and not os.path.exists("/usr/sbin/%s" % tool):
             raise SystemExit("lab: %s is missing: run tools/bootstrap.sh (make setup)" % tool)
     os.makedirs(STATE, exist_ok=True)
+    if getattr(args, "mixed", False):
+        for host in HOSTS:
+            want = "bookworm" if host == "hosta" else DEFAULT_SUITE
+            if suite_of(host) != want:
+                reset_host(host)
+                write(hdir(host, "suite"), want + "\n")
     ensure_keys()
     ensure_bridge()
+    ensure_apt_proxy()
     for host, addr in HOSTS.items():
         ensure_netns(host, addr, bridge_inside=True)
-        prepare_host_dirs(host, addr)
-        start_holder(host)
-        start_daemons(host)
-        ensure_default_network(host)
+        ensure_host_root(host, addr)
+        boot_host(host)
     ensure_netns(OBSERVER[0], OBSERVER[1], bridge_inside=False)
     inv = write_inventory()
     for host, addr in HOSTS.items():
-        wait_for(lambda a=addr: ssh_ok(a), "sshd on %s" % host, 20)
+        wait_for(lambda a=addr: ssh_ok(a), "sshd on %s" % host, 60)
     if not args.no_guest:
+        cmd_prepare(args)
         create_guest()
         took = wait_guest_ping()
         log("guest %s answers ping from observer at %s (%.1f s)" % (GUEST, GUEST_IP, took))
-    log("up: hosts %s, inventory %s" % (", ".join("%s=%s" % kv for kv in HOSTS.items()), inv))
+    log("up: hosts %s, inventory %s" % (", ".join("%s=%s (Debian %s)" % (h, a, suite_of(h)) for h, a in HOSTS.items()), inv))
+
+
+def prepared(host: str) -> bool:
+    """libvirt answers on ``host`` (the kvm_host role ran there)."""
+    return holder_pid(host) is not None and in_host(
+        host, "command -v virsh >/dev/null && virsh -q uri", check=False, capture=True).returncode == 0
+
+
+def cmd_prepare(args) -> None:
+    """Run playbooks/prepare_hosts.yml on the lab's hosts, as a user does on theirs."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    playbook = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    if not os.path.exists(playbook):
+        playbook = "ansible-playbook"
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(root, "ansible.cfg"))
+    res = subprocess.run([playbook, "-i", write_inventory(), os.path.join(root, "playbooks", "prepare_hosts.yml")],
+                         cwd=root, env=env, check=False)
+    if res.returncode:
+        raise SystemExit("lab: playbooks/prepare_hosts.yml failed (%d)" % res.returncode)
+
+
+def cmd_reset(args) -> None:
+    """Hosts back to freshly installed servers (new copies of the base root filesystem)."""
+    for host in args.hosts or list(HOSTS):
+        if host not in HOSTS:
+            raise SystemExit("lab: no host %s (hosts: %s)" % (host, ", ".join(HOSTS)))
+        reset_host(host)
+    log("reset: %s are fresh installs again (run: lab.py up)" % ", ".join(args.hosts or list(HOSTS)))
+
+
+def cmd_reboot(args) -> None:
+    reboot_host(args.host)
+    log("%s restarted" % args.host)
 
 
 def ssh_ok(addr: str) -> bool:
@@ -732,11 +948,9 @@ def ssh_cmd(addr: str, command: str) -> list[str]:
 
 
 def cmd_down(args) -> None:
+    for host in HOSTS:
+        stop_host(host)
     for host in list(HOSTS) + [OBSERVER[0]]:
-        if host in HOSTS and holder_pid(host) is not None:
-            names = in_host_out(host, ["virsh", "-q", "list", "--name"], check=False)
-            for name in names.split():
-                in_host(host, ["virsh", "-q", "destroy", name], check=False, capture=True)
         if netns_exists(host):
             pids = out(["ip", "netns", "pids", host], check=False).split()
             for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -752,11 +966,14 @@ def cmd_down(args) -> None:
                 if not pids:
                     break
             run(["ip", "netns", "del", host], check=False, capture=True)
-        pidfile = hdir(host, "holder.pid")
-        if os.path.exists(pidfile):
-            os.unlink(pidfile)
         if link_exists("kl-%s" % host):
             run(["ip", "link", "del", "kl-%s" % host], check=False, capture=True)
+    pid = _proxy_pid()
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
     if link_exists(BRIDGE):
         run(["ip", "link", "del", BRIDGE], check=False, capture=True)
     marker = os.path.join(STATE, "created-manifest-mountpoint")
@@ -799,19 +1016,22 @@ def _stop_control_masters() -> None:
 
 
 def status() -> dict:
-    st: dict = {"state_dir": STATE, "bridge": link_exists(BRIDGE), "hosts": {}}
+    st: dict = {"state_dir": STATE, "bridge": link_exists(BRIDGE), "apt_proxy": _proxy_pid() is not None, "hosts": {}}
     for host, addr in HOSTS.items():
-        h = {"address": addr, "netns": netns_exists(host), "holder": holder_pid(host) is not None}
-        if h["holder"]:
+        h = {"address": addr, "netns": netns_exists(host), "booted": holder_pid(host) is not None,
+             "debian": suite_of(host)}
+        if h["booted"]:
             h["sshd"] = daemon_running(host, "sshd")
-            h["libvirtd"] = daemon_running(host, "libvirtd")
+            h["libvirt"] = prepared(host)
             h["hostname"] = in_host_out(host, ["hostname"], check=False)
-            h["domains"] = in_host_out(host, ["virsh", "-q", "list", "--all"], check=False).splitlines()
+            if h["libvirt"]:
+                h["domains"] = in_host_out(host, ["virsh", "-q", "list", "--all"], check=False).splitlines()
             h["ssh"] = ssh_ok(addr)
         st["hosts"][host] = h
     st["observer"] = netns_exists(OBSERVER[0])
     st["up"] = st["bridge"] and st["observer"] and all(
-        h.get("libvirtd") and h.get("sshd") and h.get("ssh") for h in st["hosts"].values())
+        h.get("booted") and h.get("sshd") and h.get("ssh") for h in st["hosts"].values())
+    st["prepared"] = st["up"] and all(h.get("libvirt") for h in st["hosts"].values())
     return st
 
 
@@ -863,8 +1083,18 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="bring the lab up (idempotent)")
-    up.add_argument("--no-guest", action="store_true", help="do not create the demo guest")
+    up.add_argument("--no-guest", action="store_true",
+                    help="bare hosts only: no prepare_hosts.yml run, no demo guest")
+    up.add_argument("--mixed", action="store_true", help="hosta runs Debian 12 (bookworm), hostb Debian 13")
     up.set_defaults(func=cmd_up)
+    pr = sub.add_parser("prepare", help="run playbooks/prepare_hosts.yml on the lab's hosts")
+    pr.set_defaults(func=cmd_prepare)
+    rs = sub.add_parser("reset", help="hosts back to fresh installs (stops them)")
+    rs.add_argument("hosts", nargs="*", metavar="HOST", help="hosta, hostb (default: both)")
+    rs.set_defaults(func=cmd_reset)
+    rb = sub.add_parser("reboot", help="restart a host (poweroff, boot)")
+    rb.add_argument("host", choices=sorted(HOSTS))
+    rb.set_defaults(func=cmd_reboot)
     down = sub.add_parser("down", help="stop everything of the lab")
     down.add_argument("--purge", action="store_true", help="also remove the state directory")
     down.set_defaults(func=cmd_down)

@@ -1260,42 +1260,18 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
                     source["name"], opts.dest_host, summary.get("time_ms"), summary.get("downtime_ms")))
 
 
-#: (pattern in libvirt's or QEMU's error text, cause and fix); the first match wins. The texts are
-#: those of libvirt 9-11 and QEMU 7-10 (virnetsocket.c, qemu_migration.c, block/mirror.c).
-_FAILURE_CAUSES: tuple[tuple[str, str], ...] = (
-    (r"No space left on device|ENOSPC|Disk quota exceeded",
-     "the destination ran out of space while the disks were copied: free space on {dest} (the "
-     "filesystem holding the guest's images) and run again"),
-    (r"client socket is closed|End of file while reading data|Cannot recv data|"
-     r"keepalive timeout|connection closed|Connection reset by peer|Broken pipe",
-     "the connection to {dest} broke during the migration: libvirtd there stopped or crashed, or the "
-     "network between the hosts failed. Check that libvirtd runs on {dest} and that the hosts reach "
-     "each other, then run again"),
-    (r"Connection timed out|No route to host|Network is unreachable|Connection refused",
-     "the hosts could not reach each other on the migration ports: check the network and the "
-     "firewall between them (libvirt's migration ports 49152-49215), then run again"),
-    (r"qemu unexpectedly closed the monitor|End of file from qemu monitor|"
-     r"QEMU unexpectedly closed|Domain not found",
-     "QEMU stopped on {dest} while receiving the guest: see /var/log/libvirt/qemu/{guest}.log on "
-     "{dest}"),
-    (r"operation aborted|migration out job: canceled|job .* canceled|Operation canceled",
-     "the migration job was cancelled on the source (virsh domjobabort or another tool)"),
-)
-
-
 def explain_failure(detail: str, dest: str, guest: str) -> str:
-    """The cause of a failed migration, for the operator, from libvirt's error text.
+    """The cause of a failed migration, for the operator, from libvirt's error text: the one
+    classification, :func:`_libvirt.explain_failure` (connection faults between the hosts, unsafe
+    storage, space, a broken link, blocked ports, QEMU, a cancelled job).
 
     :param detail: libvirt's message (``libvirtError.get_error_message()``).
     :param dest: the destination host, as the operator named it.
     :param guest: the domain name.
     :returns: a sentence naming the cause and the fix, or "libvirt reported an error" when the
-        text is not one of :data:`_FAILURE_CAUSES` (the detail is always shown beside it).
+        text is not one of :data:`_libvirt.FAILURE_CAUSES` (the detail is always shown beside it).
     """
-    for pattern, cause in _FAILURE_CAUSES:
-        if re.search(pattern, detail or "", re.IGNORECASE):
-            return cause.format(dest=dest, guest=guest)
-    return "libvirt reported an error"
+    return _libvirt.explain_failure(detail, dest, guest) or "libvirt reported an error"
 
 
 def _brief(sample: dict[str, t.Any] | None) -> str:

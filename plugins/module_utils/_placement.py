@@ -416,6 +416,7 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
     time_ms = stats.get("time_ms")
     summary = {
         "guest": guest, "from": source, "to": dest, "state": state,
+        "stats_from": stats.get("stats_from"),
         "changed": bool(result.get("changed")),
         "duration_s": round(time_ms / 1000.0, 1) if time_ms is not None else None,
         "downtime_ms": stats.get("downtime_ms"),
@@ -435,9 +436,17 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
         head = "PLAN (check mode): %s would move %s -> %s (%s)." % (
             guest, source, dest, ", ".join(summary["flags"] or []))
     else:
-        head = "%s moved %s -> %s in %s s, downtime %s ms." % (
-            guest, source, dest, summary["duration_s"], summary["downtime_ms"])
+        sampled = stats.get("stats_from") in ("last_sample", "completed+last_sample")
+        duration = ("an unknown time" if summary["duration_s"] is None else
+                    "%s%s s" % ("at least " if sampled and summary["duration_s"] else "", summary["duration_s"]))
+        downtime = ("unknown" if summary["downtime_ms"] is None else "%s%s ms" % (
+            "about " if stats.get("downtime_estimated") else "", summary["downtime_ms"]))
+        head = "%s moved %s -> %s in %s, downtime %s." % (guest, source, dest, duration, downtime)
     lines = [head]
+    if state == "migrated" and stats.get("stats_from") in ("last_sample", "completed+last_sample", "none"):
+        lines.append("figures %s: the completed job statistics were not readable on either host (after a "
+                     "post-copy move the source domain is gone)" % (
+                         "unknown" if stats.get("stats_from") == "none" else "from the last progress sample"))
     if state == "migrated":
         # disk_bytes is what the storage copy walked (the virtual size of the copied disks);
         # the data that had to move is their allocation on the source

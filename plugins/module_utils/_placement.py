@@ -352,10 +352,11 @@ def host_uuid_plan(hosts: dict[str, dict[str, t.Any]], order: t.Sequence[str] | 
 
 def image_report(src_disks: list[dict[str, t.Any]], dst_disks: list[dict[str, t.Any]],
                  created: t.Sequence[str] = (), slack_ratio: float = 0.10,
-                 slack_bytes: int = 64 * MIB) -> dict[str, t.Any]:
+                 slack_bytes: int = 64 * MIB, shared: t.Sequence[str] = ()) -> dict[str, t.Any]:
     """Source and destination geometry of every copied disk, and whether the copy stayed sparse:
     the destination allocation may exceed the source's by at most ``slack_ratio`` of it or
-    ``slack_bytes``, whichever is larger.
+    ``slack_bytes``, whichever is larger. Disks of ``shared`` (targets on storage both hosts
+    see: not copied, one image) are left out.
 
     :returns: ``{images: [{target, path, format, virtual_size, src_allocation, dst_allocation,
         created, exists, sparse}], ok, problems: [str]}``.
@@ -364,7 +365,7 @@ def image_report(src_disks: list[dict[str, t.Any]], dst_disks: list[dict[str, t.
     created_set = set(created or [])
     images, problems = [], []
     for disk in src_disks or []:
-        if not disk.get("copy"):
+        if not disk.get("copy") or disk.get("target") in shared:
             continue
         path = disk.get("path")
         dst = by_path.get(path) or {}

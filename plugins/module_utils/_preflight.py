@@ -1117,6 +1117,14 @@ class PreflightOptions:
         return out
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
 @dataclasses.dataclass
 class Probes:
     """Injectable access to the world outside libvirt (tests pass fakes)."""
@@ -1130,17 +1138,9 @@ class Probes:
     exists: t.Callable[[str], bool] = os.path.exists
     is_local: t.Callable[[str], bool] = is_local_address
     #: the text of a file of the source, None when unreadable (``/proc/self/mounts``, qemu.conf)
-    read_text: t.Callable[[str], str | None] = lambda path: _read_text(path)
+    read_text: t.Callable[[str], str | None] = _read_text
     runner: t.Any = None
     lv: t.Any = None
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return None
 
 
 def _host_of(uri: str) -> str | None:

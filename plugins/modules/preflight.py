@@ -227,8 +227,8 @@ options:
         destination just before. With it the migration and disk ports are probed against the listeners
         it holds (C(open), C(closed) by a REJECT rule, C(filtered) by a DROP rule are told apart, and
         the port probed is the one the move will get), and its marker files decide whether a disk's
-        directory is shared with the destination (a marker seen on the source: shared, the disk is not
-        copied; not seen: not shared, whatever inode and size say).
+        directory is shared with the destination (a marker seen on the source means shared, and the disk
+        is not copied; a marker not seen means not shared, whatever inode and size say).
       - Without it, ports get a plain connect and shared storage is shown by the same inode and size
         in O(dest_disks).
     type: dict
@@ -243,20 +243,41 @@ options:
         elements: dict
         default: []
         suboptions:
-          requested: {description: The port the move asks for., type: int, required: true}
-          port: {description: The port held; null when none., type: int}
-          state: {description: C(listening) or C(unavailable)., type: str, required: true}
-          reason: {description: Why another or no port is held., type: str}
+          requested:
+            description: The port the move asks for.
+            type: int
+            required: true
+          port:
+            description: The port held; null when none.
+            type: int
+          state:
+            description: C(listening) or C(unavailable).
+            type: str
+            required: true
+          reason:
+            description: Why another or no port is held.
+            type: str
       markers:
         description: The marker files made on the destination.
         type: list
         elements: dict
         default: []
         suboptions:
-          dir: {description: The directory., type: str, required: true}
-          path: {description: The marker file., type: str, required: true}
-          state: {description: C(created), C(absent) or C(error)., type: str, required: true}
-          reason: {description: Why no marker was made., type: str}
+          dir:
+            description: The directory.
+            type: str
+            required: true
+          path:
+            description: The marker file.
+            type: str
+            required: true
+          state:
+            description: C(created), C(absent) or C(error).
+            type: str
+            required: true
+          reason:
+            description: Why no marker was made.
+            type: str
       pid:
         description: The destination's probe process (informational).
         type: int
@@ -434,7 +455,7 @@ checked:
 shared_detected:
   description:
     - Targets that would be copied but are shown on storage shared with the destination (identity probe
-      of O(dest_probe), else the same inode and size): they are not copied; pass them to
+      of O(dest_probe), else the same inode and size). They are not copied; pass them to
       M(kvmops.migration.migrate) in O(kvmops.migration.migrate#module:shared_disks).
   returned: always
   type: list

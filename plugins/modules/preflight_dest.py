@@ -10,7 +10,7 @@ DOCUMENTATION = r"""
 ---
 module: preflight_dest
 short_description: The destination's half of the pre-flight probes - short-lived listeners on the migration ports, marker files in the image directories
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Run it on the B(destination) of a move, right before M(kvmops.migration.preflight) runs on the
     source, and pass its RV(probe) to that module's O(kvmops.migration.preflight#module:dest_probe).

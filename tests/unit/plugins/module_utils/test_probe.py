@@ -68,7 +68,7 @@ def test_another_program_on_the_port_is_open_other_not_open():
         other.listen(1)
 
         def accept_and_close():
-            conn, _ = other.accept()
+            conn, _peer = other.accept()
             conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
             conn.close()
 
@@ -91,7 +91,7 @@ def test_no_answer_at_all_is_timeout():
         port = full.getsockname()[1]
         queued = []
         try:
-            for _ in range(4):  # fill the accept queue (backlog 0 keeps one or two)
+            for _n in range(4):  # fill the accept queue (backlog 0 keeps one or two)
                 sock = socket.socket()
                 sock.setblocking(False)
                 sock.connect_ex(("127.0.0.1", port))
@@ -128,8 +128,8 @@ def test_markers_are_made_once_per_directory_seen_and_removed_only_when_ours(tmp
     paths = [str(images / "vm1.qcow2"), str(images / "vm1-data.raw"), str(tmp_path / "missing" / "x.raw"),
              "/dev/vg0/vm1"]
     markers = _probe.make_markers(paths, PROBE)
-    assert [(m["dir"], m["state"]) for m in markers] == [(str(images), "created"),
-                                                          (str(tmp_path / "missing"), "absent")]
+    expected = [(str(images), "created"), (str(tmp_path / "missing"), "absent")]
+    assert [(m["dir"], m["state"]) for m in markers] == expected
     assert _probe.marker_seen(markers[0], PROBE)
     assert not _probe.marker_seen(markers[1], PROBE)
     assert oct(os.stat(markers[0]["path"]).st_mode & 0o777) == "0o600"

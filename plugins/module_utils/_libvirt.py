@@ -15,8 +15,10 @@ Relies on: libvirt-python ``libvirt.open`` (virConnectOpen), ``lookupByName``/
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import typing as t
+from urllib.parse import urlsplit
 
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -102,10 +104,9 @@ def open_connection(uri: str = DEFAULT_URI, readonly: bool = False) -> t.Any:
     try:
         conn = libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
     except libvirt.libvirtError as err:
-        raise KvmopsError(
-            "Could not connect to libvirt at %s: check that libvirtd runs there and that this "
-            "user may use it (for qemu+ssh: key login and libvirt's socket on the remote host)." % uri,
-            detail=libvirt_error_detail(err)) from err
+        detail = libvirt_error_detail(err)
+        raise KvmopsError(connection_failure_message(uri, detail), detail=detail,
+                          values={"uri": uri, "cause": classify_failure(detail)}) from err
     if remote:
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
@@ -188,3 +189,145 @@ def _looks_like_uuid(text: str) -> bool:
     parts = text.split("-")
     return len(text) == 36 and [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(
         c in "0123456789abcdefABCDEF" for c in text.replace("-", ""))
+
+
+# --------------------------------------------------------------------------------------------
+# Why a libvirt call or a migration failed: the one classification of libvirt's error texts
+# --------------------------------------------------------------------------------------------
+
+#: ``(kind, pattern, cause and fix)`` over libvirt's error text (with the ssh, virt-ssh-helper,
+#: nc or QEMU text libvirt wraps, e.g. "Cannot recv data: Host key verification failed.:
+#: Connection reset by peer"); the first match wins, so the faults of the connection between the
+#: hosts come before the generic "the connection broke". ``{host}`` is the remote host,
+#: ``{user}`` the remote user of a qemu+ssh URI, ``{guest}`` the domain. The texts are those of
+#: libvirt 9-11 (virnetsocket.c, remote_driver.c, qemu_migration.c), OpenSSH 9 and QEMU 7-10.
+FAILURE_CAUSES: tuple[tuple[str, str, str], ...] = (
+    ("host_key_untrusted",
+     r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
+     r"No \S+ host key is known for|authenticity of host .* can't be established",
+     "the source does not trust the SSH host key of {host} (not in root's known_hosts there, or "
+     "changed since it was pinned). Pin it with the kvm_host role: ansible-playbook "
+     "playbooks/prepare_hosts.yml --tags kvm_host_ssh (task 'Pin the other hypervisors' host keys', "
+     "kvm_host_ssh_trust: true), which reads it from {host}'s own host key file; if {host} was "
+     "reinstalled, first drop the old key on the source: ssh-keygen -R {host}"),
+    ("key_refused",
+     r"Permission denied \((?:publickey|gssapi|password|keyboard)[^)]*\)|Permission denied, please "
+     r"try again|Too many authentication failures|No more authentication methods",
+     "{host} refused the source's SSH key for user {user}. Authorise it with the kvm_host role: "
+     "ansible-playbook playbooks/prepare_hosts.yml --tags kvm_host_ssh (task 'Authorise the other "
+     "hypervisors' keys, from the group's addresses only': the key is accepted only from the "
+     "group's inventory addresses, so add the address the source connects from to "
+     "kvm_host_ssh_extra_from when it is another one); check with: ssh -o BatchMode=yes "
+     "{user}@{host} true"),
+    ("socket_denied",
+     r"(?:libvirt|virt[a-z]+d)-sock'?: Permission denied|unix connect failed: Permission denied|"
+     r"no polkit agent available|Authorization requires authentication",
+     "user {user} logged in on {host}, but libvirt's socket there refused it (permission denied on "
+     "/var/run/libvirt/libvirt-sock or virtqemud-sock): connect as root (dest_user / "
+     "migrate_guest_dest_user: root, the default), or add {user} to the libvirt group on {host} "
+     "(usermod -aG libvirt {user})"),
+    ("libvirtd_down",
+     r"(?:libvirt|virt[a-z]+d)-sock'?: (?:No such file or directory|Connection refused)|"
+     r"unix connect failed: (?:No such file or directory|Connection refused)|"
+     r"Ncat: (?:No such file or directory|Connection refused)",
+     "libvirt does not run on {host} (its socket is missing or refuses connections): start it "
+     "there (systemctl enable --now libvirtd, or virtqemud.socket on hosts with the modular "
+     "daemons); the kvm_host role's task 'Start and enable the libvirt daemon' does it "
+     "(kvm_host_manage_service: true)"),
+    ("tls_not_listening",
+     r"unable to connect to server at '[^']*:16514': Connection refused",
+     "nothing listens for qemu+tls on {host} port 16514: enable the TLS socket there (systemctl "
+     "enable --now libvirtd-tls.socket); the kvm_host role does with kvm_host_tls: true (task "
+     "'Listen for qemu+tls (socket activation)')"),
+    ("name_unresolved",
+     r"Could not resolve hostname|Name or service not known|Temporary failure in name resolution|"
+     r"Unable to resolve address|address resolution failed|No address associated with hostname",
+     "the name {host} does not resolve from the source: give the destination's inventory address "
+     "(ansible_host) or add the name to DNS or /etc/hosts on the source"),
+    ("ssh_unreachable",
+     r"ssh: connect to host \S+ port \d+: (?:Connection refused|Connection timed out|No route to "
+     r"host|Network is unreachable)",
+     "the source cannot open an SSH connection to {host}: start sshd there and let the source "
+     "reach its port (firewall, routing)"),
+    ("unsafe_not_shared",
+     r"Migration without shared storage is unsafe",
+     "libvirt refused the move as unsafe: a writable disk that is not copied is on storage the "
+     "source's libvirt does not know as shared. It judges by the filesystem type (NFS, GFS2, "
+     "OCFS2, CephFS, GPFS, BeeGFS ... are shared; ext4, xfs or a bind mount are not, even when "
+     "both hosts see the same files). If the directory really is shared, declare it in "
+     "shared_filesystems in /etc/libvirt/qemu.conf on the source and restart libvirt there; "
+     "otherwise copy the disk (leave it out of shared_disks, copy_storage: all)"),
+    ("unsafe_cache",
+     r"Migration may lead to data corruption if disks use cache",
+     "libvirt refused the move as unsafe: a disk on shared storage uses a cache mode other than "
+     "none or directsync, and this QEMU cannot drop the destination's page cache at the "
+     "switch-over. Set cache='none' on that disk (virsh edit {guest}; it applies at the next cold "
+     "boot), or copy the disk instead"),
+    ("no_space",
+     r"No space left on device|ENOSPC|Disk quota exceeded",
+     "the destination ran out of space while the disks were copied: free space on {host} (the "
+     "filesystem holding the guest's images) and run again"),
+    ("connection_broke",
+     r"client socket is closed|End of file while reading data|Cannot recv data|"
+     r"keepalive timeout|connection closed|Connection reset by peer|Broken pipe",
+     "the connection to {host} broke during the migration: libvirtd there stopped or crashed, or "
+     "the network between the hosts failed. Check that libvirtd runs on {host} and that the hosts "
+     "reach each other, then run again"),
+    ("data_ports_blocked",
+     r"Connection timed out|No route to host|Network is unreachable|Connection refused",
+     "the hosts could not reach each other on the migration ports: check the network and the "
+     "firewall between them (libvirt's migration ports 49152-49215), then run again"),
+    ("qemu_stopped",
+     r"qemu unexpectedly closed the monitor|End of file from qemu monitor|"
+     r"QEMU unexpectedly closed|Domain not found",
+     "QEMU stopped on {host} while receiving the guest: see /var/log/libvirt/qemu/{guest}.log on "
+     "{host}"),
+    ("cancelled",
+     r"operation aborted|migration out job: canceled|job .* canceled|Operation canceled",
+     "the migration job was cancelled on the source (virsh domjobabort or another tool)"),
+)
+
+#: kinds of :data:`FAILURE_CAUSES` that are faults of the libvirt connection itself
+CONNECTION_CAUSES = ("host_key_untrusted", "key_refused", "socket_denied", "libvirtd_down",
+                     "tls_not_listening", "name_unresolved", "ssh_unreachable")
+
+
+def classify_failure(detail: str | None) -> str | None:
+    """The kind of :data:`FAILURE_CAUSES` whose pattern matches libvirt's error text, or None."""
+    for kind, pattern, _cause in FAILURE_CAUSES:
+        if re.search(pattern, detail or "", re.IGNORECASE):
+            return kind
+    return None
+
+
+def explain_failure(detail: str | None, host: str, guest: str = "the guest",
+                    user: str = "root") -> str | None:
+    """The cause and the fix of a failure, for the operator, from libvirt's error text.
+
+    :param detail: libvirt's message (``libvirtError.get_error_message()``).
+    :param host: the remote host as the operator named it (the destination).
+    :returns: a sentence naming the cause and the fix, or None when the text is none of
+        :data:`FAILURE_CAUSES` (the caller shows the detail beside its own words).
+    """
+    kind = classify_failure(detail)
+    for name, _pattern, cause in FAILURE_CAUSES:
+        if name == kind:
+            return cause.format(host=host, guest=guest, user=user or "root")
+    return None
+
+
+def connection_failure_message(uri: str, detail: str | None) -> str:
+    """The message of a failed ``virConnectOpen`` of ``uri``: the cause and its fix when
+    :func:`explain_failure` knows the text, else what to check."""
+    parts = urlsplit(uri) if "://" in uri else None
+    host = (parts.hostname if parts else None) or "this host"
+    user = (parts.username if parts else None) or "root"
+    kind = classify_failure(detail)
+    if kind in CONNECTION_CAUSES or kind == "connection_broke":
+        if kind == "connection_broke":
+            return ("Could not connect to libvirt at %s: the connection was closed while it was set up "
+                    "(for qemu+ssh: ssh to %s failed or libvirt's helper there exited; run 'virsh -c %s "
+                    "list' on the source to see why)." % (uri, host, uri))
+        return "Could not connect to libvirt at %s: %s." % (uri, explain_failure(detail, host, user=user))
+    return ("Could not connect to libvirt at %s: check that libvirtd runs there and that this user "
+            "may use it (for qemu+ssh: key login and libvirt's socket on the remote host)." % uri)

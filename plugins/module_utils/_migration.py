@@ -718,8 +718,10 @@ def progress_from_stats(stats: dict[str, t.Any], elapsed_s: float, lv: t.Any = N
 
     Shape: ``{elapsed_s, active: bool, phase: setup|storage|memory|none, percent,
     data_total_bytes, data_remaining_bytes, memory_remaining_bytes, disk_remaining_bytes,
-    memory_iteration, dirty_rate_bytes_per_s, memory_bps, disk_bps}``; percent of all data
-    (memory + disks) processed, None when libvirt reports no total yet.
+    memory_iteration, dirty_rate_bytes_per_s, memory_bps, disk_bps, time_ms, downtime_ms,
+    memory_processed_bytes, disk_processed_bytes, data_processed_bytes}``; percent of all data
+    (memory + disks) processed, None when libvirt reports no total yet; ``downtime_ms`` of a
+    running job is libvirt's estimate.
     """
     lv = _lv(lv)
     job_type = stats.get("type")
@@ -756,6 +758,13 @@ def progress_from_stats(stats: dict[str, t.Any], elapsed_s: float, lv: t.Any = N
         "dirty_rate_bytes_per_s": dirty_pages * page_size if dirty_pages is not None else None,
         "memory_bps": _stat(stats, lv, "VIR_DOMAIN_JOB_MEMORY_BPS"),
         "disk_bps": _stat(stats, lv, "VIR_DOMAIN_JOB_DISK_BPS"),
+        # what the job has done so far, by the job's own clock: the figures of the summary when
+        # the completed statistics cannot be read (see completed_summary)
+        "time_ms": _stat(stats, lv, "VIR_DOMAIN_JOB_TIME_ELAPSED"),
+        "downtime_ms": _stat(stats, lv, "VIR_DOMAIN_JOB_DOWNTIME"),
+        "memory_processed_bytes": _stat(stats, lv, "VIR_DOMAIN_JOB_MEMORY_PROCESSED"),
+        "disk_processed_bytes": _stat(stats, lv, "VIR_DOMAIN_JOB_DISK_PROCESSED"),
+        "data_processed_bytes": _stat(stats, lv, "VIR_DOMAIN_JOB_DATA_PROCESSED"),
     }
 
 
@@ -781,6 +790,45 @@ def result_from_stats(stats: dict[str, t.Any], lv: t.Any = None) -> dict[str, t.
         "memory_bps": _stat(stats, lv, "VIR_DOMAIN_JOB_MEMORY_BPS"),
         "disk_bps": _stat(stats, lv, "VIR_DOMAIN_JOB_DISK_BPS"),
     }
+
+
+#: figure of :func:`result_from_stats` -> key of the last progress sample that stands in for it
+#: (the figures of the summary; rates of a sample are not those of the whole move)
+_SAMPLE_FIGURES = {"time_ms": "time_ms", "downtime_ms": "downtime_ms",
+                   "memory_bytes": "memory_processed_bytes", "disk_bytes": "disk_processed_bytes",
+                   "data_bytes": "data_processed_bytes", "iterations": "memory_iteration"}
+
+
+def completed_summary(stats: dict[str, t.Any] | None, last: dict[str, t.Any] | None,
+                      lv: t.Any = None) -> dict[str, t.Any]:
+    """The statistics of a finished move: :func:`result_from_stats` of the completed job, with
+    every figure it lacks taken from the last progress sample polled on the source.
+
+    After a post-copy (or escalated) move the source domain is gone, and the destination's
+    completed statistics may be missing or partial: the last sample still holds the job's time,
+    bytes and passes as of just before the end. ``stats_from`` tells where the figures come
+    from: ``completed`` (all from the completed job), ``last_sample`` (none was readable),
+    ``completed+last_sample`` (some filled in), or ``none`` (nothing known); ``time_ms`` from a
+    sample is at least the duration (the job ran on for at most one poll interval) and
+    ``downtime_ms`` from a sample is libvirt's estimate, flagged by ``downtime_estimated``.
+    """
+    summary = result_from_stats(stats, lv) if stats else {k: None for k in (
+        "time_ms", "downtime_ms", "setup_ms", "memory_bytes", "disk_bytes", "data_bytes", "iterations",
+        "dirty_rate_bytes_per_s", "memory_bps", "disk_bps")}
+    filled = []
+    for key, sample_key in _SAMPLE_FIGURES.items():
+        if summary.get(key) is None and last and last.get(sample_key) is not None:
+            summary[key] = last[sample_key]
+            filled.append(key)
+    if summary.get("time_ms") is None and last and last.get("elapsed_s") is not None:
+        summary["time_ms"] = int(round(float(last["elapsed_s"]) * 1000))
+        filled.append("time_ms")
+    summary["downtime_estimated"] = "downtime_ms" in filled
+    if stats:
+        summary["stats_from"] = "completed+last_sample" if filled else "completed"
+    else:
+        summary["stats_from"] = "last_sample" if filled else "none"
+    return summary
 
 
 class MigrationMonitor:
@@ -1244,7 +1292,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             values={"progress": monitor.last, "plan": plan.as_result(), "notes": notes})
 
     ddom = worker.result
-    stats = _completed_stats(ddom, dom, lv, notes)
+    stats = _completed_stats(ddom, dom, lv, notes, rt)
     dest_info = None
     if ddom is not None:
         try:
@@ -1256,7 +1304,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             and _call(lv, "read domain %s" % source["name"], src_where, leftover.isActive)):
         raise KvmopsError("STOP: after the migration %s is active on the source AND on %s. Nothing "
                           "more was touched; stop one copy by hand." % (source["name"], opts.dest_host))
-    summary = result_from_stats(stats, lv) if stats else {}
+    summary = completed_summary(stats, monitor.last, lv)
     if summary and not summary.get("disk_bytes") and plan.disks:
         # The storage copy runs as block jobs before the memory phase; libvirt keeps its figures
         # in the source's job statistics only, which the source loses with the domain
@@ -1272,42 +1320,18 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
                     source["name"], opts.dest_host, summary.get("time_ms"), summary.get("downtime_ms")))
 
 
-#: (pattern in libvirt's or QEMU's error text, cause and fix); the first match wins. The texts are
-#: those of libvirt 9-11 and QEMU 7-10 (virnetsocket.c, qemu_migration.c, block/mirror.c).
-_FAILURE_CAUSES: tuple[tuple[str, str], ...] = (
-    (r"No space left on device|ENOSPC|Disk quota exceeded",
-     "the destination ran out of space while the disks were copied: free space on {dest} (the "
-     "filesystem holding the guest's images) and run again"),
-    (r"client socket is closed|End of file while reading data|Cannot recv data|"
-     r"keepalive timeout|connection closed|Connection reset by peer|Broken pipe",
-     "the connection to {dest} broke during the migration: libvirtd there stopped or crashed, or the "
-     "network between the hosts failed. Check that libvirtd runs on {dest} and that the hosts reach "
-     "each other, then run again"),
-    (r"Connection timed out|No route to host|Network is unreachable|Connection refused",
-     "the hosts could not reach each other on the migration ports: check the network and the "
-     "firewall between them (libvirt's migration ports 49152-49215), then run again"),
-    (r"qemu unexpectedly closed the monitor|End of file from qemu monitor|"
-     r"QEMU unexpectedly closed|Domain not found",
-     "QEMU stopped on {dest} while receiving the guest: see /var/log/libvirt/qemu/{guest}.log on "
-     "{dest}"),
-    (r"operation aborted|migration out job: canceled|job .* canceled|Operation canceled",
-     "the migration job was cancelled on the source (virsh domjobabort or another tool)"),
-)
-
-
 def explain_failure(detail: str, dest: str, guest: str) -> str:
-    """The cause of a failed migration, for the operator, from libvirt's error text.
+    """The cause of a failed migration, for the operator, from libvirt's error text: the one
+    classification, :func:`_libvirt.explain_failure` (connection faults between the hosts, unsafe
+    storage, space, a broken link, blocked ports, QEMU, a cancelled job).
 
     :param detail: libvirt's message (``libvirtError.get_error_message()``).
     :param dest: the destination host, as the operator named it.
     :param guest: the domain name.
     :returns: a sentence naming the cause and the fix, or "libvirt reported an error" when the
-        text is not one of :data:`_FAILURE_CAUSES` (the detail is always shown beside it).
+        text is not one of :data:`_libvirt.FAILURE_CAUSES` (the detail is always shown beside it).
     """
-    for pattern, cause in _FAILURE_CAUSES:
-        if re.search(pattern, detail or "", re.IGNORECASE):
-            return cause.format(dest=dest, guest=guest)
-    return "libvirt reported an error"
+    return _libvirt.explain_failure(detail, dest, guest) or "libvirt reported an error"
 
 
 def _source_job_type(dom: t.Any, lv: t.Any) -> int:
@@ -1407,9 +1431,26 @@ def _abort(dom: t.Any, notes: list[str], lv: t.Any) -> None:
         notes.append("abortJob failed: %s" % _libvirt.libvirt_error_detail(err))
 
 
-def _completed_stats(ddom: t.Any, sdom: t.Any, lv: t.Any, notes: list[str]) -> dict[str, t.Any]:
+#: how long the destination's completed statistics are waited for: libvirt finishes an incoming
+#: post-copy move on the destination asynchronously, so right after ``migrate3`` returns they may
+#: not be there yet; up to ``_ACTIVE`` seconds while the destination still runs the incoming job,
+#: else up to ``_GRACE`` seconds
+COMPLETED_STATS_WAIT_ACTIVE_S = 60.0
+COMPLETED_STATS_WAIT_GRACE_S = 5.0
+
+
+def _completed_stats(ddom: t.Any, sdom: t.Any, lv: t.Any, notes: list[str],
+                     rt: "Runtime | None" = None) -> dict[str, t.Any]:
     """Completed job statistics: from the destination domain first (libvirt transfers them
-    there at the end of a migration), then from the source domain if it still exists."""
+    there at the end of a migration), then from the source domain if it still exists.
+
+    When neither has them yet and the destination domain exists, they are polled again (every
+    second, by ``rt``'s clock) while the destination's incoming job runs (a post-copy move ends
+    there after ``migrate3`` returned), up to :data:`COMPLETED_STATS_WAIT_ACTIVE_S`, else for
+    :data:`COMPLETED_STATS_WAIT_GRACE_S`. Returns {} when none come (the caller then uses the
+    last progress sample, :func:`completed_summary`).
+    """
+    rt = rt or Runtime()
     flag = _const(lv, "VIR_DOMAIN_JOB_STATS_COMPLETED")
     if flag is not None:
         # keep them for the operator: `virsh domjobinfo --completed` still shows this migration
@@ -1418,20 +1459,46 @@ def _completed_stats(ddom: t.Any, sdom: t.Any, lv: t.Any, notes: list[str]) -> d
         notes.append("No completed job statistics: this libvirt-python lacks "
                      "VIR_DOMAIN_JOB_STATS_COMPLETED.")
         return {}
-    for where, dom in (("destination", ddom), ("source", sdom)):
-        if dom is None:
-            continue
-        try:
-            stats = dom.jobStats(flag)
-        except Exception as err:
-            if not (_is_lv_error(err, lv)):
-                raise
-            notes.append("completed statistics not readable on the %s: %s"
-                         % (where, _libvirt.libvirt_error_detail(err)))
-            continue
-        if stats and stats.get("type") == _const(lv, "VIR_DOMAIN_JOB_COMPLETED"):
-            return stats
+    start = rt.clock()
+    failed: dict[str, str] = {}
+    while True:
+        for where, dom in (("destination", ddom), ("source", sdom)):
+            if dom is None or where in failed:
+                continue
+            try:
+                stats = dom.jobStats(flag)
+            except Exception as err:
+                if not (_is_lv_error(err, lv)):
+                    raise
+                failed[where] = _libvirt.libvirt_error_detail(err)
+                continue
+            if stats and stats.get("type") == _const(lv, "VIR_DOMAIN_JOB_COMPLETED"):
+                return stats
+        if ddom is None or "destination" in failed:
+            break
+        waited = rt.clock() - start
+        limit = COMPLETED_STATS_WAIT_ACTIVE_S if _job_active(ddom, lv) else COMPLETED_STATS_WAIT_GRACE_S
+        if waited >= limit:
+            break
+        rt.sleep(1.0)
+    for where, why in failed.items():
+        notes.append("completed statistics not readable on the %s: %s" % (where, why))
+    if ddom is not None and "destination" not in failed:
+        notes.append("the destination reported no completed statistics within %d s: the figures are "
+                     "those of the last progress sample" % int(rt.clock() - start))
     return {}
+
+
+def _job_active(dom: t.Any, lv: t.Any) -> bool:
+    """The domain's current job (``virDomainGetJobStats`` without flags) is still running."""
+    try:
+        job = (dom.jobStats() or {}).get("type")
+    except Exception as err:
+        if not _is_lv_error(err, lv):
+            raise
+        return False
+    return job not in (None, _const(lv, "VIR_DOMAIN_JOB_NONE"), _const(lv, "VIR_DOMAIN_JOB_COMPLETED"),
+                       _const(lv, "VIR_DOMAIN_JOB_FAILED"), _const(lv, "VIR_DOMAIN_JOB_CANCELLED"))
 
 
 def _remove_leftover(ddom: t.Any, info: dict[str, t.Any] | None, dest: str, lv: t.Any) -> None:

@@ -13,6 +13,7 @@
   (graphics passwords, ``<auth>``/``<secret>`` of iSCSI/RBD disks, cookies) redacted from the
   result, the diff, the warnings and the error (``_domain_xml.redact``). A
   ``libvirt.libvirtError`` left over fails the module with a message naming libvirt's error
+  and, when :func:`_libvirt.explain_failure` knows its text, the cause and the fix
   (:func:`libvirt_error_message`), not a traceback.
 """
 
@@ -73,6 +74,11 @@ def libvirt_error_message(err: BaseException) -> str:
     """
     code = _libvirt.libvirt_error_code(err)
     where = " (libvirt error code %s)" % code if code is not None else ""
+    cause = _libvirt.explain_failure(_libvirt.libvirt_error_detail(err), "the other host")
+    if cause is not None:
+        return ("libvirt reported an error that kvmops did not expect at this step: %s%s. Likely cause: "
+                "%s. The guest's state is reported by 'virsh domstate' on each host."
+                % (_libvirt.libvirt_error_detail(err), where, cause))
     return ("libvirt reported an error that kvmops did not expect at this step: %s%s. Check that "
             "libvirtd runs on the hosts involved and that the connection between them holds "
             "(journalctl -u libvirtd), then run again; the guest's state is reported by "

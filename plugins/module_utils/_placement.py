@@ -352,10 +352,11 @@ def host_uuid_plan(hosts: dict[str, dict[str, t.Any]], order: t.Sequence[str] | 
 
 def image_report(src_disks: list[dict[str, t.Any]], dst_disks: list[dict[str, t.Any]],
                  created: t.Sequence[str] = (), slack_ratio: float = 0.10,
-                 slack_bytes: int = 64 * MIB) -> dict[str, t.Any]:
+                 slack_bytes: int = 64 * MIB, shared: t.Sequence[str] = ()) -> dict[str, t.Any]:
     """Source and destination geometry of every copied disk, and whether the copy stayed sparse:
     the destination allocation may exceed the source's by at most ``slack_ratio`` of it or
-    ``slack_bytes``, whichever is larger.
+    ``slack_bytes``, whichever is larger. Disks of ``shared`` (targets on storage both hosts
+    see: not copied, one image) are left out.
 
     :returns: ``{images: [{target, path, format, virtual_size, src_allocation, dst_allocation,
         created, exists, sparse}], ok, problems: [str]}``.
@@ -364,7 +365,7 @@ def image_report(src_disks: list[dict[str, t.Any]], dst_disks: list[dict[str, t.
     created_set = set(created or [])
     images, problems = [], []
     for disk in src_disks or []:
-        if not disk.get("copy"):
+        if not disk.get("copy") or disk.get("target") in shared:
             continue
         path = disk.get("path")
         dst = by_path.get(path) or {}
@@ -416,6 +417,7 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
     time_ms = stats.get("time_ms")
     summary = {
         "guest": guest, "from": source, "to": dest, "state": state,
+        "stats_from": stats.get("stats_from"),
         "changed": bool(result.get("changed")),
         "duration_s": round(time_ms / 1000.0, 1) if time_ms is not None else None,
         "downtime_ms": stats.get("downtime_ms"),
@@ -435,9 +437,17 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
         head = "PLAN (check mode): %s would move %s -> %s (%s)." % (
             guest, source, dest, ", ".join(summary["flags"] or []))
     else:
-        head = "%s moved %s -> %s in %s s, downtime %s ms." % (
-            guest, source, dest, summary["duration_s"], summary["downtime_ms"])
+        sampled = stats.get("stats_from") in ("last_sample", "completed+last_sample")
+        duration = ("an unknown time" if summary["duration_s"] is None else
+                    "%s%s s" % ("at least " if sampled and summary["duration_s"] else "", summary["duration_s"]))
+        downtime = ("unknown" if summary["downtime_ms"] is None else "%s%s ms" % (
+            "about " if stats.get("downtime_estimated") else "", summary["downtime_ms"]))
+        head = "%s moved %s -> %s in %s, downtime %s." % (guest, source, dest, duration, downtime)
     lines = [head]
+    if state == "migrated" and stats.get("stats_from") in ("last_sample", "completed+last_sample", "none"):
+        lines.append("figures %s: the completed job statistics were not readable on either host (after a "
+                     "post-copy move the source domain is gone)" % (
+                         "unknown" if stats.get("stats_from") == "none" else "from the last progress sample"))
     if state == "migrated":
         # disk_bytes is what the storage copy walked (the virtual size of the copied disks);
         # the data that had to move is their allocation on the source

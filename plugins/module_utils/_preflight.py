@@ -27,13 +27,24 @@ Where the facts come from (the module runs on the source host)
 What is honest about ports
 --------------------------
 The destination QEMU listens on its migration and NBD ports (49152-49215 by default,
-``migration_port_min``/``max`` in qemu.conf) only while an incoming migration runs. A TCP
-connect now proves the route only when something listens. "Connection refused" means the
-host answered (no silent drop on the way) but a firewall REJECT rule answers the same way, so
-it is reported as ``ok`` with ``values.verified: false`` and the words "not verifiable until
-the migration"; no answer within the timeout is a ``warning`` (a dropping firewall); an
-unreachable network is an ``error``. The libvirt transport port (ssh 22, tls 16514) must accept
-a connection: that one is verified.
+``migration_port_min``/``max`` in qemu.conf) only while an incoming migration runs. With
+``dest_probe`` (the ``preflight_dest`` module run on the destination just before, see
+:mod:`_probe`) a kvmops listener holds the very port the move will get, so the answer is
+exact: ``open``, ``closed`` (a reset although the listener holds it: a REJECT rule) or
+``filtered`` (no answer: a DROP rule), and the two blocked ones are errors before anything is
+created. Without it a TCP connect proves the route only when something listens: "Connection
+refused" means the host answered but a firewall REJECT rule answers the same way, so it is
+``ok`` with ``values.verified: false`` and the words "not verifiable until the migration"; no
+answer within the timeout is an ``error`` (a dropping firewall dooms the move); an unreachable
+network is an ``error``. ``ignore_blocked_ports`` makes these errors warnings. The libvirt
+transport port (ssh 22, tls 16514) must accept a connection: that one is verified.
+
+Shared storage
+--------------
+A disk whose directory ``preflight_dest`` marked on the destination and whose marker is seen on
+the source is on shared storage (Nova's test): it is not copied (``shared_detected``). A disk
+that is not copied must be on a filesystem the source's libvirt knows as shared, or under
+``shared_filesystems`` of its qemu.conf, or libvirt refuses the move as unsafe.
 
 Relies on: libvirt ``virConnectGetCapabilities``, ``virConnectGetHostname``,
 ``virConnectGetLibVersion``, ``virConnectGetVersion``, ``virNodeGetFreeMemory``,
@@ -51,15 +62,18 @@ import dataclasses
 import errno
 import ipaddress
 import os
+import re
 import socket
 import typing as t
 from urllib.parse import urlsplit
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _host
 from ansible_collections.kvmops.migration.plugins.module_utils import _images
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
+from ansible_collections.kvmops.migration.plugins.module_utils import _probe
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import etree
@@ -74,6 +88,23 @@ DEFAULT_MIGRATE_PORT = 49152
 DEFAULT_DISKS_PORT = 49153
 #: Cache modes libvirt accepts on a disk that is not copied (qemuMigrationSrcIsSafe).
 SAFE_CACHE_MODES = ("none", "directsync")
+#: QEMU that drops the destination's page cache of a file at the switch-over (file driver
+#: ``drop-cache``, QEMU 4.0): libvirt then accepts any cache mode on shared storage
+#: (QEMU_CAPS_MIGRATION_FILE_DROP_CACHE in qemuMigrationSrcIsSafe).
+QEMU_DROP_CACHE_SINCE = 4000000
+#: Filesystem types (``/proc/self/mounts``) the source's libvirt knows as shared
+#: (virFileIsSharedFS: NFS, GFS2, OCFS2, AFS, SMB/CIFS, CephFS, GPFS, Quobyte, ACFS, GlusterFS
+#: and BeeGFS); anything else (ext4, xfs, a bind mount of them) is "Migration without shared
+#: storage is unsafe" for a disk that is not copied, unless qemu.conf's shared_filesystems lists it.
+LIBVIRT_SHARED_FSTYPES = ("nfs", "nfs4", "gfs2", "ocfs2", "afs", "smb3", "smbfs", "cifs", "ceph",
+                          "gpfs", "quobyte", "fuse.quobyte", "acfs", "fuse.glusterfs", "beegfs")
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+PROC_MOUNTS = "/proc/self/mounts"
+#: the firewall advice of a blocked data port
+_OPEN_PORTS = ("open TCP 49152-49215 from the source in the firewall of %s (the kvm_host role does with "
+               "kvm_host_firewall: firewalld or ufw; by hand: firewall-cmd --permanent "
+               "--add-port=49152-49215/tcp && firewall-cmd --reload, or ufw allow proto tcp to any "
+               "port 49152:49215) and in any firewall between the hosts")
 
 #: Client side of a qemu+tls connection, for root (https://libvirt.org/kbase/tlscerts.html).
 LIBVIRT_TLS_CLIENT_FILES = ("/etc/pki/CA/cacert.pem", "/etc/pki/libvirt/clientcert.pem",
@@ -296,6 +327,38 @@ def same_file(src_fp: dict[str, t.Any] | None, dst_fp: dict[str, t.Any] | None) 
             and src_fp.get("inode") == dst_fp.get("inode") and src_fp.get("size") == dst_fp.get("size"))
 
 
+def shared_proof(disks: list[dict[str, t.Any]], dest: "DestFiles", probe: dict[str, t.Any] | None,
+                 marker_seen: t.Callable[[dict[str, t.Any], str], bool], host: str) -> dict[str, str]:
+    """Target -> why its image is on storage both hosts see.
+
+    The identity probe decides where it ran: a marker ``preflight_dest`` made in the disk's
+    directory on ``host`` and seen here on the source proves the directory shared; a marker made
+    there and not seen here proves it is not (then a matching inode and size is a coincidence,
+    e.g. cloned hosts). Where no marker was made (no probe, or the directory is absent there) the
+    same path with the same inode and size on both hosts (:func:`same_file`) is the proof.
+    """
+    probe = probe or {}
+    probe_id = probe.get("probe_id") or ""
+    markers = {m.get("dir"): m for m in probe.get("markers") or []}
+    out: dict[str, str] = {}
+    for disk in disks:
+        path = disk.get("path") or ""
+        if not path or disk.get("type") == "network":
+            continue
+        directory = os.path.dirname(os.path.normpath(path))
+        entry = markers.get(directory)
+        if entry is not None and entry.get("state") == "created":
+            if marker_seen(entry, probe_id):
+                out[disk["target"]] = ("a file made in %s on %s is visible in the same directory on the "
+                                       "source (identity probe)" % (directory, host))
+            continue
+        seen, _src = dest.lookup(path)
+        if same_file(disk.get("fingerprint"), (seen or {}).get("fingerprint")):
+            out[disk["target"]] = ("the same file (inode %s, %s bytes) is visible on %s"
+                                   % (disk["fingerprint"]["inode"], disk["fingerprint"]["size"], host))
+    return out
+
+
 def check_copy_set(disks: list[dict[str, t.Any]], copy_storage: str, shared: t.Sequence[str],
                    shared_proof: dict[str, str | None], host: str,
                    selected: list[str] | None = None) -> list[dict[str, t.Any]]:
@@ -325,8 +388,9 @@ def check_copy_set(disks: list[dict[str, t.Any]], copy_storage: str, shared: t.S
             continue
         proof = shared_proof.get(target)
         if proof:
-            out.append(finding("shared_storage", "ok", host, "Disk %s (%s) is shared: %s."
-                               % (target, disk.get("path"), proof), target=target, path=disk.get("path")))
+            out.append(finding("shared_storage", "ok", host, "Disk %s (%s) is on storage shared with %s: "
+                               "%s; it is not copied." % (target, disk.get("path"), host, proof),
+                               target=target, path=disk.get("path"), shared=True))
         elif disk.get("type") == "network":
             out.append(finding("shared_storage", "warning", host,
                                "Disk %s is a %s network disk (%s): not copied; that %s reaches it "
@@ -343,16 +407,18 @@ def check_copy_set(disks: list[dict[str, t.Any]], copy_storage: str, shared: t.S
     return out
 
 
-def check_cache_modes(disks: list[dict[str, t.Any]], copied: t.Sequence[str], host: str
-                      ) -> list[dict[str, t.Any]]:
+def check_cache_modes(disks: list[dict[str, t.Any]], copied: t.Sequence[str], host: str,
+                      qemu_version: int | None = None) -> list[dict[str, t.Any]]:
     """Cache modes and data safety (case C12).
 
     libvirt's "Unsafe migration: Migration may lead to data corruption if disks use cache other
     than none or directsync" is about disks that are NOT copied: with a host page cache on both
     hosts, the destination could read stale data of shared storage. Such a disk is an error
-    (libvirt refuses; the unsafe flag is never added for you). A copied disk with another cache
-    mode is a warning: libvirt accepts it and QEMU flushes at the switch-over, but writes sit in
-    the source's page cache until then, so a source crash during the copy loses them.
+    (libvirt refuses; the unsafe flag is never added for you), unless the source's QEMU is
+    :data:`QEMU_DROP_CACHE_SINCE` or newer (``qemu_version``): it drops the destination's page
+    cache at the switch-over and libvirt accepts the move, so it is a warning. A copied disk with
+    another cache mode is a warning: libvirt accepts it and QEMU flushes at the switch-over, but
+    writes sit in the source's page cache until then, so a source crash during the copy loses them.
     """
     out = []
     for disk in disks:
@@ -369,6 +435,14 @@ def check_cache_modes(disks: list[dict[str, t.Any]], copied: t.Sequence[str], ho
                                "until the switch-over flush; a source crash during the copy loses "
                                "them. Prefer cache='none' (change it while the guest is shut off)."
                                % (disk["target"], cache), **values))
+        elif disk.get("shareable") or (qemu_version or 0) >= QEMU_DROP_CACHE_SINCE:
+            out.append(finding("cache_mode", "warning", host,
+                               "Disk %s is not copied and uses cache='%s': libvirt accepts it (%s), but "
+                               "cache='none' keeps both hosts' page caches out of shared storage (change "
+                               "it while the guest is shut off)." % (
+                                   disk["target"], cache, "the disk is shareable" if disk.get("shareable")
+                                   else "QEMU %s drops the destination's page cache at the switch-over"
+                                   % version_text(qemu_version)), **values))
         else:
             out.append(finding("cache_mode", "error", host,
                                "Disk %s is not copied and uses cache='%s': libvirt refuses with "
@@ -378,6 +452,63 @@ def check_cache_modes(disks: list[dict[str, t.Any]], copied: t.Sequence[str], ho
                                % (disk["target"], cache), **values))
     if not out:
         out.append(finding("cache_mode", "ok", host, "No disk uses an unsafe cache mode."))
+    return out
+
+
+def shared_filesystems(qemu_conf: str | None) -> list[str]:
+    """The directories of ``shared_filesystems = [...]`` in the text of qemu.conf (comments and
+    a commented-out example ignored)."""
+    text = "\n".join(line.split("#", 1)[0] for line in (qemu_conf or "").splitlines())
+    block = re.search(r"^\s*shared_filesystems\s*=\s*\[(.*?)\]", text, re.MULTILINE | re.DOTALL)
+    return re.findall(r'"([^"]+)"', block.group(1)) if block else []
+
+
+def check_shared_safety(disks: list[dict[str, t.Any]], copied: t.Sequence[str], shared: t.Sequence[str],
+                        mounts: list[dict[str, t.Any]], declared_dirs: t.Sequence[str], host: str,
+                        realpath: t.Callable[[str], str] = os.path.realpath) -> list[dict[str, t.Any]]:
+    """A writable file disk that is shared (not copied) must be on storage the source's libvirt
+    knows as shared, or libvirt refuses with "Unsafe migration: Migration without shared storage
+    is unsafe" (qemuMigrationSrcIsSafe judges by the filesystem type of the disk's path).
+
+    :param shared: targets not copied because they are shared (declared or shown).
+    :param mounts: the source's ``/proc/self/mounts`` entries (``_host.parse_mounts``).
+    :param declared_dirs: ``shared_filesystems`` of the source's qemu.conf.
+    """
+    out = []
+    for disk in disks:
+        path = disk.get("path")
+        if (disk.get("target") not in shared or disk.get("target") in copied or disk.get("readonly")
+                or disk.get("type") not in (None, "file") or not path):
+            continue
+        real = realpath(path)
+        values = {"target": disk["target"], "path": path, "realpath": real}
+        covered = [d for d in declared_dirs if real == d.rstrip("/") or real.startswith(d.rstrip("/") + "/")]
+        mount = _images.mount_holding(real, mounts) if mounts else None
+        fstype = (mount or {}).get("fstype")
+        values.update(fstype=fstype, mount=(mount or {}).get("mount"), shared_filesystems=covered)
+        if covered:
+            out.append(finding("shared_storage", "ok", host, "Disk %s (%s) is under %s, declared in "
+                               "shared_filesystems of the source's qemu.conf: libvirt treats it as shared."
+                               % (disk["target"], path, covered[0]), **values))
+        elif fstype is None:
+            out.append(finding("shared_storage", "warning", host, "Disk %s (%s): the filesystem holding it on "
+                               "the source is unknown, so whether libvirt accepts it as shared is not "
+                               "verified." % (disk["target"], path), **values))
+        elif fstype in LIBVIRT_SHARED_FSTYPES:
+            out.append(finding("shared_storage", "ok", host, "Disk %s (%s) is on %s (%s), which libvirt "
+                               "knows as shared storage." % (disk["target"], path, fstype, mount["mount"]),
+                               **values))
+        else:
+            out.append(finding(
+                "shared_storage", "error", host,
+                "Disk %s (%s) is shared with %s but not copied, and it is on a %s filesystem (%s) that "
+                "libvirt does not know as shared storage: libvirt refuses the move with 'Unsafe migration: "
+                "Migration without shared storage is unsafe' (it judges by the filesystem type: NFS, GFS2, "
+                "OCFS2, CephFS ... are shared; ext4, xfs or a bind mount of them are not). Declare the "
+                "directory on the source: shared_filesystems = [\"%s\"] in %s, then restart libvirt there "
+                "(systemctl restart libvirtd, or virtqemud)." % (
+                    disk["target"], path, host, fstype, mount["mount"], os.path.dirname(real), QEMU_CONF),
+                **values))
     return out
 
 
@@ -785,26 +916,65 @@ def check_transport_port(address: str, port: int, what: str, result: str, host: 
                    "and open the port in its firewall." % (what, port, address, result), **values)
 
 
-def check_data_port(address: str, port: int, what: str, result: str, host: str) -> dict[str, t.Any]:
-    """A migration or NBD port; see the module docstring for what can honestly be said."""
-    values = {"address": address, "port": port, "result": result, "verified": result == "open"}
+def check_data_port(address: str, port: int, what: str, result: str, host: str,
+                    listener: dict[str, t.Any] | None = None, ignore_blocked: bool = False
+                    ) -> dict[str, t.Any]:
+    """A migration or NBD port: what can honestly be said (see the module docstring).
+
+    :param result: of :func:`_probe.probe_port` (``open``, ``open_other``, ``refused``,
+        ``timeout``, ``unreachable``), or ``unavailable`` when the listener held no port.
+    :param listener: the ``preflight_dest`` entry of this port (``{requested, port, state,
+        reason}``): a kvmops listener held it, so a reset means a firewall rejects (``closed``)
+        and no answer means one drops it (``filtered``). None: a plain connect, where a reset
+        is not verifiable (nothing listens before the migration).
+    :param ignore_blocked: a closed, filtered or unreachable port is a warning, not an error
+        (the operator knows the firewall opens the ports only for the move).
+    """
+    verified = listener is not None
+    shown = (listener or {}).get("port") or port
+    label = "%s port %d on %s" % (what, shown, address)
+    if listener is not None and listener.get("requested") not in (None, shown):
+        label += " (%d is in use there; libvirt takes the next free one)" % listener["requested"]
+    state = {"open": "open", "open_other": "other", "refused": "closed", "timeout": "filtered",
+             "unreachable": "unreachable", "unavailable": "unavailable"}.get(result, result)
+    values = {"address": address, "port": shown, "requested": (listener or {}).get("requested", port),
+              "result": result, "state": state, "verified": result == "open",
+              "probe": "listener" if verified else "connect"}
     if result == "open":
-        return finding("data_port", "ok", host, "%s port %d on %s: a listener answers, the route is "
-                       "open." % (what, port, address), **values)
-    if result == "refused":
+        return finding("data_port", "ok", host, "%s: %s answered, the route is open." % (
+            label, "the kvmops listener" if verified else "a listener"), **values)
+    if result == "refused" and not verified:
         return finding("data_port", "ok", host,
-                       "%s port %d on %s: the host answered (connection refused), not verifiable "
-                       "until the migration: QEMU listens there only during an incoming migration, "
-                       "and a firewall REJECT rule answers the same way. Make sure the firewall of %s "
-                       "accepts TCP 49152-49215 from the source." % (what, port, address, host),
-                       **values)
-    if result == "timeout":
-        return finding("data_port", "warning", host,
-                       "%s port %d on %s: no answer (timeout): a firewall probably drops it; open "
-                       "TCP 49152-49215 from the source on %s." % (what, port, address, host),
-                       **values)
-    return finding("data_port", "error", host, "%s port %d on %s: host unreachable from the source: "
-                   "check routing to %s." % (what, port, address, address), **values)
+                       "%s: the host answered (connection refused), not verifiable until the migration: QEMU "
+                       "listens there only during an incoming migration, and a firewall REJECT rule answers "
+                       "the same way. Make sure the firewall of %s accepts TCP 49152-49215 from the source."
+                       % (label, host), **values)
+    if result == "unavailable":
+        why = (listener or {}).get("reason") or "no port held"
+        status = "error" if why.startswith("every port") else "warning"
+        msg = ("%s: not verified, the probe on %s could not listen (%s)%s." % (
+            label, host, why, ": libvirt fails the same way ('Unable to find an unused port in range'); "
+            "wait for the other incoming migrations to end or widen migration_port_max in qemu.conf"
+            if status == "error" else ""))
+        return finding("data_port", status, host, msg, **values)
+    if result == "open_other":
+        msg = ("%s: something answered, but not the kvmops listener that holds the port on %s: a NAT or "
+               "proxy sends it elsewhere, so the migration stream would not reach %s's QEMU. Fix the "
+               "forwarding, or give dest_host the address the source reaches %s at directly."
+               % (label, host, host, host))
+    elif result == "refused":
+        msg = ("%s is closed: the kvmops listener holds it on %s, yet the connection was reset, so a firewall "
+               "rejects it (a REJECT rule). The move would fail after the images were created: %s."
+               % (label, host, _OPEN_PORTS % host))
+    elif result == "timeout":
+        msg = ("%s is filtered: no answer at all (timeout), so a firewall drops it. The move would fail after "
+               "the images were created: %s." % (label, _OPEN_PORTS % host))
+    else:
+        msg = "%s: host unreachable from the source: check routing to %s." % (label, address)
+    if ignore_blocked:
+        return finding("data_port", "warning", host, "%s (Accepted: ignore_blocked / "
+                       "migrate_guest_ignore_blocked_migration_ports is set.)" % msg, **values)
+    return finding("data_port", "error", host, msg, **values)
 
 
 def check_tls_files(files: t.Sequence[str], purpose: str, exists: t.Callable[[str], bool],
@@ -908,6 +1078,12 @@ class PreflightOptions:
     #: where the caller already found the guest: ``{source: host name, hosts: {host: state}}``
     #: (the role's locate step); given, the group is not searched again
     located: dict[str, t.Any] | None = None
+    #: what ``preflight_dest`` set up on the destination: ``{probe_id, ports: [{requested, port,
+    #: state, reason}], markers: [{dir, path, state, reason}]}``; None: plain connects, and
+    #: shared storage shown by inode and size only
+    dest_probe: dict[str, t.Any] | None = None
+    #: a closed, filtered or unreachable data port is a warning, not an error
+    ignore_blocked_ports: bool = False
 
     def validate(self) -> None:
         """:raises KvmopsError: an option out of range, named."""
@@ -941,6 +1117,14 @@ class PreflightOptions:
         return out
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
 @dataclasses.dataclass
 class Probes:
     """Injectable access to the world outside libvirt (tests pass fakes)."""
@@ -948,8 +1132,13 @@ class Probes:
     connect: t.Callable[..., t.Any] = _libvirt.connection
     resolver: t.Callable[[str], list[str]] = resolve
     tcp: t.Callable[[str, int, float], str] = tcp_probe
+    #: a connect that says hello to a ``preflight_dest`` listener (:func:`_probe.probe_port`)
+    probe_port: t.Callable[[str, int, str | None, float], str] = _probe.probe_port
+    marker_seen: t.Callable[[dict[str, t.Any], str], bool] = _probe.marker_seen
     exists: t.Callable[[str], bool] = os.path.exists
     is_local: t.Callable[[str], bool] = is_local_address
+    #: the text of a file of the source, None when unreadable (``/proc/self/mounts``, qemu.conf)
+    read_text: t.Callable[[str], str | None] = _read_text
     runner: t.Any = None
     lv: t.Any = None
 
@@ -1051,10 +1240,30 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     src_label = opts.source_uri
     findings: list[dict[str, t.Any]] = []
     result: dict[str, t.Any] = {"domain": opts.domain, "source": src_label, "destination": dest,
-                                "dest_uri": dest_uri, "copy_set": [], "already_migrated": False,
-                                "checked": {"disks": [], "cpu": None}}
+                                "dest_uri": dest_uri, "copy_set": [], "shared_detected": [],
+                                "already_migrated": False, "checked": {"disks": [], "cpu": None}}
+
+    probe = opts.dest_probe or {}
+    probe_id = probe.get("probe_id")
+    held = {int(p["requested"]): p for p in probe.get("ports") or [] if p.get("requested") is not None}
+    probed: dict[int, str] = {}
+
+    def data_port(requested: int) -> tuple[str, dict[str, t.Any] | None]:
+        """(result, listener entry or None) of the port the move asks for."""
+        entry = held.get(int(requested))
+        if entry is None:
+            return probes.tcp(opts.dest_host, requested, opts.port_timeout_s), None
+        if entry.get("state") != "listening" or not entry.get("port"):
+            return "unavailable", entry
+        if int(requested) not in probed:
+            probed[int(requested)] = probes.probe_port(opts.dest_host, int(entry["port"]), probe_id,
+                                                       opts.port_timeout_s)
+        return probed[int(requested)], entry
 
     def done() -> dict[str, t.Any]:
+        for requested in held:  # every port the listener holds is probed once: then it ends
+            if held[requested].get("state") == "listening" and requested not in probed:
+                data_port(requested)
         out = dict(result)
         out.update(report(findings))
         return out
@@ -1169,18 +1378,30 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         dest_files = _dest_storage(dconn, opts, [d["path"] for d in disks if d.get("path")]
                                    + [r["path"] for r in req] + [b["path"] for d in disks
                                                                  for b in d.get("backing") or [] if b.get("path")], lv)
-        proof = {}
-        for disk in disks:
-            seen, _src = dest_files.lookup(disk.get("path") or "")
-            if same_file(disk.get("fingerprint"), (seen or {}).get("fingerprint")):
-                proof[disk["target"]] = ("the same file (inode %s, %s bytes) is visible on %s"
-                                         % (disk["fingerprint"]["inode"], disk["fingerprint"]["size"], dest))
-        copy_findings = check_copy_set(disks, opts.copy_storage, opts.shared_disks, proof, dest, opts.disks)
+        proof = shared_proof(disks, dest_files, probe, probes.marker_seen, dest)
+        # a disk shown shared is not copied (copying it would write the image onto itself)
+        detected = [d["target"] for d in disks if d.get("copy") and d["target"] in proof
+                    and d["target"] not in opts.shared_disks] if opts.copy_storage != "none" else []
+        forced = [tg for tg in detected if tg in (opts.disks or [])]
+        for target in forced:
+            findings.append(finding("shared_storage", "error", dest,
+                                    "Disk %s is listed in disks to copy, but it is on storage shared with %s (%s): "
+                                    "copying it would write the image onto itself. Leave it out of disks."
+                                    % (target, dest, proof[target]), target=target))
+        shared = list(opts.shared_disks) + [tg for tg in detected if tg not in forced]
+        result["shared_detected"] = [tg for tg in detected if tg not in forced]
+        copy_findings = check_copy_set(disks, opts.copy_storage, shared, proof, dest, opts.disks)
         findings.extend(copy_findings)
         copied = copy_findings[0]["values"].get("copy", []) if copy_findings[0]["status"] == "ok" else []
         result["copy_set"] = copied
-        findings.extend(check_cache_modes(disks, copied if copied or opts.copy_storage == "none" else
-                                          _domain_xml.copy_set(disks, opts.shared_disks), dest))
+        not_copied = copied if copied or opts.copy_storage == "none" else _domain_xml.copy_set(disks, shared)
+        findings.extend(check_cache_modes(disks, not_copied, dest, src_facts.get("qemu")))
+        if active:
+            kept = [d["target"] for d in disks if d["target"] not in copied and (
+                d["target"] in shared or opts.copy_storage == "none")]
+            findings.extend(check_shared_safety(
+                disks, copied, kept, _host.parse_mounts(probes.read_text(PROC_MOUNTS) or ""),
+                shared_filesystems(probes.read_text(QEMU_CONF)), dest))
         if copied and not active:
             findings.append(finding("copy_set", "error", dest, "Guest %s is shut off: libvirt's offline "
                                     "migration cannot copy disks (%s). Start it and migrate live, or "
@@ -1205,11 +1426,13 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         names.update({opts.dest_host: True, uri_host: True})
         findings.extend(check_names(names, probes.resolver, dest))
         if active:
-            findings.append(check_data_port(opts.dest_host, opts.migrate_port, "Migration", probes.tcp(
-                opts.dest_host, opts.migrate_port, opts.port_timeout_s), dest))
+            res, entry = data_port(opts.migrate_port)
+            findings.append(check_data_port(opts.dest_host, opts.migrate_port, "Migration", res, dest, entry,
+                                            opts.ignore_blocked_ports))
             if copied:
-                findings.append(check_data_port(opts.dest_host, opts.disks_port, "Disk (NBD)", probes.tcp(
-                    opts.dest_host, opts.disks_port, opts.port_timeout_s), dest))
+                res, entry = data_port(opts.disks_port)
+                findings.append(check_data_port(opts.dest_host, opts.disks_port, "Disk (NBD)", res, dest, entry,
+                                                opts.ignore_blocked_ports))
         if opts.tls:
             findings.append(check_tls_files(QEMU_TLS_CLIENT_FILES, "the migration stream (VIR_MIGRATE_TLS)",
                                             probes.exists, src_label))
@@ -1244,6 +1467,7 @@ def options_from_params(params: dict[str, t.Any]) -> PreflightOptions:
     values["migrate_port"] = int(ports.get("migrate") or DEFAULT_MIGRATE_PORT)
     values["disks_port"] = int(ports.get("disks") or DEFAULT_DISKS_PORT)
     values["port_timeout_s"] = float(ports.get("timeout_s") or 3.0)
+    values["ignore_blocked_ports"] = bool(ports.get("ignore_blocked"))
     return PreflightOptions(**values)
 
 

@@ -432,6 +432,18 @@ stats:
     disk_bps:
       description: Disk transfer rate in bytes per second.
       type: int
+    stats_from:
+      description:
+        - Where the figures come from. C(completed) - the completed job statistics (of the destination, else
+          the source); C(last_sample) - none were readable (after a post-copy move the source domain is gone and
+          the destination may report none), so the last progress sample polled on the source gives them;
+          C(completed+last_sample) - the sample filled in what the completed statistics lacked; C(none) - nothing known.
+        - From a sample, RV(stats.time_ms) is at least the duration (the job ran on for at most one poll interval).
+      type: str
+      sample: completed
+    downtime_estimated:
+      description: RV(stats.downtime_ms) is libvirt's estimate from the last progress sample, not the measured downtime.
+      type: bool
 progress:
   description: The last progress sample (phase, percent, bytes remaining, dirty rate in bytes per second).
   returned: when migrated

@@ -162,6 +162,13 @@ options:
         description: Connect timeout per port, in seconds.
         type: float
         default: 3.0
+      ignore_blocked:
+        description:
+          - Report a migration or disk port that is closed, filtered or unreachable from the source as a
+            warning instead of an error (for a firewall that opens the ports only while a migration runs).
+            The move then probably fails after the destination images were created.
+        type: bool
+        default: false
   detect_zeroes:
     description: The migration will use zero detection (needs libvirt 10.9 on both hosts; a warning otherwise).
     type: bool
@@ -214,6 +221,69 @@ options:
       - When not given, an existing image of the right size is a warning (unknown owner).
     type: list
     elements: dict
+  dest_probe:
+    description:
+      - RV(kvmops.migration.preflight_dest#module:probe) of M(kvmops.migration.preflight_dest) run on the
+        destination just before. With it the migration and disk ports are probed against the listeners
+        it holds (C(open), C(closed) by a REJECT rule, C(filtered) by a DROP rule are told apart, and
+        the port probed is the one the move will get), and its marker files decide whether a disk's
+        directory is shared with the destination (a marker seen on the source means shared, and the disk
+        is not copied; a marker not seen means not shared, whatever inode and size say).
+      - Without it, ports get a plain connect and shared storage is shown by the same inode and size
+        in O(dest_disks).
+    type: dict
+    suboptions:
+      probe_id:
+        description: The probe's id.
+        type: str
+        required: true
+      ports:
+        description: The ports the listener holds.
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          requested:
+            description: The port the move asks for.
+            type: int
+            required: true
+          port:
+            description: The port held; null when none.
+            type: int
+          state:
+            description: C(listening) or C(unavailable).
+            type: str
+            required: true
+          reason:
+            description: Why another or no port is held.
+            type: str
+      markers:
+        description: The marker files made on the destination.
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          dir:
+            description: The directory.
+            type: str
+            required: true
+          path:
+            description: The marker file.
+            type: str
+            required: true
+          state:
+            description: C(created), C(absent) or C(error).
+            type: str
+            required: true
+          reason:
+            description: Why no marker was made.
+            type: str
+      pid:
+        description: The destination's probe process (informational).
+        type: int
+      lifetime_s:
+        description: Its lifetime (informational).
+        type: float
   fail_on_error:
     description:
       - Fail the task when any finding is an error. Set to false to collect reports of many guests;
@@ -223,18 +293,30 @@ options:
 extends_documentation_fragment:
   - kvmops.migration.attributes.info_module
 notes:
-  - "Ports: the destination QEMU listens on its migration and disk ports only during an incoming
-    migration. A connection accepted proves the route; C(connection refused) means the host
-    answered but a firewall REJECT rule answers the same way, so it is reported as ok with
-    C(values.verified=false) and the words C(not verifiable until the migration); no answer is a
-    warning (a firewall that drops); unreachable is an error. The libvirt transport port (ssh 22,
-    tls 16514) must accept a connection."
+  - "Ports, with O(dest_probe): the listener of M(kvmops.migration.preflight_dest) holds the port the
+    move will get; its answer is C(open) (ok), a reset is C(closed) (a REJECT rule, error), no answer
+    is C(filtered) (a DROP rule, error), an answer that is not the listener's is an error (a NAT or
+    proxy), each naming the firewall fix. Without it the destination QEMU listens on its ports only
+    during an incoming migration: a connection accepted proves the route; C(connection refused)
+    means the host answered but a firewall REJECT rule answers the same way, so it is reported as
+    ok with C(values.verified=false) and the words C(not verifiable until the migration); no answer
+    is an error (a firewall that drops: the move would fail after the images were created); an
+    unreachable host is an error. O(ports.ignore_blocked) makes these errors warnings. The libvirt
+    transport port (ssh 22, tls 16514) must accept a connection."
+  - "Shared storage: a disk shown shared (the O(dest_probe) marker, else inode and size) is not
+    copied (RV(shared_detected)); a writable disk that is not copied must be on a filesystem the
+    source's libvirt knows as shared (NFS, GFS2, OCFS2, CephFS, GPFS, BeeGFS ..., read from
+    C(/proc/self/mounts)) or under C(shared_filesystems) of its C(/etc/libvirt/qemu.conf), else it
+    is an error naming that setting (libvirt would refuse with C(Migration without shared storage
+    is unsafe))."
   - The destination's own host name is resolved too; it is a warning only, because
     M(kvmops.migration.migrate) passes explicit data URIs built from O(dest_host).
   - Memory is compared with the guest's maximum memory; free memory comes from
     C(virNodeGetFreeMemory), reclaimable page cache from C(virNodeGetMemoryStats).
   - A copied disk with a cache mode other than C(none) or C(directsync) is a warning; a disk that
-    is not copied with such a cache mode is an error (libvirt refuses it as C(Unsafe migration)).
+    is not copied with such a cache mode is an error when the source's QEMU is older than 4.0
+    (libvirt refuses it as C(Unsafe migration)), else a warning (QEMU drops the destination's page
+    cache at the switch-over).
 seealso:
   - module: kvmops.migration.migrate
   - module: kvmops.migration.disk_info
@@ -254,10 +336,21 @@ EXAMPLES = r"""
   delegate_to: hostb
   register: dst
 
+- name: Open the destination's side of the port and shared-storage probes
+  kvmops.migration.preflight_dest:
+    probe_id: "{{ lookup('ansible.builtin.password', '/dev/null', chars=['ascii_lowercase', 'digits'], length=16) }}"
+    ports: [49152, 49153]
+    paths:
+      - /var/lib/libvirt/images/vm1.qcow2
+  delegate_to: hostb
+  register: dst_probe
+  check_mode: false
+
 - name: Pre-flight of vm1 to hostb, run on the source
   kvmops.migration.preflight:
     domain: vm1
     dest_host: 198.18.0.2
+    dest_probe: "{{ dst_probe.probe }}"
     dest_disks: "{{ dst.paths }}"
     dest_mounts: "{{ dst.mounts }}"
     dest_interfaces: "{{ dst.interfaces }}"
@@ -359,6 +452,15 @@ checked:
       description: C(sha256:) fingerprint of the guest's C(<cpu>) element as checked; null when the XML was not read.
       type: str
       sample: "sha256:0c5e..."
+shared_detected:
+  description:
+    - Targets that would be copied but are shown on storage shared with the destination (identity probe
+      of O(dest_probe), else the same inode and size). They are not copied; pass them to
+      M(kvmops.migration.migrate) in O(kvmops.migration.migrate#module:shared_disks).
+  returned: always
+  type: list
+  elements: str
+  sample: [vda]
 copy_set:
   description: Targets a storage migration copies (empty when the copy set is unsafe).
   returned: always
@@ -413,7 +515,8 @@ def argument_spec() -> dict:
         ports=dict(type="dict", default={}, options=dict(
             migrate=dict(type="int", default=_preflight.DEFAULT_MIGRATE_PORT),
             disks=dict(type="int", default=_preflight.DEFAULT_DISKS_PORT),
-            timeout_s=dict(type="float", default=3.0))),
+            timeout_s=dict(type="float", default=3.0),
+            ignore_blocked=dict(type="bool", default=False))),
         detect_zeroes=dict(type="bool", default=False),
         parallel_connections=dict(type="int"),
         postcopy=dict(type="bool", default=False),
@@ -423,6 +526,15 @@ def argument_spec() -> dict:
         dest_mounts=dict(type="list", elements="dict", default=[]),
         dest_interfaces=dict(type="list", elements="str"),
         dest_manifest=dict(type="list", elements="dict"),
+        dest_probe=dict(type="dict", options=dict(
+            probe_id=dict(type="str", required=True),
+            ports=dict(type="list", elements="dict", default=[], options=dict(
+                requested=dict(type="int", required=True), port=dict(type="int"),
+                state=dict(type="str", required=True), reason=dict(type="str"))),
+            markers=dict(type="list", elements="dict", default=[], options=dict(
+                dir=dict(type="str", required=True), path=dict(type="str", required=True),
+                state=dict(type="str", required=True), reason=dict(type="str"))),
+            pid=dict(type="int"), lifetime_s=dict(type="float"))),
         fail_on_error=dict(type="bool", default=True),
     )
 

@@ -566,6 +566,7 @@ class FakeDomain:
         self.pause_during_migration = False
         # job types virDomainGetJobInfo reports after migrate3 returned (0: no job), one per call
         self.lingering_job: list = []
+        self.completed_late = 0
 
     def name(self):
         return self._name
@@ -603,6 +604,9 @@ class FakeDomain:
 
     def jobStats(self, flags=0):
         if flags == self.lv.VIR_DOMAIN_JOB_STATS_COMPLETED:
+            if self.completed_late:  # a destination that finishes a post-copy move after migrate3
+                self.completed_late -= 1
+                return {"type": 0}
             return self.completed or {"type": 0}
         if not self.samples:
             return {"type": 0}
@@ -660,6 +664,7 @@ class FakeDomain:
         incoming._state = "running"
         incoming.persistent = bool(flags & self.lv.VIR_MIGRATE_PERSIST_DEST)
         incoming.completed = self.completed
+        incoming.completed_late = self.completed_late
         self._state = "shutoff"
         if flags & self.lv.VIR_MIGRATE_UNDEFINE_SOURCE:
             self.conn.remove(self)
@@ -1027,3 +1032,84 @@ def test_sever_is_off_when_asked_and_never_in_post_copy(monkeypatch):
         m.migrate_domain(o, sconn, dconn, rt=rt)
     assert "did not end 30 s after the abort request" in err.value.msg
     sdom.finished.set()
+
+
+# ------------------------------------------------------------------------------------------
+# The summary after a post-copy (or escalated) move, when the source domain is gone
+# ------------------------------------------------------------------------------------------
+
+def postcopy_run(lv, completed=True, late=0):
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_postcopy.json", postcopy=True,
+                                              timeout_action="postcopy", timeout_s_per_gib=1,
+                                              timeout_min_s=10)
+    if not completed:
+        sdom.completed = None
+    sdom.completed_late = late
+    return m.migrate_domain(o, sconn, dconn, rt=rt), sconn
+
+
+def test_postcopy_summary_waits_for_the_destination_s_completed_stats():
+    """migrate3 returned, the source domain is gone, the destination reports its completed
+    statistics two polls later: the summary has them, not None."""
+    res, sconn = postcopy_run(LV_11_3, late=2)
+    assert sconn.domains == []  # UNDEFINE_SOURCE: nothing to read on the source
+    stats = res["stats"]
+    assert stats["stats_from"] == "completed"
+    assert stats["time_ms"] == 14800 and stats["downtime_ms"] == 35 and stats["memory_bytes"] == 1321205760
+    assert not [w for w in res["warnings"] if "completed statistics" in w]
+
+
+def test_postcopy_summary_without_completed_stats_takes_the_last_sample():
+    """Neither host has completed statistics: duration, bytes and passes come from the last
+    progress sample (marked as such), never None."""
+    res, _sconn = postcopy_run(LV_11_3, completed=False)
+    stats = res["stats"]
+    last = load("jobstats_postcopy.json")["samples"][-1]["stats"]
+    assert stats["stats_from"] == "last_sample"
+    assert stats["time_ms"] == last["time_elapsed"] and stats["memory_bytes"] == last["memory_processed"]
+    assert stats["data_bytes"] == last["data_processed"] and stats["iterations"] == last["memory_iteration"]
+    assert stats["disk_bytes"] == last["disk_processed"]
+    assert any("no completed statistics" in w for w in res["warnings"])
+    from ansible_collections.kvmops.migration.plugins.module_utils import _placement
+
+    lines = _placement.migration_summary("vm12", "hosta", "hostb", res)["lines"]
+    assert lines[0].startswith("vm12 moved hosta -> hostb in at least %s s" % round(last["time_elapsed"] / 1000.0, 1))
+    assert "None" not in lines[0] and "memory ?" not in " ".join(lines)
+    assert "from the last progress sample" in lines[1]
+
+
+def test_completed_summary_fills_only_what_the_completed_stats_lack():
+    fx = load("jobstats_postcopy.json")
+    last = m.progress_from_stats(fx["samples"][-1]["stats"], 30.0, LV_11_3)
+    partial = {k: v for k, v in fx["completed"].items() if k not in ("memory_processed", "downtime")}
+    res = m.completed_summary(partial, last, LV_11_3)
+    assert res["stats_from"] == "completed+last_sample"
+    assert res["time_ms"] == 14800  # the completed job's own
+    assert res["memory_bytes"] == fx["samples"][-1]["stats"]["memory_processed"]
+    assert res["downtime_ms"] is None and res["downtime_estimated"] is False  # a running job gave no downtime
+    full = m.completed_summary(fx["completed"], last, LV_11_3)
+    assert full["stats_from"] == "completed" and full["downtime_ms"] == 35
+
+
+def test_completed_summary_with_nothing_known():
+    res = m.completed_summary({}, None, LV_11_3)
+    assert res["stats_from"] == "none" and res["time_ms"] is None
+    res = m.completed_summary(None, {"elapsed_s": 12.5, "active": True}, LV_11_3)
+    assert res["time_ms"] == 12500 and res["stats_from"] == "last_sample"
+
+
+def test_completed_stats_wait_while_the_destination_job_runs():
+    """The destination still runs the incoming post-copy job: its completed statistics are
+    waited for (by the run's clock) up to COMPLETED_STATS_WAIT_ACTIVE_S, not only the grace."""
+    lv = LV_11_3
+    fx = load("jobstats_postcopy.json")
+    ddom = FakeDomain(lv, "vm12", UUID, XML_C12, samples=[{"stats": {"type": 2}}], completed=fx["completed"])
+    ddom.completed_late = 20  # 20 s: longer than the grace, shorter than the active wait
+    clock = FakeClock()
+    notes: list = []
+    stats = m._completed_stats(ddom, None, lv, notes, m.Runtime(lv=lv, clock=clock, sleep=clock.sleep))
+    assert stats["type"] == 3 and 20 <= clock() < m.COMPLETED_STATS_WAIT_ACTIVE_S and notes == []
+    idle = FakeDomain(lv, "vm12", UUID, XML_C12, completed=None)
+    clock = FakeClock()
+    assert m._completed_stats(idle, None, lv, notes, m.Runtime(lv=lv, clock=clock, sleep=clock.sleep)) == {}
+    assert clock() <= m.COMPLETED_STATS_WAIT_GRACE_S + 1

@@ -228,6 +228,14 @@ def test_image_report_missing_and_wrong_size():
     assert "/i/vm.swap is missing" in rep["problems"][1]
 
 
+def test_image_report_leaves_shared_disks_out():
+    """A disk on storage both hosts see was not copied: no image of it to compare, and the summary
+    must not advise removing the 'old image' on the source (it is the guest's only one)."""
+    dst = [{"path": "/i/vm.raw", "exists": True, "virtual_size": 10 * GIB, "allocation": 256 * MIB}]
+    rep = p.image_report(SRC, dst, [], shared=["vdb"])
+    assert [i["target"] for i in rep["images"]] == ["vda"] and rep["ok"]
+
+
 def test_migration_summary_lines():
     result = {"changed": True, "state": "migrated", "plan": {"flags": ["VIR_MIGRATE_LIVE"]},
               "stats": {"time_ms": 12345, "downtime_ms": 42, "memory_bytes": 300 * MIB, "disk_bytes": 20 * GIB,

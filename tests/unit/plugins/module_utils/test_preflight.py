@@ -7,6 +7,7 @@ comparison by test_cpu's FakeConn, which mimics libvirt's messages)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -483,13 +484,55 @@ def test_c09_unresolvable_name_used_by_the_migration_is_an_error():
 
 
 @pytest.mark.parametrize("result,status,verified", [
-    ("open", "ok", True), ("refused", "ok", False), ("timeout", "warning", False),
+    ("open", "ok", True), ("refused", "ok", False), ("timeout", "error", False),
     ("unreachable", "error", False)])
 def test_data_port_honesty(result, status, verified):
+    """A plain connect (no listener): a refusal is not verifiable; no answer at all predicts the
+    move's failure, so it stops the run before anything is created (issue 16 item 1)."""
     f = pf.check_data_port(DST, 49152, "Migration", result, DST)
     assert f["status"] == status and f["values"]["verified"] is verified
     if result == "refused":
         assert "not verifiable until the migration" in f["msg"]
+    if result == "timeout":
+        assert "filtered" in f["msg"] and "kvm_host_firewall" in f["msg"]
+
+
+LISTENING = {"requested": 49152, "port": 49152, "state": "listening", "reason": None}
+
+
+@pytest.mark.parametrize("result,status,state,words", [
+    ("open", "ok", "open", "the kvmops listener answered"),
+    ("refused", "error", "closed", "REJECT rule"),
+    ("timeout", "error", "filtered", "a firewall drops it"),
+    ("open_other", "error", "other", "NAT or proxy"),
+    ("unreachable", "error", "unreachable", "check routing")])
+def test_data_port_with_the_listener_tells_open_closed_and_filtered_apart(result, status, state, words):
+    f = pf.check_data_port(DST, 49152, "Migration", result, DST, LISTENING)
+    assert (f["status"], f["values"]["state"], f["values"]["probe"]) == (status, state, "listener")
+    assert words in f["msg"]
+    if result in ("refused", "timeout"):
+        assert "firewall-cmd --permanent --add-port=49152-49215/tcp" in f["msg"]
+
+
+@pytest.mark.parametrize("result", ["refused", "timeout", "unreachable", "open_other"])
+def test_blocked_port_accepted_by_the_operator_is_a_warning(result):
+    f = pf.check_data_port(DST, 49152, "Migration", result, DST, LISTENING, ignore_blocked=True)
+    assert f["status"] == "warning" and "migrate_guest_ignore_blocked_migration_ports" in f["msg"]
+
+
+def test_data_port_the_listener_moved_to_the_next_free_port():
+    entry = {"requested": 49152, "port": 49154, "state": "listening", "reason": "ports 49152, 49153 in use"}
+    f = pf.check_data_port(DST, 49152, "Migration", "open", DST, entry)
+    assert f["status"] == "ok" and f["values"]["port"] == 49154
+    assert "49152 is in use there; libvirt takes the next free one" in f["msg"]
+
+
+def test_data_port_no_free_port_is_an_error_other_listen_failures_a_warning():
+    full = {"requested": 49152, "port": None, "state": "unavailable",
+            "reason": "every port from 49152 to 49215 is in use"}
+    assert pf.check_data_port(DST, 49152, "Migration", "unavailable", DST, full)["status"] == "error"
+    odd = dict(full, reason="cannot listen on port 49152: Permission denied")
+    assert pf.check_data_port(DST, 49152, "Migration", "unavailable", DST, odd)["status"] == "warning"
 
 
 def test_transport_port_must_accept():
@@ -805,3 +848,157 @@ def test_group_and_located_exclude_each_other():
     with pytest.raises(KvmopsError, match="not both"):
         pf.PreflightOptions(domain="vm1", dest_host=DST, group=[{"name": "c", "uri": "qemu:///c"}],
                             located={"source": "hosta", "hosts": {}}).validate()
+
+
+# ------------------------------------------------------------------------------------------
+# Issue 16: the destination's probes (preflight_dest) judged by the pre-flight
+# ------------------------------------------------------------------------------------------
+
+LOCAL = "127.0.0.1"
+LOCAL_URI = "qemu+ssh://root@%s/system" % LOCAL
+PROBE_ID = "k3v9x0q2m8a1z7c4"
+
+
+def local_hosts(xml):
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    dst = Host(LOCAL_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    return {"qemu:///system": src, LOCAL_URI: dst}
+
+
+def test_run_with_a_real_listener_open_and_a_held_port_that_resets_is_closed(tmp_path):
+    """Real sockets: the listener holds the migration port and answers (open); the disk port
+    entry claims a port nobody listens on, as when a REJECT rule resets the SYN (closed)."""
+    import threading
+
+    from ansible_collections.kvmops.migration.plugins.module_utils import _probe
+
+    xml, image, kernel = run_xml(tmp_path)
+    sockets, ports = _probe.open_listeners([_free_port()], 65535, LOCAL)
+    closed = _free_port()
+    probe = {"probe_id": PROBE_ID, "markers": [],
+             "ports": [dict(ports[0], requested=49152), {"requested": 49153, "port": closed, "state": "listening"}]}
+    thread = threading.Thread(target=_probe.serve, args=(sockets, PROBE_ID, 10))
+    thread.start()
+    try:
+        p = probes(local_hosts(xml), names={"hostb": [LOCAL]})
+        p.probe_port = _probe.probe_port
+        res = pf.run_preflight(opts_for(image, kernel, dest_host=LOCAL, dest_probe=probe), p)
+    finally:
+        thread.join(5)
+        for sock in sockets:
+            sock.close()
+    ports_found = {f["values"]["requested"]: f for f in res["findings"] if f["check"] == "data_port"}
+    assert ports_found[49152]["status"] == "ok" and ports_found[49152]["values"]["state"] == "open"
+    assert ports_found[49153]["status"] == "error" and ports_found[49153]["values"]["state"] == "closed"
+    assert res["ok"] is False and "data_port" in {f["check"] for f in res["findings"] if f["status"] == "error"}
+    assert not thread.is_alive()  # probed once: the listener ended by itself
+
+
+def _free_port():
+    import socket as socketlib
+
+    with socketlib.socket() as sock:
+        sock.bind((LOCAL, 0))
+        return sock.getsockname()[1]
+
+
+def test_run_filtered_port_stops_the_run_unless_accepted(tmp_path):
+    xml, image, kernel = run_xml(tmp_path)
+    probe = {"probe_id": PROBE_ID, "markers": [],
+             "ports": [{"requested": 49152, "port": 49152, "state": "listening"},
+                       {"requested": 49153, "port": 49153, "state": "listening"}]}
+    calls = []
+    p = probes(local_hosts(xml), names={"hostb": [LOCAL]})
+    p.probe_port = lambda a, port, pid, t: calls.append((port, pid)) or "timeout"
+    res = pf.run_preflight(opts_for(image, kernel, dest_host=LOCAL, dest_probe=probe), p)
+    assert res["ok"] is False and calls == [(49152, PROBE_ID), (49153, PROBE_ID)]
+    assert all(f["values"]["state"] == "filtered" for f in res["findings"] if f["check"] == "data_port")
+    calls.clear()
+    res = pf.run_preflight(opts_for(image, kernel, dest_host=LOCAL, dest_probe=probe, ignore_blocked_ports=True), p)
+    assert res["ok"] is True and {f["status"] for f in res["findings"] if f["check"] == "data_port"} == {"warning"}
+
+
+def test_run_probes_every_held_port_even_when_it_stops_early(tmp_path):
+    """The listener ends when each of its ports was probed: an early stop (no destination
+    connection) still probes them, so it does not linger for its whole lifetime."""
+    xml, image, kernel = run_xml(tmp_path)
+    probe = {"probe_id": PROBE_ID, "markers": [],
+             "ports": [{"requested": 49152, "port": 49152, "state": "listening"},
+                       {"requested": 49153, "port": 49154, "state": "listening"}]}
+    calls = []
+    hosts = local_hosts(xml)
+    del hosts[LOCAL_URI]
+    p = probes(hosts, names={"hostb": [LOCAL]})
+    p.probe_port = lambda a, port, pid, t: calls.append(port) or "open"
+    res = pf.run_preflight(opts_for(image, kernel, dest_host=LOCAL, dest_probe=probe), p)
+    assert res["ok"] is False and sorted(calls) == [49152, 49154]
+
+
+def shared_run(tmp_path, mounts, qemu_conf="", seen=True, **kw):
+    from ansible_collections.kvmops.migration.plugins.module_utils import _probe
+
+    xml, image, kernel = run_xml(tmp_path)
+    markers = _probe.make_markers([image], PROBE_ID)
+    if not seen:  # made on the destination, in a directory the source does not share
+        markers = [dict(markers[0], path=markers[0]["path"] + "-elsewhere")]
+    p = probes(local_hosts(xml), names={"hostb": [LOCAL]})
+    p.read_text = {pf.PROC_MOUNTS: mounts, pf.QEMU_CONF: qemu_conf}.get
+    probe = {"probe_id": PROBE_ID, "markers": markers, "ports": []}
+    fp = {"path": image, "inode": os.stat(image).st_ino, "size": os.stat(image).st_size}
+    opts = opts_for(image, kernel, dest_host=LOCAL, dest_probe=probe,
+                    dest_disks=[{"path": image, "exists": True, "format": "raw", "virtual_size": 1024 ** 3,
+                                 "fingerprint": fp}, {"path": kernel, "exists": True}], **kw)
+    return pf.run_preflight(opts, p), image
+
+
+def test_shared_directory_found_by_the_marker_is_not_copied_and_libvirt_s_view_is_checked(tmp_path):
+    res, _image = shared_run(tmp_path, "server:/export / nfs4 rw 0 0\n")
+    assert res["copy_set"] == [] and res["shared_detected"] == ["vda"]
+    shared = [f for f in res["findings"] if f["check"] == "shared_storage"]
+    assert shared[0]["status"] == "ok" and "identity probe" in shared[0]["msg"] and "not copied" in shared[0]["msg"]
+    assert any("nfs4" in f["msg"] and f["status"] == "ok" for f in shared)
+    assert not [f for f in res["findings"] if f["check"] == "dest_image"]  # nothing to create
+    assert res["ok"] is True, [f["msg"] for f in res["findings"] if f["status"] == "error"]
+
+
+def test_shared_directory_on_a_local_filesystem_predicts_libvirt_s_unsafe_refusal(tmp_path):
+    """A bind mount (ext4 underneath): both hosts see the files, libvirt does not know it as shared."""
+    res, image = shared_run(tmp_path, "/dev/sda1 / ext4 rw 0 0\n")
+    err = [f for f in res["findings"] if f["check"] == "shared_storage" and f["status"] == "error"]
+    assert res["ok"] is False and len(err) == 1
+    msg = err[0]["msg"]
+    assert "Migration without shared storage is unsafe" in msg and "ext4" in msg
+    assert 'shared_filesystems = ["%s"]' % os.path.dirname(os.path.realpath(image)) in msg
+    # declared in the source's qemu.conf: libvirt treats it as shared
+    conf = '# shared_filesystems = ["/nowhere"]\nshared_filesystems = [\n  "%s"\n]\n' % os.path.dirname(
+        os.path.realpath(image))
+    (tmp_path / "again").mkdir()
+    res, _image = shared_run(tmp_path / "again", "/dev/sda1 / ext4 rw 0 0\n", conf.replace(
+        os.path.dirname(os.path.realpath(image)), os.path.realpath(str(tmp_path / "again"))))
+    assert res["ok"] is True, [f["msg"] for f in res["findings"] if f["status"] == "error"]
+
+
+def test_a_marker_not_seen_on_the_source_means_not_shared_even_with_the_same_inode(tmp_path):
+    """Cloned hosts keep inode and size: only the identity probe tells; the disk is copied."""
+    res, _image = shared_run(tmp_path, "/dev/sda1 / ext4 rw 0 0\n", seen=False)
+    assert res["copy_set"] == ["vda"] and res["shared_detected"] == []
+
+
+def test_a_shared_disk_listed_to_copy_is_refused(tmp_path):
+    res, _image = shared_run(tmp_path, "server:/export / nfs4 rw 0 0\n", disks=["vda"])
+    err = [f for f in res["findings"] if f["check"] == "shared_storage" and f["status"] == "error"]
+    assert err and "onto itself" in err[0]["msg"]
+
+
+def test_shared_filesystems_of_qemu_conf():
+    conf = ('#shared_filesystems = [\n#  "/path/to/images",\n#]\n'
+            'shared_filesystems = [ "/srv/images", "/srv/nvram" ]  # ours\n')
+    assert pf.shared_filesystems(conf) == ["/srv/images", "/srv/nvram"]
+    assert pf.shared_filesystems("") == [] and pf.shared_filesystems(None) == []
+
+
+def test_cache_mode_of_a_shared_disk_follows_the_source_qemu():
+    disks = [{"target": "vda", "path": "/srv/vm.qcow2", "cache": "writeback"}]
+    assert pf.check_cache_modes(disks, [], DST)[0]["status"] == "error"
+    f = pf.check_cache_modes(disks, [], DST, qemu_version=7002000)[0]
+    assert f["status"] == "warning" and "QEMU 7.2.0 drops the destination's page cache" in f["msg"]

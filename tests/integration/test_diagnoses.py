@@ -1,0 +1,243 @@
+"""Issue 16, lab part (written without a lab run): each class of fault is staged on the real lab
+and must give its exact finding, stop the run before anything is created, and leave both hosts
+as they were.
+
+- a firewall on hostb that rejects (REJECT, tcp-reset) or drops (DROP) the migration ports;
+- a broken SSH trust from hosta to hostb: hostb's host key not pinned on hosta, hosta's key not
+  authorised on hostb;
+- the same directory seen by both hosts (a bind mount of one directory of the machine): reported
+  shared, not copied, and libvirt's 'unsafe' refusal predicted until qemu.conf declares it;
+- a post-copy move: the summary shows real duration, downtime and bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+
+import proof
+from conftest import ansible_playbook, lab, run_module
+
+GUEST = lab.GUEST
+SRC, DEST = "hosta", "hostb"
+PROBE_ID = "labdiag0probe001"
+
+
+def _findings(res: dict, check: str) -> list[dict]:
+    return [f for f in res["report"]["findings"] if f["check"] == check]
+
+
+def _dump(res: dict) -> str:
+    return "\n".join("%s %s %s: %s" % (f["status"], f["check"], f["host"], f["msg"])
+                     for f in res.get("report", {}).get("findings", [])) or str(res.get("msg"))
+
+
+def _guest_paths(host: str = SRC, guest: str = GUEST) -> list[str]:
+    src = run_module(host, "kvmops.migration.host_info", {"guest": guest, "domains": False})
+    assert src.get("guest_disks"), src.get("msg") or src.get("guest_error")
+    return [d["path"] for d in src["guest_disks"] if d.get("path")]
+
+
+def _probe_and_preflight(guest: str = GUEST, ports=(49152, 49153), **extra) -> dict:
+    """What the role does: preflight_dest on hostb, the pre-flight on hosta, markers removed."""
+    paths = _guest_paths(guest=guest)
+    probe = run_module(DEST, "kvmops.migration.preflight_dest",
+                       {"probe_id": PROBE_ID, "ports": list(ports), "paths": paths})
+    assert "probe" in probe, probe.get("msg")
+    try:
+        args = {"domain": guest, "dest_host": lab.HOSTS[DEST], "fail_on_error": False,
+                "dest_probe": probe["probe"]}
+        args.update(extra)
+        res = run_module(SRC, "kvmops.migration.preflight", args)
+        assert "report" in res, res.get("msg")
+        return res
+    finally:
+        run_module(DEST, "kvmops.migration.preflight_dest",
+                   {"probe_id": PROBE_ID, "state": "absent", "paths": paths})
+
+
+def _no_marker_left(paths: list[str]) -> None:
+    for directory in {os.path.dirname(p) for p in paths}:
+        for host in (SRC, DEST):
+            out = lab.in_host_out(host, "ls -A %s" % directory, check=False)
+            assert ".kvmops-probe-" not in out, (host, directory, out)
+
+
+@contextlib.contextmanager
+def _firewall(target: str):
+    """hostb drops or rejects TCP 49152-49215 from hosta (its own netfilter, as a host firewall)."""
+    rule = ["INPUT", "-p", "tcp", "-s", lab.HOSTS[SRC], "--dport", "49152:49215", "-j", target]
+    if target == "REJECT":
+        rule += ["--reject-with", "tcp-reset"]
+    lab.in_host(DEST, ["iptables", "-I"] + rule)
+    try:
+        yield
+    finally:
+        lab.in_host(DEST, ["iptables", "-D"] + rule, check=False)
+
+
+def test_blocked_migration_ports_are_told_apart_and_stop_the_run(guest_on_hosta):
+    for target, state, words in (("REJECT", "closed", "REJECT rule"), ("DROP", "filtered", "a firewall drops it")):
+        before = proof.host_snapshot()
+        with _firewall(target):
+            res = _probe_and_preflight()
+            ports = _findings(res, "data_port")
+            assert ports and all(f["status"] == "error" and f["values"]["state"] == state for f in ports), _dump(res)
+            assert all(words in f["msg"] and "kvm_host_firewall" in f["msg"] for f in ports), _dump(res)
+            # accepted by the operator: a warning, the rest of the report unchanged
+            res = _probe_and_preflight(ports={"ignore_blocked": True})
+            assert {f["status"] for f in _findings(res, "data_port")} == {"warning"}, _dump(res)
+            # the role stops before creating anything on hostb
+            run = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % DEST)
+            assert run.returncode != 0 and "is %s" % state in run.stdout, run.stdout[-3000:]
+        assert proof.host_snapshot() == before, "a blocked port left something behind (%s)" % target
+    _no_marker_left(_guest_paths())
+    # open again: the listener answers
+    res = _probe_and_preflight()
+    assert {f["values"]["state"] for f in _findings(res, "data_port")} == {"open"}, _dump(res)
+
+
+@contextlib.contextmanager
+def _moved_aside(host: str, path: str):
+    lab.in_host(host, ["mv", path, path + ".kvmops-test"])
+    try:
+        yield
+    finally:
+        lab.in_host(host, ["mv", path + ".kvmops-test", path])
+
+
+def test_broken_ssh_trust_names_the_kvm_host_task(guest_on_hosta):
+    cases = ((SRC, "/root/.ssh/known_hosts", "does not trust the SSH host key of %s" % lab.HOSTS[DEST],
+              "Pin the other hypervisors' host keys"),
+             (DEST, "/root/.ssh/authorized_keys", "refused the source's SSH key for user root",
+              "Authorise the other hypervisors' keys"))
+    for host, path, cause, task in cases:
+        before = proof.host_snapshot()
+        with _moved_aside(host, path):
+            res = run_module(SRC, "kvmops.migration.preflight",
+                             {"domain": GUEST, "dest_host": lab.HOSTS[DEST], "fail_on_error": False})
+        f = [x for x in _findings(res, "dest_connection") if x["status"] == "error"]
+        assert f and cause in f[0]["msg"] and task in f[0]["msg"], _dump(res)
+        assert "check that libvirtd runs there" not in f[0]["msg"]
+        assert proof.host_snapshot() == before
+
+
+def test_libvirtd_down_on_the_destination_names_the_service(guest_on_hosta):
+    lab.in_host(DEST, "kill $(cat /run/libvirtd.pid)")
+    lab.wait_for(lambda: not lab.daemon_running(DEST, "libvirtd"), "libvirtd on hostb to stop", 20)
+    try:
+        res = run_module(SRC, "kvmops.migration.preflight",
+                         {"domain": GUEST, "dest_host": lab.HOSTS[DEST], "fail_on_error": False})
+    finally:
+        lab.start_daemons(DEST)
+    f = [x for x in _findings(res, "dest_connection") if x["status"] == "error"]
+    assert f and "libvirt does not run on %s" % lab.HOSTS[DEST] in f[0]["msg"], _dump(res)
+
+
+SHARED = "/srv/kvmops-shared"
+SHARED_GUEST = "labshared"
+
+
+@contextlib.contextmanager
+def _shared_guest():
+    """A guest on hosta whose two disks are in SHARED, one directory of the machine bind-mounted
+    at the same path into both hosts."""
+    outer = lab.hdir("shared")
+    os.makedirs(outer, exist_ok=True)
+    for host in (SRC, DEST):
+        lab.in_host(host, "mkdir -p %s && mount --bind %s %s" % (SHARED, outer, SHARED))
+    xml = lab.guest_xml("qemu", name=SHARED_GUEST, ip="198.18.0.22", mac_suffix=0x22)
+    xml = re.sub(r"/var/lib/libvirt/images/%s" % SHARED_GUEST, "%s/%s" % (SHARED, SHARED_GUEST), xml)
+    assert SHARED in xml
+    path = lab.hdir(SRC, "%s.xml" % SHARED_GUEST)
+    lab.write(path, xml)
+    for name in re.findall(r"<source file='([^']+)'", xml):
+        if name.startswith(SHARED):
+            lab.in_host(SRC, ["truncate", "-s", "64M", name])
+    try:
+        lab.in_host(SRC, ["virsh", "-q", "define", path], capture=True)
+        lab.in_host(SRC, ["virsh", "-q", "start", SHARED_GUEST], capture=True)
+        yield
+    finally:
+        for host in (SRC, DEST):
+            lab.in_host(host, ["virsh", "-q", "destroy", SHARED_GUEST], check=False, capture=True)
+            lab.in_host(host, ["virsh", "-q", "undefine", SHARED_GUEST], check=False, capture=True)
+        lab.in_host(SRC, "rm -f %s/%s*" % (SHARED, SHARED_GUEST), check=False)
+        for host in (SRC, DEST):
+            lab.in_host(host, ["umount", SHARED], check=False)
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def _declared_shared(host: str):
+    conf = lab.hdir(host, "etc-libvirt", "qemu.conf")
+    with open(conf) as f:
+        before = f.read()
+    lab.write(conf, before + 'shared_filesystems = [ "%s" ]\n' % SHARED)
+    _restart_libvirtd(host)
+    try:
+        yield
+    finally:
+        lab.write(conf, before)
+        _restart_libvirtd(host)
+
+
+def _restart_libvirtd(host: str) -> None:
+    lab.in_host(host, "kill $(cat /run/libvirtd.pid)")
+    lab.wait_for(lambda: not lab.daemon_running(host, "libvirtd"), "libvirtd on %s to stop" % host, 20)
+    lab.start_daemons(host)
+
+
+def test_same_directory_on_both_hosts_is_shared_and_not_copied(guest_on_hosta):
+    with _shared_guest():
+        before = proof.host_snapshot()
+        res = _probe_and_preflight(guest=SHARED_GUEST)
+        assert res["shared_detected"] == ["vda", "vdb"] and res["copy_set"] == [], _dump(res)
+        ok = [f for f in _findings(res, "shared_storage") if f["status"] == "ok"]
+        assert any("identity probe" in f["msg"] and "not copied" in f["msg"] for f in ok), _dump(res)
+        # a bind mount of a local filesystem: libvirt would refuse 'Migration without shared storage is unsafe'
+        unsafe = [f for f in _findings(res, "shared_storage") if f["status"] == "error"]
+        assert unsafe and "shared_filesystems" in unsafe[0]["msg"], _dump(res)
+        assert proof.host_snapshot() == before
+        _no_marker_left(["%s/x" % SHARED])
+        with _declared_shared(SRC):
+            res = _probe_and_preflight(guest=SHARED_GUEST)
+            assert res["report"]["ok"] is True, _dump(res)
+            run = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % SHARED_GUEST, "-e", "dest=%s" % DEST)
+            assert run.returncode == 0, run.stdout[-4000:]
+            assert "not copied: vda, vdb" in run.stdout, run.stdout[-4000:]
+            assert "images created on %s: none" % DEST in run.stdout, run.stdout[-4000:]
+            assert lab.domain_hosts(SHARED_GUEST) == {DEST: "running"}
+
+
+POSTCOPY_GUEST = "labpostcopy"
+
+
+def test_postcopy_move_summary_has_real_figures(lab_up):
+    """A diskless 128 MiB guest moved at 1 MiB/s with a completion timeout of 1 s and post-copy
+    allowed: the move switches to post-copy in its first memory pass, so the source domain is gone
+    when the summary is built; it must still show duration, downtime and bytes."""
+    xml = lab.guest_xml("qemu", name=POSTCOPY_GUEST, ip="198.18.0.23", mac_suffix=0x23)
+    xml = re.sub(r"\s*<disk .*?</disk>", "", xml, flags=re.S)
+    xml = re.sub(r"<memory unit='MiB'>\d+</memory>", "<memory unit='MiB'>128</memory>", xml)
+    path = lab.hdir(SRC, "%s.xml" % POSTCOPY_GUEST)
+    lab.write(path, xml)
+    try:
+        lab.in_host(SRC, ["virsh", "-q", "define", path], capture=True)
+        lab.in_host(SRC, ["virsh", "-q", "start", POSTCOPY_GUEST], capture=True)
+        run = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % POSTCOPY_GUEST, "-e", "dest=%s" % DEST,
+                               "-e", "bandwidth=1", "-e", "timeout=1", "-e", "migrate_guest_postcopy=true",
+                               "-e", "migrate_guest_timeout_action=postcopy", "-e", "migrate_guest_timeout_s_per_gib=1")
+        assert run.returncode == 0, run.stdout[-4000:]
+        assert lab.domain_hosts(POSTCOPY_GUEST) == {DEST: "running"}
+        head = re.search(r"%s moved %s -> %s in ([^\"]*?)\." % (POSTCOPY_GUEST, SRC, DEST), run.stdout)
+        assert head, run.stdout[-4000:]
+        assert "None" not in head.group(0) and "unknown" not in head.group(0), head.group(0)
+        assert "memory ?" not in run.stdout and "None ms" not in run.stdout, run.stdout[-4000:]
+        print(head.group(0))
+    finally:
+        for host in (SRC, DEST):
+            lab.in_host(host, ["virsh", "-q", "destroy", POSTCOPY_GUEST], check=False, capture=True)
+            lab.in_host(host, ["virsh", "-q", "undefine", POSTCOPY_GUEST], check=False, capture=True)
+        os.unlink(path)

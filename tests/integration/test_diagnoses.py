@@ -66,15 +66,16 @@ def _no_marker_left(paths: list[str]) -> None:
 
 @contextlib.contextmanager
 def _firewall(target: str):
-    """hostb drops or rejects TCP 49152-49215 from hosta (its own netfilter, as a host firewall)."""
-    rule = ["INPUT", "-p", "tcp", "-s", lab.HOSTS[SRC], "--dport", "49152:49215", "-j", target]
-    if target == "REJECT":
-        rule += ["--reject-with", "tcp-reset"]
-    lab.in_host(DEST, ["iptables", "-I"] + rule)
+    """hostb drops or rejects TCP 49152-49215 from hosta (its own netfilter, as a host firewall
+    in front of the role's own rules)."""
+    verdict = "reject with tcp reset" if target == "REJECT" else "drop"
+    rules = ("table inet kvmops_lab_block {\n chain input { type filter hook input priority -300; policy accept;\n"
+             "  ip saddr %s tcp dport 49152-49215 %s; }\n}\n" % (lab.HOSTS[SRC], verdict))
+    lab.in_host(DEST, ["nft", "-f", "-"], input=rules)
     try:
         yield
     finally:
-        lab.in_host(DEST, ["iptables", "-D"] + rule, check=False)
+        lab.in_host(DEST, ["nft", "delete", "table", "inet", "kvmops_lab_block"], check=False, capture=True)
 
 
 def test_blocked_migration_ports_are_told_apart_and_stop_the_run(guest_on_hosta):
@@ -124,8 +125,7 @@ def test_broken_ssh_trust_names_the_kvm_host_task(guest_on_hosta):
 
 
 def test_libvirtd_down_on_the_destination_names_the_service(guest_on_hosta):
-    lab.in_host(DEST, "kill $(cat /run/libvirtd.pid)")
-    lab.wait_for(lambda: not lab.daemon_running(DEST, "libvirtd"), "libvirtd on hostb to stop", 20)
+    lab.stop_libvirtd(DEST)  # systemctl stop, its sockets too
     try:
         res = run_module(SRC, "kvmops.migration.preflight",
                          {"domain": GUEST, "dest_host": lab.HOSTS[DEST], "fail_on_error": False})
@@ -135,18 +135,14 @@ def test_libvirtd_down_on_the_destination_names_the_service(guest_on_hosta):
     assert f and "libvirt does not run on %s" % lab.HOSTS[DEST] in f[0]["msg"], _dump(res)
 
 
-SHARED = "/srv/kvmops-shared"
+SHARED = lab.SHARED_DIR  # one directory of the machine, bound into both hosts at this path
 SHARED_GUEST = "labshared"
 
 
 @contextlib.contextmanager
 def _shared_guest():
-    """A guest on hosta whose two disks are in SHARED, one directory of the machine bind-mounted
-    at the same path into both hosts."""
-    outer = lab.hdir("shared")
-    os.makedirs(outer, exist_ok=True)
-    for host in (SRC, DEST):
-        lab.in_host(host, "mkdir -p %s && mount --bind %s %s" % (SHARED, outer, SHARED))
+    """A guest on hosta whose two disks are in SHARED, one directory of the machine that the lab
+    binds at the same path into both hosts (as NFS or a cluster filesystem would be)."""
     xml = lab.guest_xml("qemu", name=SHARED_GUEST, ip="198.18.0.22", mac_suffix=0x22)
     xml = re.sub(r"/var/lib/libvirt/images/%s" % SHARED_GUEST, "%s/%s" % (SHARED, SHARED_GUEST), xml)
     assert SHARED in xml
@@ -164,14 +160,12 @@ def _shared_guest():
             lab.in_host(host, ["virsh", "-q", "destroy", SHARED_GUEST], check=False, capture=True)
             lab.in_host(host, ["virsh", "-q", "undefine", SHARED_GUEST], check=False, capture=True)
         lab.in_host(SRC, "rm -f %s/%s*" % (SHARED, SHARED_GUEST), check=False)
-        for host in (SRC, DEST):
-            lab.in_host(host, ["umount", SHARED], check=False)
         os.unlink(path)
 
 
 @contextlib.contextmanager
 def _declared_shared(host: str):
-    conf = lab.hdir(host, "etc-libvirt", "qemu.conf")
+    conf = lab.hdir(host, "root", "etc", "libvirt", "qemu.conf")
     with open(conf) as f:
         before = f.read()
     lab.write(conf, before + 'shared_filesystems = [ "%s" ]\n' % SHARED)
@@ -184,8 +178,7 @@ def _declared_shared(host: str):
 
 
 def _restart_libvirtd(host: str) -> None:
-    lab.in_host(host, "kill $(cat /run/libvirtd.pid)")
-    lab.wait_for(lambda: not lab.daemon_running(host, "libvirtd"), "libvirtd on %s to stop" % host, 20)
+    lab.in_host(host, ["systemctl", "restart", "libvirtd"])
     lab.start_daemons(host)
 
 

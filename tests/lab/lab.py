@@ -50,8 +50,10 @@ GIB = 1024 ** 3
 MIB = 1024 ** 2
 GUEST_DISK_BYTES = 10 * GIB
 GUEST_WRITTEN = [(0, 64), (2 * 1024, 64), (5 * 1024, 64), (9 * 1024, 64)]  # (offset MiB, MiB)
-DEFAULT_NET_ADDR = "198.18.1.1"
 MANIFEST_DIR = "/var/lib/kvmops-migration"
+# one directory of the machine bound into both hosts at this path: storage both hosts see, as
+# NFS or a cluster filesystem would be (the shared-storage tests use it; nothing else does)
+SHARED_DIR = "/srv/kvmops-shared"
 DEFAULT_SUITE = "trixie"  # Debian 13; --mixed gives hosta bookworm (Debian 12)
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 APT_PROXY_PORT = 3142
@@ -518,6 +520,8 @@ def boot_host(host: str) -> int:
         binds = ["--bind=%s:%s" % (hdir(host, n), m) for m, n in PRIVATE_DIRS.items()]
         # the host's lab directory at the same path: files the tests hand to the host (XML)
         binds.append("--bind=%s" % hdir(host))
+        os.makedirs(os.path.join(STATE, "shared"), exist_ok=True)
+        binds.append("--bind=%s:%s" % (os.path.join(STATE, "shared"), SHARED_DIR))
         for dev in ("/dev/kvm", "/dev/net/tun"):
             if os.path.exists(dev):
                 binds.append("--bind=%s" % dev)
@@ -580,6 +584,15 @@ def stop_host(host: str, timeout: float = 120) -> None:
                     pass
     if os.path.exists(hdir(host, "nspawn.pid")):
         os.unlink(hdir(host, "nspawn.pid"))
+    # what the host's kernel held goes with it, as at a real power-off: the devices it made
+    # (libvirt's virbr0, guests' taps) and its firewall rules; the lab's own uplink stays
+    if netns_exists(host):
+        links = out(["ip", "-n", host, "-o", "link", "show"], check=False)
+        for line in links.splitlines():
+            name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+            if name and name not in ("lo", "eth0", "br-vm"):
+                run(["ip", "-n", host, "link", "del", name], check=False, capture=True)
+        run(["ip", "netns", "exec", host, "nft", "flush", "ruleset"], check=False, capture=True)
 
 
 def reboot_host(host: str) -> None:
@@ -822,13 +835,6 @@ def wait_guest_ping(ip: str = GUEST_IP, timeout: float = 90) -> float:
 
 # --------------------------------------------------------------------------- inventory
 
-DEFAULT_NETWORK_XML = ("<network><name>default</name><forward mode='nat'/>"
-                       "<bridge name='virbr0' stp='on' delay='0'/>"
-                       "<ip address='%s' netmask='255.255.255.0'>"
-                       "<dhcp><range start='198.18.1.100' end='198.18.1.200'/></dhcp></ip></network>"
-                       % DEFAULT_NET_ADDR)
-
-
 def write_inventory() -> str:
     path = os.path.join(STATE, "inventory.yml")
     keys = os.path.join(STATE, "keys")
@@ -852,11 +858,8 @@ def write_inventory() -> str:
               "        kvm_host_qemu_conf:",
               "          security_driver: none",
               "          cgroup_controllers: []",
-              "        # the guests' NAT network inside each host; the guests' bridge br-vm is the",
-              "        # hosts' uplink bridge, made with the host's network (as an installer would)",
-              "        kvm_host_networks:",
-              "          - name: default",
-              "            xml: %s" % json.dumps(DEFAULT_NETWORK_XML),
+              "        # the guests' NAT network is Debian's packaged 'default' (inside each host);",
+              "        # their bridge br-vm is the hosts' uplink bridge, made with the host's network",
               "        kvm_host_guest_bridges: [br-vm]",
               "        # a pool of its own, not the images directory: a pool there would let libvirt",
               "        # pre-create the images that the collection's tests expect to be missing",

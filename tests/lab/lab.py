@@ -54,7 +54,8 @@ MANIFEST_DIR = "/var/lib/kvmops-migration"
 # one directory of the machine bound into both hosts at this path: storage both hosts see, as
 # NFS or a cluster filesystem would be (the shared-storage tests use it; nothing else does)
 SHARED_DIR = "/srv/kvmops-shared"
-DEFAULT_SUITE = "trixie"  # Debian 13; --mixed gives hosta bookworm (Debian 12)
+DEFAULT_SUITE = "trixie"  # Debian 13
+OLD_SUITE = "bookworm"  # Debian 12: hosta's release with ``up --mixed``
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 APT_PROXY_PORT = 3142
 APT_PROXY = "http://%s:%d" % (BRIDGE_ADDR, APT_PROXY_PORT)
@@ -882,12 +883,15 @@ def cmd_up(args) -> None:
         if shutil.which(tool) is None and not os.path.exists("/usr/sbin/%s" % tool):
             raise SystemExit("lab: %s is missing: run tools/bootstrap.sh (make setup)" % tool)
     os.makedirs(STATE, exist_ok=True)
-    if getattr(args, "mixed", False):
-        for host in HOSTS:
-            want = "bookworm" if host == "hosta" else DEFAULT_SUITE
-            if suite_of(host) != want:
-                reset_host(host)
-                write(hdir(host, "suite"), want + "\n")
+    mixed = getattr(args, "mixed", False)
+    for host in HOSTS:
+        # --mixed: hosta runs Debian 12 (its stock libvirt and QEMU); without it both run
+        # Debian 13. A host whose release changes becomes a fresh install of that release.
+        want = OLD_SUITE if (mixed and host == "hosta") else DEFAULT_SUITE
+        installed = (_read(os.path.join(host_root(host), ".kvmops-host")) or "").split()[1:2]
+        if suite_of(host) != want or (installed and installed[0] != want):
+            reset_host(host)
+        write(hdir(host, "suite"), want + "\n")
     ensure_keys()
     ensure_bridge()
     ensure_apt_proxy()

@@ -893,15 +893,9 @@ def test_detect_zeroes_with_an_old_binding_on_a_new_library():
     assert any("detect_zeroes skipped" in w for w in old.warnings)
 
 
-def test_cut_link_abort_that_hangs_is_ended_by_closing_the_data_connections(monkeypatch):
-    """Issue 13 item 7: on a link that drops packets the abort waits for TCP; sever_after_s after
-    the abort, the source QEMU's data connections to the destination are closed (ss -K) and the
-    job ends then, as a failure with the guest running on the source, well before abort_grace_s."""
-    from ansible_collections.kvmops.migration.plugins.module_utils import _images
-
-    lv = LV_11_3
-    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_not_converging.json", abort_grace_s=120,
-                                              sever_after_s=10)
+def _cut_link_run(**kw):
+    """A run whose destination connection is lost at the third poll (keepalive gave up on it)."""
+    sdom, sconn, dconn, rt, _p, o = setup_run(LV_11_3, "jobstats_not_converging.json", **kw)
     polls = {"n": 0}
     real_stats = sdom.jobStats
 
@@ -912,6 +906,16 @@ def test_cut_link_abort_that_hangs_is_ended_by_closing_the_data_connections(monk
         return real_stats(flags)
 
     sdom.jobStats = stats
+    return sdom, sconn, dconn, rt, o
+
+
+def test_cut_link_abort_that_hangs_is_ended_by_closing_the_data_connections(monkeypatch):
+    """Issue 13 item 7: on a link that drops packets the abort waits for TCP; sever_after_s after
+    the abort, the source QEMU's data connections to the destination are closed (ss -K) and the
+    job ends then, as a failure with the guest running on the source, well before abort_grace_s."""
+    from ansible_collections.kvmops.migration.plugins.module_utils import _images
+
+    sdom, sconn, dconn, rt, o = _cut_link_run(abort_grace_s=120, sever_after_s=10)
     # the abort is accepted but the job does not end: QEMU waits for the NBD requests in flight
     sdom.abortJob = lambda: (sdom.calls.append("abortJob"), setattr(sdom, "aborted", True))
     severed_at = {}
@@ -948,19 +952,7 @@ def test_cut_link_migrate3_returns_before_the_job_ends_and_the_wait_goes_on(monk
     the abort, and only then recovers and reports."""
     from ansible_collections.kvmops.migration.plugins.module_utils import _images
 
-    lv = LV_11_3
-    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_not_converging.json", abort_grace_s=120,
-                                              sever_after_s=10)
-    polls = {"n": 0}
-    real_stats = sdom.jobStats
-
-    def stats(flags=0):
-        polls["n"] += 1
-        if polls["n"] == 3:
-            dconn.alive = False  # keepalive gave up on the destination
-        return real_stats(flags)
-
-    sdom.jobStats = stats
+    sdom, sconn, dconn, rt, o = _cut_link_run(abort_grace_s=120, sever_after_s=10)
     real_abort = sdom.abortJob
 
     def abort():

@@ -604,6 +604,24 @@ def reboot_host(host: str) -> None:
     wait_for(lambda: ssh_ok(HOSTS[host]), "sshd on %s" % host, 60)
 
 
+def swap_disk(host: str, suite: str) -> None:
+    """Give ``host`` the disk of another Debian release, as swapping a server's system disk:
+    its root filesystem and private directories are put aside under ``NAME@SUITE`` and those of
+    ``suite`` come back if they were kept (prepared as they were), else it starts as a fresh
+    install of ``suite``."""
+    stop_host(host)
+    current = suite_of(host)
+    for name in ["root"] + list(PRIVATE_DIRS.values()):
+        path = hdir(host, name)
+        if os.path.lexists(path):
+            shutil.rmtree("%s@%s" % (path, current), ignore_errors=True)
+            os.rename(path, "%s@%s" % (path, current))
+        if os.path.lexists("%s@%s" % (path, suite)):
+            os.rename("%s@%s" % (path, suite), path)
+    write(hdir(host, "suite"), suite + "\n")
+    log("%s: the disk of Debian %s%s" % (host, suite, "" if os.path.isdir(host_root(host)) else " (a fresh install)"))
+
+
 def reset_host(host: str) -> None:
     """Back to a freshly installed server: the host is stopped, its root filesystem and its
     private directories are replaced by a new copy of the base."""
@@ -836,6 +854,12 @@ def wait_guest_ping(ip: str = GUEST_IP, timeout: float = 90) -> float:
 
 # --------------------------------------------------------------------------- inventory
 
+DEFAULT_NETWORK_XML = ("<network><name>default</name><forward mode='nat'/>"
+                       "<bridge name='virbr0' stp='on' delay='0'/>"
+                       "<ip address='192.168.122.1' netmask='255.255.255.0'>"
+                       "<dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp></ip></network>")
+
+
 def write_inventory() -> str:
     path = os.path.join(STATE, "inventory.yml")
     keys = os.path.join(STATE, "keys")
@@ -859,8 +883,12 @@ def write_inventory() -> str:
               "        kvm_host_qemu_conf:",
               "          security_driver: none",
               "          cgroup_controllers: []",
-              "        # the guests' NAT network is Debian's packaged 'default' (inside each host);",
-              "        # their bridge br-vm is the hosts' uplink bridge, made with the host's network",
+              "        # the guests' NAT network inside each host (Debian's packaged one is defined but",
+              "        # not started at boot: the role makes it active and autostarted); their bridge",
+              "        # br-vm is the hosts' uplink bridge, made with the host's network",
+              "        kvm_host_networks:",
+              "          - name: default",
+              "            xml: %s" % json.dumps(DEFAULT_NETWORK_XML),
               "        kvm_host_guest_bridges: [br-vm]",
               "        # a pool of its own, not the images directory: a pool there would let libvirt",
               "        # pre-create the images that the collection's tests expect to be missing",
@@ -874,9 +902,10 @@ def write_inventory() -> str:
 # --------------------------------------------------------------------------- commands
 
 def cmd_up(args) -> None:
-    """Bare hosts: two booted Debian servers (systemd, sshd with the lab's key, python3) on the
-    lab bridge, the observer, the apt proxy, the inventory. Nothing of libvirt: ``prepare``
-    (playbooks/prepare_hosts.yml, the kvm_host role) makes them hypervisors."""
+    """Two booted Debian servers (systemd, sshd with the lab's key, python3) on the lab bridge,
+    the observer, the apt proxy, the inventory; fresh installs have nothing of libvirt. Unless
+    ``--no-guest``: hosts not prepared yet get ``prepare`` (playbooks/prepare_hosts.yml, the
+    kvm_host role), then the demo guest."""
     if os.geteuid() != 0:
         raise SystemExit("lab: must run as root")
     for tool in ("ip", "nsenter", "systemd-nspawn", "debootstrap", "apt-cacher-ng", "ssh-keygen", "qemu-system-x86_64"):
@@ -886,12 +915,10 @@ def cmd_up(args) -> None:
     mixed = getattr(args, "mixed", False)
     for host in HOSTS:
         # --mixed: hosta runs Debian 12 (its stock libvirt and QEMU); without it both run
-        # Debian 13. A host whose release changes becomes a fresh install of that release.
+        # Debian 13. Each release keeps its own disk (swap_disk).
         want = OLD_SUITE if (mixed and host == "hosta") else DEFAULT_SUITE
-        installed = (_read(os.path.join(host_root(host), ".kvmops-host")) or "").split()[1:2]
-        if suite_of(host) != want or (installed and installed[0] != want):
-            reset_host(host)
-        write(hdir(host, "suite"), want + "\n")
+        if suite_of(host) != want:
+            swap_disk(host, want)
     ensure_keys()
     ensure_bridge()
     ensure_apt_proxy()
@@ -904,7 +931,8 @@ def cmd_up(args) -> None:
     for host, addr in HOSTS.items():
         wait_for(lambda a=addr: ssh_ok(a), "sshd on %s" % host, 60)
     if not args.no_guest:
-        cmd_prepare(args)
+        if not all(prepared(h) for h in HOSTS):
+            cmd_prepare(args)
         create_guest()
         took = wait_guest_ping()
         log("guest %s answers ping from observer at %s (%.1f s)" % (GUEST, GUEST_IP, took))

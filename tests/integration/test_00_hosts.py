@@ -83,6 +83,7 @@ def fresh_hosts():
     yield
     # the state the other tests expect: prepared hosts and the demo guest on hosta
     lab_cmd("up", timeout=1500)
+    lab_cmd("guest", "--recreate", "--wait")
 
 
 def test_prepare_bare_hosts_four_way(fresh_hosts):
@@ -102,7 +103,9 @@ def test_prepare_bare_hosts_four_way(fresh_hosts):
             assert lab.APT_PROXY in f.read()
         for unit in ("libvirtd.service", "kvmops-migration-firewall.service"):
             assert lab.in_host_out(host, ["systemctl", "is-enabled", unit], check=False) == "enabled", (host, unit)
-        assert lab.in_host(host, ["virsh", "-q", "net-info", "default"], check=False, capture=True).returncode == 0
+        # the guests' NAT network is active now and at boot
+        info = lab.in_host_out(host, ["virsh", "-q", "net-info", "default"])
+        assert re.search(r"^Active:\s+yes", info, re.M) and re.search(r"^Autostart:\s+yes", info, re.M), info
         # qemu.conf carries the site's settings for hosts that are containers
         conf = lab.in_host_out(host, ["cat", "/etc/libvirt/qemu.conf"])
         assert re.search(r'^security_driver = "none"$', conf, re.M), conf[-500:]

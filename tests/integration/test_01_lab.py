@@ -95,3 +95,31 @@ def test_guest_boots_ticks_and_answers_ping(lab_up):
         st = os.stat(os.path.join(images, name))
         assert st.st_size == 10 * 1024 ** 3
         assert st.st_blocks * 512 <= most
+
+
+def test_accelerator_probe_leaves_the_callers_terminal_blocking(lab_up):
+    """Issue 14 item 6: the probe runs QEMU with -serial stdio and kills it at its timeout; QEMU
+    must not get the caller's terminal, which it would leave non-blocking (the demo's next
+    ansible-playbook then refuses to start: "Ansible requires blocking IO")."""
+    import fcntl
+    import pty
+    import sys
+
+    cache = os.path.join(lab.STATE, "guest", "accel")
+    with open(cache) as f:
+        saved = f.read()
+    os.unlink(cache)  # probe again
+    master, slave = pty.openpty()
+    try:
+        code = ("import sys; sys.path.insert(0, %r); import lab; print(lab.probe_accelerator(lab.build_guest_artifacts()))"
+                % os.path.dirname(lab.__file__))
+        res = subprocess.run([sys.executable, "-c", code], stdin=slave, capture_output=True, text=True,
+                             timeout=180, check=False)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip().splitlines()[-1] in ("kvm", "qemu")
+        assert not fcntl.fcntl(slave, fcntl.F_GETFL) & os.O_NONBLOCK, "the terminal was left non-blocking"
+    finally:
+        os.close(master)
+        os.close(slave)
+        with open(cache, "w") as f:
+            f.write(saved)

@@ -1009,6 +1009,11 @@ def cmd_down(args) -> None:
             os.kill(pid, signal.SIGTERM)
         except OSError:
             pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _proxy_pid() is not None:
+            time.sleep(0.1)
+        if _proxy_pid() is not None:
+            os.kill(pid, signal.SIGKILL)
     if link_exists(BRIDGE):
         run(["ip", "link", "del", BRIDGE], check=False, capture=True)
     marker = os.path.join(STATE, "created-manifest-mountpoint")

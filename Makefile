@@ -10,7 +10,8 @@ export KVMOPS_LAB_DIR := $(LAB_DIR)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test units sanity lint integration lab-up lab-down lab-status build collection bench
+.PHONY: setup demo test units sanity lint integration lab-up lab-down lab-status build collection bench \
+  docs docs-test
 
 setup:  ## Debian packages, the pinned .venv, and the collection link for running from a checkout
 	bash tools/bootstrap.sh
@@ -31,7 +32,7 @@ demo: setup  ## bring the lab up with a fresh demo guest on hosta, then run the 
 	$(LAB) guest --name $(VM) --recreate --wait
 	ansible-playbook -i $(INVENTORY) playbooks/migrate.yml -e vm=$(VM)
 
-test: setup units sanity lint collection integration  ## everything CI runs
+test: setup units sanity lint collection docs-test integration  ## everything CI runs
 
 units:
 	$(PY) -m pytest -q -rs tests/unit
@@ -41,6 +42,12 @@ sanity:
 
 lint:
 	bash tools/lint.sh
+
+docs:  ## HTML docs of the modules, roles and filters (antsibull-docs + Sphinx): .cache/docs/html
+	bash tools/docs.sh
+
+docs-test: docs  ## the built pages render their options tables in headless Chromium
+	$(PY) -m pytest -q -rs -p no:cacheprovider -p no:pytest-ansible tests/docs
 
 integration: setup
 	$(PY) -m pytest -q -rs -p no:cacheprovider -p no:pytest-ansible tests/integration

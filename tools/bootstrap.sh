@@ -11,9 +11,9 @@ BACKPORTS_PKGS=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-
 PKGS=(pkg-config gcc python3-dev python3-venv python3-lxml openssh-server openssh-client
   busybox-static cpio xz-utils kmod iproute2 iputils-ping iperf3 lvm2 socat e2fsprogs
   dnsmasq-base nftables iptables util-linux procps git make
-  shellcheck)
-# The Debian package shellcheck serves ansible-test's shellcheck sanity test (tools/sanity.sh
-# fails when ansible-test skips a test).
+  shellcheck chromium)
+# Debian's shellcheck serves ansible-test's shellcheck sanity test (tools/sanity.sh fails when
+# ansible-test skips a test); chromium (headless) the docs site test (make docs-test).
 
 need_apt=0
 for p in "${BACKPORTS_PKGS[@]}" "${PKGS[@]}"; do

@@ -70,4 +70,19 @@ if [ ! -x .venv/sanity/bin/ansible-test ] || ! cmp -s requirements-dev.txt .venv
   done
   cp requirements-dev.txt .venv/sanity/.requirements-dev.txt
 fi
+# One venv per older ansible-core release the collection claims (requirements-compat.txt), for
+# tools/compat.sh: that ansible-core and what the plugins' unit tests need (ansible-test installs
+# its sanity tests' requirements into venvs of its own when they run).
+mapfile -t unit_reqs < <(grep -E '^(libvirt-python|lxml|pytest)==' requirements-dev.txt)
+while read -r core; do
+  ver=${core#ansible-core==}
+  venv=.venv/core-${ver%.*}
+  stamp="$core ${unit_reqs[*]}"
+  [ -x "$venv/bin/ansible-test" ] && [ "$(cat "$venv/.stamp" 2>/dev/null)" = "$stamp" ] && continue
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade 'pip==25.3'
+  "$venv/bin/pip" install -q "$core" "${unit_reqs[@]}"
+  echo "$stamp" > "$venv/.stamp"
+done < <(grep '^ansible-core==' requirements-compat.txt)
 echo "bootstrap: Debian packages and .venv ready"

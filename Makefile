@@ -10,7 +10,8 @@ export KVMOPS_LAB_DIR := $(LAB_DIR)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test units sanity lint integration lab-up lab-down lab-status build collection bench
+.PHONY: setup demo test units sanity lint integration lab-up lab-down lab-status build collection bench \
+  docs docs-test compat
 
 setup:  ## Debian packages, the pinned .venv, and the collection link for running from a checkout
 	bash tools/bootstrap.sh
@@ -32,7 +33,7 @@ demo: setup  ## the user's journey: bare Debian hosts, prepare_hosts.yml, a demo
 	$(LAB) guest --name $(VM) --recreate --wait
 	ansible-playbook -i $(INVENTORY) playbooks/migrate.yml -e vm=$(VM)
 
-test: setup units sanity lint collection integration  ## everything CI runs
+test: setup units sanity lint compat collection docs-test integration  ## everything CI runs
 
 units:
 	$(PY) -m pytest -q -rs tests/unit
@@ -42,6 +43,15 @@ sanity:
 
 lint:
 	bash tools/lint.sh
+
+compat:  ## the claims hold: older ansible-core releases (units, sanity) and Pythons 3.9-3.13 (compile, import)
+	bash tools/compat.sh
+
+docs:  ## HTML docs of the modules, roles and filters (antsibull-docs + Sphinx): .cache/docs/html
+	bash tools/docs.sh
+
+docs-test: docs  ## the built pages render their options tables in headless Chromium
+	$(PY) -m pytest -q -rs -p no:cacheprovider -p no:pytest-ansible tests/docs
 
 integration: setup
 	$(PY) -m pytest -q -rs -p no:cacheprovider -p no:pytest-ansible tests/integration

@@ -10,7 +10,10 @@ BACKPORTS_PKGS=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-
   libvirt-clients libvirt-dev python3-libvirt systemd-container debootstrap)
 PKGS=(pkg-config gcc python3-dev python3-venv python3-lxml openssh-server openssh-client
   busybox-static cpio xz-utils kmod iproute2 iputils-ping iperf3 lvm2 socat e2fsprogs
-  dnsmasq-base nftables iptables util-linux procps git make apt-cacher-ng)
+  dnsmasq-base nftables iptables util-linux procps git make apt-cacher-ng
+  shellcheck chromium)
+# Debian's shellcheck serves ansible-test's shellcheck sanity test (tools/sanity.sh fails when
+# ansible-test skips a test); chromium (headless) the docs site test (make docs-test).
 
 need_apt=0
 for p in "${BACKPORTS_PKGS[@]}" "${PKGS[@]}"; do
@@ -67,4 +70,19 @@ if [ ! -x .venv/sanity/bin/ansible-test ] || ! cmp -s requirements-dev.txt .venv
   done
   cp requirements-dev.txt .venv/sanity/.requirements-dev.txt
 fi
+# One venv per older ansible-core release the collection claims (requirements-compat.txt), for
+# tools/compat.sh: that ansible-core and what the plugins' unit tests need (ansible-test installs
+# its sanity tests' requirements into venvs of its own when they run).
+mapfile -t unit_reqs < <(grep -E '^(libvirt-python|lxml|pytest)==' requirements-dev.txt)
+while read -r core; do
+  ver=${core#ansible-core==}
+  venv=.venv/core-${ver%.*}
+  stamp="$core ${unit_reqs[*]}"
+  [ -x "$venv/bin/ansible-test" ] && [ "$(cat "$venv/.stamp" 2>/dev/null)" = "$stamp" ] && continue
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade 'pip==25.3'
+  "$venv/bin/pip" install -q "$core" "${unit_reqs[@]}"
+  echo "$stamp" > "$venv/.stamp"
+done < <(grep '^ansible-core==' requirements-compat.txt)
 echo "bootstrap: Debian packages and .venv ready"

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # kvmops lab guest: /init of the busybox initramfs.
 # - prints "tick <n> <date -Iseconds>" every second on the serial console (ttyS0);
 # - configures eth1 (the NIC on br-vm) with the address in kvmops.ip= and answers ping;
@@ -9,7 +10,8 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for arg in $(cat /proc/cmdline); do
+read -r cmdline < /proc/cmdline
+for arg in $cmdline; do  # words of the kernel command line
   case "$arg" in
     kvmops.probe=1) echo KVMOPS-PROBE-OK; sync; poweroff -f ;;
     kvmops.ip=*) IPADDR="${arg#kvmops.ip=}" ;;

@@ -523,7 +523,10 @@ def boot_host(host: str) -> int:
         binds.append("--bind=%s" % hdir(host))
         os.makedirs(os.path.join(STATE, "shared"), exist_ok=True)
         binds.append("--bind=%s:%s" % (os.path.join(STATE, "shared"), SHARED_DIR))
-        for dev in ("/dev/kvm", "/dev/net/tun"):
+        # KVM, taps for the guests' NICs, and loop devices (tests mount small filesystems over
+        # the images directory and use loop devices as block disks)
+        loops = ["/dev/loop-control"] + ["/dev/loop%d" % i for i in range(16)]
+        for dev in ["/dev/kvm", "/dev/net/tun"] + loops:
             if os.path.exists(dev):
                 binds.append("--bind=%s" % dev)
         cmd = ["systemd-nspawn", "-D", host_root(host), "--keep-unit", "--register=no", "-b",

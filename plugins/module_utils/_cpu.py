@@ -532,7 +532,7 @@ def compare_cpu(conn: t.Any, cpu_xml: str, virttype: str, arch: str = "x86_64",
     :raises KvmopsError: the XML is not a CPU, or libvirt failed in a way that is not about the
         CPU (connection lost).
     """
-    where = host or _uri_of(conn)
+    where = host or _libvirt.uri_of(conn)
     try:
         code = conn.compareHypervisorCPU(emulator, arch, machine, virttype, cpu_xml,
                                          VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
@@ -598,7 +598,7 @@ def baseline_cpu(conn: t.Any, cpu_xmls: list[str], virttype: str, arch: str = "x
     :raises KvmopsError: libvirt failed (e.g. CPUs of different vendors share no model).
     """
     with _libvirt.libvirt_errors("compute the baseline CPU of %d host CPUs" % len(cpu_xmls),
-                                 host=host or _uri_of(conn)):
+                                 host=host or _libvirt.uri_of(conn)):
         return str(conn.baselineHypervisorCPU(emulator, arch, machine, virttype, list(cpu_xmls),
                                               VIR_CONNECT_BASELINE_CPU_MIGRATABLE))
 
@@ -1025,7 +1025,7 @@ def run_domain_cpu(params: dict[str, t.Any], check_mode: bool,
                           "domain's persistent definition.")
     group_uris = [] if restoring else (list(dict.fromkeys(params.get("group_uris") or [])) or [uri])
     needed = ([uri] if params.get("domain") else []) + group_uris
-    with _Connections(connect, needed) as conns:
+    with _libvirt.connections(needed, connect) as conns:
         dom = None
         running = False
         if params.get("domain"):
@@ -1080,40 +1080,8 @@ def run_domain_cpu(params: dict[str, t.Any], check_mode: bool,
     return result
 
 
-class _Connections:
-    """Open one connection per URI, close all on exit."""
-
-    def __init__(self, connect: t.Callable[[str], t.ContextManager[t.Any]], uris: list[str]):
-        self._connect = connect
-        self._uris = list(dict.fromkeys(uris))
-        self._cms: list[t.ContextManager[t.Any]] = []
-
-    def __enter__(self) -> dict[str, t.Any]:
-        conns = {}
-        try:
-            for uri in self._uris:
-                cm = self._connect(uri)
-                conns[uri] = cm.__enter__()
-                self._cms.append(cm)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return conns
-
-    def __exit__(self, *exc: t.Any) -> None:
-        while self._cms:
-            self._cms.pop().__exit__(None, None, None)
-
-
 def _dom_name(dom: t.Any) -> str:
     try:
         return str(dom.name())
     except Exception:  # a name only for the message
         return "?"
-
-
-def _uri_of(conn: t.Any) -> str:
-    try:
-        return str(conn.getURI())
-    except Exception:  # a name only for the message
-        return "this host"

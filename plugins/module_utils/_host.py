@@ -45,9 +45,6 @@ PROC_MOUNTS = "/proc/self/mounts"
 SYS_CLASS_NET = "/sys/class/net"
 KIB = 1024
 
-#: virDomainState numbers (stable libvirt ABI) to names.
-STATE_NAMES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
-               5: "shutoff", 6: "crashed", 7: "pmsuspended"}
 
 _HOST_UUID_RE = re.compile(r'^\s*host_uuid\s*=\s*"([^"]*)"\s*(?:#.*)?$')
 _OCTAL_ESCAPE_RE = re.compile(r"\\([0-7]{3})")
@@ -70,13 +67,6 @@ def is_valid_host_uuid(value: str | None) -> bool:
     if not value or not _UUID_RE.match(value):
         return False
     return len(set(value.replace("-", "").lower())) > 1
-
-
-def version_text(number: int | None) -> str | None:
-    """libvirt's packed version (major * 1000000 + minor * 1000 + micro) as ``M.m.u``."""
-    if number is None:
-        return None
-    return "%d.%d.%d" % (number // 1000000, (number // 1000) % 1000, number % 1000)
 
 
 def parse_capabilities(xml: str) -> dict[str, t.Any]:
@@ -107,7 +97,7 @@ def domain_facts(dom: t.Any) -> dict[str, t.Any]:
     (bytes), vCPUs of one ``virDomain``."""
     state, max_kib, cur_kib, vcpus, _cpu_time = dom.info()
     return {"name": dom.name(), "uuid": dom.UUIDString(), "id": int(dom.ID()),
-            "state": STATE_NAMES.get(state, "unknown"),
+            "state": _libvirt.STATE_NAMES.get(state, "unknown"),
             "active": bool(dom.isActive()), "persistent": bool(dom.isPersistent()),
             "memory_bytes": int(cur_kib) * KIB, "max_memory_bytes": int(max_kib) * KIB,
             "vcpus": int(vcpus)}
@@ -142,7 +132,7 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
     configured = parse_host_uuid(conf_text or "")
     host = {
         "hostname": hostname or socket.gethostname(),
-        "uri": _libvirt_uri(conn),
+        "uri": _libvirt.uri_of(conn, None),
         "uuid": caps["uuid"],
         "uuid_configured": configured,
         "uuid_configured_valid": is_valid_host_uuid(configured) if configured is not None else None,
@@ -151,8 +141,8 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
         "cpu_vendor": caps["cpu_vendor"],
         "cpu_model": caps["cpu_model"],
         "cpus": int(node[2]),
-        "libvirt_version": version_text(lib_version),
-        "hypervisor_version": version_text(hv_version),
+        "libvirt_version": _libvirt.version_text(lib_version),
+        "hypervisor_version": _libvirt.version_text(hv_version),
     }
     host.update(memory)
     result: dict[str, t.Any] = {"host": host}
@@ -164,15 +154,6 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
         host["running_vcpus"] = sum(d["vcpus"] for d in domains if d["active"])
         result["domains"] = domains
     return result
-
-
-def _libvirt_uri(conn: t.Any) -> str | None:
-    try:
-        return str(conn.getURI())
-    except Exception as err:
-        if not _libvirt.is_libvirt_error(err):
-            raise
-        return None
 
 
 def guest_facts(conn: t.Any, guest: str, uri: str, runner: _images.Runner) -> dict[str, t.Any]:

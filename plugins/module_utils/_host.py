@@ -35,10 +35,9 @@ import re
 import socket
 import typing as t
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _images, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _cpu, _domain_xml, _images, _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import etree
 
 DEFAULT_LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
 PROC_MOUNTS = "/proc/self/mounts"
@@ -70,14 +69,10 @@ def is_valid_host_uuid(value: str | None) -> bool:
 
 
 def parse_capabilities(xml: str) -> dict[str, t.Any]:
-    """Host UUID, arch, CPU vendor and model from ``virConnectGetCapabilities`` XML."""
-    root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
-
-    def text(path: str) -> str | None:
-        node = root.find(path)
-        return node.text.strip() if node is not None and node.text else None
-    return {"uuid": text("host/uuid"), "arch": text("host/cpu/arch"),
-            "cpu_vendor": text("host/cpu/vendor"), "cpu_model": text("host/cpu/model")}
+    """Host UUID, arch, CPU vendor and model from ``virConnectGetCapabilities`` XML, as
+    :func:`_cpu.parse_capabilities` (the one parser of it) reads them."""
+    caps = _cpu.parse_capabilities(xml)
+    return {"uuid": caps.uuid, "arch": caps.arch, "cpu_vendor": caps.cpu_vendor, "cpu_model": caps.cpu_model}
 
 
 def memory_from_stats(stats: dict[str, int], total_kib: int | None = None) -> dict[str, int | None]:

@@ -302,8 +302,10 @@ def parse_vgs(text: str) -> dict[str, t.Any]:
 
 
 def _bytes(value: t.Any) -> int:
+    """A size of an LVM report in ``--units b`` (``"1073741824B"``; none is 0) in bytes, by
+    :func:`_domain_xml.to_bytes` (the one size parser)."""
     text = str(value or "0").strip().rstrip("Bb")
-    return int(text.split(".", maxsplit=1)[0]) if text else 0
+    return _domain_xml.to_bytes(text.split(".", maxsplit=1)[0], "b") if text else 0
 
 
 _LVS_FIELDS = "lv_name,vg_name,lv_path,lv_size,lv_attr,pool_lv,data_percent"

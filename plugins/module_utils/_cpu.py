@@ -50,7 +50,7 @@ import re
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
-from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _libvirt
 
 from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import (  # noqa: F401  (one lxml import)
     HAS_LXML, LXML_IMPORT_ERROR, etree)
@@ -303,10 +303,8 @@ def _parse(xml: t.Any, what: str) -> t.Any:
     _require_lxml()
     if not isinstance(xml, (str, bytes)):
         return xml
-    data = xml.encode("utf-8") if isinstance(xml, str) else xml
     try:
-        parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
-        return etree.fromstring(data, parser)
+        return _domain_xml.from_string(xml)
     except etree.XMLSyntaxError as err:
         raise KvmopsError("The %s is not well-formed XML." % what, detail=str(err)) from err
 

@@ -76,7 +76,6 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _probe
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import etree
 
 STATUSES = ("ok", "warning", "error")
 #: The one mapping of other modules' finding statuses to ours (``_cpu`` says warn/fail).
@@ -1184,7 +1183,7 @@ def _dest_storage(dconn: t.Any, opts: PreflightOptions, paths: list[str], lv: t.
         return dest
     try:
         for pool in dconn.listAllStoragePools(0):
-            target = etree.fromstring(pool.XMLDesc(0).encode("utf-8")).findtext("target/path")
+            target = _domain_xml.from_string(pool.XMLDesc(0), remove_blank_text=False).findtext("target/path")
             if target and pool.isActive():
                 dest.pools[target.rstrip("/")] = {"name": pool.name(), "available_bytes": int(pool.info()[3])}
     except Exception as err:  # no storage driver there: paths without facts stay "not verified"
@@ -1201,7 +1200,7 @@ def _dest_storage(dconn: t.Any, opts: PreflightOptions, paths: list[str], lv: t.
             if not _libvirt.is_libvirt_error(err, lv):
                 raise
             continue
-        fmt_el = etree.fromstring(vol_xml.encode("utf-8")).find("target/format")
+        fmt_el = _domain_xml.from_string(vol_xml, remove_blank_text=False).find("target/format")
         fmt = fmt_el.get("type") if fmt_el is not None else None
         dest.volumes[path] = {"path": path, "virtual_size": int(info[1]), "allocation": int(info[2]),
                               "format": fmt}

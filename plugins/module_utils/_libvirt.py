@@ -73,9 +73,7 @@ def binding(lv: t.Any = None) -> t.Any:
 def is_libvirt_error(err: BaseException, lv: t.Any = None) -> bool:
     """True when ``err`` is the ``libvirtError`` of namespace ``lv`` (a fake of the tests), or
     of the real binding when ``lv`` is None."""
-    if lv is None:
-        return HAS_LIBVIRT and isinstance(err, libvirt.libvirtError)
-    cls = getattr(lv, "libvirtError", None)
+    cls = getattr(lv if lv is not None else libvirt, "libvirtError", None)
     return isinstance(cls, type) and isinstance(err, cls)
 
 

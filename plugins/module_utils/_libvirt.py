@@ -74,7 +74,7 @@ def is_libvirt_error(err: BaseException, lv: t.Any = None) -> bool:
     """True when ``err`` is the ``libvirtError`` of namespace ``lv`` (a fake of the tests), or
     of the real binding when ``lv`` is None."""
     cls = getattr(lv if lv is not None else libvirt, "libvirtError", None)
-    return isinstance(cls, type) and isinstance(err, cls)
+    return isinstance(cls, type) and issubclass(type(err), cls)
 
 
 def libvirt_error_code(err: BaseException) -> int | None:

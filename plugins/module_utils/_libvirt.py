@@ -1,12 +1,19 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The one libvirt connection helper of kvmops.migration.
+"""The one libvirt client of kvmops.migration.
 
-Opens a connection once per module run and closes it on exit; turns ``libvirt.libvirtError``
-into :class:`KvmopsError` with an operator message. libvirt-python is imported lazily so that
-pure-logic code and unit tests do not need it; modules check :data:`HAS_LIBVIRT` and call
-``missing_required_lib('libvirt-python')`` with :data:`LIBVIRT_IMPORT_ERROR`.
+Opens a connection once per module run and closes it on exit (remote ones with libvirt's event
+loop and client keepalive), several at once (:func:`connections`); looks a domain up by name or
+UUID (:func:`find_domain`, :func:`lookup_domain`); tells a libvirt error from others, real or of
+a fake namespace (:func:`is_libvirt_error`, :func:`binding`), and turns it into
+:class:`KvmopsError` with an operator message, explaining the known failures
+(:func:`explain_failure`); names domain states (:func:`state_name`), versions
+(:func:`version_text`) and a connection's URI (:func:`uri_of`).
+
+libvirt-python is imported lazily so that pure-logic code and unit tests do not need it;
+modules check :data:`HAS_LIBVIRT` and call ``missing_required_lib('libvirt-python')`` with
+:data:`LIBVIRT_IMPORT_ERROR`.
 
 Relies on: libvirt-python ``libvirt.open`` (virConnectOpen), ``lookupByName``/
 ``lookupByUUIDString`` (virDomainLookupBy*), https://libvirt.org/uri.html for URIs.

@@ -50,7 +50,7 @@ import re
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
-from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _libvirt
 
 from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import (  # noqa: F401  (one lxml import)
     HAS_LXML, LXML_IMPORT_ERROR, etree)
@@ -303,10 +303,8 @@ def _parse(xml: t.Any, what: str) -> t.Any:
     _require_lxml()
     if not isinstance(xml, (str, bytes)):
         return xml
-    data = xml.encode("utf-8") if isinstance(xml, str) else xml
     try:
-        parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
-        return etree.fromstring(data, parser)
+        return _domain_xml.from_string(xml)
     except etree.XMLSyntaxError as err:
         raise KvmopsError("The %s is not well-formed XML." % what, detail=str(err)) from err
 
@@ -532,7 +530,7 @@ def compare_cpu(conn: t.Any, cpu_xml: str, virttype: str, arch: str = "x86_64",
     :raises KvmopsError: the XML is not a CPU, or libvirt failed in a way that is not about the
         CPU (connection lost).
     """
-    where = host or _uri_of(conn)
+    where = host or _libvirt.uri_of(conn)
     try:
         code = conn.compareHypervisorCPU(emulator, arch, machine, virttype, cpu_xml,
                                          VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
@@ -598,7 +596,7 @@ def baseline_cpu(conn: t.Any, cpu_xmls: list[str], virttype: str, arch: str = "x
     :raises KvmopsError: libvirt failed (e.g. CPUs of different vendors share no model).
     """
     with _libvirt.libvirt_errors("compute the baseline CPU of %d host CPUs" % len(cpu_xmls),
-                                 host=host or _uri_of(conn)):
+                                 host=host or _libvirt.uri_of(conn)):
         return str(conn.baselineHypervisorCPU(emulator, arch, machine, virttype, list(cpu_xmls),
                                               VIR_CONNECT_BASELINE_CPU_MIGRATABLE))
 
@@ -1025,7 +1023,7 @@ def run_domain_cpu(params: dict[str, t.Any], check_mode: bool,
                           "domain's persistent definition.")
     group_uris = [] if restoring else (list(dict.fromkeys(params.get("group_uris") or [])) or [uri])
     needed = ([uri] if params.get("domain") else []) + group_uris
-    with _Connections(connect, needed) as conns:
+    with _libvirt.connections(needed, connect) as conns:
         dom = None
         running = False
         if params.get("domain"):
@@ -1080,40 +1078,8 @@ def run_domain_cpu(params: dict[str, t.Any], check_mode: bool,
     return result
 
 
-class _Connections:
-    """Open one connection per URI, close all on exit."""
-
-    def __init__(self, connect: t.Callable[[str], t.ContextManager[t.Any]], uris: list[str]):
-        self._connect = connect
-        self._uris = list(dict.fromkeys(uris))
-        self._cms: list[t.ContextManager[t.Any]] = []
-
-    def __enter__(self) -> dict[str, t.Any]:
-        conns = {}
-        try:
-            for uri in self._uris:
-                cm = self._connect(uri)
-                conns[uri] = cm.__enter__()
-                self._cms.append(cm)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return conns
-
-    def __exit__(self, *exc: t.Any) -> None:
-        while self._cms:
-            self._cms.pop().__exit__(None, None, None)
-
-
 def _dom_name(dom: t.Any) -> str:
     try:
         return str(dom.name())
     except Exception:  # a name only for the message
         return "?"
-
-
-def _uri_of(conn: t.Any) -> str:
-    try:
-        return str(conn.getURI())
-    except Exception:  # a name only for the message
-        return "this host"

@@ -35,19 +35,15 @@ import re
 import socket
 import typing as t
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _images, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _cpu, _domain_xml, _images, _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import etree
 
 DEFAULT_LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
 PROC_MOUNTS = "/proc/self/mounts"
 SYS_CLASS_NET = "/sys/class/net"
 KIB = 1024
 
-#: virDomainState numbers (stable libvirt ABI) to names.
-STATE_NAMES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
-               5: "shutoff", 6: "crashed", 7: "pmsuspended"}
 
 _HOST_UUID_RE = re.compile(r'^\s*host_uuid\s*=\s*"([^"]*)"\s*(?:#.*)?$')
 _OCTAL_ESCAPE_RE = re.compile(r"\\([0-7]{3})")
@@ -72,22 +68,11 @@ def is_valid_host_uuid(value: str | None) -> bool:
     return len(set(value.replace("-", "").lower())) > 1
 
 
-def version_text(number: int | None) -> str | None:
-    """libvirt's packed version (major * 1000000 + minor * 1000 + micro) as ``M.m.u``."""
-    if number is None:
-        return None
-    return "%d.%d.%d" % (number // 1000000, (number // 1000) % 1000, number % 1000)
-
-
 def parse_capabilities(xml: str) -> dict[str, t.Any]:
-    """Host UUID, arch, CPU vendor and model from ``virConnectGetCapabilities`` XML."""
-    root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
-
-    def text(path: str) -> str | None:
-        node = root.find(path)
-        return node.text.strip() if node is not None and node.text else None
-    return {"uuid": text("host/uuid"), "arch": text("host/cpu/arch"),
-            "cpu_vendor": text("host/cpu/vendor"), "cpu_model": text("host/cpu/model")}
+    """Host UUID, arch, CPU vendor and model from ``virConnectGetCapabilities`` XML, as
+    :func:`_cpu.parse_capabilities` (the one parser of it) reads them."""
+    caps = _cpu.parse_capabilities(xml)
+    return {"uuid": caps.uuid, "arch": caps.arch, "cpu_vendor": caps.cpu_vendor, "cpu_model": caps.cpu_model}
 
 
 def memory_from_stats(stats: dict[str, int], total_kib: int | None = None) -> dict[str, int | None]:
@@ -107,7 +92,7 @@ def domain_facts(dom: t.Any) -> dict[str, t.Any]:
     (bytes), vCPUs of one ``virDomain``."""
     state, max_kib, cur_kib, vcpus, _cpu_time = dom.info()
     return {"name": dom.name(), "uuid": dom.UUIDString(), "id": int(dom.ID()),
-            "state": STATE_NAMES.get(state, "unknown"),
+            "state": _libvirt.STATE_NAMES.get(state, "unknown"),
             "active": bool(dom.isActive()), "persistent": bool(dom.isPersistent()),
             "memory_bytes": int(cur_kib) * KIB, "max_memory_bytes": int(max_kib) * KIB,
             "vcpus": int(vcpus)}
@@ -142,7 +127,7 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
     configured = parse_host_uuid(conf_text or "")
     host = {
         "hostname": hostname or socket.gethostname(),
-        "uri": _libvirt_uri(conn),
+        "uri": _libvirt.uri_of(conn, None),
         "uuid": caps["uuid"],
         "uuid_configured": configured,
         "uuid_configured_valid": is_valid_host_uuid(configured) if configured is not None else None,
@@ -151,8 +136,8 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
         "cpu_vendor": caps["cpu_vendor"],
         "cpu_model": caps["cpu_model"],
         "cpus": int(node[2]),
-        "libvirt_version": version_text(lib_version),
-        "hypervisor_version": version_text(hv_version),
+        "libvirt_version": _libvirt.version_text(lib_version),
+        "hypervisor_version": _libvirt.version_text(hv_version),
     }
     host.update(memory)
     result: dict[str, t.Any] = {"host": host}
@@ -164,15 +149,6 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
         host["running_vcpus"] = sum(d["vcpus"] for d in domains if d["active"])
         result["domains"] = domains
     return result
-
-
-def _libvirt_uri(conn: t.Any) -> str | None:
-    try:
-        return str(conn.getURI())
-    except Exception as err:
-        if not _libvirt.is_libvirt_error(err):
-            raise
-        return None
 
 
 def guest_facts(conn: t.Any, guest: str, uri: str, runner: _images.Runner) -> dict[str, t.Any]:

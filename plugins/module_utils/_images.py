@@ -302,8 +302,10 @@ def parse_vgs(text: str) -> dict[str, t.Any]:
 
 
 def _bytes(value: t.Any) -> int:
+    """A size of an LVM report in ``--units b`` (``"1073741824B"``; none is 0) in bytes, by
+    :func:`_domain_xml.to_bytes` (the one size parser)."""
     text = str(value or "0").strip().rstrip("Bb")
-    return int(text.split(".", maxsplit=1)[0]) if text else 0
+    return _domain_xml.to_bytes(text.split(".", maxsplit=1)[0], "b") if text else 0
 
 
 _LVS_FIELDS = "lv_name,vg_name,lv_path,lv_size,lv_attr,pool_lv,data_percent"
@@ -541,11 +543,8 @@ def check_image_path(path: str, what: str = "Image path") -> str:
 
 def _pool_target(xml: str) -> str | None:
     """``<target><path>`` of a libvirt storage pool XML (hardened parser), or None."""
-    if not _domain_xml.HAS_LXML:
-        raise KvmopsError("lxml is not installed on this host: install python3-lxml (Debian/Ubuntu) "
-                          "or lxml (pip).", detail=_domain_xml.LXML_IMPORT_ERROR)
-    parser = _domain_xml.etree.XMLParser(resolve_entities=False, no_network=True)
-    root = _domain_xml.etree.fromstring(xml.encode("utf-8"), parser)
+    _domain_xml.require_lxml()
+    root = _domain_xml.from_string(xml, remove_blank_text=False)
     target = root.findtext("target/path")
     return target.strip() if target and target.strip() else None
 

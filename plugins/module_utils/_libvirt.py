@@ -1,12 +1,19 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The one libvirt connection helper of kvmops.migration.
+"""The one libvirt client of kvmops.migration.
 
-Opens a connection once per module run and closes it on exit; turns ``libvirt.libvirtError``
-into :class:`KvmopsError` with an operator message. libvirt-python is imported lazily so that
-pure-logic code and unit tests do not need it; modules check :data:`HAS_LIBVIRT` and call
-``missing_required_lib('libvirt-python')`` with :data:`LIBVIRT_IMPORT_ERROR`.
+Opens a connection once per module run and closes it on exit (remote ones with libvirt's event
+loop and client keepalive), several at once (:func:`connections`); looks a domain up by name or
+UUID (:func:`find_domain`, :func:`lookup_domain`); tells a libvirt error from others, real or of
+a fake namespace (:func:`is_libvirt_error`, :func:`binding`), and turns it into
+:class:`KvmopsError` with an operator message, explaining the known failures
+(:func:`explain_failure`); names domain states (:func:`state_name`), versions
+(:func:`version_text`) and a connection's URI (:func:`uri_of`).
+
+libvirt-python is imported lazily so that pure-logic code and unit tests do not need it;
+modules check :data:`HAS_LIBVIRT` and call ``missing_required_lib('libvirt-python')`` with
+:data:`LIBVIRT_IMPORT_ERROR`.
 
 Relies on: libvirt-python ``libvirt.open`` (virConnectOpen), ``lookupByName``/
 ``lookupByUUIDString`` (virDomainLookupBy*), https://libvirt.org/uri.html for URIs.
@@ -57,9 +64,24 @@ def libvirt_error_detail(err: BaseException) -> str:
     return str(err)
 
 
-def is_libvirt_error(err: BaseException) -> bool:
-    """True when ``err`` is a ``libvirt.libvirtError``."""
-    return HAS_LIBVIRT and isinstance(err, libvirt.libvirtError)
+def binding(lv: t.Any = None) -> t.Any:
+    """The libvirt namespace to use: ``lv`` (tests pass a fake) or the real binding.
+
+    :raises KvmopsError: ``lv`` is None and libvirt-python is not installed.
+    """
+    if lv is not None:
+        return lv
+    if not HAS_LIBVIRT:
+        raise KvmopsError("libvirt-python is not installed on this host: install python3-libvirt "
+                          "(Debian/Ubuntu) or libvirt-python (pip).", detail=LIBVIRT_IMPORT_ERROR)
+    return libvirt
+
+
+def is_libvirt_error(err: BaseException, lv: t.Any = None) -> bool:
+    """True when ``err`` is the ``libvirtError`` of namespace ``lv`` (a fake of the tests), or
+    of the real binding when ``lv`` is None."""
+    cls = getattr(lv if lv is not None else libvirt, "libvirtError", None)
+    return isinstance(cls, type) and issubclass(type(err), cls)
 
 
 def libvirt_error_code(err: BaseException) -> int | None:
@@ -94,9 +116,7 @@ def open_connection(uri: str = DEFAULT_URI, readonly: bool = False) -> t.Any:
     :raises KvmopsError: libvirt-python missing, or the connection failed (names the URI and
         the usual fixes).
     """
-    if not HAS_LIBVIRT:
-        raise KvmopsError("libvirt-python is not installed on this host: install python3-libvirt "
-                          "(Debian/Ubuntu) or libvirt-python (pip).", detail=LIBVIRT_IMPORT_ERROR)
+    binding()
     libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
     remote = is_remote_uri(uri)
     if remote:
@@ -153,6 +173,60 @@ def connection(uri: str = DEFAULT_URI, readonly: bool = False) -> t.Iterator[t.A
             conn.close()
 
 
+@contextlib.contextmanager
+def connections(uris: t.Iterable[str],
+                connect: t.Callable[[str], t.ContextManager[t.Any]] = connection) -> t.Iterator[dict[str, t.Any]]:
+    """One connection per distinct URI (``connect(uri)``, :func:`connection` by default) as
+    ``{uri: conn}``; all are closed on exit, also when a later one fails to open."""
+    with contextlib.ExitStack() as stack:
+        yield {uri: stack.enter_context(connect(uri)) for uri in dict.fromkeys(uris)}
+
+
+def _domain_or_none(conn: t.Any, method: str, key: str, lv: t.Any) -> t.Any:
+    """``conn.<method>(key)``, None when libvirt says there is no such domain; any other error
+    propagates as it is."""
+    try:
+        return getattr(conn, method)(key)
+    except Exception as err:
+        if is_libvirt_error(err, lv) and libvirt_error_code(err) == getattr(
+                lv if lv is not None else libvirt, "VIR_ERR_NO_DOMAIN", None):
+            return None
+        raise
+
+
+def _lookups(key: str, by: str | None) -> list[str]:
+    """The lookup methods for ``key``: by UUID first when it looks like one, then by name."""
+    if by == "name":
+        return ["lookupByName"]
+    if by == "uuid":
+        return ["lookupByUUIDString"]
+    return (["lookupByUUIDString"] if looks_like_uuid(key) else []) + ["lookupByName"]
+
+
+def _find(conn: t.Any, key: str, by: str | None, lv: t.Any, failure: t.Callable[[], str]) -> t.Any:
+    for method in _lookups(key, by):
+        try:
+            dom = _domain_or_none(conn, method, key, lv)
+        except Exception as err:
+            if not is_libvirt_error(err, lv):
+                raise
+            raise KvmopsError(failure(), detail=libvirt_error_detail(err)) from err
+        if dom is not None:
+            return dom
+    return None
+
+
+def find_domain(conn: t.Any, key: str, by: str | None = None, lv: t.Any = None) -> t.Any:
+    """A domain by ``key``, or None when there is none.
+
+    :param by: ``name``, ``uuid``, or None: by UUID when ``key`` looks like one, then by name.
+    :param lv: the libvirt namespace (a fake in the tests), the real binding when None.
+    :raises KvmopsError: another libvirt failure, naming the domain and the connection's URI.
+    """
+    return _find(conn, key, by, lv,
+                 lambda: "Could not look up domain %s on %s." % (key, uri_of(conn, "the host")))
+
+
 def lookup_domain(conn: t.Any, name_or_uuid: str, required: bool = True) -> t.Any:
     """Find a domain by name, or by UUID when the text is a UUID.
 
@@ -160,35 +234,80 @@ def lookup_domain(conn: t.Any, name_or_uuid: str, required: bool = True) -> t.An
     :raises KvmopsError: domain absent (when required) or another libvirt failure.
     """
     text = name_or_uuid.strip()
-    lookups = [conn.lookupByName]
-    if _looks_like_uuid(text):
-        lookups.insert(0, conn.lookupByUUIDString)
-    for lookup in lookups:
-        try:
-            return lookup(text)
-        except Exception as err:
-            if not is_libvirt_error(err):
-                raise
-            if libvirt_error_code(err) != libvirt.VIR_ERR_NO_DOMAIN:
-                raise KvmopsError("Could not look up domain %s." % text,
-                                  detail=libvirt_error_detail(err)) from err
-    if required:
+    dom = _find(conn, text, None, None, lambda: "Could not look up domain %s." % text)
+    if dom is None and required:
         raise KvmopsError("Domain %s is not defined on %s: check the guest name (virsh list --all)."
-                          % (text, _uri_of(conn)))
-    return None
+                          % (text, uri_of(conn)))
+    return dom
 
 
-def _uri_of(conn: t.Any) -> str:
+def uri_of(conn: t.Any, default: str | None = "this host") -> str | None:
+    """``conn.getURI()``, or ``default`` when even that fails (a broken connection still
+    deserves a message)."""
     try:
         return str(conn.getURI())
     except Exception:  # a broken connection still deserves a message
-        return "this host"
+        return default
 
 
-def _looks_like_uuid(text: str) -> bool:
+def is_alive(conn: t.Any) -> bool:
+    """``conn.isAlive()``; a connection that cannot even say so counts as dead."""
+    try:
+        return bool(conn.isAlive())
+    except Exception:
+        return False
+
+
+def looks_like_uuid(text: str) -> bool:
+    """True for the 8-4-4-4-12 hexadecimal form of a UUID."""
     parts = text.split("-")
     return len(text) == 36 and [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(
         c in "0123456789abcdefABCDEF" for c in text.replace("-", ""))
+
+
+# --------------------------------------------------------------------------------------------
+# Versions and domain states
+# --------------------------------------------------------------------------------------------
+
+def version_text(number: int | None) -> str | None:
+    """libvirt's packed version (major * 1000000 + minor * 1000 + micro) as ``M.m.u``, None
+    for None."""
+    if number is None:
+        return None
+    return "%d.%d.%d" % (number // 1000000, (number // 1000) % 1000, number % 1000)
+
+
+def binding_version(lv: t.Any) -> str:
+    """``M.m.u`` of ``lv.getVersion()`` (the libvirt library), ``unknown`` when it cannot say."""
+    getter = getattr(lv, "getVersion", None)
+    if not callable(getter):
+        return "unknown"
+    try:
+        number = int(getter())
+    except Exception:  # a broken binding still deserves a message
+        return "unknown"
+    return version_text(number) or "unknown"
+
+
+#: virDomainState: the libvirt constant, its number (stable ABI) and our name for it.
+_STATES = (
+    ("VIR_DOMAIN_NOSTATE", 0, "nostate"), ("VIR_DOMAIN_RUNNING", 1, "running"),
+    ("VIR_DOMAIN_BLOCKED", 2, "blocked"), ("VIR_DOMAIN_PAUSED", 3, "paused"),
+    ("VIR_DOMAIN_SHUTDOWN", 4, "shutdown"), ("VIR_DOMAIN_SHUTOFF", 5, "shutoff"),
+    ("VIR_DOMAIN_CRASHED", 6, "crashed"), ("VIR_DOMAIN_PMSUSPENDED", 7, "pmsuspended"),
+)
+
+#: virDomainState numbers to names, for code that reads them without the binding.
+STATE_NAMES = {number: name for _const, number, name in _STATES}
+
+
+def state_name(lv: t.Any, state: int) -> str:
+    """Name of a ``VIR_DOMAIN_*`` state number (``running``, ``paused``, ``shutoff`` ...) by the
+    constants of namespace ``lv``; ``unknown(<n>)`` for another number."""
+    for const, _number, name in _STATES:
+        if getattr(lv, const, None) == state:
+            return name
+    return "unknown(%s)" % state
 
 
 # --------------------------------------------------------------------------------------------

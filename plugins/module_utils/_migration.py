@@ -90,27 +90,8 @@ TRANSPORT_CHOICES = ("ssh", "tls")
 TIMEOUT_ACTION_CHOICES = ("abort", "postcopy")
 COMPRESSION_CHOICES = ("xbzrle", "mt", "zlib", "zstd")
 
-#: Domain states by the name of their libvirt constant.
-_STATE_NAMES = (
-    ("VIR_DOMAIN_NOSTATE", "nostate"), ("VIR_DOMAIN_RUNNING", "running"),
-    ("VIR_DOMAIN_BLOCKED", "blocked"), ("VIR_DOMAIN_PAUSED", "paused"),
-    ("VIR_DOMAIN_SHUTDOWN", "shutdown"), ("VIR_DOMAIN_SHUTOFF", "shutoff"),
-    ("VIR_DOMAIN_CRASHED", "crashed"), ("VIR_DOMAIN_PMSUSPENDED", "pmsuspended"),
-)
-
 #: States in which a guest executes (or could, if it is not paused): "running" for C11.
 RUNNING_STATES = ("running", "blocked")
-
-
-def _lv(lv: t.Any = None) -> t.Any:
-    """The libvirt namespace to use: ``lv`` (tests pass a fake) or the real binding."""
-    if lv is not None:
-        return lv
-    if not _libvirt.HAS_LIBVIRT:
-        raise KvmopsError("libvirt-python is not installed on this host: install python3-libvirt "
-                          "(Debian/Ubuntu) or libvirt-python (pip).",
-                          detail=_libvirt.LIBVIRT_IMPORT_ERROR)
-    return _libvirt.libvirt
 
 
 def _const(lv: t.Any, name: str) -> t.Any:
@@ -126,27 +107,8 @@ def _need(lv: t.Any, name: str, why: str) -> t.Any:
     value = getattr(lv, name, None)
     if value is None:
         raise KvmopsError("%s needs %s, which this libvirt-python (libvirt %s) does not have: "
-                          "upgrade libvirt-python or do without %s." % (why, name, _version(lv), why))
+                          "upgrade libvirt-python or do without %s." % (why, name, _libvirt.binding_version(lv), why))
     return value
-
-
-def _version(lv: t.Any) -> str:
-    getter = getattr(lv, "getVersion", None)
-    if not callable(getter):
-        return "unknown"
-    try:
-        number = int(getter())
-    except Exception:  # a broken binding still deserves a message
-        return "unknown"
-    return "%d.%d.%d" % (number // 1000000, (number // 1000) % 1000, number % 1000)
-
-
-def state_name(lv: t.Any, state: int) -> str:
-    """Name of a ``VIR_DOMAIN_*`` state number (``running``, ``paused``, ``shutoff`` ...)."""
-    for const, name in _STATE_NAMES:
-        if _const(lv, const) == state:
-            return name
-    return "unknown(%s)" % state
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,7 +342,7 @@ def build_flags(opts: MigrationOptions, *, active: bool, persistent: bool, disks
         offline) or without ``persistent``; post-copy on a non-live migration; a flag this
         binding lacks.
     """
-    lv = _lv(lv)
+    lv = _libvirt.binding(lv)
     names: list[str] = []
     warnings: list[str] = []
     if active:
@@ -440,7 +402,7 @@ def detect_zeroes_param(lv: t.Any = None) -> str | None:
     older python3-libvirt (Debian 12's 9.0) passes unknown string-list parameters through to a
     newer library (seen in the lab: binding 9.0 with libvirt 11.3).
     """
-    lv = _lv(lv)
+    lv = _libvirt.binding(lv)
     name = _const(lv, "VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES")
     if name is not None:
         return name
@@ -462,7 +424,7 @@ def build_params(opts: MigrationOptions, *, dest_name: str, disks: list[str], ac
     :returns: ``(params, migrate_uri, disks_uri, warnings)``.
     :raises KvmopsError: a required parameter constant is missing in this binding.
     """
-    lv = _lv(lv)
+    lv = _libvirt.binding(lv)
     params: dict[str, t.Any] = {}
     warnings: list[str] = []
     migrate_uri = disks_uri = None
@@ -494,7 +456,7 @@ def build_params(opts: MigrationOptions, *, dest_name: str, disks: list[str], ac
             name = detect_zeroes_param(lv)
             if name is None:
                 warnings.append("detect_zeroes skipped: libvirt %s has no migrate_disks_detect_zeroes "
-                                "parameter (libvirt >= 10.9)." % _version(lv))
+                                "parameter (libvirt >= 10.9)." % _libvirt.binding_version(lv))
             else:
                 params[name] = list(disks)
     if opts.bandwidth_mibps:
@@ -522,7 +484,7 @@ def build_plan(opts: MigrationOptions, source: dict[str, t.Any], lv: t.Any = Non
         migration with storage, a constant this libvirt binding lacks.
     """
     opts.validate()
-    lv = _lv(lv)
+    lv = _libvirt.binding(lv)
     active = bool(source["active"])
     disks = select_disks(source.get("disks") or [], opts.copy_storage, opts.disks, opts.shared_disks)
     flags, names, warnings = build_flags(opts, active=active, persistent=bool(source["persistent"]),
@@ -630,7 +592,7 @@ def classify_destination(source: dict[str, t.Any] | None, by_name: dict[str, t.A
     """The C11 decision table.
 
     Each domain argument is ``None`` (absent) or ``{name, uuid, state, active: bool,
-    persistent: bool, ours: bool}`` (``state`` as :func:`state_name`; ``ours``: carries this
+    persistent: bool, ours: bool}`` (``state`` as :func:`_libvirt.state_name`; ``ours``: carries this
     collection's migration marker). ``by_name`` is the destination domain named ``dest_name``,
     ``by_uuid`` the one with the source's UUID. ``source`` None: absent on the source (then
     ``by_name`` stands for the guest). ``dest`` names the destination in messages.
@@ -723,7 +685,7 @@ def progress_from_stats(stats: dict[str, t.Any], elapsed_s: float, lv: t.Any = N
     (memory + disks) processed, None when libvirt reports no total yet; ``downtime_ms`` of a
     running job is libvirt's estimate.
     """
-    lv = _lv(lv)
+    lv = _libvirt.binding(lv)
     job_type = stats.get("type")
     active = job_type not in (None, _const(lv, "VIR_DOMAIN_JOB_NONE"),
                               _const(lv, "VIR_DOMAIN_JOB_COMPLETED"),
@@ -775,7 +737,7 @@ def result_from_stats(stats: dict[str, t.Any], lv: t.Any = None) -> dict[str, t.
     dirty_rate_bytes_per_s, memory_bps, disk_bps}``; memory/disk bytes are the bytes
     transferred; absent values are None.
     """
-    lv = _lv(lv)
+    lv = _libvirt.binding(lv)
     dirty_pages = _stat(stats, lv, "VIR_DOMAIN_JOB_MEMORY_DIRTY_RATE")
     page_size = _stat(stats, lv, "VIR_DOMAIN_JOB_MEMORY_PAGE_SIZE") or 4096
     return {
@@ -851,7 +813,7 @@ class MigrationMonitor:
         self.action = action
         self.max_downtime_ms = max_downtime_ms
         self.abort_grace_s = abort_grace_s
-        self.lv = _lv(lv)
+        self.lv = _libvirt.binding(lv)
         self.downtime_applied = False
         self.aborted_at: float | None = None
         self.postcopy_at: float | None = None
@@ -934,49 +896,15 @@ def progress_writer(path: str | None, log: t.Callable[[str], None] | None = None
 # Talking to libvirt
 # --------------------------------------------------------------------------------------------
 
-def _is_lv_error(err: BaseException, lv: t.Any) -> bool:
-    """True when ``err`` is the ``libvirtError`` of namespace ``lv`` (real or fake)."""
-    cls = getattr(lv, "libvirtError", None)
-    return isinstance(cls, type) and isinstance(err, cls)
-
-
 def _call(lv: t.Any, action: str, where: str, func: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
     """``func(*args)``; a libvirt error becomes :class:`KvmopsError` naming action and host."""
     try:
         return func(*args)
     except Exception as err:
-        if not _is_lv_error(err, lv):
+        if not _libvirt.is_libvirt_error(err, lv):
             raise
         raise KvmopsError("Could not %s on %s." % (action, where),
                           detail=_libvirt.libvirt_error_detail(err)) from err
-
-
-def _find(conn: t.Any, lookup: str, key: str, lv: t.Any) -> t.Any:
-    """``conn.lookupByName/ByUUIDString(key)`` or None when no such domain."""
-    try:
-        return getattr(conn, lookup)(key)
-    except Exception as err:
-        if _is_lv_error(err, lv):
-            if _libvirt.libvirt_error_code(err) == _const(lv, "VIR_ERR_NO_DOMAIN"):
-                return None
-            raise KvmopsError("Could not look up domain %s on %s." % (key, _uri(conn)),
-                              detail=_libvirt.libvirt_error_detail(err)) from err
-        raise
-
-
-def _alive(conn: t.Any) -> bool:
-    """``conn.isAlive()``; a connection that cannot even say so counts as dead."""
-    try:
-        return bool(conn.isAlive())
-    except Exception:
-        return False
-
-
-def _uri(conn: t.Any) -> str:
-    try:
-        return str(conn.getURI())
-    except Exception:  # a broken connection still deserves a message
-        return "the host"
 
 
 def describe(dom: t.Any, lv: t.Any, where: str = "the host") -> dict[str, t.Any]:
@@ -993,7 +921,7 @@ def describe(dom: t.Any, lv: t.Any, where: str = "the host") -> dict[str, t.Any]
     action = "read domain %s" % name
     state, reason = _call(lv, action, where, dom.state)
     info = {"name": name, "uuid": _call(lv, action, where, dom.UUIDString),
-            "state": state_name(lv, state), "reason": reason,
+            "state": _libvirt.state_name(lv, state), "reason": reason,
             "active": bool(_call(lv, action, where, dom.isActive)),
             "persistent": bool(_call(lv, action, where, dom.isPersistent)), "ours": False, "run": None}
     marker = read_marker(dom, lv)
@@ -1011,7 +939,7 @@ def read_marker(dom: t.Any, lv: t.Any) -> str | None:
     try:
         text = dom.metadata(kind, METADATA_URI, _const(lv, "VIR_DOMAIN_AFFECT_LIVE") or 0)
     except Exception as err:
-        if _is_lv_error(err, lv):
+        if _libvirt.is_libvirt_error(err, lv):
             return None
         raise
     marker = 'run="'
@@ -1034,7 +962,7 @@ def write_marker(dom: t.Any, run_id: str, source: str, lv: t.Any) -> bool:
         dom.setMetadata(kind, xml, METADATA_KEY, METADATA_URI,
                         _const(lv, "VIR_DOMAIN_AFFECT_LIVE") or 0)
     except Exception as err:
-        if _is_lv_error(err, lv):
+        if _libvirt.is_libvirt_error(err, lv):
             return False
         raise
     return True
@@ -1070,7 +998,7 @@ def source_facts(dom: t.Any, lv: t.Any, where: str = "the source") -> dict[str, 
                     sizes[disk["target"]] = int(block[1])
                     capacity[disk["target"]] = int(block[0])
                 except Exception as err:
-                    if not (_is_lv_error(err, lv)):
+                    if not _libvirt.is_libvirt_error(err, lv):
                         raise
                     sizes[disk["target"]] = 0
                     capacity[disk["target"]] = None
@@ -1123,21 +1051,18 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         destination by this run), naming the phase and host, libvirt's message as detail.
     """
     rt = rt or Runtime()
-    lv = _lv(rt.lv)
+    lv = _libvirt.binding(rt.lv)
     opts.validate()
-    src_where = _uri(sconn)
+    src_where = str(_libvirt.uri_of(sconn, "the host"))
     dest_label = opts.dest_host
-    dom = _find(sconn, "lookupByUUIDString", opts.domain, lv) if _libvirt._looks_like_uuid(opts.domain) \
-        else None
-    if dom is None:
-        dom = _find(sconn, "lookupByName", opts.domain, lv)
+    dom = _libvirt.find_domain(sconn, opts.domain, lv=lv)
     source = source_facts(dom, lv, src_where) if dom is not None else None
 
     dest_name = opts.dest_name or (source["name"] if source else opts.domain)
-    d_by_name = _find(dconn, "lookupByName", dest_name, lv)
-    uuid_key = source["uuid"] if source else (opts.domain if _libvirt._looks_like_uuid(opts.domain)
+    d_by_name = _libvirt.find_domain(dconn, dest_name, by="name", lv=lv)
+    uuid_key = source["uuid"] if source else (opts.domain if _libvirt.looks_like_uuid(opts.domain)
                                               else None)
-    d_by_uuid = _find(dconn, "lookupByUUIDString", uuid_key, lv) if uuid_key else None
+    d_by_uuid = _libvirt.find_domain(dconn, uuid_key, by="uuid", lv=lv) if uuid_key else None
     by_name = describe(d_by_name, lv, dest_label) if d_by_name is not None else None
     by_uuid = describe(d_by_uuid, lv, dest_label) if d_by_uuid is not None else None
     decision = classify_destination(source, by_name, by_uuid, dest_name=dest_name, dest=dest_label,
@@ -1189,7 +1114,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     def check(elapsed: float) -> t.Any:
         if not worker.is_alive():
             return "done"
-        if monitor.aborted_at is None and not _alive(dconn):
+        if monitor.aborted_at is None and not _libvirt.is_alive(dconn):
             # keepalive closed the destination connection (_libvirt.KEEPALIVE_*): its libvirtd
             # died or the network to it is cut; the migration cannot finish, so stop it now
             monitor.aborted_at = elapsed
@@ -1208,7 +1133,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         try:
             stats = dom.jobStats()
         except Exception as err:  # the job may end between is_alive() and jobStats()
-            if not (_is_lv_error(err, lv)):
+            if not _libvirt.is_libvirt_error(err, lv):
                 raise
             return None
         action = monitor.observe(stats, elapsed)
@@ -1218,7 +1143,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             try:
                 dom.migrateSetMaxDowntime(int(plan.max_downtime_ms or 0), 0)
             except Exception as err:
-                if not (_is_lv_error(err, lv)):
+                if not _libvirt.is_libvirt_error(err, lv):
                     raise
                 notes.append("max_downtime_ms not applied: %s" % _libvirt.libvirt_error_detail(err))
         elif action == "postcopy":
@@ -1226,7 +1151,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             try:
                 dom.migrateStartPostCopy(0)
             except Exception as err:
-                if not (_is_lv_error(err, lv)):
+                if not _libvirt.is_libvirt_error(err, lv):
                     raise
                 monitor.postcopy_at = None
                 monitor.aborted_at = elapsed
@@ -1274,7 +1199,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             recovery = ["The recovery after the failure stopped early (%s: %s): check the guest on both "
                         "hosts ('virsh domstate %s'; 'virsh resume %s' on the source if it is paused)."
                         % (type(rerr).__name__, rerr, source["name"], source["name"])]
-        if not (_is_lv_error(err, lv) or isinstance(err, KvmopsError)):
+        if not (_libvirt.is_libvirt_error(err, lv) or isinstance(err, KvmopsError)):
             raise err
         why = monitor.reason or explain_failure(
             _libvirt.libvirt_error_detail(err) if not isinstance(err, KvmopsError) else str(err),
@@ -1299,7 +1224,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             dest_info = describe(ddom, lv, dest_label)
         except KvmopsError as err:  # the guest has moved: a failed read is a note, not a failure
             notes.append("the migrated guest could not be read on %s: %s" % (dest_label, err))
-    leftover = _find(sconn, "lookupByUUIDString", source["uuid"], lv)
+    leftover = _libvirt.find_domain(sconn, source["uuid"], by="uuid", lv=lv)
     if (leftover is not None and dest_info and dest_info["active"]
             and _call(lv, "read domain %s" % source["name"], src_where, leftover.isActive)):
         raise KvmopsError("STOP: after the migration %s is active on the source AND on %s. Nothing "
@@ -1341,7 +1266,7 @@ def _source_job_type(dom: t.Any, lv: t.Any) -> int:
     try:
         return int(dom.jobInfo()[0])
     except Exception as err:
-        if not _is_lv_error(err, lv):
+        if not _libvirt.is_libvirt_error(err, lv):
             raise
         return 0
 
@@ -1426,7 +1351,7 @@ def _abort(dom: t.Any, notes: list[str], lv: t.Any) -> None:
     try:
         dom.abortJob()
     except Exception as err:
-        if not (_is_lv_error(err, lv)):
+        if not _libvirt.is_libvirt_error(err, lv):
             raise
         notes.append("abortJob failed: %s" % _libvirt.libvirt_error_detail(err))
 
@@ -1468,7 +1393,7 @@ def _completed_stats(ddom: t.Any, sdom: t.Any, lv: t.Any, notes: list[str],
             try:
                 stats = dom.jobStats(flag)
             except Exception as err:
-                if not (_is_lv_error(err, lv)):
+                if not _libvirt.is_libvirt_error(err, lv):
                     raise
                 failed[where] = _libvirt.libvirt_error_detail(err)
                 continue
@@ -1494,7 +1419,7 @@ def _job_active(dom: t.Any, lv: t.Any) -> bool:
     try:
         job = (dom.jobStats() or {}).get("type")
     except Exception as err:
-        if not _is_lv_error(err, lv):
+        if not _libvirt.is_libvirt_error(err, lv):
             raise
         return False
     return job not in (None, _const(lv, "VIR_DOMAIN_JOB_NONE"), _const(lv, "VIR_DOMAIN_JOB_COMPLETED"),
@@ -1545,16 +1470,16 @@ def _recover(sconn: t.Any, dconn: t.Any, source: dict[str, t.Any], dest_existed:
                 "hosts. Nothing was touched; recover with 'virsh migrate --postcopy-resume' or "
                 "see https://libvirt.org/migration.html."]
     out: list[str] = []
-    src_where = _uri(sconn)
+    src_where = str(_libvirt.uri_of(sconn, "the host"))
 
     # 1. read the destination, changing nothing and raising nothing
     ddom: t.Any = None
     dstate: str | None = None
-    dest_known = _alive(dconn)
+    dest_known = _libvirt.is_alive(dconn)
     dest_why = "no libvirt connection"
     if dest_known:
         try:
-            ddom = _find(dconn, "lookupByUUIDString", uuid, lv)
+            ddom = _libvirt.find_domain(dconn, uuid, by="uuid", lv=lv)
             if ddom is not None:
                 dstate = _state_of(ddom, name, dest, lv)
         except KvmopsError as err:
@@ -1571,7 +1496,7 @@ def _recover(sconn: t.Any, dconn: t.Any, source: dict[str, t.Any], dest_existed:
     src_active: bool | None = None  # None: unknown
     sstate: str | None = None
     try:
-        sdom = _find(sconn, "lookupByUUIDString", uuid, lv)
+        sdom = _libvirt.find_domain(sconn, uuid, by="uuid", lv=lv)
         src_active = False
         if sdom is not None:
             src_active = bool(_call(lv, "read the state of domain %s" % name, src_where, sdom.isActive))
@@ -1618,11 +1543,11 @@ def _recover(sconn: t.Any, dconn: t.Any, source: dict[str, t.Any], dest_existed:
 
 
 def _state_of(dom: t.Any, name: str, where: str, lv: t.Any) -> str:
-    """:func:`state_name` of ``dom.state()`` (virDomainGetState), through :func:`_call`.
+    """:func:`_libvirt.state_name` of ``dom.state()`` (virDomainGetState), through :func:`_call`.
 
     :raises KvmopsError: libvirt could not say.
     """
-    return state_name(lv, _call(lv, "read the state of domain %s" % name, where, dom.state)[0])
+    return _libvirt.state_name(lv, _call(lv, "read the state of domain %s" % name, where, dom.state)[0])
 
 
 def run_migration(opts: MigrationOptions, *, check_mode: bool = False,

@@ -76,7 +76,6 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _probe
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import etree
 
 STATUSES = ("ok", "warning", "error")
 #: The one mapping of other modules' finding statuses to ours (``_cpu`` says warn/fail).
@@ -778,7 +777,7 @@ def libvirt_network_lookup(conn: t.Any, lv: t.Any,
             try:
                 net = conn.networkLookupByName(name)
             except Exception as err:
-                if not _migration._is_lv_error(err, lv):
+                if not _libvirt.is_libvirt_error(err, lv):
                     raise
                 if _libvirt.libvirt_error_code(err) == getattr(lv, "VIR_ERR_NO_NETWORK", None):
                     return {"exists": False, "active": None}
@@ -786,7 +785,7 @@ def libvirt_network_lookup(conn: t.Any, lv: t.Any,
             try:
                 return {"exists": True, "active": bool(net.isActive())}
             except Exception as err:
-                if not _migration._is_lv_error(err, lv):
+                if not _libvirt.is_libvirt_error(err, lv):
                     raise
                 return {"exists": True, "active": None, "why": _libvirt.libvirt_error_detail(err)}
         if host_interfaces is not None:
@@ -795,7 +794,7 @@ def libvirt_network_lookup(conn: t.Any, lv: t.Any,
             iface = conn.interfaceLookupByName(name)
             return {"exists": True, "active": bool(iface.isActive())}
         except Exception as err:
-            if not _migration._is_lv_error(err, lv):
+            if not _libvirt.is_libvirt_error(err, lv):
                 raise
             code = _libvirt.libvirt_error_code(err)
             if code != getattr(lv, "VIR_ERR_NO_INTERFACE", None):
@@ -807,7 +806,7 @@ def libvirt_network_lookup(conn: t.Any, lv: t.Any,
                     if net.bridgeName() == name:
                         return {"exists": True, "active": bool(net.isActive())}
             except Exception as err:  # a network without a bridge (macvtap, hostdev) has no name
-                if not _migration._is_lv_error(err, lv):
+                if not _libvirt.is_libvirt_error(err, lv):
                     raise
         return {"exists": False, "active": None}
     return lookup
@@ -996,9 +995,8 @@ def check_tls_files(files: t.Sequence[str], purpose: str, exists: t.Callable[[st
 # --------------------------------------------------------------------------------------------
 
 def version_text(number: int | None) -> str:
-    if not number:
-        return "unknown"
-    return "%d.%d.%d" % (number // 1000000, (number // 1000) % 1000, number % 1000)
+    """:func:`_libvirt.version_text`, ``unknown`` when the host did not say (None or 0)."""
+    return _libvirt.version_text(number or None) or "unknown"
 
 
 def check_versions(src: dict[str, int | None], dst: dict[str, int | None], wanted: t.Sequence[str],
@@ -1185,11 +1183,11 @@ def _dest_storage(dconn: t.Any, opts: PreflightOptions, paths: list[str], lv: t.
         return dest
     try:
         for pool in dconn.listAllStoragePools(0):
-            target = etree.fromstring(pool.XMLDesc(0).encode("utf-8")).findtext("target/path")
+            target = _domain_xml.from_string(pool.XMLDesc(0), remove_blank_text=False).findtext("target/path")
             if target and pool.isActive():
                 dest.pools[target.rstrip("/")] = {"name": pool.name(), "available_bytes": int(pool.info()[3])}
     except Exception as err:  # no storage driver there: paths without facts stay "not verified"
-        if not _migration._is_lv_error(err, lv):
+        if not _libvirt.is_libvirt_error(err, lv):
             raise
     for path in paths:
         if path in dest.disks:
@@ -1199,10 +1197,10 @@ def _dest_storage(dconn: t.Any, opts: PreflightOptions, paths: list[str], lv: t.
             info = vol.info()
             vol_xml = vol.XMLDesc(0)
         except Exception as err:  # not a volume there, or unreadable: the path stays "not verified"
-            if not _migration._is_lv_error(err, lv):
+            if not _libvirt.is_libvirt_error(err, lv):
                 raise
             continue
-        fmt_el = etree.fromstring(vol_xml.encode("utf-8")).find("target/format")
+        fmt_el = _domain_xml.from_string(vol_xml, remove_blank_text=False).find("target/format")
         fmt = fmt_el.get("type") if fmt_el is not None else None
         dest.volumes[path] = {"path": path, "virtual_size": int(info[1]), "allocation": int(info[2]),
                               "format": fmt}
@@ -1217,7 +1215,7 @@ def _memory(dconn: t.Any, lv: t.Any, host: str = "the destination") -> tuple[int
     try:
         stats = dconn.getMemoryStats(getattr(lv, "VIR_NODE_MEMORY_STATS_ALL_CELLS", -1), 0)
     except Exception as err:  # not every driver reports it: reclaimable memory stays unknown
-        if not _migration._is_lv_error(err, lv):
+        if not _libvirt.is_libvirt_error(err, lv):
             raise
         return free, None
     return free, 1024 * sum(int(stats.get(k, 0)) for k in ("free", "buffers", "cached"))
@@ -1234,7 +1232,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     """
     probes = probes or Probes()
     opts.validate()
-    lv = _migration._lv(probes.lv)
+    lv = _libvirt.binding(probes.lv)
     dest_uri = opts.dest_uri or _migration.build_dest_uri(opts.dest_host, opts.transport, opts.dest_user)
     dest = opts.dest_host
     src_label = opts.source_uri
@@ -1291,7 +1289,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
 
         # Where is the guest (C11, group)?
         try:
-            dom = _lookup(sconn, opts.domain, lv)
+            dom = _libvirt.find_domain(sconn, opts.domain, lv=lv)
             info = _migration.describe(dom, lv, src_label) if dom is not None else None
         except KvmopsError as err:
             findings.append(finding("guest_location", "error", src_label, str(err)))
@@ -1308,7 +1306,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             with contextlib.ExitStack() as gstack:
                 gconn, gerr = _open(gstack, probes, member["uri"])
                 try:
-                    gdom = _lookup(gconn, opts.domain, lv) if gconn is not None else None
+                    gdom = _libvirt.find_domain(gconn, opts.domain, lv=lv) if gconn is not None else None
                     if gconn is not None:
                         found[label] = _migration.describe(gdom, lv, label) if gdom else None
                 except KvmopsError as err:
@@ -1324,11 +1322,11 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             return done()
         dest_name = opts.dest_name or (info["name"] if info else opts.domain)
         if dconn is not None:
-            uuid_key = info["uuid"] if info else (opts.domain if _libvirt._looks_like_uuid(opts.domain)
+            uuid_key = info["uuid"] if info else (opts.domain if _libvirt.looks_like_uuid(opts.domain)
                                                   else None)
             try:
-                d_by_name = _migration._find(dconn, "lookupByName", dest_name, lv)
-                d_by_uuid = _migration._find(dconn, "lookupByUUIDString", uuid_key, lv) if uuid_key else None
+                d_by_name = _libvirt.find_domain(dconn, dest_name, by="name", lv=lv)
+                d_by_uuid = _libvirt.find_domain(dconn, uuid_key, by="uuid", lv=lv) if uuid_key else None
                 by_name = _migration.describe(d_by_name, lv, dest) if d_by_name is not None else None
                 by_uuid = _migration.describe(d_by_uuid, lv, dest) if d_by_uuid is not None else None
             except KvmopsError as err:
@@ -1449,13 +1447,6 @@ def _is_ip(text: str) -> bool:
         ipaddress.ip_address(text.strip().strip("[]"))
         return True
     return False
-
-
-def _lookup(conn: t.Any, key: str, lv: t.Any) -> t.Any:
-    dom = None
-    if _libvirt._looks_like_uuid(key):
-        dom = _migration._find(conn, "lookupByUUIDString", key, lv)
-    return dom if dom is not None else _migration._find(conn, "lookupByName", key, lv)
 
 
 def options_from_params(params: dict[str, t.Any]) -> PreflightOptions:

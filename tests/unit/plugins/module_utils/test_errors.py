@@ -12,6 +12,6 @@ def test_error_keeps_detail_out_of_headline():
 
 
 def test_uuid_detection():
-    assert _libvirt._looks_like_uuid("0f3e5a8c-6f0e-4b0a-9a39-2a1d3c4b5e6f")
-    assert not _libvirt._looks_like_uuid("migratetest2")
-    assert not _libvirt._looks_like_uuid("0f3e5a8c-6f0e-4b0a-9a39-2a1d3c4b5e6")
+    assert _libvirt.looks_like_uuid("0f3e5a8c-6f0e-4b0a-9a39-2a1d3c4b5e6f")
+    assert not _libvirt.looks_like_uuid("migratetest2")
+    assert not _libvirt.looks_like_uuid("0f3e5a8c-6f0e-4b0a-9a39-2a1d3c4b5e6")

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _host, _images
+from ansible_collections.kvmops.migration.plugins.module_utils import _host, _images, _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -99,8 +99,8 @@ def test_is_valid_host_uuid(value, valid):
 
 
 def test_version_text():
-    assert _host.version_text(11003000) == "11.3.0" and _host.version_text(9000000) == "9.0.0"
-    assert _host.version_text(None) is None
+    assert _libvirt.version_text(11003000) == "11.3.0" and _libvirt.version_text(9000000) == "9.0.0"
+    assert _libvirt.version_text(None) is None
 
 
 def test_memory_from_stats():

@@ -33,8 +33,8 @@ def recap(res) -> dict[str, dict[str, int]]:
 
 def prepare(*extra: str) -> subprocess.CompletedProcess:
     res = ansible_playbook("playbooks/prepare_hosts.yml", *extra, timeout=1500)
-    assert res.returncode == 0, "prepare_hosts.yml %s failed:\n%s\n%s" % (" ".join(extra), res.stdout[-8000:],
-                                                                         res.stderr[-2000:])
+    assert res.returncode == 0, "prepare_hosts.yml %s failed:\n%s\n%s" % (
+        " ".join(extra), res.stdout[-8000:], res.stderr[-2000:])
     rc = recap(res)
     assert set(rc) == set(lab.HOSTS), rc
     assert all(h["failed"] == 0 and h["unreachable"] == 0 for h in rc.values()), rc

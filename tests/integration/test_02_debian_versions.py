@@ -50,8 +50,8 @@ def test_hosts_run_two_debian_releases(mixed_lab):
     assert debian_version(NEW).startswith("13."), debian_version(NEW)
     old_q, new_q = qemu_version(OLD), qemu_version(NEW)
     assert int(old_q.split(".")[0]) < int(new_q.split(".")[0]), (old_q, new_q)
-    print("hosta: Debian %s, QEMU %s; hostb: Debian %s, QEMU %s" % (debian_version(OLD), old_q,
-                                                                   debian_version(NEW), new_q))
+    print("hosta: Debian %s, QEMU %s; hostb: Debian %s, QEMU %s"
+          % (debian_version(OLD), old_q, debian_version(NEW), new_q))
 
 
 def test_move_from_debian_12_to_13_works(mixed_lab):

@@ -1259,16 +1259,35 @@ def explain_failure(detail: str, dest: str, guest: str) -> str:
     return _libvirt.explain_failure(detail, dest, guest) or "libvirt reported an error"
 
 
+#: libvirt error codes that mean the source domain is gone: no job of ours can be left there
+_GONE_CODES = (42,)  # VIR_ERR_NO_DOMAIN
+
+
 def _source_job_type(dom: t.Any, lv: t.Any) -> int:
     """The type of the source domain's current job (``virDomainGetJobInfo``: 0 none, 1 bounded,
-    2 unbounded, 5 cancelled but not yet ended); 0 when it cannot be read (the domain or the
-    connection is gone: no job of ours can be left there then)."""
+    2 unbounded, 5 cancelled but not yet ended).
+
+    0 when the domain is gone (``VIR_ERR_NO_DOMAIN``) or its connection is closed; -1 when the
+    job cannot be read for another reason: while an abort waits on a dead link, the query waits
+    for the domain's job lock and times out ("cannot acquire state change lock"), which means
+    the job is still there, not that it ended.
+    """
     try:
         return int(dom.jobInfo()[0])
     except Exception as err:
         if not _libvirt.is_libvirt_error(err, lv):
             raise
-        return 0
+        code = _libvirt.libvirt_error_code(err)
+        gone = getattr(lv, "VIR_ERR_NO_DOMAIN", _GONE_CODES[0]) if lv is not None else _GONE_CODES[0]
+        if code == gone:
+            return 0
+        conn = getattr(dom, "connect", None)
+        try:
+            if callable(conn) and not conn().isAlive():
+                return 0
+        except Exception:  # a dead connection may fail to answer even that
+            return 0
+        return -1
 
 
 def _wait_source_job_ended(dom: t.Any, plan: "MigrationPlan", opts: MigrationOptions, name: str,

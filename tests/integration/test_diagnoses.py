@@ -39,11 +39,11 @@ def _guest_paths(host: str = SRC, guest: str = GUEST) -> list[str]:
     return [d["path"] for d in src["guest_disks"] if d.get("path")]
 
 
-def _probe_and_preflight(guest: str = GUEST, ports=(49152, 49153), **extra) -> dict:
+def _probe_and_preflight(guest: str = GUEST, probe_ports=(49152, 49153), **extra) -> dict:
     """What the role does: preflight_dest on hostb, the pre-flight on hosta, markers removed."""
     paths = _guest_paths(guest=guest)
     probe = run_module(DEST, "kvmops.migration.preflight_dest",
-                       {"probe_id": PROBE_ID, "ports": list(ports), "paths": paths})
+                       {"probe_id": PROBE_ID, "ports": list(probe_ports), "paths": paths})
     assert "probe" in probe, probe.get("msg")
     try:
         args = {"domain": guest, "dest_host": lab.HOSTS[DEST], "fail_on_error": False,

@@ -367,15 +367,17 @@ SHARED = IMAGES + "/lab-test-shared"
 
 @pytest.fixture
 def shared_dir(lab_up):
-    """A directory that both hosts see at the same path: one controller directory bind-mounted
-    into each host's mount namespace (what an NFS export looks like to the module: same path,
-    same inode, same content on both hosts)."""
-    backing = os.path.join(lab.STATE, "lab-test-shared")
+    """A directory that both hosts see at the same path: a directory of the lab's shared storage
+    (one directory of the machine bound into both hosts at lab.SHARED_DIR) bind-mounted inside
+    each host (what an NFS export looks like to the module: same path, same inode, same content
+    on both hosts)."""
+    backing = os.path.join(lab.STATE, "shared", "lab-test-shared")
+    inside = lab.SHARED_DIR + "/lab-test-shared"
     os.makedirs(backing, exist_ok=False)
     mounted = []
     try:
         for host in lab.HOSTS:
-            sh(host, "mkdir %s && mount --bind %s %s" % (SHARED, backing, SHARED))
+            sh(host, "mkdir %s && mount --bind %s %s" % (SHARED, inside, SHARED))
             mounted.append(host)
         yield SHARED
     finally:

@@ -526,13 +526,15 @@ def boot_host(host: str) -> int:
         # KVM, taps for the guests' NICs, and loop devices (tests mount small filesystems over
         # the images directory and use loop devices as block disks)
         loops = ["/dev/loop-control"] + ["/dev/loop%d" % i for i in range(16)]
-        for dev in ["/dev/kvm", "/dev/net/tun"] + loops:
+        for dev in ["/dev/kvm", "/dev/net/tun", "/dev/userfaultfd"] + loops:
             if os.path.exists(dev):
                 binds.append("--bind=%s" % dev)
         cmd = ["systemd-nspawn", "-D", host_root(host), "--keep-unit", "--register=no", "-b",
                "--machine=kvmops-%s" % host, "--hostname=%s" % host,
                "--network-namespace-path=/run/netns/%s" % host, "--resolv-conf=off", "--timezone=off",
-               "--link-journal=no", "--console=passive", "--capability=all"] + binds
+               "--link-journal=no", "--console=passive", "--capability=all",
+               # QEMU's post-copy needs userfaultfd, which nspawn's default filter refuses
+               "--system-call-filter=userfaultfd"] + binds
         logf = open(hdir(host, "nspawn.log"), "w")
         # /proc/sys/net writable: libvirt sets bridge and forwarding sysctls of its networks
         env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="0", SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")

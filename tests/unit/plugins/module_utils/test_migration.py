@@ -617,7 +617,11 @@ class FakeDomain:
 
     def jobInfo(self):
         if self.lingering_job:
-            return [self.lingering_job[0]] + [0] * 11
+            job = self.lingering_job[0]
+            if isinstance(job, Exception):  # one failed query, then the next entry
+                self.lingering_job.pop(0)
+                raise job
+            return [job] + [0] * 11
         return [0] * 12
 
     def migrateSetMaxDowntime(self, ms, flags=0):
@@ -987,6 +991,43 @@ def test_cut_link_migrate3_returns_before_the_job_ends_and_the_wait_goes_on(monk
     # anything the recovery did came after the job ended
     assert all(e[2] == [] for e in events if e[0] == "resume")
     assert sdom.isActive() and sconn.domains == [sdom]
+
+
+def test_a_job_query_that_times_out_on_the_lock_is_not_taken_for_an_ended_job(monkeypatch):
+    """As seen on the booted lab hosts: while the abort waits on the dead link, virDomainGetJobInfo
+    waits for the domain's job lock and fails ("cannot acquire state change lock"). That is a job
+    still there: the wait goes on, the connections are closed, and only then the run reports."""
+    from ansible_collections.kvmops.migration.plugins.module_utils import _images
+
+    sdom, sconn, dconn, rt, o = _cut_link_run(abort_grace_s=120, sever_after_s=10)
+    real_abort = sdom.abortJob
+    lock = FakeLibvirtError("Timed out during operation: cannot acquire state change lock (held by "
+                            "monitor=remoteDispatchDomainMigratePerform3Params)", code=68)
+
+    def abort():
+        sdom.lingering_job = [lock, lock, 5]
+        real_abort()
+
+    sdom.abortJob = abort
+    severed = []
+
+    class Kernel(_images.Runner):
+        conns = ["ESTAB 0 2339968 198.18.0.1:34610 198.18.0.2:49153 users:((\"qemu-system-x86\",pid=4242,fd=41))"]
+
+        def run(self, argv):
+            if argv[1] == "-K":
+                self.conns = []
+                severed.append(rt.clock())
+                sdom.lingering_job = []
+                return _images.RunResult(0, "", "")
+            return _images.RunResult(0, "\n".join(self.conns), "")
+
+    rt.runner = Kernel()
+    monkeypatch.setattr(m._sockets, "qemu_pid", lambda name: 4242 if name == "vm12" else None)
+    with pytest.raises(KvmopsError) as err:
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert severed, "a failed job query was taken for an ended job"
+    assert "by closing its 1 data connection(s)" in err.value.msg
 
 
 def test_a_job_that_outlives_migrate3_and_the_grace_is_named_in_the_failure(monkeypatch):

@@ -1264,7 +1264,7 @@ _GONE_CODES = (42,)  # VIR_ERR_NO_DOMAIN
 
 
 def _source_job_type(dom: t.Any, lv: t.Any) -> int:
-    """The type of the source domain's current job (``virDomainGetJobInfo``: 0 none, 1 bounded,
+    """The type of the source domain's current job (``virDomainGetJobStats``: 0 none, 1 bounded,
     2 unbounded, 5 cancelled but not yet ended).
 
     0 when the domain is gone (``VIR_ERR_NO_DOMAIN``) or its connection is closed; -1 when the
@@ -1273,7 +1273,9 @@ def _source_job_type(dom: t.Any, lv: t.Any) -> int:
     the job is still there, not that it ended.
     """
     try:
-        return int(dom.jobInfo()[0])
+        # virDomainGetJobStats, as 'virsh domjobinfo': virDomainGetJobInfo was seen reporting no
+        # job while this showed the cancelled one still there
+        return int((dom.jobStats() or {}).get("type", 0))
     except Exception as err:
         if not _libvirt.is_libvirt_error(err, lv):
             raise
@@ -1298,7 +1300,7 @@ def _wait_source_job_ended(dom: t.Any, plan: "MigrationPlan", opts: MigrationOpt
     ``sever_after_s`` after the abort (or after the failure, when nothing was aborted), the
     source QEMU's data connections to the destination are closed (:func:`_sever`), once. Waits at
     most ``abort_grace_s``. ``abort_clock``: ``rt.clock()`` at the abort, None if none was sent.
-    libvirt API: ``virDomainGetJobInfo`` (``dom.jobInfo()``).
+    libvirt API: ``virDomainGetJobStats`` (``dom.jobStats()``).
 
     :returns: None once no job is left; else a sentence for the failure message saying the job
         still runs on the source.

@@ -566,6 +566,7 @@ class FakeDomain:
         self.pause_during_migration = False
         # job types virDomainGetJobInfo reports after migrate3 returned (0: no job), one per call
         self.lingering_job: list = []
+        self.migrate3_returned = False
         self.completed_late = 0
 
     def name(self):
@@ -608,6 +609,8 @@ class FakeDomain:
                 self.completed_late -= 1
                 return {"type": 0}
             return self.completed or {"type": 0}
+        if self.migrate3_returned:
+            return self._after_migrate3()
         if not self.samples:
             return {"type": 0}
         sample = self.samples.pop(0) if len(self.samples) > 1 else self.samples[0]
@@ -615,14 +618,15 @@ class FakeDomain:
             self.finished.set()
         return sample["stats"]
 
-    def jobInfo(self):
+    def _after_migrate3(self):
+        """jobStats() once migrate3 returned: the lingering job, if any, else none."""
         if self.lingering_job:
             job = self.lingering_job[0]
             if isinstance(job, Exception):  # one failed query, then the next entry
                 self.lingering_job.pop(0)
                 raise job
-            return [job] + [0] * 11
-        return [0] * 12
+            return {"type": job}
+        return {"type": 0}
 
     def migrateSetMaxDowntime(self, ms, flags=0):
         self.calls.append(("migrateSetMaxDowntime", ms))
@@ -655,6 +659,12 @@ class FakeDomain:
         self.persistent = False
 
     def migrate3(self, dconn, params, flags):
+        try:
+            return self._migrate3(dconn, params, flags)
+        finally:
+            self.migrate3_returned = True
+
+    def _migrate3(self, dconn, params, flags):
         self.calls.append(("migrate3", dict(params), flags))
         incoming = FakeDomain(self.lv, params.get("destination_name", self._name), self._uuid,
                               self.xml, state="paused", persistent=False, conn=dconn)

@@ -907,6 +907,25 @@ def test_detect_zeroes_with_an_old_binding_on_a_new_library():
     assert any("detect_zeroes skipped" in w for w in old.warnings)
 
 
+def _kernel_closes(rt, monkeypatch, on_close):
+    """The source's kernel as ``ss`` sees it: QEMU (pid 4242, vm12's) holds one data connection
+    to the destination; ``ss -K`` closes it and calls ``on_close``."""
+    from ansible_collections.kvmops.migration.plugins.module_utils import _images
+
+    class Kernel(_images.Runner):
+        conns = ["ESTAB 0 2339968 198.18.0.1:34610 198.18.0.2:49153 users:((\"qemu-system-x86\",pid=4242,fd=41))"]
+
+        def run(self, argv):
+            if argv[1] == "-K":
+                self.conns = []
+                on_close()
+                return _images.RunResult(0, "", "")
+            return _images.RunResult(0, "\n".join(self.conns), "")
+
+    rt.runner = Kernel()
+    monkeypatch.setattr(m._sockets, "qemu_pid", lambda name: 4242 if name == "vm12" else None)
+
+
 def _cut_link_run(**kw):
     """A run whose destination connection is lost at the third poll (keepalive gave up on it)."""
     sdom, sconn, dconn, rt, _p, o = setup_run(LV_11_3, "jobstats_not_converging.json", **kw)
@@ -927,26 +946,16 @@ def test_cut_link_abort_that_hangs_is_ended_by_closing_the_data_connections(monk
     """Issue 13 item 7: on a link that drops packets the abort waits for TCP; sever_after_s after
     the abort, the source QEMU's data connections to the destination are closed (ss -K) and the
     job ends then, as a failure with the guest running on the source, well before abort_grace_s."""
-    from ansible_collections.kvmops.migration.plugins.module_utils import _images
-
     sdom, sconn, dconn, rt, o = _cut_link_run(abort_grace_s=120, sever_after_s=10)
     # the abort is accepted but the job does not end: QEMU waits for the NBD requests in flight
     sdom.abortJob = lambda: (sdom.calls.append("abortJob"), setattr(sdom, "aborted", True))
     severed_at = {}
 
-    class Kernel(_images.Runner):
-        conns = ["ESTAB 0 2339968 198.18.0.1:34610 198.18.0.2:49153 users:((\"qemu-system-x86\",pid=4242,fd=41))"]
+    def on_close():
+        severed_at["t"] = rt.clock()
+        sdom.finished.set()  # the NBD client fails: migrate3 returns with the abort's error
 
-        def run(self, argv):
-            if argv[1] == "-K":
-                self.conns = []
-                severed_at["t"] = rt.clock()
-                sdom.finished.set()  # the NBD client fails: migrate3 returns with the abort's error
-                return _images.RunResult(0, "", "")
-            return _images.RunResult(0, "\n".join(self.conns), "")
-
-    rt.runner = Kernel()
-    monkeypatch.setattr(m._sockets, "qemu_pid", lambda name: 4242 if name == "vm12" else None)
+    _kernel_closes(rt, monkeypatch, on_close)
     with pytest.raises(KvmopsError) as err:
         m.migrate_domain(o, sconn, dconn, rt=rt)
     msg = err.value.msg
@@ -964,8 +973,6 @@ def test_cut_link_migrate3_returns_before_the_job_ends_and_the_wait_goes_on(monk
     while the source keeps a 'Cancelled' job (its mirror jobs wait on the dead link). The run must
     not report before that job ended: it waits, closes the data connections sever_after_s after
     the abort, and only then recovers and reports."""
-    from ansible_collections.kvmops.migration.plugins.module_utils import _images
-
     sdom, sconn, dconn, rt, o = _cut_link_run(abort_grace_s=120, sever_after_s=10)
     real_abort = sdom.abortJob
 
@@ -976,21 +983,13 @@ def test_cut_link_migrate3_returns_before_the_job_ends_and_the_wait_goes_on(monk
     sdom.abortJob = abort
     events = []
 
-    class Kernel(_images.Runner):
-        conns = ["ESTAB 0 2339968 198.18.0.1:34610 198.18.0.2:49153 users:((\"qemu-system-x86\",pid=4242,fd=41))"]
-
-        def run(self, argv):
-            if argv[1] == "-K":
-                self.conns = []
-                events.append(("sever", rt.clock()))
-                sdom.lingering_job = []  # the mirror jobs fail: the job ends
-                return _images.RunResult(0, "", "")
-            return _images.RunResult(0, "\n".join(self.conns), "")
+    def on_close():
+        events.append(("sever", rt.clock()))
+        sdom.lingering_job = []  # the mirror jobs fail: the job ends
 
     real_resume = sdom.resume
     sdom.resume = lambda: (events.append(("resume", rt.clock(), list(sdom.lingering_job))), real_resume())[1]
-    rt.runner = Kernel()
-    monkeypatch.setattr(m._sockets, "qemu_pid", lambda name: 4242 if name == "vm12" else None)
+    _kernel_closes(rt, monkeypatch, on_close)
     with pytest.raises(KvmopsError) as err:
         m.migrate_domain(o, sconn, dconn, rt=rt)
     msg = err.value.msg
@@ -1007,8 +1006,6 @@ def test_a_job_query_that_times_out_on_the_lock_is_not_taken_for_an_ended_job(mo
     """As seen on the booted lab hosts: while the abort waits on the dead link, virDomainGetJobInfo
     waits for the domain's job lock and fails ("cannot acquire state change lock"). That is a job
     still there: the wait goes on, the connections are closed, and only then the run reports."""
-    from ansible_collections.kvmops.migration.plugins.module_utils import _images
-
     sdom, sconn, dconn, rt, o = _cut_link_run(abort_grace_s=120, sever_after_s=10)
     real_abort = sdom.abortJob
     lock = FakeLibvirtError("Timed out during operation: cannot acquire state change lock (held by "
@@ -1021,19 +1018,11 @@ def test_a_job_query_that_times_out_on_the_lock_is_not_taken_for_an_ended_job(mo
     sdom.abortJob = abort
     severed = []
 
-    class Kernel(_images.Runner):
-        conns = ["ESTAB 0 2339968 198.18.0.1:34610 198.18.0.2:49153 users:((\"qemu-system-x86\",pid=4242,fd=41))"]
+    def on_close():
+        severed.append(rt.clock())
+        sdom.lingering_job = []
 
-        def run(self, argv):
-            if argv[1] == "-K":
-                self.conns = []
-                severed.append(rt.clock())
-                sdom.lingering_job = []
-                return _images.RunResult(0, "", "")
-            return _images.RunResult(0, "\n".join(self.conns), "")
-
-    rt.runner = Kernel()
-    monkeypatch.setattr(m._sockets, "qemu_pid", lambda name: 4242 if name == "vm12" else None)
+    _kernel_closes(rt, monkeypatch, on_close)
     with pytest.raises(KvmopsError) as err:
         m.migrate_domain(o, sconn, dconn, rt=rt)
     assert severed, "a failed job query was taken for an ended job"

@@ -338,16 +338,6 @@ def ensure_keys() -> None:
 
 # --------------------------------------------------------------------------- hosts
 
-def host_uuid(host: str) -> str:
-    """Kept for tools that read it; the lab no longer writes libvirt's host_uuid (the role does)."""
-    path = hdir(host, "host_uuid")
-    val = _read(path)
-    if not val:
-        val = str(uuid.uuid4())
-        write(path, val)
-    return val
-
-
 def host_root(host: str) -> str:
     """The root filesystem of a booted lab host (a Debian server)."""
     return hdir(host, "root")

@@ -35,7 +35,7 @@ import re
 import socket
 import typing as t
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _cpu, _domain_xml, _images, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _cpu, _domain_xml, _images, _libvirt, _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
@@ -301,4 +301,6 @@ def run_host_info(params: dict[str, t.Any], runner: _images.Runner | None = None
         result.update(path_facts(params["paths"], runner,
                                  params.get("manifest_path") or _images.DEFAULT_MANIFEST,
                                  formats=params.get("formats"), **sources))
+    if params.get("tls"):
+        result["tls"] = _tls.read_host_tls()
     return result

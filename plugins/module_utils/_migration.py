@@ -77,6 +77,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xm
 from ansible_collections.kvmops.migration.plugins.module_utils import _images
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _sockets
+from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 GIB = 1024 ** 3
@@ -146,8 +147,13 @@ class MigrationOptions:
     auto_converge_increment: int | None = None
     compression: list[str] = dataclasses.field(default_factory=list)
     parallel_connections: int | None = None
-    tls: bool = False
+    #: True: QEMU's native TLS (VIR_MIGRATE_TLS), refused without valid certificates on the
+    #: source; False: plain, only with ``allow_insecure_transport``; None (auto): TLS when the
+    #: source holds valid migration certificates, else refused unless ``allow_insecure_transport``
+    tls: bool | None = None
     tls_destination: str | None = None
+    #: let guest memory and disks cross the network unencrypted (and qemu+tcp://, no_verify)
+    allow_insecure_transport: bool = False
     postcopy: bool = False
     timeout_s_per_gib: float = 800.0
     timeout_min_s: float = 300.0
@@ -1033,6 +1039,33 @@ class Runtime:
     log: t.Callable[[str], None] = lambda msg: None
     progress: t.Callable[[dict[str, t.Any]], None] = lambda sample: None
     runner: _images.Runner = dataclasses.field(default_factory=_images.SubprocessRunner)
+    #: wall-clock time (epoch seconds), for certificate validity
+    now: t.Callable[[], float] = time.time
+    #: this host's TLS material (:func:`_tls.read_host_tls`)
+    tls_material: t.Callable[[], dict[str, t.Any]] = _tls.read_host_tls
+
+
+def resolve_transport(opts: MigrationOptions, *, live: bool, name: str, rt: Runtime) -> _tls.Transport:
+    """Which transport protects this move (:func:`_tls.decide`), from the source's own TLS
+    material (:func:`_tls.read_host_tls`; the destination's is checked by the pre-flight).
+
+    :raises KvmopsError: the streams would cross unencrypted without
+        ``allow_insecure_transport`` (tls false, or auto without usable certificates), TLS asked
+        without usable certificates, or an insecure destination URI; before anything changes.
+    """
+    dest_uri = opts.dest_uri or build_dest_uri(opts.dest_host, opts.transport, opts.dest_user)
+    faults: list[_tls.Fault] = []
+    if live and opts.tls is not False:
+        faults = _tls.pair_faults(rt.tls_material(), None, src_label="the source", dst_label=opts.dest_host,
+                                  dest_name="", now=rt.now())
+    decided = _tls.decide(opts.tls, opts.allow_insecure_transport, live=live,
+                          copies_disks=opts.copy_storage != "none", dest_uri=dest_uri, faults=faults,
+                          insecure_var="allow_insecure_transport")
+    errors = [msg for status, _, msg, _ in decided.findings if status == "error"]
+    if errors:
+        raise KvmopsError("Refusing to move %s to %s, nothing was changed: %s" % (
+            name, opts.dest_host, " ".join(errors)), values={"transport": decided.as_result()})
+    return decided
 
 
 def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_mode: bool = False,
@@ -1081,9 +1114,15 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
 
     if source is None:  # pragma: no cover - classify_destination never migrates without one
         raise KvmopsError("Guest %s is not on the source." % opts.domain)
+    transport = resolve_transport(opts, live=bool(source["active"]), name=source["name"], rt=rt)
+    opts = dataclasses.replace(opts, tls=transport.tls)
     plan = build_plan(opts, source, lv)
     check_unchanged(opts, source, plan)
-    result = dict(base, plan=plan.as_result(), warnings=list(plan.warnings))
+    if not plan.disks and transport.disks != "none":
+        transport.disks = "none"
+    result = dict(base, plan=plan.as_result(), transport=transport.as_result(),
+                  warnings=list(plan.warnings) + [msg for status, _, msg, _ in transport.findings
+                                                  if status == "warning"])
     if decision.action == "cleanup_then_migrate":
         result["warnings"].append(decision.msg)
     if check_mode:

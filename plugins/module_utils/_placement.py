@@ -403,6 +403,9 @@ def human_bytes(value: int | float | None) -> str:
     return "%.1f TiB" % size  # pragma: no cover - loop always returns
 
 
+_STREAM_WORDS = {"tls": "TLS (QEMU native TLS)", "plain": "UNENCRYPTED (plain TCP)", "none": "none streamed"}
+
+
 def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.Any] | None,
                       images: dict[str, t.Any] | None = None, created: t.Sequence[str] = (),
                       check_mode: bool = False) -> dict[str, t.Any]:
@@ -429,6 +432,7 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
                                           "dst_allocation", "created", "sparse")}
                    for i in (images or {}).get("images", [])],
         "flags": (result.get("plan") or {}).get("flags"),
+        "transport": result.get("transport"),
         "warnings": list(result.get("warnings") or []),
     }
     if state == "already_migrated":
@@ -456,6 +460,12 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
             disks = "%s of data (%s of disk walked)" % (human_bytes(summary["disk_allocated_bytes"]), disks)
         lines.append("moved: memory %s, disks %s, %s memory pass(es)" % (
             human_bytes(summary["memory_bytes"]), disks, summary["iterations"]))
+    transport = summary["transport"]
+    if transport and state in ("migrated", "planned"):
+        lines.append("streams %s: memory %s, disks %s (libvirt connection over %s)" % (
+            "protected" if state == "migrated" else "to be protected",
+            _STREAM_WORDS.get(transport.get("memory"), transport.get("memory")),
+            _STREAM_WORDS.get(transport.get("disks"), transport.get("disks")), transport.get("control")))
     verb = "would be created" if state == "planned" else "created"
     lines.append("images %s on %s: %s" % (verb, dest, ", ".join(summary["images_created"]) or "none"))
     for img in summary["images"]:

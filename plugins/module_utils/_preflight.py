@@ -64,6 +64,7 @@ import ipaddress
 import os
 import re
 import socket
+import time
 import typing as t
 from urllib.parse import urlsplit
 
@@ -74,6 +75,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _images
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _probe
+from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
@@ -108,9 +110,6 @@ _OPEN_PORTS = ("open TCP 49152-49215 from the source in the firewall of %s (the 
 #: Client side of a qemu+tls connection, for root (https://libvirt.org/kbase/tlscerts.html).
 LIBVIRT_TLS_CLIENT_FILES = ("/etc/pki/CA/cacert.pem", "/etc/pki/libvirt/clientcert.pem",
                             "/etc/pki/libvirt/private/clientkey.pem")
-#: Source QEMU as TLS client of the migration stream (qemu.conf default_tls_x509_cert_dir).
-QEMU_TLS_CLIENT_FILES = ("/etc/pki/qemu/ca-cert.pem", "/etc/pki/qemu/client-cert.pem",
-                         "/etc/pki/qemu/client-key.pem")
 
 #: Options that need a minimum libvirt on both hosts: name -> (version number, what).
 FEATURE_MIN_LIBVIRT = {
@@ -1059,7 +1058,16 @@ class PreflightOptions:
     shared_disks: list[str] = dataclasses.field(default_factory=list)
     network_map: dict[str, str] = dataclasses.field(default_factory=dict)
     require_state: str = "running"
-    tls: bool = False
+    #: True: TLS required; False: plain (needs allow_insecure_transport); None: auto (TLS when
+    #: both hosts hold valid certificates of one CA, else an error unless allow_insecure_transport)
+    tls: bool | None = None
+    allow_insecure_transport: bool = False
+    #: ``host_info``'s ``tls`` of the destination (:func:`_tls.read_host_tls`); None: not read
+    dest_tls: dict[str, t.Any] | None = None
+    #: the name the destination's certificate is checked against (default: dest_host)
+    tls_destination: str | None = None
+    #: the setting named in the transport messages (the role passes its variable's name)
+    insecure_var: str = _tls.INSECURE_OPTION
     migrate_port: int = DEFAULT_MIGRATE_PORT
     disks_port: int = DEFAULT_DISKS_PORT
     port_timeout_s: float = 3.0
@@ -1137,6 +1145,9 @@ class Probes:
     is_local: t.Callable[[str], bool] = is_local_address
     #: the text of a file of the source, None when unreadable (``/proc/self/mounts``, qemu.conf)
     read_text: t.Callable[[str], str | None] = _read_text
+    #: the source's own TLS material (:func:`_tls.read_host_tls`) and the wall clock (epoch s)
+    tls_material: t.Callable[[], dict[str, t.Any]] = _tls.read_host_tls
+    now: t.Callable[[], float] = time.time
     runner: t.Any = None
     lv: t.Any = None
 
@@ -1239,7 +1250,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     findings: list[dict[str, t.Any]] = []
     result: dict[str, t.Any] = {"domain": opts.domain, "source": src_label, "destination": dest,
                                 "dest_uri": dest_uri, "copy_set": [], "shared_detected": [],
-                                "already_migrated": False, "checked": {"disks": [], "cpu": None}}
+                                "already_migrated": False, "checked": {"disks": [], "cpu": None},
+                                "transport": None}
 
     probe = opts.dest_probe or {}
     probe_id = probe.get("probe_id")
@@ -1431,15 +1443,36 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
                 res, entry = data_port(opts.disks_port)
                 findings.append(check_data_port(opts.dest_host, opts.disks_port, "Disk (NBD)", res, dest, entry,
                                                 opts.ignore_blocked_ports))
-        if opts.tls:
-            findings.append(check_tls_files(QEMU_TLS_CLIENT_FILES, "the migration stream (VIR_MIGRATE_TLS)",
-                                            probes.exists, src_label))
+        findings.extend(check_transport(opts, probes, live=active, copies_disks=bool(copied),
+                                        dest_uri=dest_uri, src_label=src_label, dest=dest, result=result))
 
         wanted = opts.wanted_features()
         if copied and getattr(lv, "VIR_MIGRATE_PARAM_DISKS_URI", None) is not None:
             wanted.append("disks_uri")  # _migration.build_params uses it when the binding has it
         findings.extend(check_versions(src_facts, dst_facts, wanted, dest))
     return done()
+
+
+def check_transport(opts: PreflightOptions, probes: Probes, *, live: bool, copies_disks: bool, dest_uri: str,
+                    src_label: str, dest: str, result: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """Which transport will protect the move's streams (:func:`_tls.decide`), from both hosts'
+    TLS material (:func:`_tls.pair_faults`); sets ``result["transport"]``
+    (:meth:`_tls.Transport.as_result`)."""
+    out: list[dict[str, t.Any]] = []
+    faults: list[_tls.Fault] = []
+    if live and opts.tls is not False:
+        if opts.dest_tls is None:
+            out.append(finding("tls_certificates", "warning", dest, "The destination's TLS material was not "
+                               "read (give dest_tls: host_info's tls of the destination): only the source's "
+                               "certificates are checked."))
+        faults = _tls.pair_faults(probes.tls_material(), opts.dest_tls, src_label=src_label, dst_label=dest,
+                                  dest_name=opts.tls_destination or opts.dest_host, now=probes.now())
+    decided = _tls.decide(opts.tls, opts.allow_insecure_transport, live=live, copies_disks=copies_disks,
+                          dest_uri=dest_uri, faults=faults, insecure_var=opts.insecure_var)
+    for status, check, msg, host in decided.findings:
+        out.append(finding(check, status, host or dest, msg))
+    result["transport"] = decided.as_result()
+    return out
 
 
 def _is_ip(text: str) -> bool:

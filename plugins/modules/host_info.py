@@ -86,6 +86,14 @@ options:
         RV(manifest), with O(paths). A missing file gives an empty list.
     type: path
     default: /var/lib/kvmops-migration/manifest.json
+  tls:
+    description:
+      - Also read the host's TLS material for QEMU's native TLS migration into RV(tls) (the files
+        of qemu.conf's C(migrate_tls_x509_cert_dir), default C(/etc/pki/qemu)), for
+        M(kvmops.migration.preflight)'s O(kvmops.migration.preflight#module:dest_tls). Needs python
+        cryptography on the host (C(python3-cryptography)) to read the keys.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - kvmops.migration.attributes.info_module
 notes:
@@ -141,6 +149,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+tls:
+  description:
+    - With O(tls=true) - the TLS material - C(dir); C(qemu_user), C(qemu_group) (who QEMU runs as);
+      C(files) (for each of C(ca), C(server_cert), C(server_key), C(client_cert), C(client_key) -
+      C(path), C(exists), C(readable_by_qemu), C(problem)); C(certs) (the PEM text of each
+      certificate; certificates are public); C(keys) (of each key only C(spki_sha256), the SHA-256
+      of its public key, and C(problem)). Private keys never leave the host.
+  returned: when O(tls=true)
+  type: dict
 host:
   description: Facts of the host.
   returned: always
@@ -282,6 +299,7 @@ def main() -> None:
             paths=dict(type="list", elements="path"),
             formats=dict(type="dict", default={}),
             manifest_path=dict(type="path", default=_images.DEFAULT_MANIFEST),
+            tls=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )

@@ -163,7 +163,19 @@ options:
     description: Number of parallel memory connections (C(VIR_MIGRATE_PARALLEL)); not set or 0 disables parallel migration.
     type: int
   tls:
-    description: Encrypt the memory and disk streams with QEMU's native TLS (C(VIR_MIGRATE_TLS)); both hosts need migration certificates.
+    description:
+      - Whether the memory and disk streams use QEMU's native TLS (C(VIR_MIGRATE_TLS)).
+      - Not set (the default) - TLS when the source holds valid migration certificates (client
+        certificate, key and CA in qemu.conf's C(migrate_tls_x509_cert_dir), default
+        C(/etc/pki/qemu)); without them the move is refused before anything changes unless
+        O(allow_insecure_transport=true). The destination's side is checked by
+        M(kvmops.migration.preflight).
+      - V(true) - TLS required; V(false) - plain TCP, only with O(allow_insecure_transport=true).
+    type: bool
+  allow_insecure_transport:
+    description:
+      - Let guest memory and disks cross the network unencrypted, and accept C(qemu+tcp://) or
+        C(no_verify) destination URIs; without it those are refused before anything changes.
     type: bool
     default: false
   tls_destination:
@@ -315,6 +327,15 @@ state:
   returned: always
   type: str
   sample: migrated
+transport:
+  description:
+    - Which transport protects the move's streams (C(memory), C(disks)) - C(tls) (QEMU's native TLS,
+      C(VIR_MIGRATE_TLS)), C(plain) (unencrypted, only with O(allow_insecure_transport)) or C(none)
+      (nothing streamed - an offline move, or no disk copied); C(control) is the libvirt
+      connection's scheme (C(ssh), C(tls), C(tcp)); C(encrypted) no stream crosses in clear.
+  returned: when the guest was moved or planned
+  type: dict
+  sample: {tls: true, memory: tls, disks: tls, control: ssh, encrypted: true}
 domain:
   description: Name of the guest on the source.
   returned: always
@@ -495,7 +516,8 @@ def argument_spec():
         auto_converge_increment=dict(type="int"),
         compression=dict(type="list", elements="str", choices=["xbzrle", "mt", "zlib", "zstd"], default=[]),
         parallel_connections=dict(type="int"),
-        tls=dict(type="bool", default=False),
+        tls=dict(type="bool"),
+        allow_insecure_transport=dict(type="bool", default=False),
         tls_destination=dict(type="str"),
         postcopy=dict(type="bool", default=False),
         timeout_s_per_gib=dict(type="float", default=800),

@@ -139,12 +139,40 @@ options:
     default: running
   tls:
     description:
-      - The migration streams use TLS (C(VIR_MIGRATE_TLS)); the source's QEMU client certificate,
-        key and CA under C(/etc/pki/qemu) are checked. For O(transport=tls) the libvirt client files
-        (C(/etc/pki/CA/cacert.pem), C(/etc/pki/libvirt/clientcert.pem),
-        C(/etc/pki/libvirt/private/clientkey.pem)) are checked too.
+      - Whether the memory and disk streams use QEMU's native TLS (C(VIR_MIGRATE_TLS)).
+      - Not set (the default) - TLS whenever both hosts hold valid migration certificates; if they
+        do not, the move is refused ("guest memory and disks would cross the network unencrypted")
+        unless O(allow_insecure_transport=true).
+      - V(true) - TLS is required; every certificate fault is an error.
+      - V(false) - plain TCP, refused unless O(allow_insecure_transport=true).
+      - "Checked on both hosts (the source as TLS client, the destination as server, in the
+        directory of qemu.conf C(migrate_tls_x509_cert_dir), default C(/etc/pki/qemu)): each file
+        present and readable by QEMU's user, each certificate within its validity and matching its
+        key, both signed by one CA, and the destination's certificate naming O(dest_host) (or
+        O(tls_destination)). The destination's files come from O(dest_tls)."
+      - For O(transport=tls) the libvirt client files (C(/etc/pki/CA/cacert.pem),
+        C(/etc/pki/libvirt/clientcert.pem), C(/etc/pki/libvirt/private/clientkey.pem)) are checked too.
+    type: bool
+  allow_insecure_transport:
+    description:
+      - Let guest memory and disks cross the network unencrypted (O(tls=false), or no usable
+        certificates with O(tls) not set), and accept C(qemu+tcp://) or C(no_verify) destination
+        URIs. Each is then a warning, not an error.
     type: bool
     default: false
+  dest_tls:
+    description:
+      - The destination's TLS material, as RV(kvmops.migration.host_info#module:tls) of
+        M(kvmops.migration.host_info) with O(kvmops.migration.host_info#module:tls=true) run on the
+        destination. Not given, only the source's certificates are checked (a warning).
+    type: dict
+  insecure_var:
+    description: The setting named in the transport messages as the one that allows an unencrypted move (the C(migrate_guest) role passes C(migrate_guest_allow_insecure_transport)).
+    type: str
+    default: allow_insecure_transport
+  tls_destination:
+    description: Name the destination's certificate must hold when it is not O(dest_host) (C(VIR_MIGRATE_PARAM_TLS_DESTINATION)).
+    type: str
   ports:
     description: Ports probed on O(dest_host) from the source.
     type: dict
@@ -484,6 +512,15 @@ dest_uri:
   returned: always
   type: str
   sample: qemu+ssh://root@198.18.0.2/system
+transport:
+  description:
+    - Which transport protects the move's streams (C(memory), C(disks)) - C(tls) (QEMU's native TLS,
+      C(VIR_MIGRATE_TLS)), C(plain) (unencrypted, only with O(allow_insecure_transport)) or C(none)
+      (nothing streamed - an offline move, or no disk copied); C(control) is the libvirt
+      connection's scheme (C(ssh), C(tls), C(tcp)); C(encrypted) no stream crosses in clear.
+  returned: when the guest was found on the source (null before)
+  type: dict
+  sample: {tls: true, memory: tls, disks: tls, control: ssh, encrypted: true}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -511,7 +548,11 @@ def argument_spec() -> dict:
         shared_disks=dict(type="list", elements="str", default=[]),
         network_map=dict(type="dict", default={}),
         require_state=dict(type="str", choices=["running", "shut off", "any"], default="running"),
-        tls=dict(type="bool", default=False),
+        tls=dict(type="bool"),
+        allow_insecure_transport=dict(type="bool", default=False),
+        dest_tls=dict(type="dict"),
+        tls_destination=dict(type="str"),
+        insecure_var=dict(type="str", default="allow_insecure_transport"),
         ports=dict(type="dict", default={}, options=dict(
             migrate=dict(type="int", default=_preflight.DEFAULT_MIGRATE_PORT),
             disks=dict(type="int", default=_preflight.DEFAULT_DISKS_PORT),

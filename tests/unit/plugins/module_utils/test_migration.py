@@ -154,6 +154,9 @@ def source(xml: str = XML_C12, active: bool = True, persistent: bool = True,
 def opts(**kw) -> m.MigrationOptions:
     kw.setdefault("domain", "vm12")
     kw.setdefault("dest_host", "198.18.0.2")
+    # plain unless a test asks for TLS: the transport decision has tests of its own
+    kw.setdefault("tls", False)
+    kw.setdefault("allow_insecure_transport", True)
     return m.MigrationOptions(**kw)
 
 

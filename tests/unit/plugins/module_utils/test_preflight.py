@@ -7,8 +7,12 @@ comparison by test_cpu's FakeConn, which mimics libvirt's messages)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import pathlib
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -19,6 +23,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils._errors import Kv
 libvirt = pytest.importorskip("libvirt")
 
 from test_cpu import C06_CPU, FakeLibvirtError, domain, intel_conn, lab_conn  # noqa: E402
+import tls_fakes  # noqa: E402
 
 GIB = 1024 ** 3
 DST = "198.18.0.2"
@@ -554,7 +559,7 @@ def test_tcp_probe_against_a_local_listener_and_a_closed_port():
 def test_tls_files_missing_are_named():
     f = pf.check_tls_files(pf.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: p.startswith("/etc/pki/CA"), "a")
     assert f["status"] == "error" and "/etc/pki/libvirt/clientcert.pem" in f["msg"]
-    assert pf.check_tls_files(pf.QEMU_TLS_CLIENT_FILES, "migration", lambda p: True, "a")["status"] == "ok"
+    assert pf.check_tls_files(pf.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: True, "a")["status"] == "ok"
 
 
 # ------------------------------------------------------------------------------------------
@@ -709,14 +714,29 @@ def run_xml(tmp_path, nic="br-vm"):
     return xml, str(image), str(kernel)
 
 
-def probes(hosts, names=None, tcp="refused"):
+_TLS_PAIR: list = []
+
+
+def tls_pair():
+    """(source, destination) TLS material of one CA, made once (real certificates)."""
+    if not _TLS_PAIR:
+        # the tests' destination answers on DST and, for the probe tests, on 127.0.0.1
+        where = tempfile.mkdtemp(prefix="kvmops-tls-")
+        atexit.register(shutil.rmtree, where, True)
+        _TLS_PAIR.extend(tls_fakes.pair(pathlib.Path(where), dest=DST,
+                                        more_dest_names=["127.0.0.1"]))
+    return _TLS_PAIR
+
+
+def probes(hosts, names=None, tcp="refused", tls_material=None):
     names = names or {"hostb": [DST]}
     return pf.Probes(connect=connector(hosts), resolver=lambda n: names.get(n, []),
-                     tcp=lambda a, p, t: "open" if p == 22 else tcp, is_local=lambda a: False)
+                     tcp=lambda a, p, t: "open" if p == 22 else tcp, is_local=lambda a: False,
+                     tls_material=tls_material or (lambda: tls_pair()[0]), now=lambda: tls_fakes.NOW.timestamp())
 
 
 def opts_for(image, kernel, **kw):
-    base = dict(domain="vm1", dest_host=DST,
+    base = dict(domain="vm1", dest_host=DST, dest_tls=tls_pair()[1],
                 dest_disks=[{"path": image, "exists": False}, {"path": kernel, "exists": True}],
                 dest_mounts=[{"mount": "/", "device": "/dev/sda1", "size_available": 100 * GIB}],
                 dest_manifest=[])

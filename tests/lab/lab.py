@@ -889,7 +889,10 @@ def write_inventory() -> str:
               "        # pre-create the images that the collection's tests expect to be missing",
               "        kvm_host_storage_pools:",
               "          - {name: kvmops-test, path: /var/lib/libvirt/kvmops-test-pool}",
-              "        migrate_guest_allow_outside_pools: true"]
+              "        migrate_guest_allow_outside_pools: true",
+              "        # the group's CA, made once by the role on this controller (kept with the lab's",
+              "        # state; `lab.py down --purge` removes it with the hosts that trust it)",
+              "        kvm_host_tls_ca_dir: %s" % os.path.join(STATE, "pki")]
     write(path, "\n".join(lines) + "\n")
     return path
 

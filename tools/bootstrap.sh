@@ -9,7 +9,7 @@ cd "$here"
 BACKPORTS_PKGS=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu
   libvirt-clients libvirt-dev python3-libvirt systemd-container debootstrap)
 PKGS=(pkg-config gcc python3-dev python3-venv python3-lxml openssh-server openssh-client
-  busybox-static cpio xz-utils kmod iproute2 iputils-ping iperf3 lvm2 socat e2fsprogs
+  busybox-static cpio xz-utils kmod iproute2 iputils-ping iperf3 tcpdump lvm2 socat e2fsprogs
   dnsmasq-base nftables iptables util-linux procps git make apt-cacher-ng
   shellcheck chromium)
 # Debian's shellcheck serves ansible-test's shellcheck sanity test (tools/sanity.sh fails when

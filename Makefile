@@ -57,8 +57,8 @@ docs-test: docs  ## the built pages render their options tables in headless Chro
 integration: setup
 	$(PY) -m pytest -q -rs -p no:cacheprovider -p no:pytest-ansible tests/integration
 
-bench: lab-up  ## issue 9: ours against raw virsh and the link's limit; writes docs/performance.md
-	$(PY) tests/bench/bench.py
+bench: lab-up  ## issues 9, 15: ours against raw virsh, the link's limit, plain against TLS; writes docs/performance.md
+	$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 build:
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path .cache/build .

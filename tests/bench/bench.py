@@ -13,7 +13,14 @@ Measures, side by side in one run:
 3. the limit: iperf3 between the hosts; migration throughput (bytes on the link / job time);
 4. convergence: a guest dirtying memory faster than a 32 MiB/s cap: plain virsh with a timeout,
    ours with auto-converge, ours with post-copy;
-5. controller cost: wall time of the playbook's own steps (ansible's profile_tasks).
+5. controller cost: wall time of the playbook's own steps (ansible's profile_tasks);
+6. TLS (issue 15): the overhead's moves again with QEMU's native TLS (`virsh migrate --tls`,
+   `-e migrate_guest_tls=true`), N more pairs; wall and job time, downtime, throughput against
+   iperf3, and the CPU time the source's QEMU process spent during the job (utime + stime of
+   /proc/<pid>/stat, sampled every 0.1 s until the process exits), plain against TLS per tool.
+
+Every move except the TLS ones is plain, as `virsh migrate` without `--tls`: the playbook gets
+`migrate_guest_tls=false` and `migrate_guest_allow_insecure_transport=true`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,6 +46,12 @@ VM_MAC = 0x20
 MIB = 1024 ** 2
 GIB = 1024 ** 3
 VENV_BIN = os.path.dirname(sys.executable)
+#: extra vars of a plain playbook move (as `virsh migrate` without --tls), and of an encrypted one
+PLAIN_VARS = {"migrate_guest_tls": "false", "migrate_guest_allow_insecure_transport": True}
+TLS_VARS = {"migrate_guest_tls": "true"}
+#: what QEMU's native TLS needs on each host (qemu.conf default_tls_x509_cert_dir, kvm_host_tls)
+QEMU_PKI = ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem")
+CPU_SAMPLE_S = 0.1
 
 
 def sh(cmd: list[str], timeout: float = 1800, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -96,27 +110,180 @@ def dst_alloc(fmt: str) -> dict:
     return {"system": alloc("hostb", "%s.%s" % (VM, fmt)), "swap": alloc("hostb", "%s.swap" % VM)}
 
 
-def run_virsh(fmt: str = "raw", extra: list[str] | None = None, timeout: float = 1800) -> dict:
-    """(a): hand-made virsh migrate with truncate-made images and explicit data URIs."""
+def stat_ticks(text: str) -> tuple[str, int]:
+    """``/proc/<pid>/stat`` (or a task's): its comm and utime + stime, in clock ticks."""
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state): utime and stime are fields 14 and 15
+    return comm, int(fields[11]) + int(fields[12])
+
+
+def is_vcpu_thread(comm: str) -> bool:
+    """QEMU's vCPU threads are named ``CPU <n>/TCG`` or ``CPU <n>/KVM`` (libvirt: debug-threads=on)."""
+    return re.match(r"^CPU \d+/", comm) is not None
+
+
+def innermost_nspid(status: str) -> int | None:
+    """The pid in the innermost pid namespace, from the ``NSpid:`` line of ``/proc/<pid>/status``."""
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return None
+
+
+def qemu_pid(host: str, name: str = VM) -> int | None:
+    """The pid, in this (the root) namespace, of the QEMU process of guest ``name`` on ``host``."""
+    holder = lab.holder_pid(host)
+    if holder is None:
+        return None
+    try:
+        with open("/proc/%d/root/run/libvirt/qemu/%s.pid" % (holder, name)) as f:
+            inner = int(f.read().strip())
+        pidns = os.readlink("/proc/%d/ns/pid" % holder)
+    except (OSError, ValueError):
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink("/proc/%s/ns/pid" % entry) != pidns:
+                continue
+            with open("/proc/%s/status" % entry) as f:
+                if innermost_nspid(f.read()) == inner:
+                    return int(entry)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+class CpuSampler(threading.Thread):
+    """CPU time of one process (utime + stime of /proc/<pid>/stat, all its threads, the ones
+    that ended included) every CPU_SAMPLE_S until it exits or stop() is called. ``samples``:
+    (monotonic time, process ticks, ticks of its vCPU threads so far)."""
+
+    def __init__(self, pid: int | None):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, int, int]] = []
+        self.exited = False
+        self._halt = threading.Event()
+        self._vcpu: dict[str, int] = {}
+
+    def sample(self) -> bool:
+        try:
+            with open("/proc/%d/stat" % self.pid) as f:
+                _comm, total = stat_ticks(f.read())
+            tasks = os.listdir("/proc/%d/task" % self.pid)
+        except OSError:
+            return False
+        for tid in tasks:
+            try:
+                with open("/proc/%d/task/%s/stat" % (self.pid, tid)) as f:
+                    comm, ticks = stat_ticks(f.read())
+            except (OSError, ValueError):
+                continue
+            if is_vcpu_thread(comm):
+                # a thread's ticks only grow; a thread that ended keeps its last figure
+                self._vcpu[tid] = max(ticks, self._vcpu.get(tid, 0))
+        if self.samples:
+            # the process's ticks only grow too (whatever an exiting process reports)
+            total = max(total, self.samples[-1][1])
+        self.samples.append((time.monotonic(), total, sum(self._vcpu.values())))
+        return True
+
+    def run(self) -> None:
+        if self.pid is None:
+            return
+        while True:
+            if not self.sample():
+                self.exited = True
+                return
+            if self._halt.wait(CPU_SAMPLE_S):
+                break
+        # stopped: one last look
+        if not self.sample():
+            self.exited = True
+
+    def stop(self, wait_exit: float = 0) -> dict:
+        """Stop sampling, after waiting up to ``wait_exit`` s for the process to exit by itself
+        (after a completed move libvirt ends the source's QEMU as the command returns)."""
+        if wait_exit:
+            self.join(timeout=wait_exit)
+        self._halt.set()
+        self.join(timeout=10)
+        return {"pid": self.pid, "exited": self.exited, "samples": self.samples}
+
+
+def ticks_at(samples: list, when: float) -> tuple[float, float]:
+    """(process ticks, vCPU ticks) at monotonic time ``when``, linear between two samples; the
+    first sample before it, the last after it."""
+    if when <= samples[0][0]:
+        return float(samples[0][1]), float(samples[0][2])
+    for (t0, a0, v0), (t1, a1, v1) in zip(samples, samples[1:]):
+        if t0 <= when <= t1:
+            k = (when - t0) / (t1 - t0) if t1 > t0 else 1.0
+            return a0 + k * (a1 - a0), v0 + k * (v1 - v0)
+    return float(samples[-1][1]), float(samples[-1][2])
+
+
+def move_cpu(sampled: dict, job_s: float, clk_tck: int) -> dict | None:
+    """CPU seconds of the source's QEMU process during the migration job: the last ``job_s``
+    seconds before it exited (it exits when the move completes), and of them the vCPU threads'
+    and the rest (the migration thread, the disks' NBD mirror, the main loop, TLS). None when
+    the process did not exit (the move failed) or fewer than two samples were taken."""
+    samples = sampled.get("samples") or []
+    if not sampled.get("exited") or len(samples) < 2 or not job_s or job_s <= 0:
+        return None
+    end = samples[-1][0]
+    total0, vcpu0 = ticks_at(samples, end - job_s)
+    cpu_s = (samples[-1][1] - total0) / clk_tck
+    vcpu_s = (samples[-1][2] - vcpu0) / clk_tck
+    return {"cpu_s": cpu_s, "vcpu_s": vcpu_s, "other_s": cpu_s - vcpu_s,
+            "core_pct": 100.0 * cpu_s / job_s, "window_s": job_s,
+            "sampled_s": end - samples[0][0], "samples": len(samples)}
+
+
+def start_cpu(host: str = "hosta") -> CpuSampler:
+    sampler = CpuSampler(qemu_pid(host))
+    if sampler.pid is None:
+        print("bench: no QEMU process of %s found on %s: no CPU figure for this move" % (VM, host), flush=True)
+    else:
+        sampler.sample()
+    sampler.start()
+    return sampler
+
+
+def finish(out: dict, sampler: CpuSampler) -> dict:
+    """The move's completed job statistics, allocations and source CPU into ``out``."""
+    sampled = sampler.stop(wait_exit=10 if out["ok"] else 0)
+    if out["ok"]:
+        out.update(job=jobinfo("hostb"), dst_alloc=dst_alloc(out["fmt"]))
+        out["cpu"] = move_cpu(sampled, out["job"].get("Time elapsed", 0) / 1000, os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def run_virsh(fmt: str = "raw", extra: list[str] | None = None, timeout: float = 1800, tls: bool = False) -> dict:
+    """(a): hand-made virsh migrate with truncate-made images and explicit data URIs (``--tls``:
+    QEMU's native TLS for the memory and disk streams)."""
     size = str(10 * GIB)
     for name in ("%s.%s" % (VM, fmt), "%s.swap" % VM):
         if fmt == "qcow2" and name.endswith("qcow2"):
             lab.in_host("hostb", ["qemu-img", "create", "-q", "-f", "qcow2", "/var/lib/libvirt/images/" + name, size])
         else:
             lab.in_host("hostb", ["truncate", "-s", size, "/var/lib/libvirt/images/" + name])
+    dest = lab.HOSTS["hostb"]
+    cmd = (["virsh", "migrate", "--live", "--persistent", "--undefinesource", "--copy-storage-all"]
+           + (["--tls"] if tls else [])
+           + [VM, "qemu+ssh://root@%s/system" % dest, "--migrateuri", "tcp://%s" % dest,
+              "--disks-uri", "tcp://%s" % dest] + (extra or []))
     before = (src_alloc(fmt), link_rx("hostb"))
+    sampler = start_cpu()
     start = time.monotonic()
-    res = lab.in_host("hosta", ["virsh", "migrate", "--live", "--persistent", "--undefinesource",
-                                "--copy-storage-all", VM, "qemu+ssh://root@%s/system" % lab.HOSTS["hostb"],
-                                "--migrateuri", "tcp://%s" % lab.HOSTS["hostb"],
-                                "--disks-uri", "tcp://%s" % lab.HOSTS["hostb"]] + (extra or []),
-                      check=False, capture=True, timeout=timeout)
+    res = lab.in_host("hosta", cmd, check=False, capture=True, timeout=timeout)
     wall = time.monotonic() - start
     out = {"wall_s": wall, "ok": res.returncode == 0, "error": res.stderr.strip()[-300:],
-           "link_bytes": link_rx("hostb") - before[1], "src_alloc": before[0]}
-    if out["ok"]:
-        out.update(job=jobinfo("hostb"), dst_alloc=dst_alloc(fmt))
-    return out
+           "link_bytes": link_rx("hostb") - before[1], "src_alloc": before[0], "fmt": fmt, "tls": tls}
+    return finish(out, sampler)
 
 
 def playbook(name: str, evars: dict, timeout: float, **env: str) -> subprocess.CompletedProcess:
@@ -126,20 +293,22 @@ def playbook(name: str, evars: dict, timeout: float, **env: str) -> subprocess.C
                "playbooks/" + name, "-e", json.dumps(evars)], timeout=timeout, check=False, env=env)
 
 
-def run_ours(fmt: str = "raw", extra_vars: dict | None = None, timeout: float = 1800) -> dict:
-    """(b): ansible-playbook playbooks/migrate.yml, with per-task timings (profile_tasks)."""
+def run_ours(fmt: str = "raw", extra_vars: dict | None = None, timeout: float = 1800, tls: bool = False) -> dict:
+    """(b): ansible-playbook playbooks/migrate.yml, with per-task timings (profile_tasks); plain
+    unless ``tls``."""
     evars = {"vm": VM, "dest": "hostb"}
+    evars.update(TLS_VARS if tls else PLAIN_VARS)
     evars.update(extra_vars or {})
     before = (src_alloc(fmt), link_rx("hostb"))
+    sampler = start_cpu()
     start = time.monotonic()
     res = playbook("migrate.yml", evars, timeout, ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks",
                    PROFILE_TASKS_SORT_ORDER="none", PROFILE_TASKS_TASK_OUTPUT_LIMIT="all")
     wall = time.monotonic() - start
     out = {"wall_s": wall, "ok": res.returncode == 0, "error": (res.stdout + res.stderr)[-600:] if res.returncode else "",
-           "link_bytes": link_rx("hostb") - before[1], "src_alloc": before[0], "tasks": task_times(res.stdout)}
-    if out["ok"]:
-        out.update(job=jobinfo("hostb"), dst_alloc=dst_alloc(fmt))
-    return out
+           "link_bytes": link_rx("hostb") - before[1], "src_alloc": before[0], "tasks": task_times(res.stdout),
+           "fmt": fmt, "tls": tls}
+    return finish(out, sampler)
 
 
 def task_times(stdout: str) -> list[tuple[str, float]]:
@@ -162,6 +331,53 @@ def iperf() -> float:
     finally:
         server.wait(timeout=20)
     return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+
+
+def missing_pki() -> list[str]:
+    """The files of QEMU's native TLS missing on the lab's hosts (the kvm_host role writes them
+    with kvm_host_tls: true)."""
+    missing = []
+    for host in lab.HOSTS:
+        holder = lab.holder_pid(host)
+        if holder is None:
+            missing.append("%s (not up)" % host)
+            continue
+        for name in QEMU_PKI:
+            if not os.path.exists("/proc/%d/root/etc/pki/qemu/%s" % (holder, name)):
+                missing.append("%s:/etc/pki/qemu/%s" % (host, name))
+    return missing
+
+
+def role_has_tls() -> bool:
+    """The checkout's migrate_guest role declares ``migrate_guest_tls`` (else the playbook would
+    ignore it and move plain where the bench says TLS)."""
+    with open(os.path.join(ROOT, "roles", "migrate_guest", "meta", "argument_specs.yml")) as f:
+        return re.search(r"^\s+migrate_guest_tls:", f.read(), re.M) is not None
+
+
+def parse_openssl_speed(text: str) -> float | None:
+    """Bytes per second of the last ``+F:`` line of ``openssl speed -mr`` (its largest block)."""
+    rate = None
+    for line in text.splitlines():
+        if line.startswith("+F:"):
+            rate = float(line.rsplit(":", 1)[1])
+    return rate
+
+
+def cipher_speed() -> dict | None:
+    """AES-256-GCM (the cipher GnuTLS, QEMU's TLS, prefers) on one core of this machine, the one
+    the lab's hosts run on: ``openssl speed`` with 16 KiB blocks (TLS records), 2 s."""
+    try:
+        res = subprocess.run(["openssl", "speed", "-evp", "aes-256-gcm", "-bytes", "16384", "-seconds", "2", "-mr"],
+                             text=True, capture_output=True, timeout=120, check=False)
+        version = subprocess.run(["openssl", "version"], text=True, capture_output=True, timeout=10,
+                                 check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    rate = parse_openssl_speed(res.stdout)
+    if rate is None:
+        return None
+    return {"cipher": "AES-256-GCM", "bytes_per_s": rate, "tool": version or "openssl"}
 
 
 def dirty_memory(mib_per_s: int) -> None:
@@ -191,6 +407,7 @@ def scale_guests() -> None:
 def run_evacuate(concurrency: int) -> dict:
     """playbooks/evacuate.yml of hosta, only the scale guests, ``concurrency`` at a time."""
     evars = {"host": "hosta", "concurrency": concurrency, "include": [n for n, _i, _m in SCALE_VMS]}
+    evars.update(PLAIN_VARS)
     start = time.monotonic()
     res = playbook("evacuate.yml", evars, 1800)
     wall = time.monotonic() - start
@@ -203,7 +420,7 @@ def run_evacuate(concurrency: int) -> dict:
 def run_single(name: str) -> dict:
     """One scale guest moved alone with migrate.yml."""
     start = time.monotonic()
-    res = playbook("migrate.yml", {"vm": name, "dest": "hostb"}, 900)
+    res = playbook("migrate.yml", dict(PLAIN_VARS, vm=name, dest="hostb"), 900)
     return {"wall_s": time.monotonic() - start, "ok": res.returncode == 0}
 
 
@@ -242,21 +459,42 @@ def main() -> None:
     p.add_argument("--unshaped", action="store_true")
     p.add_argument("--skip-convergence", action="store_true")
     p.add_argument("--skip-scale", action="store_true")
+    p.add_argument("--skip-tls", action="store_true", help="no moves with QEMU's native TLS")
     args = p.parse_args()
+    if not args.skip_tls:
+        if not role_has_tls():
+            raise SystemExit("bench: roles/migrate_guest has no migrate_guest_tls: the playbook cannot be told to "
+                             "move with or without TLS. Run with --skip-tls.")
+        missing = missing_pki()
+        if missing:
+            raise SystemExit("bench: the moves with TLS need QEMU's certificates on both hosts (kvm_host role with "
+                             "kvm_host_tls: true); missing: %s. Or run with --skip-tls." % ", ".join(missing))
     rate = None if args.unshaped else "1gbit"
+    report: dict = {"rate": rate or "unshaped", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "clk_tck": os.sysconf("SC_CLK_TCK")}
+    if not args.skip_tls:
+        report["cipher"] = cipher_speed()
     lab.shape(rate)
-    report: dict = {"rate": rate or "unshaped", "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         report["iperf_mbit_s"] = iperf()
         pairs = []
+        tls_pairs = []
         for i in range(args.pairs):
-            fresh_guest()
-            a = run_virsh()
-            fresh_guest()
-            b = run_ours()
-            pairs.append({"virsh": a, "ours": b})
-            print("pair %d: virsh %.1f s, ours %.1f s" % (i + 1, a["wall_s"], b["wall_s"]), flush=True)
+            # plain and TLS pairs alternate which goes first
+            for tls in ((False, True) if i % 2 == 0 else (True, False)):
+                if tls and args.skip_tls:
+                    continue
+                fresh_guest()
+                a = run_virsh(tls=tls)
+                fresh_guest()
+                b = run_ours(tls=tls)
+                (tls_pairs if tls else pairs).append({"virsh": a, "ours": b})
+                print("pair %d%s: virsh %.1f s%s, ours %.1f s%s" % (
+                    i + 1, " (TLS)" if tls else "", a["wall_s"], "" if a["ok"] else " (failed)",
+                    b["wall_s"], "" if b["ok"] else " (failed)"), flush=True)
         report["pairs"] = pairs
+        if not args.skip_tls:
+            report["tls_pairs"] = tls_pairs
         fresh_guest("qcow2")
         report["qcow2_ours"] = run_ours("qcow2")
         fresh_guest("qcow2")
@@ -294,6 +532,71 @@ MARKER = "<!-- end of the figures written by tests/bench/bench.py; what follows 
 
 def _ratio(a, b):
     return b / a if a else float("nan")
+
+
+def run_figures(run: dict, iperf_mbit_s: float) -> dict | None:
+    """One completed move's figures: wall and job time, downtime, link throughput (all bytes into
+    hostb during the command over the job time) in MiB/s and as % of iperf3, source QEMU CPU."""
+    if not run.get("ok"):
+        return None
+    job = run.get("job", {})
+    job_s = job.get("Time elapsed", 0) / 1000
+    cpu = run.get("cpu") or {}
+    return {"wall_s": run["wall_s"], "job_s": job_s or None, "downtime_ms": job.get("Total downtime"),
+            "mib_s": run["link_bytes"] / job_s / MIB if job_s else None,
+            "iperf_pct": 100.0 * run["link_bytes"] * 8 / job_s / 1e6 / iperf_mbit_s if job_s and iperf_mbit_s else None,
+            "cpu_s": cpu.get("cpu_s"), "core_pct": cpu.get("core_pct"), "other_s": cpu.get("other_s")}
+
+
+FIGURES = ("wall_s", "job_s", "downtime_ms", "mib_s", "iperf_pct", "cpu_s", "core_pct", "other_s")
+
+
+def median_figures(runs: list[dict], iperf_mbit_s: float) -> dict:
+    """The median of each figure over the completed runs (None when no run has it); ``n``: how
+    many completed, ``failed``: how many did not."""
+    figs = [f for f in (run_figures(r, iperf_mbit_s) for r in runs) if f is not None]
+    out: dict = {"n": len(figs), "failed": len(runs) - len(figs)}
+    for key in FIGURES:
+        vals = [f[key] for f in figs if f[key] is not None]
+        out[key] = statistics.median(vals) if vals else None
+    return out
+
+
+def _f(v, fmt: str = "%.1f") -> str:
+    return fmt % v if isinstance(v, (int, float)) and v == v else "-"
+
+
+def tls_rows(pairs: list[dict], tls_pairs: list[dict], iperf_mbit_s: float) -> list[str]:
+    """The TLS section's two tables: the medians of each tool plain and with TLS, and TLS / plain."""
+    rows = ["| move | runs | wall s | job s | downtime ms | MiB/s | % of iperf3 | source CPU s | % of one core "
+            "| of it outside vCPU threads s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    med = {}
+    for tool, label in (("virsh", "raw virsh"), ("ours", "playbook")):
+        for tls, runs in ((False, [p[tool] for p in pairs]), (True, [p[tool] for p in tls_pairs])):
+            m = med[tool, tls] = median_figures(runs, iperf_mbit_s)
+            rows.append("| %s %s | %d%s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                label, "TLS" if tls else "plain", m["n"], " (%d failed)" % m["failed"] if m["failed"] else "",
+                _f(m["wall_s"]), _f(m["job_s"]), _f(m["downtime_ms"], "%.0f"), _f(m["mib_s"], "%.0f"),
+                _f(m["iperf_pct"], "%.0f"), _f(m["cpu_s"], "%.2f"), _f(m["core_pct"], "%.0f"), _f(m["other_s"], "%.2f")))
+    rows += ["", "| tool | TLS / plain: wall s | job s | MiB/s | source CPU s | of it outside vCPU threads s |",
+             "|---|---|---|---|---|---|"]
+    for tool, label in (("virsh", "raw virsh"), ("ours", "playbook")):
+        plain, tls = med[tool, False], med[tool, True]
+        rows.append("| %s | %s |" % (label, " | ".join(
+            _f(_ratio(plain[k], tls[k]) if plain[k] is not None and tls[k] is not None else None, "%.2f")
+            for k in ("wall_s", "job_s", "mib_s", "cpu_s", "other_s"))))
+    return rows
+
+
+def cipher_line(cipher: dict | None, iperf_mbit_s: float) -> str:
+    if not cipher:
+        return "AES-256-GCM on one core of this machine: not measured (no `openssl speed`)."
+    mbit = cipher["bytes_per_s"] * 8 / 1e6
+    return ("AES-256-GCM on one core of this machine (%s, `openssl speed -evp aes-256-gcm -bytes 16384`): "
+            "%.0f MiB/s (%.0f Mbit/s), %.1f times the link's iperf3 figure. QEMU's TLS is GnuTLS, whose "
+            "cipher speed differs, and TLS records, copies and system calls cost more than the cipher: an "
+            "upper bound of what one TLS connection carries per core." % (
+                cipher["tool"], cipher["bytes_per_s"] / MIB, mbit, _ratio(iperf_mbit_s, mbit)))
 
 
 def write_report(r: dict) -> None:
@@ -356,10 +659,29 @@ def write_report(r: dict) -> None:
         steps[name] = steps.get(name, 0) + sec
     top = sorted(steps.items(), key=lambda kv: -kv[1])[:12]
     step_rows = ["| task | s |", "|---|---|"] + ["| %s | %.1f |" % (n.replace("|", "/")[:90], s) for n, s in top]
+    if "tls_pairs" in r:
+        tls_text = [
+            "All four with the same guest; the plain ones are the overhead's runs above, the TLS ones as many "
+            "more, alternating. Raw virsh TLS: `virsh migrate ... --tls`; playbook TLS: `-e migrate_guest_tls=true`.",
+            "", *tls_rows(pairs, r["tls_pairs"], r["iperf_mbit_s"]), "",
+            "Medians of the completed runs. MiB/s: all bytes into hostb on the lab link during the command over "
+            "the job time (job s, `virsh domjobinfo --completed`); %% of iperf3 against %.0f Mbit/s. Source CPU: "
+            "utime + stime of the source's QEMU process of the guest (`/proc/<pid>/stat`, all its threads, "
+            "sampled every %.1f s until it exits, %d ticks/s; the last interval is not counted) in the last job s of "
+            "its life, the migration job; "
+            "%% of one core = source CPU s / job s. Outside vCPU threads: without the guest's `CPU n/TCG` "
+            "threads, so the migration thread, the disks' NBD mirror, the main loop and the encryption. Not "
+            "the source host's `/proc/stat`: the lab's hosts are containers on one kernel, whose `/proc/stat` "
+            "counts the destination and the controller too." % (r["iperf_mbit_s"], CPU_SAMPLE_S, r.get("clk_tck", 100)),
+            "", cipher_line(r.get("cipher"), r["iperf_mbit_s"])]
+    else:
+        tls_text = ["Not run (--skip-tls)."]
     text = "\n".join([
         "# Performance", "",
         "Measured by `make bench` (`.venv/bin/python tests/bench/bench.py`) on %s, in the two-host lab "
-        "(TCG guests, 2 cores), lab link %s. iperf3 hosta -> hostb: %.0f Mbit/s." % (
+        "(TCG guests, 2 cores), lab link %s. iperf3 hosta -> hostb: %.0f Mbit/s. Every move is plain "
+        "(no TLS: `virsh migrate` without `--tls`, the playbook with `migrate_guest_tls=false`) except in "
+        "the TLS section." % (
             r["started"], "shaped to " + r["rate"] if r["rate"] != "unshaped" else "unshaped", r["iperf_mbit_s"]),
         "", "## Overhead: ours against hand-made virsh (guest 512 MiB, 10 GiB raw disk with 2 GiB written)", "",
         *lines, "", "Median wall-time ratio ours / virsh: **%.2f** (target <= 1.25)." % med, "",
@@ -367,6 +689,8 @@ def write_report(r: dict) -> None:
         "Link bytes are all bytes into hostb on the lab link during the run (memory, disks, ssh, ansible)."
         " Target <= 1.05.", "",
         "## The limit", "", *limit_rows, "",
+        "## TLS: QEMU's native TLS against plain (guest 512 MiB, 10 GiB raw disk with 2 GiB written)", "",
+        *tls_text, "",
         "## Convergence (64 MiB/s of dirty memory against a 32 MiB/s cap)", "", *conv_rows, "",
         "## Scale: evacuating 4 guests from hosta (256 MiB, 10 GiB raw with 256 MiB written, each)", "",
         *(scale_rows or ["Not run (--skip-scale)."]), "",

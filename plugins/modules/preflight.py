@@ -167,7 +167,9 @@ options:
         destination. Not given, only the source's certificates are checked (a warning).
     type: dict
   insecure_var:
-    description: The setting named in the transport messages as the one that allows an unencrypted move (the C(migrate_guest) role passes C(migrate_guest_allow_insecure_transport)).
+    description:
+      - The setting named in the transport messages as the one that allows an unencrypted move
+        (the C(migrate_guest) role passes C(migrate_guest_allow_insecure_transport)).
     type: str
     default: allow_insecure_transport
   tls_destination:

@@ -294,4 +294,3 @@ def test_rerun_of_the_role_keeps_the_pki_and_check_mode_changes_nothing():
     lab_cmd("guest", "--recreate", "--wait")
     res, stats = migrate()
     assert res.returncode == 0 and stats["transport"]["memory"] == "tls", res.stdout[-4000:]
-

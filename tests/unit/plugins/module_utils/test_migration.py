@@ -1148,3 +1148,63 @@ def test_completed_stats_wait_while_the_destination_job_runs():
     clock = FakeClock()
     assert m._completed_stats(idle, None, lv, notes, m.Runtime(lv=lv, clock=clock, sleep=clock.sleep)) == {}
     assert clock() <= m.COMPLETED_STATS_WAIT_GRACE_S + 1
+
+
+# ------------------------------------------------------------------------------------------
+# Transport (issue 15): encrypted by default, plain only when allowed, before anything changes
+# ------------------------------------------------------------------------------------------
+
+def _source_tls(tmp_path, valid=True):
+    import tls_fakes
+    if not valid:  # a host never prepared: nothing in its certificate directory
+        return lambda: m._tls.read_host_tls("", directory=str(tmp_path / "none"), identity={"uid": 0, "gids": []})
+    src, _dst = tls_fakes.pair(tmp_path)
+    return lambda: src
+
+
+@BOTH
+def test_default_move_uses_tls_when_the_source_holds_certificates(lv, tmp_path):
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_converging.json", tls=None,
+                                              allow_insecure_transport=False)
+    rt.tls_material = _source_tls(tmp_path)
+    rt.now = lambda: 1796083200.0  # 2026-12-01, within the test certificates' validity
+    res = m.migrate_domain(o, sconn, dconn, check_mode=True, rt=rt)
+    assert "VIR_MIGRATE_TLS" in res["plan"]["flags"]
+    assert res["transport"] == {"tls": True, "memory": "tls", "disks": "tls", "control": "ssh", "encrypted": True}
+
+
+@BOTH
+def test_default_move_without_certificates_is_refused_before_anything(lv, tmp_path):
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_converging.json", tls=None,
+                                              allow_insecure_transport=False)
+    rt.tls_material = _source_tls(tmp_path, valid=False)
+    with pytest.raises(KvmopsError) as err:
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert "would cross the network unencrypted" in err.value.msg and "nothing was changed" in err.value.msg
+    assert "allow_insecure_transport: true" in err.value.msg and "has no migration certificates" in err.value.msg
+    assert sdom.calls == [] and dconn.domains == []
+
+
+@BOTH
+def test_plain_move_when_allowed_says_so(lv, tmp_path):
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_converging.json", tls=None,
+                                              allow_insecure_transport=True)
+    rt.tls_material = _source_tls(tmp_path, valid=False)
+    res = m.migrate_domain(o, sconn, dconn, check_mode=True, rt=rt)
+    assert "VIR_MIGRATE_TLS" not in res["plan"]["flags"]
+    assert res["transport"]["memory"] == "plain" and res["transport"]["encrypted"] is False
+    assert any("cross the network unencrypted, allowed by allow_insecure_transport" in w for w in res["warnings"])
+
+
+@BOTH
+def test_tls_false_needs_the_variable_and_qemu_tcp_is_refused(lv):
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_converging.json", tls=False,
+                                              allow_insecure_transport=False)
+    with pytest.raises(KvmopsError, match="unencrypted \\(tls: false\\)"):
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_converging.json", tls=False,
+                                              allow_insecure_transport=False,
+                                              dest_uri="qemu+tcp://198.18.0.2/system")
+    with pytest.raises(KvmopsError, match="qemu\\+tcp\\) is neither encrypted nor authenticated"):
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert sdom.calls == []

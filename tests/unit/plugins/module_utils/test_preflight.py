@@ -1022,3 +1022,49 @@ def test_cache_mode_of_a_shared_disk_follows_the_source_qemu():
     assert pf.check_cache_modes(disks, [], DST)[0]["status"] == "error"
     f = pf.check_cache_modes(disks, [], DST, qemu_version=7002000)[0]
     assert f["status"] == "warning" and "QEMU 7.2.0 drops the destination's page cache" in f["msg"]
+
+
+# ------------------------------------------------------------------------------------------
+# Transport (issue 15)
+# ------------------------------------------------------------------------------------------
+
+def _transport_run(tmp_path, **kw):
+    xml, image, kernel = run_xml(tmp_path)
+    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    material = kw.pop("tls_material", None)
+    return pf.run_preflight(opts_for(image, kernel, **kw),
+                            probes({"qemu:///system": src, DEST_URI: dst}, tls_material=material))
+
+
+def test_run_default_transport_is_tls_with_both_hosts_checked(tmp_path):
+    res = _transport_run(tmp_path)
+    assert res["transport"] == {"tls": True, "memory": "tls", "disks": "tls", "control": "ssh", "encrypted": True}
+    assert only(res["findings"], "transport")["status"] == "ok"
+
+
+def test_run_destination_of_another_ca_stops_the_move(tmp_path):
+    other = tls_fakes.material(str(tmp_path / "other"), tls_fakes.CA("another CA"), ["hostb", DST])
+    res = _transport_run(tmp_path, dest_tls=other)
+    assert res["ok"] is False
+    errs = [f for f in res["findings"] if f["check"] == "tls_certificates" and f["status"] == "error"]
+    assert len(errs) == 2 and all("do not share a CA" in f["msg"] for f in errs)
+    assert {f["host"] for f in errs} == {DST, "qemu:///system"}
+    assert "would cross the network unencrypted" in only(res["findings"], "transport")["msg"]
+
+
+def test_run_without_certificates_allowed_in_clear_is_a_warning(tmp_path):
+    empty = pf._tls.read_host_tls("", directory=str(tmp_path / "none"), identity={"uid": 0, "gids": []})
+    res = _transport_run(tmp_path, dest_tls=empty, tls_material=lambda: empty, allow_insecure_transport=True,
+                         insecure_var="migrate_guest_allow_insecure_transport")
+    assert res["ok"] is True
+    assert res["transport"]["memory"] == "plain" and res["transport"]["encrypted"] is False
+    msg = only(res["findings"], "transport")["msg"]
+    assert "unencrypted, allowed by migrate_guest_allow_insecure_transport" in msg
+
+
+def test_run_without_destination_material_checks_the_source_and_says_so(tmp_path):
+    res = _transport_run(tmp_path, dest_tls=None)
+    warn = [f for f in res["findings"] if f["check"] == "tls_certificates"]
+    assert [f["status"] for f in warn] == ["warning"] and "was not read" in warn[0]["msg"]
+    assert res["transport"]["tls"] is True

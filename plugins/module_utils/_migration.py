@@ -1061,7 +1061,7 @@ def resolve_transport(opts: MigrationOptions, *, live: bool, name: str, rt: Runt
     decided = _tls.decide(opts.tls, opts.allow_insecure_transport, live=live,
                           copies_disks=opts.copy_storage != "none", dest_uri=dest_uri, faults=faults,
                           insecure_var="allow_insecure_transport")
-    errors = [msg for status, _, msg, _ in decided.findings if status == "error"]
+    errors = [item[2] for item in decided.findings if item[0] == "error"]
     if errors:
         raise KvmopsError("Refusing to move %s to %s, nothing was changed: %s" % (
             name, opts.dest_host, " ".join(errors)), values={"transport": decided.as_result()})
@@ -1121,8 +1121,8 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     if not plan.disks and transport.disks != "none":
         transport.disks = "none"
     result = dict(base, plan=plan.as_result(), transport=transport.as_result(),
-                  warnings=list(plan.warnings) + [msg for status, _, msg, _ in transport.findings
-                                                  if status == "warning"])
+                  warnings=list(plan.warnings) + [item[2] for item in transport.findings
+                                                  if item[0] == "warning"])
     if decision.action == "cleanup_then_migrate":
         result["warnings"].append(decision.msg)
     if check_mode:

@@ -400,7 +400,7 @@ def names_host(cert: CertInfo, name: str) -> bool:
 def _dns_match(pattern: str, name: str) -> bool:
     pattern, name = pattern.lower().rstrip("."), name.lower()
     if pattern.startswith("*."):
-        head, _, rest = name.partition(".")
+        head, rest = name.split(".", 1) if "." in name else (name, "")
         return bool(head) and rest == pattern[2:]
     return pattern == name
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -563,7 +564,7 @@ def median_figures(runs: list[dict], iperf_mbit_s: float) -> dict:
 
 
 def _f(v, fmt: str = "%.1f") -> str:
-    return fmt % v if isinstance(v, (int, float)) and v == v else "-"
+    return fmt % v if isinstance(v, (int, float)) and not math.isnan(v) else "-"
 
 
 def tls_rows(pairs: list[dict], tls_pairs: list[dict], iperf_mbit_s: float) -> list[str]:

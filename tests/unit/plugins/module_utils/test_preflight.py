@@ -732,7 +732,7 @@ def probes(hosts, names=None, tcp="refused", tls_material=None):
     names = names or {"hostb": [DST]}
     return pf.Probes(connect=connector(hosts), resolver=lambda n: names.get(n, []),
                      tcp=lambda a, p, t: "open" if p == 22 else tcp, is_local=lambda a: False,
-                     tls_material=tls_material or (lambda: tls_pair()[0]), now=lambda: tls_fakes.NOW.timestamp())
+                     tls_material=tls_material or (lambda: tls_pair()[0]), now=tls_fakes.NOW.timestamp)
 
 
 def opts_for(image, kernel, **kw):

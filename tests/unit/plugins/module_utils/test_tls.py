@@ -39,7 +39,7 @@ def test_a_pair_of_one_ca_has_no_fault(tmp_path):
 
 
 def test_material_lists_each_file_and_no_key_content(tmp_path):
-    src, _ = pair(tmp_path)
+    src = pair(tmp_path)[0]
     assert set(src["files"]) == set(_tls.FILES)
     assert all(f["exists"] and f["readable_by_qemu"] for f in src["files"].values())
     assert "PRIVATE" not in repr(src)  # of a key only the hash of its public key travels
@@ -107,7 +107,7 @@ def test_key_that_is_not_the_certificates(tmp_path):
     ca = CA()
     src = material(str(tmp_path / "s"), ca, ["198.18.0.1"])
     host_key, cert = ca.issue("hostb", ["198.18.0.2"])
-    other_key, _ = ca.issue("x", [])
+    other_key = ca.issue("x", [])[0]
     install(str(tmp_path / "d"), ca, host_key, cert)
     with open(tmp_path / "d" / "server-key.pem", "wb") as handle:
         handle.write(pem_key(other_key))
@@ -230,7 +230,7 @@ def test_key_unreadable_by_qemu_is_a_fault_with_the_fix(tmp_path):
     (["hostb"], "198.18.0.2", "198.18.0.2", False),  # an address needs an IP entry
 ])
 def test_names_host(names, cn, dialled, ok):
-    _, cert = CA().issue(cn, names)
+    cert = CA().issue(cn, names)[1]
     info = _tls.parse_cert(cert.public_bytes(serialization.Encoding.PEM))
     assert _tls.names_host(info, dialled) is ok
 
@@ -257,11 +257,11 @@ def test_qemu_identity_from_conf_and_defaults():
     def getgrnam(name):
         return groups[name]
 
-    ident = _tls.qemu_identity("", getpwnam, getgrnam, lambda: groups.values())
+    ident = _tls.qemu_identity("", getpwnam, getgrnam, groups.values)
     assert (ident["user"], ident["uid"], ident["gids"]) == ("libvirt-qemu", 64055, [108, 64055])
-    ident = _tls.qemu_identity('user = "qemu"\ngroup = "kvm"\n', getpwnam, getgrnam, lambda: groups.values())
+    ident = _tls.qemu_identity('user = "qemu"\ngroup = "kvm"\n', getpwnam, getgrnam, groups.values)
     assert (ident["user"], ident["uid"], ident["gid"], ident["group"]) == ("qemu", 107, 108, "kvm")
-    ident = _tls.qemu_identity('user = "nobody-here"\n', getpwnam, getgrnam, lambda: groups.values())
+    ident = _tls.qemu_identity('user = "nobody-here"\n', getpwnam, getgrnam, groups.values)
     assert ident["uid"] is None
 
 
@@ -275,7 +275,7 @@ SOON = [_tls.Fault("hostb", "server-cert.pem", "expires soon", "warning")]
 
 
 def statuses(decided):
-    return {(check, status) for status, check, _, _ in decided.findings}
+    return {(item[1], item[0]) for item in decided.findings}
 
 
 @pytest.mark.parametrize("tls,allow,flt,use_tls,memory,worst", [
@@ -291,14 +291,14 @@ def statuses(decided):
 def test_decide(tls, allow, flt, use_tls, memory, worst):
     decided = _tls.decide(tls, allow, live=True, copies_disks=True, dest_uri=SSH, faults=flt)
     assert (decided.tls, decided.memory, decided.disks, decided.control) == (use_tls, memory, memory, "ssh")
-    found = {status for status, _, _, _ in decided.findings}
+    found = {item[0] for item in decided.findings}
     assert max(found, key=["ok", "warning", "error"].index) == worst
     assert decided.as_result()["encrypted"] is (memory == "tls")
 
 
 def test_decide_unencrypted_error_names_the_variable_and_the_fix():
     decided = _tls.decide(None, False, live=True, copies_disks=True, dest_uri=SSH, faults=BAD)
-    msg = [m for s, c, m, _ in decided.findings if c == "transport"][0]
+    msg = [item[2] for item in decided.findings if item[1] == "transport"][0]
     assert msg.startswith("Guest memory and disks would cross the network unencrypted")
     assert "migrate_guest_allow_insecure_transport: true" in msg and "prepare_hosts.yml" in msg
     assert ("error", "tls_certificates", BAD[0].msg, "hostb") in decided.findings
@@ -325,5 +325,5 @@ def test_decide_memory_only_move_says_so():
 ])
 def test_insecure_destination_uris(uri, allow, status):
     decided = _tls.decide(None, allow, live=True, copies_disks=True, dest_uri=uri, faults=[])
-    got = [s for s, c, _, _ in decided.findings if c == "transport_uri"]
+    got = [item[0] for item in decided.findings if item[1] == "transport_uri"]
     assert got == ([status] if status else [])

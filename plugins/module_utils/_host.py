@@ -19,6 +19,8 @@ duplicated host UUIDs (case C10) before anything is touched:
   ``disks`` of ``disk_info paths=``, by ``_images.describe_paths``), ``mounts`` (the filesystems
   holding them, in the shape of Ansible's ``ansible_mounts``), ``interfaces`` (the names of
   ``ansible_interfaces``) and ``manifest`` (the entries of the kvmops manifest).
+* with ``tls``: ``tls``, the host's material for QEMU's native TLS migration
+  (:func:`_tls.read_host_tls`: files, certificates, key fingerprints; never a key).
 
 Relies on: ``virConnectGetCapabilities``, ``virConnectGetLibVersion``/``getVersion``,
 ``virNodeGetInfo``, ``virNodeGetMemoryStats(VIR_NODE_MEMORY_STATS_ALL_CELLS)``,

@@ -426,7 +426,8 @@ report:
             C(guest_location), C(guest_state), C(distinct_hosts), C(cpu), C(cpu_feature_names),
             C(machine), C(emulator), C(memory), C(copy_set), C(shared_storage), C(cache_mode),
             C(dest_image), C(backing_chain), C(free_space), C(required_file), C(network),
-            C(name_resolution), C(data_port), C(tls_files), C(versions), C(feature_support) and
+            C(name_resolution), C(data_port), C(tls_files), C(tls_certificates), C(transport),
+            C(transport_uri), C(versions), C(feature_support) and
             others for host access (C(source_connection), C(host_facts), C(group_host)).
           type: str
           sample: network

@@ -845,6 +845,11 @@ class MigrationMonitor:
             return "give_up" if elapsed_s - self.aborted_at > self.abort_grace_s else "wait"
         if self.timeout_s is None or elapsed_s < self.timeout_s:
             return "wait"
+        if self.action == "postcopy" and sample["phase"] == "setup" \
+                and elapsed_s < self.timeout_s + self.abort_grace_s:
+            # nothing copied yet (connections, the TLS handshake): post-copy is still possible at
+            # the first memory sample; aborting now would fail a move that can finish
+            return "wait"
         if self.action == "postcopy" and sample["phase"] == "memory":
             self.postcopy_at = elapsed_s
             self.reason = ("completion timeout of %d s reached in memory iteration %s: switched to "

@@ -160,7 +160,7 @@ def test_fault_in_the_middle(lab_up, fault):
         # too, while the link is still cut (the module waits until the source holds no job,
         # closing the data connections sever_after_s after the abort)
         ended_before_repair = source_job_ended()
-        assert ended_before_repair, lab.in_host_out(SRC, ["virsh", "domjobinfo", GUEST], check=False)
+        assert ended_before_repair, (lab.in_host_out(SRC, ["virsh", "domjobinfo", GUEST], check=False), text[-3000:])
         print("%s: the run failed %.1f s after the fault%s" % (
             fault, ended_s, " (data connections closed after the abort)" if "by closing its" in text else ""))
         if fault == "link_cut":

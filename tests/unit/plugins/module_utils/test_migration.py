@@ -423,6 +423,22 @@ def test_not_converging_job_switches_to_postcopy_once_when_opted_in():
     assert "post-copy" in monitor.reason
 
 
+def test_postcopy_action_waits_while_the_job_is_still_setting_up():
+    """Connections and the TLS handshake outlast a short timeout: post-copy is switched at the
+    first memory sample (lab: a 1 s timeout with TLS), not aborted in the setup phase."""
+    setup = {"type": 2, "operation": 5, "time_elapsed": 0, "data_total": 0, "data_processed": 0,
+             "data_remaining": 0}
+    memory = {"type": 2, "operation": 5, "time_elapsed": 3000, "data_total": 134217728,
+              "data_processed": 4194304, "data_remaining": 130023424, "memory_processed": 4194304,
+              "memory_iteration": 1}
+    monitor = m.MigrationMonitor(1, "postcopy", abort_grace_s=30, lv=LV_11_3)
+    assert [monitor.observe(setup, t) for t in (0.0, 1.0, 2.0)] == ["wait", "wait", "wait"]
+    assert monitor.observe(memory, 3.0) == "postcopy"
+    stuck = m.MigrationMonitor(1, "postcopy", abort_grace_s=30, lv=LV_11_3)
+    assert stuck.observe(setup, 30.0) == "wait" and stuck.observe(setup, 31.0) == "abort"
+    assert "phase setup" in stuck.reason
+
+
 def test_postcopy_action_during_storage_copy_aborts():
     fx = load("jobstats_converging.json")
     monitor = m.MigrationMonitor(0.5, "postcopy", lv=LV_11_3)

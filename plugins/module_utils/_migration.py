@@ -1349,15 +1349,24 @@ def _wait_source_job_ended(dom: t.Any, plan: "MigrationPlan", opts: MigrationOpt
     :returns: None once no job is left; else a sentence for the failure message saying the job
         still runs on the source.
     """
+    # "no job" is believed when read twice, a poll interval apart: right after a failure the
+    # query was seen answering none while `virsh domjobinfo` showed the cancelled job after it
     if _source_job_type(dom, lv) == 0:
-        return None
+        rt.sleep(opts.poll_interval_s)
+        if _source_job_type(dom, lv) == 0:
+            return None
     rt.log("kvmops.migration: migrate3 returned but the source still holds a job: waiting for it to end")
     started = rt.clock()
     already = 0.0 if abort_clock is None else max(0.0, started - abort_clock)  # s since the abort
+    zeros = [0]
 
     def check(elapsed: float) -> t.Any:
         if _source_job_type(dom, lv) == 0:
-            return "ended"
+            zeros[0] += 1
+            if zeros[0] >= 2:
+                return "ended"
+            return None
+        zeros[0] = 0
         if not severed and opts.sever_after_s is not None and already + elapsed >= opts.sever_after_s:
             severed.append(_sever(plan, opts, name, rt, notes))
         return None

@@ -1021,6 +1021,33 @@ def test_cut_link_migrate3_returns_before_the_job_ends_and_the_wait_goes_on(monk
     assert sdom.isActive() and sconn.domains == [sdom]
 
 
+def test_a_single_no_job_reading_is_confirmed_before_the_run_reports(monkeypatch):
+    """Full lab suite with TLS: the run reported while 'virsh domjobinfo' still showed the
+    cancelled job. One 'none' reading right after migrate3 returned is read again a poll interval
+    later; the job seen then is waited for (and its connections closed) before the report."""
+    sdom, sconn, dconn, rt, o = _cut_link_run(abort_grace_s=120, sever_after_s=10)
+    state = {"job": 5, "first": True}
+    readings: list = []
+
+    def after_migrate3():
+        job = 0 if state["first"] else state["job"]
+        state["first"] = False
+        readings.append(job)
+        return {"type": job}
+
+    sdom._after_migrate3 = after_migrate3
+
+    def on_close():
+        state["job"] = 0
+
+    _kernel_closes(rt, monkeypatch, on_close)
+    with pytest.raises(KvmopsError) as err:
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert "by closing its 1 data connection(s) to 198.18.0.2" in err.value.msg
+    assert "had not ended" not in err.value.msg
+    assert readings[:2] == [0, 5] and readings[-2:] == [0, 0]
+
+
 def test_a_job_query_that_times_out_on_the_lock_is_not_taken_for_an_ended_job(monkeypatch):
     """As seen on the booted lab hosts: while the abort waits on the dead link, virDomainGetJobInfo
     waits for the domain's job lock and fails ("cannot acquire state change lock"). That is a job

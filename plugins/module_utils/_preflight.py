@@ -99,7 +99,7 @@ QEMU_DROP_CACHE_SINCE = 4000000
 #: storage is unsafe" for a disk that is not copied, unless qemu.conf's shared_filesystems lists it.
 LIBVIRT_SHARED_FSTYPES = ("nfs", "nfs4", "gfs2", "ocfs2", "afs", "smb3", "smbfs", "cifs", "ceph",
                           "gpfs", "quobyte", "fuse.quobyte", "acfs", "fuse.glusterfs", "beegfs")
-QEMU_CONF = "/etc/libvirt/qemu.conf"
+QEMU_CONF = _tls.QEMU_CONF
 PROC_MOUNTS = "/proc/self/mounts"
 #: the firewall advice of a blocked data port
 _OPEN_PORTS = ("open TCP 49152-49215 from the source in the firewall of %s (the kvm_host role does with "
@@ -1123,14 +1123,6 @@ class PreflightOptions:
         return out
 
 
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
 @dataclasses.dataclass
 class Probes:
     """Injectable access to the world outside libvirt (tests pass fakes)."""
@@ -1144,7 +1136,7 @@ class Probes:
     exists: t.Callable[[str], bool] = os.path.exists
     is_local: t.Callable[[str], bool] = is_local_address
     #: the text of a file of the source, None when unreadable (``/proc/self/mounts``, qemu.conf)
-    read_text: t.Callable[[str], str | None] = _read_text
+    read_text: t.Callable[[str], str | None] = _tls.read_text
     #: the source's own TLS material (:func:`_tls.read_host_tls`) and the wall clock (epoch s)
     tls_material: t.Callable[[], dict[str, t.Any]] = _tls.read_host_tls
     now: t.Callable[[], float] = time.time

@@ -224,7 +224,7 @@ def read_host_tls(qemu_conf: str | None = None, *, directory: str | None = None,
     :raises KvmopsError: never; an unreadable file is a ``problem`` of that file.
     """
     if qemu_conf is None:
-        qemu_conf = _read_text(QEMU_CONF)
+        qemu_conf = read_text(QEMU_CONF)
     directory = directory or cert_dir(qemu_conf)
     identity = identity if identity is not None else qemu_identity(qemu_conf)
     read_bytes = read_bytes or _read_bytes
@@ -261,7 +261,8 @@ def _read_bytes(path: str) -> bytes:
         return handle.read(1 << 20)
 
 
-def _read_text(path: str) -> str | None:
+def read_text(path: str) -> str | None:
+    """The text of a file (UTF-8, undecodable bytes replaced), None when it cannot be read."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.read()

@@ -266,29 +266,31 @@ def test_bad_destination_certificate_is_caught_by_the_preflight(fault, expect):
         _install_on(dest, old)
 
 
+def _pki_state() -> tuple[bytes, dict[str, bytes]]:
+    """(the group's CA certificate on the controller, each host's QEMU server certificate)."""
+    def read(path: str) -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read()
+    return (read(os.path.join(lab.STATE, "pki", "ca-cert.pem")),
+            {h: read(lab.hdir(h, "root", "etc", "pki", "qemu", "server-cert.pem")) for h in lab.HOSTS})
+
+
 def test_rerun_of_the_role_keeps_the_pki_and_check_mode_changes_nothing():
-    pki = os.path.join(lab.STATE, "pki")
-    with open(os.path.join(pki, "ca-cert.pem"), "rb") as handle:
-        ca_before = handle.read()
-    certs_before = {h: open(lab.hdir(h, "root", "etc", "pki", "qemu", "server-cert.pem"), "rb").read()
-                    for h in lab.HOSTS}
+    ca_before, certs_before = _pki_state()
     for check in (True, False):
         res = ansible_playbook("playbooks/prepare_hosts.yml", "--tags", "kvm_host_tls", *(["--check"] if check else []))
         assert res.returncode == 0, res.stdout[-6000:]
-        assert re.search(r"hosta\s+: ok=\d+\s+changed=0 ", res.stdout), res.stdout[-3000:]
-    with open(os.path.join(pki, "ca-cert.pem"), "rb") as handle:
-        assert handle.read() == ca_before
-    for h in lab.HOSTS:
-        assert open(lab.hdir(h, "root", "etc", "pki", "qemu", "server-cert.pem"), "rb").read() == certs_before[h]
+        for host in lab.HOSTS:
+            assert re.search(r"%s\s+: ok=\d+\s+changed=0 " % host, res.stdout), res.stdout[-3000:]
+    assert _pki_state() == (ca_before, certs_before)
     # renewal on request: new certificates of the same CA, the running guest untouched
     running_on = where_is_guest()
     pid_before = lab.in_host(running_on, ["cat", "/run/libvirt/qemu/%s.pid" % GUEST], capture=True).stdout
     res = ansible_playbook("playbooks/prepare_hosts.yml", "--tags", "kvm_host_tls", "-e", "kvm_host_tls_renew=true")
     assert res.returncode == 0, res.stdout[-6000:]
-    for h in lab.HOSTS:
-        assert open(lab.hdir(h, "root", "etc", "pki", "qemu", "server-cert.pem"), "rb").read() != certs_before[h]
-    with open(os.path.join(pki, "ca-cert.pem"), "rb") as handle:
-        assert handle.read() == ca_before
+    ca_after, certs_after = _pki_state()
+    assert ca_after == ca_before
+    assert all(certs_after[h] != certs_before[h] for h in lab.HOSTS)
     assert lab.in_host(running_on, ["cat", "/run/libvirt/qemu/%s.pid" % GUEST], capture=True).stdout == pid_before
     assert where_is_guest() == running_on
     lab_cmd("guest", "--recreate", "--wait")

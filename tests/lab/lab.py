@@ -637,6 +637,7 @@ def daemon_running(host: str, name: str) -> bool:
 
 
 LIBVIRTD_UNITS = ["libvirtd.socket", "libvirtd-ro.socket", "libvirtd-admin.socket", "libvirtd.service"]
+OPTIONAL_SOCKETS = ["libvirtd-tls.socket", "libvirtd-tcp.socket"]
 _NO_RESTART = "/run/systemd/system/libvirtd.service.d/kvmops-lab-fault.conf"
 
 
@@ -663,7 +664,12 @@ def start_daemons(host: str) -> None:
     if res.stdout.strip():
         in_host(host, "rm -f %s && systemctl daemon-reload && systemctl reset-failed libvirtd.service || true"
                 % _NO_RESTART, check=False, capture=True)
-        in_host(host, ["systemctl", "start"] + LIBVIRTD_UNITS, check=False, capture=True)
+        # stopping libvirtd.socket stopped the sockets bound to it (libvirtd-tls.socket, which
+        # the kvm_host role enables, and -tcp): those enabled start again with it
+        extra = [u for u in OPTIONAL_SOCKETS
+                 if in_host(host, ["systemctl", "is-enabled", "--quiet", u], check=False, capture=True).returncode == 0]
+        in_host(host, ["systemctl", "start"] + LIBVIRTD_UNITS[:3] + extra + LIBVIRTD_UNITS[3:], check=False,
+                capture=True)
         wait_for(lambda: in_host(host, ["virsh", "-q", "uri"], check=False, capture=True).returncode == 0,
                  "libvirtd on %s" % host, 30)
 

@@ -55,7 +55,7 @@ docs-test: docs  ## the built pages render their options tables in headless Chro
 	$(PY) -m pytest -q -rs -p no:cacheprovider -p no:pytest-ansible tests/docs
 
 integration: setup
-	$(PY) -m pytest -q -rs -p no:cacheprovider -p no:pytest-ansible tests/integration
+	$(PY) -m pytest -q -rs --durations=30 -p no:cacheprovider -p no:pytest-ansible tests/integration
 
 bench: lab-up  ## issues 9, 15: ours against raw virsh, the link's limit, plain against TLS; writes docs/performance.md
 	$(PY) tests/bench/bench.py $(BENCH_ARGS)

@@ -41,7 +41,11 @@ keepalive for remote URIs, so a destination whose libvirtd died or whose network
 local). On a link that drops packets, the abort itself waits for the data already sent to the
 destination: ``sever_after_s`` after the abort, the source QEMU's data connections to the
 destination are closed (:mod:`_sockets`), which ends the job within seconds instead of when TCP
-gives up (minutes), with the guest still running on the source.
+gives up (minutes), with the guest still running on the source. From then on, while the job
+still stands, the abort is sent again every :data:`REABORT_EVERY_S` (:class:`_Reabort`): libvirt
+11.3 with QEMU 10.0 was seen keeping the cancelled job (and ``migrate3`` blocked) for minutes,
+even after the link was back, with QEMU's mirror job already concluded and no connection left;
+a second ``virDomainAbortJob`` ended it at once.
 
 libvirt versions
 ----------------
@@ -1154,6 +1158,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     worker.start()
     notes: list[str] = []
     severed: list[dict[str, t.Any]] = []  # at most one entry: what closing the data connections did
+    reabort = _Reabort(dom, opts, rt, notes, lv)
 
     def check(elapsed: float) -> t.Any:
         if not worker.is_alive():
@@ -1170,6 +1175,8 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         if (monitor.aborted_at is not None and monitor.postcopy_at is None and not severed
                 and opts.sever_after_s is not None and elapsed - monitor.aborted_at >= opts.sever_after_s):
             severed.append(_sever(plan, opts, source["name"], rt, notes))
+        if monitor.aborted_at is not None and monitor.postcopy_at is None:
+            reabort.maybe(elapsed - monitor.aborted_at)
         if (monitor.aborted_at is not None and monitor.postcopy_at is None
                 and elapsed - monitor.aborted_at > monitor.abort_grace_s):
             # also when jobStats() keeps failing (the abort holds the domain's job lock)
@@ -1232,7 +1239,8 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         # jobs may still wait on a dead link): the job has ended only when the source domain
         # holds none. Until then keep waiting, and close the data connections as above.
         abort_clock = None if monitor.aborted_at is None else started_clock + monitor.aborted_at
-        lingering = _wait_source_job_ended(dom, plan, opts, source["name"], rt, notes, abort_clock, severed, lv)
+        lingering = _wait_source_job_ended(dom, plan, opts, source["name"], rt, notes, abort_clock, severed, lv,
+                                           reabort)
 
     if worker.error is not None:
         err = worker.error
@@ -1249,9 +1257,13 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             _libvirt.libvirt_error_detail(err) if not isinstance(err, KvmopsError) else str(err),
             opts.dest_host, source["name"])
         if severed and severed[0]["closed"]:
+            again = (" and sending the abort again (%d time(s))" % len(reabort.sent)) if reabort.sent else ""
             recovery = ["The aborted job was ended %g s after the abort by closing its %d data "
-                        "connection(s) to %s on the source." % (opts.sever_after_s, len(severed[0]["closed"]),
-                                                                opts.dest_host)] + list(recovery)
+                        "connection(s) to %s on the source%s." % (opts.sever_after_s, len(severed[0]["closed"]),
+                                                                  opts.dest_host, again)] + list(recovery)
+        elif reabort.sent and not lingering:
+            recovery = ["The aborted job ended after the abort was sent again (%d time(s))." % len(reabort.sent)] \
+                + list(recovery)
         if lingering:
             recovery = [lingering] + list(recovery)
         raise KvmopsError(
@@ -1338,13 +1350,15 @@ def _source_job_type(dom: t.Any, lv: t.Any) -> int:
 
 def _wait_source_job_ended(dom: t.Any, plan: "MigrationPlan", opts: MigrationOptions, name: str,
                            rt: Runtime, notes: list[str], abort_clock: float | None,
-                           severed: list[dict[str, t.Any]], lv: t.Any) -> str | None:
+                           severed: list[dict[str, t.Any]], lv: t.Any,
+                           reabort: "_Reabort | None" = None) -> str | None:
     """After ``migrate3`` failed (pre-copy): wait until the source domain holds no job.
 
     ``sever_after_s`` after the abort (or after the failure, when nothing was aborted), the
-    source QEMU's data connections to the destination are closed (:func:`_sever`), once. Waits at
-    most ``abort_grace_s``. ``abort_clock``: ``rt.clock()`` at the abort, None if none was sent.
-    libvirt API: ``virDomainGetJobStats`` (``dom.jobStats()``).
+    source QEMU's data connections to the destination are closed (:func:`_sever`), once; from
+    then on the abort is sent again every :data:`REABORT_EVERY_S` (``reabort``). Waits at most
+    ``abort_grace_s``. ``abort_clock``: ``rt.clock()`` at the abort, None if none was sent.
+    libvirt API: ``virDomainGetJobStats`` (``dom.jobStats()``), ``virDomainAbortJob``.
 
     :returns: None once no job is left; else a sentence for the failure message saying the job
         still runs on the source.
@@ -1369,6 +1383,8 @@ def _wait_source_job_ended(dom: t.Any, plan: "MigrationPlan", opts: MigrationOpt
         zeros[0] = 0
         if not severed and opts.sever_after_s is not None and already + elapsed >= opts.sever_after_s:
             severed.append(_sever(plan, opts, name, rt, notes))
+        if reabort is not None:
+            reabort.maybe(already + elapsed)
         return None
 
     outcome = wait_for(check, timing(opts.poll_interval_s, opts.abort_grace_s, rt.clock, rt.sleep))
@@ -1419,6 +1435,34 @@ def _port_of(uri: str | None) -> int | None:
     """The port of a ``tcp://host:port`` data URI, None without one."""
     m = re.search(r":(\d+)/?$", uri or "")
     return int(m.group(1)) if m else None
+
+
+#: s between two abort requests once the first one has not ended the job by ``sever_after_s``
+REABORT_EVERY_S = 5.0
+
+
+class _Reabort:
+    """The abort, sent again while a pre-copy job outlives it (see the module's "Threads,
+    keepalive and a cut link"): first at ``sever_after_s`` after the abort (or
+    :data:`REABORT_EVERY_S` when closing connections is off), then every
+    :data:`REABORT_EVERY_S`. Safe only before post-copy (the caller's condition): the source
+    still owns the guest. libvirt API: ``virDomainAbortJob``.
+    """
+
+    def __init__(self, dom: t.Any, opts: MigrationOptions, rt: "Runtime", notes: list[str], lv: t.Any):
+        self.dom, self.rt, self.notes, self.lv = dom, rt, notes, lv
+        self.first_s = opts.sever_after_s if opts.sever_after_s is not None else REABORT_EVERY_S
+        self.sent: list[float] = []  # s since the first abort, of each abort sent again
+
+    def maybe(self, since_abort_s: float) -> None:
+        """Send the abort again if it is time (``since_abort_s``: s since the first abort)."""
+        due = self.first_s if not self.sent else self.sent[-1] + REABORT_EVERY_S
+        if since_abort_s < due:
+            return
+        self.sent.append(since_abort_s)
+        self.rt.log("kvmops.migration: the aborted job still stands %.0f s after the abort: abort sent again"
+                    % since_abort_s)
+        _abort(self.dom, self.notes, self.lv)
 
 
 def _abort(dom: t.Any, notes: list[str], lv: t.Any) -> None:

@@ -219,6 +219,9 @@ options:
         on the source with its disks untouched either way.
       - Needs C(ss) (iproute2) and a kernel with C(CONFIG_INET_DIAG_DESTROY); where that is missing the
         result's notes say so and the job is left to TCP. V(null) never closes connections.
+      - From this point on (5 s after the abort when V(null)), while the job still stands, the abort is sent
+        again every 5 s (libvirt 11.3 with QEMU 10.0 was seen keeping the cancelled job for minutes after
+        QEMU's mirror job had concluded, until a second abort).
     type: float
     default: 10
   poll_interval_s:

@@ -117,7 +117,9 @@ def unmount_small_fs() -> None:
 
 FAULTS = {
     # name: (set-up before the run, inject mid-copy, repair, extra playbook args, words of the cause)
-    "dest_libvirtd_killed": (None, kill_dest_libvirtd, restart_dest_libvirtd, [],
+    # the orphaned incoming QEMU holds the images while libvirtd is down: the rollback's wait for
+    # them (60 s per image by default) is cut to 10 s, the images are named as left either way
+    "dest_libvirtd_killed": (None, kill_dest_libvirtd, restart_dest_libvirtd, ["-e", "migrate_guest_rollback_wait_s=10"],
                              ["connection to libvirtd on 198.18.0.2 was lost"]),
     # The abort alone would wait for TCP (minutes, and up to 2 min more after the link is back):
     # sever_after_s (10 s) after it, the source QEMU's data connections are closed and the job
@@ -127,9 +129,8 @@ FAULTS = {
     "link_cut": (None, cut_link, repair_link, ["-e", "migrate_guest_abort_grace_s=30", "-e", "migrate_guest_tls=false",
                                                "-e", "migrate_guest_allow_insecure_transport=true"],
                  ["connection to libvirtd on 198.18.0.2 was lost", "network between the hosts"]),
-    # The default, TLS: in 2 of 6 lab runs the cancelled job outlived the 30 s grace after the
-    # data connections were closed (open on issue 15). The contract checked: the run fails with
-    # the cause, says so when the job may still run on the source, and loses nothing.
+    # The default, TLS: before the abort was sent again, libvirt kept the cancelled job in 2 of 6
+    # runs (QEMU's mirror job concluded, no connection left) for minutes, also after the repair.
     "link_cut_tls": (None, cut_link, repair_link, ["-e", "migrate_guest_abort_grace_s=30"],
                      ["connection to libvirtd on 198.18.0.2 was lost", "network between the hosts"]),
     "dest_fs_full": (mount_small_fs, fill_dest_fs, free_dest_fs, [], ["ran out of space", "hostb"]),
@@ -167,19 +168,14 @@ def test_fault_in_the_middle(lab_up, fault):
         # too, while the link is still cut (the module waits until the source holds no job,
         # closing the data connections sever_after_s after the abort)
         ended_before_repair = source_job_ended()
-        if fault == "link_cut_tls" and not ended_before_repair:
-            assert "did not end 30 s after the abort request" in text and "may still run on the source" in text, \
-                text[-3000:]
-            print("link_cut_tls: the job outlived the grace, and the run said so")
-            repair()  # the job waits on TCP: it ends once the link is back
-            repair = None
-            lab.wait_for(source_job_ended, "the cancelled job on the source to end", 300)
-            ended_before_repair = True
         failure = re.findall(r"failed in '[^']*': .{0,1500}", text)
         if not ended_before_repair:
             print("FAILURE MESSAGE:", failure[-1:] or text[-1500:])
-            print("MODULE LOG:", lab.in_host_out(SRC, "journalctl -t ansible-kvmops.migration.migrate --no-pager -n 30 "
-                                                 "2>/dev/null || true", check=False)[-3000:])
+            print("MODULE LOG:", lab.in_host_out(SRC, "journalctl -t ansible-kvmops.migration.migrate --no-pager -n 200 "
+                                                 "2>/dev/null | grep -v ' storage \\| memory ' | tail -n 25",
+                                                 check=False)[-3000:])
+            print("QEMU JOBS:", lab.in_host_out(SRC, ["virsh", "qemu-monitor-command", GUEST, '{"execute":"query-jobs"}'],
+                                                check=False))
         assert ended_before_repair, (lab.in_host_out(SRC, ["virsh", "domjobinfo", GUEST], check=False),
                                      failure[-1:] or text[-1500:])
         print("%s: the run failed %.1f s after the fault%s" % (

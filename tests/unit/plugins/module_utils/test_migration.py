@@ -987,6 +987,52 @@ def test_cut_link_abort_that_hangs_is_ended_by_closing_the_data_connections(monk
     assert sdom.isActive() and sconn.domains == [sdom] and "could not be checked" in msg
 
 
+def test_a_job_that_outlives_the_closed_connections_gets_the_abort_again(monkeypatch):
+    """As seen in the lab with TLS (libvirt 11.3, QEMU 10.0): after the abort and the closed data
+    connections, QEMU's mirror job had concluded but libvirt kept the cancelled job (migrate3
+    blocked) for minutes, until a second virDomainAbortJob ended it. The abort is sent again from
+    sever_after_s on, every REABORT_EVERY_S, and the run reports the failure, not a stuck job."""
+    sdom, sconn, dconn, rt, o = _cut_link_run(abort_grace_s=30, sever_after_s=10)
+    aborts: list[float] = []
+
+    def abort():
+        aborts.append(rt.clock())
+        sdom.calls.append("abortJob")
+        if len(aborts) == 3:  # the second abort sent again: libvirt wakes and ends the job
+            sdom.aborted = True
+            sdom.finished.set()
+
+    sdom.abortJob = abort
+    closed: list[float] = []
+    _kernel_closes(rt, monkeypatch, lambda: closed.append(rt.clock()))  # closing alone ends nothing
+    with pytest.raises(KvmopsError) as err:
+        m.migrate_domain(o, sconn, dconn, rt=rt)
+    msg = err.value.msg
+    assert "did not end" not in msg and "had not ended" not in msg
+    assert "sending the abort again (2 time(s))" in msg
+    assert len(aborts) == 3 and closed
+    assert aborts[1] - aborts[0] >= 10 and closed[0] <= aborts[1]  # again only once the sever was due
+    assert aborts[2] - aborts[1] >= m.REABORT_EVERY_S
+    assert sdom.isActive() and sconn.domains == [sdom]
+
+
+def test_the_abort_is_sent_again_from_sever_after_s_every_reabort_every_s():
+    """The schedule of the abort sent again (the caller calls it only before post-copy)."""
+    calls: list = []
+
+    class Dom:
+        def abortJob(self):
+            calls.append("abortJob")
+
+    reabort = m._Reabort(Dom(), m.MigrationOptions(domain="vm12", dest_host="198.18.0.2"), m.Runtime(), [], LV_11_3)
+    reabort.maybe(9.9)
+    assert calls == []
+    reabort.maybe(10.0)
+    reabort.maybe(12.0)
+    reabort.maybe(15.0)
+    assert calls == ["abortJob", "abortJob"] and reabort.sent == [10.0, 15.0]
+
+
 def test_cut_link_migrate3_returns_before_the_job_ends_and_the_wait_goes_on(monkeypatch):
     """Issue 13 item 7, as seen in the full lab suite: migrate3 returns the abort's error at once,
     while the source keeps a 'Cancelled' job (its mirror jobs wait on the dead link). The run must
@@ -996,7 +1042,8 @@ def test_cut_link_migrate3_returns_before_the_job_ends_and_the_wait_goes_on(monk
     real_abort = sdom.abortJob
 
     def abort():
-        sdom.lingering_job = [5]  # VIR_DOMAIN_JOB_CANCELLED: the job is still there
+        if not events:  # the first abort (the one sent again after the sever finds no job to cancel)
+            sdom.lingering_job = [5]  # VIR_DOMAIN_JOB_CANCELLED: the job is still there
         real_abort()  # migrate3 returns with "canceled by client" right away
 
     sdom.abortJob = abort

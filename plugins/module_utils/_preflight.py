@@ -1072,7 +1072,7 @@ class PreflightOptions:
     disks_port: int = DEFAULT_DISKS_PORT
     port_timeout_s: float = 3.0
     dest_name: str | None = None
-    detect_zeroes: bool = False
+    detect_zeroes: bool = True
     parallel_connections: int | None = None
     postcopy: bool = False
     compression: list[str] = dataclasses.field(default_factory=list)

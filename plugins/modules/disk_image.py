@@ -172,8 +172,6 @@ options:
   uri:
     description:
       - libvirt URI of this host, to find the images its domains use (read-only connection).
-    type: str
-    default: qemu:///system
   source_fingerprint:
     description:
       - "RV(kvmops.migration.disk_info#module:disks[].fingerprint) of the source image, read on the source host. When the
@@ -195,6 +193,8 @@ attributes:
     support: full
     platforms: posix
     description: Linux hypervisor hosts with QEMU and libvirt.
+extends_documentation_fragment:
+  - kvmops.migration.connection
 notes:
   - Idempotent; a second run with the same options reports no change.
   - The manifest recognises an image by host, path, inode and a random identity kept in the
@@ -294,39 +294,45 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
-from ansible_collections.kvmops.migration.plugins.module_utils import _images, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _images
+
+
+def argument_spec() -> dict:
+    """The module's options (see DOCUMENTATION)."""
+    return dict(
+        _args.connection_spec(),
+        path=dict(type="path", required=True),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        format=dict(type="str", default="raw", choices=list(_images.FORMATS)),
+        virtual_size=dict(type="int"),
+        cluster_size=dict(type="int"),
+        compat=dict(type="str", choices=["0.10", "1.1"]),
+        backing_file=dict(type="str"),
+        backing_format=dict(type="str", choices=list(_images.FORMATS)),
+        backing_virtual_size=dict(type="int"),
+        backing_checksum=dict(type="str"),
+        for_domain=dict(type="str"),
+        dir_owner=dict(type="str", default="root"),
+        dir_group=dict(type="str", default="root"),
+        dir_mode=dict(type="raw", default="0711"),
+        lv_create=dict(type="bool", default=False),
+        lv_vg=dict(type="str"),
+        lv_name=dict(type="str"),
+        lv_thin_pool=dict(type="str"),
+        adopt_existing=dict(type="bool", default=False),
+        allow_outside_pools=dict(type="bool", default=False),
+        manifest_path=dict(type="path", default=_images.DEFAULT_MANIFEST),
+        host=dict(type="str"),
+        source_fingerprint=dict(type="dict"),
+        shared_marker=dict(type="dict"),
+    )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            format=dict(type="str", default="raw", choices=list(_images.FORMATS)),
-            virtual_size=dict(type="int"),
-            cluster_size=dict(type="int"),
-            compat=dict(type="str", choices=["0.10", "1.1"]),
-            backing_file=dict(type="str"),
-            backing_format=dict(type="str", choices=list(_images.FORMATS)),
-            backing_virtual_size=dict(type="int"),
-            backing_checksum=dict(type="str"),
-            for_domain=dict(type="str"),
-            dir_owner=dict(type="str", default="root"),
-            dir_group=dict(type="str", default="root"),
-            dir_mode=dict(type="raw", default="0711"),
-            lv_create=dict(type="bool", default=False),
-            lv_vg=dict(type="str"),
-            lv_name=dict(type="str"),
-            lv_thin_pool=dict(type="str"),
-            adopt_existing=dict(type="bool", default=False),
-            allow_outside_pools=dict(type="bool", default=False),
-            manifest_path=dict(type="path", default=_images.DEFAULT_MANIFEST),
-            host=dict(type="str"),
-            uri=dict(type="str", default=_libvirt.DEFAULT_URI),
-            source_fingerprint=dict(type="dict"),
-            shared_marker=dict(type="dict"),
-        ),
+        argument_spec=argument_spec(),
         required_if=[("state", "present", ("virtual_size",))],
         required_together=[("backing_file", "backing_format")],
         supports_check_mode=True,

@@ -63,8 +63,6 @@ options:
   uri:
     description:
       - libvirt URI of the host that holds O(domain). The connection is read-only.
-    type: str
-    default: qemu:///system
   force_share:
     description:
       - Pass C(-U) to C(qemu-img info) so that images in use by a running QEMU can be read.
@@ -79,6 +77,7 @@ options:
     type: bool
     default: false
 extends_documentation_fragment:
+  - kvmops.migration.connection
   - kvmops.migration.attributes.info_module
 notes:
   - Sizes are bytes. O(domain) volumes (C(type='volume')) are resolved to their path through the
@@ -200,20 +199,26 @@ disks:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
-from ansible_collections.kvmops.migration.plugins.module_utils import _images, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _images
+
+
+def argument_spec() -> dict:
+    """The module's options (see DOCUMENTATION)."""
+    return dict(
+        _args.connection_spec(),
+        domain=dict(type="str"),
+        paths=dict(type="list", elements="path"),
+        format=dict(type="str", default="raw", choices=list(_images.FORMATS)),
+        force_share=dict(type="bool", default=True),
+        checksums=dict(type="bool", default=False),
+    )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            domain=dict(type="str"),
-            paths=dict(type="list", elements="path"),
-            format=dict(type="str", default="raw", choices=list(_images.FORMATS)),
-            uri=dict(type="str", default=_libvirt.DEFAULT_URI),
-            force_share=dict(type="bool", default=True),
-            checksums=dict(type="bool", default=False),
-        ),
+        argument_spec=argument_spec(),
         required_one_of=[("domain", "paths")],
         mutually_exclusive=[("domain", "paths")],
         supports_check_mode=True,

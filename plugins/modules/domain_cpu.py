@@ -39,8 +39,6 @@ options:
   uri:
     description:
       - libvirt URI of the host that holds O(domain).
-    type: str
-    default: qemu:///system
   domain:
     description:
       - Name or UUID of the domain whose persistent definition is normalised.
@@ -114,6 +112,8 @@ attributes:
   idempotent:
     support: full
     description: A second run with the same input reports no change (canonicalised C(<cpu>)).
+extends_documentation_fragment:
+  - kvmops.migration.connection
 notes:
   - Hosts are compared with the virttype given; a KVM host whose host-model cannot start (nested
     KVM that refuses MSR 0x10a) needs O(disable_features=[arch-capabilities]).
@@ -237,15 +237,15 @@ xml:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
 from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
-from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 
 
 def argument_spec() -> dict:
     """The module's options (see DOCUMENTATION)."""
     return dict(
-        uri=dict(type="str", default=_libvirt.DEFAULT_URI),
+        _args.connection_spec(),
         domain=dict(type="str"),
         xml=dict(type="str", no_log=True),
         restore_cpu=dict(type="str"),

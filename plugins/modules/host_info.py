@@ -41,8 +41,6 @@ requirements:
 options:
   uri:
     description: libvirt URI of the host; the connection is read-only.
-    type: str
-    default: qemu:///system
   libvirtd_conf:
     description: Path of libvirtd.conf, read for C(host_uuid). A missing file is reported, not an error.
     type: path
@@ -95,6 +93,7 @@ options:
     type: bool
     default: false
 extends_documentation_fragment:
+  - kvmops.migration.connection
   - kvmops.migration.attributes.info_module
 notes:
   - Memory values and sizes are bytes; libvirt reports memory in KiB.
@@ -285,22 +284,28 @@ manifest:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
-from ansible_collections.kvmops.migration.plugins.module_utils import _host, _images, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _host, _images
+
+
+def argument_spec() -> dict:
+    """The module's options (see DOCUMENTATION)."""
+    return dict(
+        _args.connection_spec(),
+        libvirtd_conf=dict(type="path", default=_host.DEFAULT_LIBVIRTD_CONF),
+        domains=dict(type="bool", default=True),
+        guest=dict(type="str"),
+        paths=dict(type="list", elements="path"),
+        formats=dict(type="dict", default={}),
+        manifest_path=dict(type="path", default=_images.DEFAULT_MANIFEST),
+        tls=dict(type="bool", default=False),
+    )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            uri=dict(type="str", default=_libvirt.DEFAULT_URI),
-            libvirtd_conf=dict(type="path", default=_host.DEFAULT_LIBVIRTD_CONF),
-            domains=dict(type="bool", default=True),
-            guest=dict(type="str"),
-            paths=dict(type="list", elements="path"),
-            formats=dict(type="dict", default={}),
-            manifest_path=dict(type="path", default=_images.DEFAULT_MANIFEST),
-            tls=dict(type="bool", default=False),
-        ),
+        argument_spec=argument_spec(),
         supports_check_mode=True,
     )
     _module.check_requirements(module)

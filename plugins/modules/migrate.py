@@ -52,35 +52,6 @@ attributes:
     support: full
     details: A guest that already runs on the destination and is absent (or shut off) on the source gives C(changed=false).
 options:
-  domain:
-    description: Name or UUID of the guest on the source host.
-    type: str
-    required: true
-    aliases: [name]
-  source_uri:
-    description: libvirt URI of the source host, as seen from the host the module runs on.
-    type: str
-    default: qemu:///system
-  dest_host:
-    description:
-      - Inventory address of the destination host (IPv4, IPv6 literal, or a name that resolves
-        from the source). Used for the connection URI and for the migration and disk data URIs.
-    type: str
-    required: true
-  dest_uri:
-    description:
-      - Full libvirt URI of the destination, for example C(qemu+ssh://root@198.18.0.2/system?keyfile=/root/.ssh/migrate).
-      - Default built from O(transport), O(dest_user) and O(dest_host).
-    type: str
-  dest_user:
-    description: User in the default C(qemu+ssh) destination URI.
-    type: str
-    default: root
-  transport:
-    description: Transport of the default destination URI (C(qemu+ssh) or C(qemu+tls)).
-    type: str
-    choices: [ssh, tls]
-    default: ssh
   migrate_port:
     description: TCP port of the memory migration stream on the destination (C(tcp://<dest_host>:<port>)); default chosen by libvirt (49152 and up).
     type: int
@@ -97,33 +68,6 @@ options:
     default: true
   undefine_source:
     description: Remove the definition from the source after success (C(VIR_MIGRATE_UNDEFINE_SOURCE)).
-    type: bool
-    default: true
-  copy_storage:
-    description:
-      - C(all) copies the whole disks (C(VIR_MIGRATE_NON_SHARED_DISK)); C(incremental) copies
-        only the top layer onto an existing identical backing chain (C(VIR_MIGRATE_NON_SHARED_INC));
-        C(none) copies nothing (shared storage; libvirt checks that it is).
-    type: str
-    choices: [all, incremental, none]
-    default: all
-  disks:
-    description:
-      - Targets (C(vda), ...) to copy instead of the computed copy set (every writable,
-        non-shareable, local disk; read-only and cdrom never).
-      - A writable local disk left out is refused unless listed in O(shared_disks).
-    type: list
-    elements: str
-  shared_disks:
-    description: Targets that live on storage both hosts reach; they are not copied (libvirt verifies that they are shared).
-    type: list
-    elements: str
-    default: []
-  detect_zeroes:
-    description:
-      - Do not transfer all-zero blocks of the copied disks (C(VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES),
-        libvirt 10.9 and later). Keeps destination images sparse when the source cannot tell
-        allocation, at some CPU cost. Skipped with a warning on older libvirt.
     type: bool
     default: true
   keep_sparse:
@@ -153,15 +97,6 @@ options:
   auto_converge_increment:
     description: Throttling increment in percent for O(auto_converge).
     type: int
-  compression:
-    description: Compression methods of the memory stream (C(VIR_MIGRATE_COMPRESSED)); C(zlib) and C(zstd) need O(parallel_connections).
-    type: list
-    elements: str
-    choices: [xbzrle, mt, zlib, zstd]
-    default: []
-  parallel_connections:
-    description: Number of parallel memory connections (C(VIR_MIGRATE_PARALLEL)); not set or 0 disables parallel migration.
-    type: int
   tls:
     description:
       - Whether the memory and disk streams use QEMU's native TLS (C(VIR_MIGRATE_TLS)).
@@ -171,22 +106,10 @@ options:
         O(allow_insecure_transport=true). The destination's side is checked by
         M(kvmops.migration.preflight).
       - V(true) - TLS required; V(false) - plain TCP, only with O(allow_insecure_transport=true).
-    type: bool
-  allow_insecure_transport:
-    description:
-      - Let guest memory and disks cross the network unencrypted, and accept C(qemu+tcp://) or
-        C(no_verify) destination URIs; without it those are refused before anything changes.
-    type: bool
-    default: false
-  tls_destination:
-    description: Host name the destination's TLS certificate is checked against, when O(dest_host) is an address (C(VIR_MIGRATE_PARAM_TLS_DESTINATION)).
-    type: str
   postcopy:
     description:
       - Allow switching to post-copy (C(VIR_MIGRATE_POSTCOPY)). Only used on this explicit opt-in,
         and only switched on by O(timeout_action=postcopy). A failure during post-copy loses the guest.
-    type: bool
-    default: false
   timeout_s_per_gib:
     description:
       - Completion timeout in seconds per GiB of memory plus copied disk allocation (as Nova's
@@ -228,9 +151,6 @@ options:
     description: Seconds between two job statistics polls.
     type: float
     default: 1
-  dest_name:
-    description: Name of the guest on the destination (C(VIR_MIGRATE_PARAM_DEST_NAME)); default the source name.
-    type: str
   dest_xml:
     description:
       - Domain XML for the destination's live definition (C(VIR_MIGRATE_PARAM_DEST_XML)); must keep the guest ABI.
@@ -245,12 +165,6 @@ options:
     description:
       - Force a migration libvirt considers unsafe (C(VIR_MIGRATE_UNSAFE)), for example with a disk
         cache mode other than none on shared storage. Never set on your behalf.
-    type: bool
-    default: false
-  cleanup_leftover:
-    description:
-      - Remove a paused leftover of an aborted migration of this guest from the destination before
-        migrating, but only when it carries this collection's marker and the guest runs on the source.
     type: bool
     default: false
   expect_disks:
@@ -277,6 +191,8 @@ options:
       - Path on the source host to append one JSON line of progress per poll to (phase, percent,
         bytes remaining, dirty rate). Useful with C(async) tasks. Created with mode 0640 if missing; never truncated.
     type: path
+extends_documentation_fragment:
+  - kvmops.migration.move
 notes:
   - Progress lines are also written to the system log of the source host (C(module.log)).
   - The result statistics come from libvirt's completed job statistics, read on the destination
@@ -489,51 +405,34 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
-from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 
 
 def argument_spec():
     return dict(
-        domain=dict(type="str", required=True, aliases=["name"]),
-        source_uri=dict(type="str", default=_libvirt.DEFAULT_URI),
-        dest_host=dict(type="str", required=True),
-        dest_uri=dict(type="str"),
-        dest_user=dict(type="str", default="root"),
-        transport=dict(type="str", choices=["ssh", "tls"], default="ssh"),
+        _args.move_spec(),
         migrate_port=dict(type="int"),
         disks_port=dict(type="int"),
         live=dict(type="bool", default=True),
         persistent=dict(type="bool", default=True),
         undefine_source=dict(type="bool", default=True),
-        copy_storage=dict(type="str", choices=["all", "incremental", "none"], default="all"),
-        disks=dict(type="list", elements="str"),
-        shared_disks=dict(type="list", elements="str", default=[]),
-        detect_zeroes=dict(type="bool", default=True),
         keep_sparse=dict(type="bool", default=True),
         bandwidth_mibps=dict(type="int"),
         max_downtime_ms=dict(type="int"),
         auto_converge=dict(type="bool", default=False),
         auto_converge_initial=dict(type="int"),
         auto_converge_increment=dict(type="int"),
-        compression=dict(type="list", elements="str", choices=["xbzrle", "mt", "zlib", "zstd"], default=[]),
-        parallel_connections=dict(type="int"),
-        tls=dict(type="bool"),
-        allow_insecure_transport=dict(type="bool", default=False),
-        tls_destination=dict(type="str"),
-        postcopy=dict(type="bool", default=False),
         timeout_s_per_gib=dict(type="float", default=800),
         timeout_min_s=dict(type="float", default=300),
         timeout_action=dict(type="str", choices=["abort", "postcopy"], default="abort"),
         abort_grace_s=dict(type="float", default=120),
         sever_after_s=dict(type="float", default=10),
         poll_interval_s=dict(type="float", default=1),
-        dest_name=dict(type="str"),
         dest_xml=dict(type="str", no_log=True),
         persist_xml=dict(type="str", no_log=True),
         unsafe=dict(type="bool", default=False),
-        cleanup_leftover=dict(type="bool", default=False),
         expect_disks=dict(type="list", elements="dict"),
         expect_cpu=dict(type="str"),
         progress_file=dict(type="path"),

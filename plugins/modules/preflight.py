@@ -45,35 +45,6 @@ requirements:
   - lxml (python3-lxml) on the source host
   - qemu-img (qemu-utils) on the source host
 options:
-  domain:
-    description: Name or UUID of the guest on the source host.
-    type: str
-    required: true
-    aliases: [name]
-  dest_host:
-    description:
-      - Inventory address of the destination (IPv4, IPv6 literal or a name that resolves from the
-        source), as given to M(kvmops.migration.migrate).
-    type: str
-    required: true
-  dest_uri:
-    description:
-      - libvirt URI of the destination. Default built from O(transport), O(dest_user) and
-        O(dest_host), as M(kvmops.migration.migrate) does (C(qemu+ssh://root@<dest_host>/system)).
-    type: str
-  dest_user:
-    description: User in the default C(qemu+ssh) destination URI.
-    type: str
-    default: root
-  transport:
-    description: Transport of the default destination URI.
-    type: str
-    choices: [ssh, tls]
-    default: ssh
-  source_uri:
-    description: libvirt URI of the source host.
-    type: str
-    default: qemu:///system
   group:
     description:
       - All hosts the guest could be on, to find it exactly once. The source and the destination
@@ -107,27 +78,10 @@ options:
         description: Host name to the guest's state there, for every host that defines the guest.
         type: dict
         default: {}
-  dest_name:
-    description: Name of the guest on the destination, when it is renamed by the migration.
-    type: str
-  copy_storage:
-    description:
-      - C(all) copies whole disks, C(incremental) the top layer onto identical backing images on the
-        destination, C(none) nothing (every writable disk must then be shown shared).
-    type: str
-    choices: [all, incremental, none]
-    default: all
-  disks:
-    description: Targets to copy instead of the computed copy set (checked like M(kvmops.migration.migrate) does).
-    type: list
-    elements: str
   shared_disks:
     description:
       - Targets declared on storage both hosts reach. Each must be shown shared (the same file,
         inode and size, in O(dest_disks)) or it is an error.
-    type: list
-    elements: str
-    default: []
   network_map:
     description: Source bridge or network name to the destination's name, as used in the destination XML.
     type: dict
@@ -152,14 +106,11 @@ options:
         O(tls_destination)). The destination's files come from O(dest_tls)."
       - For O(transport=tls) the libvirt client files (C(/etc/pki/CA/cacert.pem),
         C(/etc/pki/libvirt/clientcert.pem), C(/etc/pki/libvirt/private/clientkey.pem)) are checked too.
-    type: bool
   allow_insecure_transport:
     description:
       - Let guest memory and disks cross the network unencrypted (O(tls=false), or no usable
         certificates with O(tls) not set), and accept C(qemu+tcp://) or C(no_verify) destination
         URIs. Each is then a warning, not an error.
-    type: bool
-    default: false
   dest_tls:
     description:
       - The destination's TLS material, as RV(kvmops.migration.host_info#module:tls) of
@@ -172,9 +123,6 @@ options:
         (the C(migrate_guest) role passes C(migrate_guest_allow_insecure_transport)).
     type: str
     default: allow_insecure_transport
-  tls_destination:
-    description: Name the destination's certificate must hold when it is not O(dest_host) (C(VIR_MIGRATE_PARAM_TLS_DESTINATION)).
-    type: str
   ports:
     description: Ports probed on O(dest_host) from the source.
     type: dict
@@ -201,25 +149,14 @@ options:
         default: false
   detect_zeroes:
     description: The migration will use zero detection (needs libvirt 10.9 on both hosts; a warning otherwise).
-    type: bool
-    default: false
   parallel_connections:
     description: The migration will use parallel connections (needs libvirt 5.2).
-    type: int
   postcopy:
     description: The migration may switch to post-copy.
-    type: bool
-    default: false
   compression:
     description: Compression methods the migration will use.
-    type: list
-    elements: str
-    choices: [xbzrle, mt, zlib, zstd]
-    default: []
   cleanup_leftover:
     description: A paused leftover of an earlier kvmops run on the destination will be removed (a warning, not an error).
-    type: bool
-    default: false
   dest_disks:
     description:
       - The RV(kvmops.migration.disk_info#module:disks) list that M(kvmops.migration.disk_info) returned
@@ -321,6 +258,7 @@ options:
     type: bool
     default: true
 extends_documentation_fragment:
+  - kvmops.migration.move
   - kvmops.migration.attributes.info_module
 notes:
   - "Ports, with O(dest_probe): the listener of M(kvmops.migration.preflight_dest) holds the port the
@@ -528,44 +466,27 @@ transport:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
-from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight
 
 
 def argument_spec() -> dict:
     return dict(
-        domain=dict(type="str", required=True, aliases=["name"]),
-        dest_host=dict(type="str", required=True),
-        dest_uri=dict(type="str"),
-        dest_user=dict(type="str", default="root"),
-        transport=dict(type="str", choices=["ssh", "tls"], default="ssh"),
-        source_uri=dict(type="str", default=_libvirt.DEFAULT_URI),
+        _args.move_spec(),
         group=dict(type="list", elements="dict", default=[], options=dict(
             name=dict(type="str", required=True), uri=dict(type="str", required=True))),
         located=dict(type="dict", options=dict(source=dict(type="str", required=True),
                                                hosts=dict(type="dict", default={}))),
-        dest_name=dict(type="str"),
-        copy_storage=dict(type="str", choices=["all", "incremental", "none"], default="all"),
-        disks=dict(type="list", elements="str"),
-        shared_disks=dict(type="list", elements="str", default=[]),
         network_map=dict(type="dict", default={}),
         require_state=dict(type="str", choices=["running", "shut off", "any"], default="running"),
-        tls=dict(type="bool"),
-        allow_insecure_transport=dict(type="bool", default=False),
         dest_tls=dict(type="dict"),
-        tls_destination=dict(type="str"),
         insecure_var=dict(type="str", default="allow_insecure_transport"),
         ports=dict(type="dict", default={}, options=dict(
             migrate=dict(type="int", default=_preflight.DEFAULT_MIGRATE_PORT),
             disks=dict(type="int", default=_preflight.DEFAULT_DISKS_PORT),
             timeout_s=dict(type="float", default=3.0),
             ignore_blocked=dict(type="bool", default=False))),
-        detect_zeroes=dict(type="bool", default=False),
-        parallel_connections=dict(type="int"),
-        postcopy=dict(type="bool", default=False),
-        compression=dict(type="list", elements="str", choices=["xbzrle", "mt", "zlib", "zstd"], default=[]),
-        cleanup_leftover=dict(type="bool", default=False),
         dest_disks=dict(type="list", elements="dict", default=[]),
         dest_mounts=dict(type="list", elements="dict", default=[]),
         dest_interfaces=dict(type="list", elements="str"),

@@ -50,7 +50,7 @@ import re
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _findings, _libvirt
 
 from ansible_collections.kvmops.migration.plugins.module_utils._domain_xml import (  # noqa: F401  (one lxml import)
     HAS_LXML, LXML_IMPORT_ERROR, etree)
@@ -624,8 +624,7 @@ def host_model_cpu_xml(facts: HostFacts) -> str:
 # pre-flight checks: each returns a finding {check, status, host, msg, values}
 
 
-def _finding(check: str, status: str, host: str, msg: str, **values: t.Any) -> dict[str, t.Any]:
-    return {"check": check, "status": status, "host": host, "msg": msg, "values": values}
+_finding = _findings.finding
 
 
 def check_cpu(conn: t.Any, live_migratable_xml: str, host: str,
@@ -635,14 +634,14 @@ def check_cpu(conn: t.Any, live_migratable_xml: str, host: str,
     :param live_migratable_xml: the running guest's XML from :func:`domain_xml` with
         ``migratable=True`` (what libvirt would send).
     :returns: finding ``cpu`` with ``values.comparison`` (:meth:`CpuComparison.as_dict`).
-        ``fail`` when incompatible: a live migration must then be refused; the fix is the
+        ``error`` when incompatible: a live migration must then be refused; the fix is the
         ``domain_cpu`` module and a cold boot.
     """
     plat = domain_platform(live_migratable_xml)
     cpu_el = _cpu_element(live_migratable_xml)
     cpu = parse_guest_cpu(live_migratable_xml)
     if cpu_el is None or cpu.mode in ("host-passthrough", "maximum"):
-        status = "ok" if cpu_el is None else "fail"
+        status = "ok" if cpu_el is None else "error"
         msg = ("The guest uses libvirt's default CPU model." if cpu_el is None else
                "The guest CPU mode is %s: it only migrates between identical hosts; normalise it "
                "with kvmops.migration.domain_cpu and cold-boot the guest." % cpu.mode)
@@ -652,7 +651,7 @@ def check_cpu(conn: t.Any, live_migratable_xml: str, host: str,
     if comparison.compatible:
         return _finding("cpu", "ok", host, comparison.msg, comparison=comparison.as_dict())
     return _finding(
-        "cpu", "fail", host,
+        "cpu", "error", host,
         comparison.msg + " A running guest's CPU cannot change during a live migration: run "
         "kvmops.migration.domain_cpu on it and cold-boot it, or migrate to a compatible host.",
         comparison=comparison.as_dict())
@@ -671,14 +670,14 @@ def check_machine(domain_xml_text: str, dst: HostCaps, host: str) -> dict[str, t
     if machine and machine in machines:
         values: dict[str, t.Any] = {"machine": machine}
         if machine in dst.guests.get(arch, {}).get("deprecated", []):
-            return _finding("machine", "warn", host, "Machine type %s is deprecated on %s; it "
+            return _finding("machine", "warning", host, "Machine type %s is deprecated on %s; it "
                             "still works." % (machine, host), **values)
         return _finding("machine", "ok", host, "%s offers machine type %s." % (host, machine),
                         **values)
     family = (machine or "").rsplit("-", 1)[0]
     close = sorted(m for m in machines if family and m.startswith(family + "-"))
     return _finding(
-        "machine", "fail", host,
+        "machine", "error", host,
         "Machine type %s (arch %s) of the guest is not available on %s: the machine type is guest "
         "ABI and is never changed for a running guest. Install a QEMU that has it on %s, or "
         "change the machine type while the guest is shut off (a cold change the guest OS sees)."
@@ -690,7 +689,7 @@ def check_emulator(domain_xml_text: str, dst: HostCaps, host: str) -> dict[str, 
 
     A different path is not an error: the emulator is not guest ABI, and the migration must be
     given a destination XML with the destination's path (:func:`destination_xml_with_emulator`).
-    :returns: finding ``emulator``: ``ok``; ``warn`` with ``values.dst_emulator`` to use; ``fail``
+    :returns: finding ``emulator``: ``ok``; ``warning`` with ``values.dst_emulator`` to use; ``error``
         when the destination has no emulator for the arch.
     """
     plat = domain_platform(domain_xml_text)
@@ -700,10 +699,10 @@ def check_emulator(domain_xml_text: str, dst: HostCaps, host: str) -> dict[str, 
         return _finding("emulator", "ok", host, "%s has emulator %s." % (host, plat["emulator"]),
                         emulator=plat["emulator"])
     if not emus:
-        return _finding("emulator", "fail", host, "%s has no QEMU emulator for arch %s: install "
+        return _finding("emulator", "error", host, "%s has no QEMU emulator for arch %s: install "
                         "qemu-system-x86 there." % (host, arch), emulator=plat["emulator"])
     return _finding(
-        "emulator", "warn", host,
+        "emulator", "warning", host,
         "Emulator %s of the guest does not exist on %s; the migration will use a destination XML "
         "with %s (not guest ABI)." % (plat["emulator"], host, emus[0]),
         emulator=plat["emulator"], dst_emulator=emus[0])
@@ -728,7 +727,7 @@ def check_feature_names(domain_xml_text: str, host: str,
                         comparison: CpuComparison | None = None) -> dict[str, t.Any]:
     """Pre-flight: are the guest's CPU feature names spelled the way libvirt knows them (C07)?
 
-    Names in :data:`FEATURE_RENAMES` are reported with their current name (``fail`` for a
+    Names in :data:`FEATURE_RENAMES` are reported with their current name (``error`` for a
     running guest: the fix is the ``domain_cpu`` module, effective at the next cold boot);
     names that ``host``'s libvirt rejected in ``comparison`` are reported too.
     """
@@ -744,7 +743,7 @@ def check_feature_names(domain_xml_text: str, host: str,
     if unknown:
         parts.append("features unknown to libvirt on %s: %s" % (host, ", ".join(unknown)))
     return _finding(
-        "cpu_feature_names", "fail", host,
+        "cpu_feature_names", "error", host,
         "The guest CPU uses %s: run kvmops.migration.domain_cpu to rewrite the definition "
         "(effective at the next cold boot)." % "; ".join(parts), renames=renames, unknown=unknown)
 

@@ -4,10 +4,10 @@
 """Pre-flight: every check before anything is touched, as one report.
 
 Each check is a small function returning one finding or a list of findings
-``{check, status, host, msg, values}``; ``status`` is ``ok``, ``warning`` or ``error``. The CPU
-checks of ``_cpu`` say ``ok``/``warn``/``fail``: :func:`normalise` maps them, here and nowhere
-else. :func:`report` builds ``{ok, findings, summary}``; :func:`run_preflight` is the backend of
-the ``preflight`` module: it reads both hosts (read-only) and runs every check.
+``{check, status, host, msg, values}`` (:mod:`_findings`, the one findings type, also of the
+CPU checks of ``_cpu``); ``status`` is ``ok``, ``warning`` or ``error``. :func:`report` builds
+``{ok, findings, summary}``; :func:`run_preflight` is the backend of the ``preflight`` module:
+it reads both hosts (read-only) and runs every check.
 
 Where the facts come from (the module runs on the source host)
 --------------------------------------------------------------
@@ -73,16 +73,14 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xm
 from ansible_collections.kvmops.migration.plugins.module_utils import _host
 from ansible_collections.kvmops.migration.plugins.module_utils import _images
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _findings
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _probe
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
-STATUSES = ("ok", "warning", "error")
-#: The one mapping of other modules' finding statuses to ours (``_cpu`` says warn/fail).
-_STATUS_MAP = {"ok": "ok", "warn": "warning", "warning": "warning", "fail": "error",
-               "error": "error"}
+STATUSES = _findings.STATUSES
 
 REQUIRE_STATES = ("running", "shut off", "any")
 DEFAULT_MIGRATE_PORT = 49152
@@ -126,25 +124,10 @@ FEATURE_MIN_LIBVIRT = {
 # Findings and the report
 # --------------------------------------------------------------------------------------------
 
-def finding(check: str, status: str, host: str, msg: str, **values: t.Any) -> dict[str, t.Any]:
-    """One finding. ``status`` may be any spelling :func:`normalise` knows."""
-    return normalise({"check": check, "status": status, "host": host, "msg": msg,
-                      "values": values})
-
-
-def normalise(item: dict[str, t.Any]) -> dict[str, t.Any]:
-    """A finding with ``status`` in :data:`STATUSES` (``_cpu``'s warn/fail become
-    warning/error). The one place where statuses are mapped.
-
-    :raises KvmopsError: an unknown status (a programming error, named).
-    """
-    status = _STATUS_MAP.get(str(item.get("status")))
-    if status is None:
-        raise KvmopsError("Finding %s has unknown status %r." % (item.get("check"), item.get("status")))
-    out = dict(item)
-    out["status"] = status
-    out.setdefault("values", {})
-    return out
+#: one finding (:mod:`_findings`, the one findings type of CPU and pre-flight checks)
+finding = _findings.finding
+#: a finding checked for a known status (:func:`_findings.validated`)
+normalise = _findings.validated
 
 
 def report(findings: t.Iterable[dict[str, t.Any]]) -> dict[str, t.Any]:

@@ -284,14 +284,14 @@ def test_compare_superset_is_compatible():
 def test_c06_sandybridge_intel_on_lab_amd_fails_with_vendor_clash():
     xml = domain(SANDY_CPU, machine="pc-i440fx-10.0", virttype="qemu")
     finding = _cpu.check_cpu(lab_conn(), xml, "hostb")
-    assert finding["status"] == "fail" and finding["check"] == "cpu"
+    assert finding["status"] == "error" and finding["check"] == "cpu"
     assert finding["values"]["comparison"]["vendor_clash"] == "Intel"
     assert "vendor Intel" in finding["msg"] and "cannot change during a live migration" in finding["msg"]
 
 
 def test_c06_epyc_svm_on_intel_destination_names_vendor_clash():
     finding = _cpu.check_cpu(intel_conn(), domain(C06_CPU), INTEL)
-    assert finding["status"] == "fail"
+    assert finding["status"] == "error"
     assert finding["values"]["comparison"]["vendor_clash"] == "AMD"
 
 
@@ -354,7 +354,7 @@ def test_c07_machine_type_not_on_destination_fails():
     xml = domain("", machine="pc-i440fx-bionic")
     caps = _cpu.parse_capabilities(fixture("intel-cascadelake-capabilities.xml"))
     finding = _cpu.check_machine(xml, caps, INTEL)
-    assert finding["status"] == "fail"
+    assert finding["status"] == "error"
     assert "never changed for a running guest" in finding["msg"]
     assert finding["values"]["available"] == ["pc-i440fx-2.11", "pc-i440fx-6.2", "pc-i440fx-7.1",
                                               "pc-i440fx-7.2"]
@@ -363,7 +363,7 @@ def test_c07_machine_type_not_on_destination_fails():
 def test_c07_machine_type_present_and_deprecated():
     caps = _cpu.parse_capabilities(fixture("lab-amd-capabilities.xml"))
     assert _cpu.check_machine(domain("", machine="pc-q35-10.0"), caps, LAB)["status"] == "ok"
-    assert _cpu.check_machine(domain("", machine="pc-i440fx-2.12"), caps, LAB)["status"] == "warn"
+    assert _cpu.check_machine(domain("", machine="pc-i440fx-2.12"), caps, LAB)["status"] == "warning"
 
 
 def test_c07_compare_reports_unsupported_machine():
@@ -379,7 +379,7 @@ def test_c07_arch_facilities_is_renamed_and_reported():
     assert comparison.unknown_features == ["arch-facilities"]
     assert "this libvirt calls it arch-capabilities" in comparison.msg
     finding = _cpu.check_feature_names(xml, LAB, comparison)
-    assert finding["status"] == "fail"
+    assert finding["status"] == "error"
     assert finding["values"]["renames"] == {"arch-facilities": "arch-capabilities"}
     target = _cpu.build_target_cpu("model", model="qemu64", features=["arch-facilities"])
     res = _cpu.normalise_cpu(xml, target)
@@ -398,7 +398,7 @@ def test_c07_emulator_path_differs_gives_destination_xml():
     xml = domain("", emulator="/usr/bin/kvm")
     caps = _cpu.parse_capabilities(fixture("intel-cascadelake-capabilities.xml"))
     finding = _cpu.check_emulator(xml, caps, INTEL)
-    assert finding["status"] == "warn"
+    assert finding["status"] == "warning"
     assert finding["values"]["dst_emulator"] == "/usr/bin/qemu-system-x86_64"
     dst = _cpu.destination_xml_with_emulator(xml, finding["values"]["dst_emulator"])
     assert _cpu.domain_platform(dst)["emulator"] == "/usr/bin/qemu-system-x86_64"

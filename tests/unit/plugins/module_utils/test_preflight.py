@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _findings
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -40,17 +40,18 @@ def only(findings, check):
 # findings and the report
 # ------------------------------------------------------------------------------------------
 
-def test_normalise_maps_cpu_statuses_in_one_place():
-    assert pf.normalise({"check": "cpu", "status": "warn", "host": "h", "msg": "m"})["status"] == "warning"
-    assert pf.normalise({"check": "cpu", "status": "fail", "host": "h", "msg": "m"})["status"] == "error"
+def test_one_findings_type_for_cpu_and_preflight_checks():
     expected = {"check": "x", "status": "ok", "host": "h", "msg": "m", "values": {"a": 1}}
     assert pf.finding("x", "ok", "h", "m", a=1) == expected
-    with pytest.raises(KvmopsError, match="unknown status 'bad'"):
-        pf.normalise({"check": "x", "status": "bad"})
+    assert pf.finding is _findings.finding and pf.STATUSES == ("ok", "warning", "error")
+    assert pf.normalise is _findings.validated  # the CPU checks of _cpu use the same type (test_cpu.py)
+    for bad in ("bad", "warn", "fail"):
+        with pytest.raises(KvmopsError, match="unknown status '%s'" % bad):
+            pf.normalise({"check": "x", "status": bad})
 
 
 def test_report_fails_on_any_error_and_counts():
-    rep = pf.report([pf.finding("a", "ok", "h", "fine"), pf.finding("b", "warn", "h", "hmm"),
+    rep = pf.report([pf.finding("a", "ok", "h", "fine"), pf.finding("b", "warning", "h", "hmm"),
                      pf.finding("c", "error", "h", "broken bridge")])
     assert rep["ok"] is False
     assert rep["summary"]["errors"] == 1 and rep["summary"]["warnings"] == 1 and rep["summary"]["oks"] == 1

@@ -37,7 +37,7 @@ import re
 import socket
 import typing as t
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _cpu, _domain_xml, _images, _libvirt, _tls
+from ansible_collections.kvmops.migration.plugins.module_utils import _conf, _cpu, _domain_xml, _images, _libvirt, _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
@@ -47,19 +47,14 @@ SYS_CLASS_NET = "/sys/class/net"
 KIB = 1024
 
 
-_HOST_UUID_RE = re.compile(r'^\s*host_uuid\s*=\s*"([^"]*)"\s*(?:#.*)?$')
 _OCTAL_ESCAPE_RE = re.compile(r"\\([0-7]{3})")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def parse_host_uuid(conf_text: str) -> str | None:
-    """The ``host_uuid`` value set in a libvirtd.conf text (the last one wins), or None."""
-    found = None
-    for line in conf_text.splitlines():
-        match = _HOST_UUID_RE.match(line)
-        if match:
-            found = match.group(1)
-    return found
+    """The ``host_uuid`` value set in a libvirtd.conf text (the last one wins), or None
+    (:func:`_conf.value`)."""
+    return _conf.value(conf_text, "host_uuid")
 
 
 def is_valid_host_uuid(value: str | None) -> bool:

@@ -62,12 +62,12 @@ import dataclasses
 import errno
 import ipaddress
 import os
-import re
 import socket
 import time
 import typing as t
 from urllib.parse import urlsplit
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _conf
 from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
 from ansible_collections.kvmops.migration.plugins.module_utils import _host
@@ -439,9 +439,7 @@ def check_cache_modes(disks: list[dict[str, t.Any]], copied: t.Sequence[str], ho
 def shared_filesystems(qemu_conf: str | None) -> list[str]:
     """The directories of ``shared_filesystems = [...]`` in the text of qemu.conf (comments and
     a commented-out example ignored)."""
-    text = "\n".join(line.split("#", 1)[0] for line in (qemu_conf or "").splitlines())
-    block = re.search(r"^\s*shared_filesystems\s*=\s*\[(.*?)\]", text, re.MULTILINE | re.DOTALL)
-    return re.findall(r'"([^"]+)"', block.group(1)) if block else []
+    return _conf.string_list(qemu_conf, "shared_filesystems")
 
 
 def check_shared_safety(disks: list[dict[str, t.Any]], copied: t.Sequence[str], shared: t.Sequence[str],

@@ -45,9 +45,10 @@ import hashlib
 import ipaddress
 import os
 import pwd
-import re
 import typing as t
 from urllib.parse import parse_qs, urlsplit
+
+from ansible_collections.kvmops.migration.plugins.module_utils import _conf
 
 try:
     from cryptography import x509
@@ -80,8 +81,6 @@ INSECURE_OPTION = "allow_insecure_transport"
 FIX_PKI = ("run playbooks/prepare_hosts.yml on both hosts (the kvm_host role makes the PKI, "
            "kvm_host_tls: true, the default)")
 
-_CONF_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:"([^"]*)"|(\S+))\s*(?:#.*)?$')
-
 
 @dataclasses.dataclass(frozen=True)
 class Fault:
@@ -95,15 +94,8 @@ class Fault:
     severity: str = "error"
 
 
-def conf_value(text: str | None, key: str) -> str | None:
-    """The value of ``key = "value"`` (or ``key = 1``) in a libvirt configuration text (qemu.conf,
-    libvirtd.conf syntax; ``#`` comments; the last setting wins), None when unset."""
-    found = None
-    for line in (text or "").splitlines():
-        match = _CONF_RE.match(line)
-        if match and match.group(1) == key:
-            found = match.group(2) if match.group(2) is not None else match.group(3)
-    return found
+#: a setting of qemu.conf / libvirtd.conf (:func:`_conf.value`, the one reader of them)
+conf_value = _conf.value
 
 
 def cert_dir(qemu_conf: str | None) -> str:

@@ -327,10 +327,17 @@ def iperf() -> float:
     server = subprocess.Popen(["nsenter", "-t", str(lab.holder_pid("hostb")), "-n", "iperf3", "-s", "-1",
                                "-B", lab.HOSTS["hostb"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
+    # the client, like the server, is the controller's iperf3 in the host's network namespace:
+    # the lab's hosts are servers as the kvm_host role leaves them, without iperf3
     try:
-        out = lab.in_host_out("hosta", ["iperf3", "-c", lab.HOSTS["hostb"], "-t", "5", "-J"])
+        out = subprocess.run(["nsenter", "-t", str(lab.holder_pid("hosta")), "-n", "iperf3", "-c", lab.HOSTS["hostb"],
+                              "-t", "5", "-J"], text=True, capture_output=True, timeout=60, check=True).stdout
     finally:
-        server.wait(timeout=20)
+        if server.poll() is None:
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
     return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
 
 

@@ -1053,6 +1053,15 @@ class Runtime:
     #: this host's TLS material (:func:`_tls.read_host_tls`)
     tls_material: t.Callable[[], dict[str, t.Any]] = _tls.read_host_tls
 
+    def pause(self, worker: threading.Thread) -> t.Callable[[float], None]:
+        """The sleep of the waits while ``worker`` runs ``migrate3``: with the real clock it is
+        ``worker.join(timeout)``, which returns as soon as the call has returned, so the end of the
+        job is seen at once rather than on the next poll; an injected ``sleep`` (tests' fake
+        clocks) is used as it is."""
+        if self.sleep is time.sleep:
+            return worker.join
+        return self.sleep
+
 
 def resolve_transport(opts: MigrationOptions, *, live: bool, name: str, rt: Runtime) -> _tls.Transport:
     """Which transport protects this move (:func:`_tls.decide`), from the source's own TLS
@@ -1222,7 +1231,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         if plan.timeout_action == "postcopy":
             hard_deadline = None  # a post-copy phase must be waited for; it cannot be undone
     started_clock = rt.clock()
-    outcome = wait_for(check, timing(opts.poll_interval_s, hard_deadline, rt.clock, rt.sleep))
+    outcome = wait_for(check, timing(opts.poll_interval_s, hard_deadline, rt.clock, rt.pause(worker)))
     lingering: str | None = None
     if outcome != "done":
         raise KvmopsError(
@@ -1480,6 +1489,8 @@ def _abort(dom: t.Any, notes: list[str], lv: t.Any) -> None:
 #: else up to ``_GRACE`` seconds
 COMPLETED_STATS_WAIT_ACTIVE_S = 60.0
 COMPLETED_STATS_WAIT_GRACE_S = 5.0
+#: seconds between two reads of the completed statistics while they are not there yet
+COMPLETED_STATS_POLL_S = 0.2
 
 
 def _completed_stats(ddom: t.Any, sdom: t.Any, lv: t.Any, notes: list[str],
@@ -1488,7 +1499,7 @@ def _completed_stats(ddom: t.Any, sdom: t.Any, lv: t.Any, notes: list[str],
     there at the end of a migration), then from the source domain if it still exists.
 
     When neither has them yet and the destination domain exists, they are polled again (every
-    second, by ``rt``'s clock) while the destination's incoming job runs (a post-copy move ends
+    :data:`COMPLETED_STATS_POLL_S`, by ``rt``'s clock) while the destination's incoming job runs (a post-copy move ends
     there after ``migrate3`` returned), up to :data:`COMPLETED_STATS_WAIT_ACTIVE_S`, else for
     :data:`COMPLETED_STATS_WAIT_GRACE_S`. Returns {} when none come (the caller then uses the
     last progress sample, :func:`completed_summary`).
@@ -1523,7 +1534,7 @@ def _completed_stats(ddom: t.Any, sdom: t.Any, lv: t.Any, notes: list[str],
         limit = COMPLETED_STATS_WAIT_ACTIVE_S if _job_active(ddom, lv) else COMPLETED_STATS_WAIT_GRACE_S
         if waited >= limit:
             break
-        rt.sleep(1.0)
+        rt.sleep(COMPLETED_STATS_POLL_S)
     for where, why in failed.items():
         notes.append("completed statistics not readable on the %s: %s" % (where, why))
     if ddom is not None and "destination" not in failed:

@@ -12,10 +12,13 @@ module: migration_wait
 short_description: Wait for an asynchronous migration and show its progress
 version_added: 0.1.0
 description:
-  - Polls an asynchronous M(kvmops.migration.migrate) task (started with C(async) and C(poll=0))
+  - Waits for an asynchronous M(kvmops.migration.migrate) task (started with C(async) and C(poll=0))
     on the host it runs on, and prints the latest sample of the migration's progress file
     (phase, percent, data remaining, memory pass, dirty rate) whenever it changes, so that a
     person sees the move advance.
+  - Each poll is one shell command on the host that waits there for the job's end, looking at the
+    job's result file every 0.1 s, for up to O(poll_interval_s); so the end of the move is seen
+    within about 0.1 s and a round trip, not on the next poll, and a poll costs no module run.
   - Returns the migrate module's result when the job ends; fails when the migration failed, with
     the migrate module's message.
   - This is an action plugin; it runs on the controller and talks to the host through the task's
@@ -31,7 +34,9 @@ options:
     description: The migrate task's O(kvmops.migration.migrate#module:progress_file) on the same host.
     type: str
   poll_interval_s:
-    description: Seconds between two polls.
+    description:
+      - Seconds between two progress lines; each poll waits on the host up to this long for the job's end.
+      - The end itself is seen within about 0.1 s, whatever this is.
     type: float
     default: 5
   timeout_s:
@@ -46,6 +51,13 @@ options:
     description: Remove the job's async result file when it has ended.
     type: bool
     default: true
+  remove_progress_file:
+    description:
+      - Remove O(progress_file) when the job has ended (successfully or not), in the same remote
+        command as O(cleanup).
+      - Left in place when waiting gives up (O(timeout_s)), as the job may still write to it.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -79,6 +91,7 @@ EXAMPLES = r"""
   kvmops.migration.migration_wait:
     jid: "{{ job.ansible_job_id }}"
     progress_file: /var/tmp/kvmops-vm1.jsonl
+    remove_progress_file: true
     label: vm1
   delegate_to: hosta
   register: moved
@@ -95,6 +108,10 @@ stats:
   type: dict
 progress_samples:
   description: How many progress samples were shown.
+  returned: always
+  type: int
+polls:
+  description: How many remote commands the wait ran on the host (one per poll).
   returned: always
   type: int
 waited_s:

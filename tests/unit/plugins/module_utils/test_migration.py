@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import types
 
 import pytest
@@ -1229,11 +1230,12 @@ def test_completed_stats_wait_while_the_destination_job_runs():
     lv = LV_11_3
     fx = load("jobstats_postcopy.json")
     ddom = FakeDomain(lv, "vm12", UUID, XML_C12, samples=[{"stats": {"type": 2}}], completed=fx["completed"])
-    ddom.completed_late = 20  # 20 s: longer than the grace, shorter than the active wait
+    # not there for 20 s (one read every COMPLETED_STATS_POLL_S): longer than the grace, shorter than the active wait
+    ddom.completed_late = int(20 / m.COMPLETED_STATS_POLL_S)
     clock = FakeClock()
     notes: list = []
     stats = m._completed_stats(ddom, None, lv, notes, m.Runtime(lv=lv, clock=clock, sleep=clock.sleep))
-    assert stats["type"] == 3 and 20 <= clock() < m.COMPLETED_STATS_WAIT_ACTIVE_S and notes == []
+    assert stats["type"] == 3 and 20 - 1e-9 <= clock() < m.COMPLETED_STATS_WAIT_ACTIVE_S and notes == []  # float sums
     idle = FakeDomain(lv, "vm12", UUID, XML_C12, completed=None)
     clock = FakeClock()
     assert m._completed_stats(idle, None, lv, notes, m.Runtime(lv=lv, clock=clock, sleep=clock.sleep)) == {}
@@ -1298,3 +1300,13 @@ def test_tls_false_needs_the_variable_and_qemu_tcp_is_refused(lv):
     with pytest.raises(KvmopsError, match="qemu\\+tcp\\) is neither encrypted nor authenticated"):
         m.migrate_domain(o, sconn, dconn, rt=rt)
     assert sdom.calls == []
+
+
+def test_the_wait_on_migrate3_returns_when_the_call_returns_not_at_the_next_poll():
+    worker = threading.Thread(target=threading.Event().wait, args=(0.2,))
+    worker.start()
+    start = time.monotonic()
+    m.Runtime().pause(worker)(30.0)  # the real clock: join(timeout)
+    assert time.monotonic() - start < 10.0 and not worker.is_alive()
+    clock = FakeClock()
+    assert m.Runtime(clock=clock, sleep=clock.sleep).pause(worker) == clock.sleep  # fakes keep theirs

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 import textwrap
 
 import pytest
@@ -86,6 +87,26 @@ def fresh_hosts():
     lab_cmd("guest", "--recreate", "--wait")
 
 
+def many_sessions_over_one_connection(addr, sessions=16):
+    """More sessions at the same time over one multiplexed ssh connection than sshd's default
+    MaxSessions (10), as an evacuation's concurrent tasks open: every one must run."""
+    with tempfile.TemporaryDirectory() as d:
+        base = lab.ssh_cmd(addr, "true")[:-2] + ["-o", "ControlPath=%s/m" % d]
+        master = subprocess.run(base + ["-o", "ControlMaster=yes", "-o", "ControlPersist=60s", "-f", "-N",
+                                        "root@%s" % addr], capture_output=True, text=True, timeout=30, check=False)
+        assert master.returncode == 0, master.stderr
+        try:
+            procs = [subprocess.Popen(base + ["-o", "ControlMaster=no", "root@%s" % addr, "sleep 3; echo ok"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for dummy in range(sessions)]
+            outs = [p.communicate(timeout=60) for p in procs]
+        finally:
+            subprocess.run(base + ["-O", "exit", "root@%s" % addr], capture_output=True, timeout=15, check=False)
+        refused = [err.strip() for out, err in outs if out.strip() != "ok"]
+        assert not refused, "%d of %d sessions over one connection to %s failed (sshd MaxSessions): %s" % (
+            len(refused), sessions, addr, refused[:2])
+
+
 def test_prepare_bare_hosts_four_way(fresh_hosts):
     check = prepare("--check")
     assert sum(h["changed"] for h in recap(check).values()) > 0, "check mode must say what would change"
@@ -128,6 +149,8 @@ def test_prepare_bare_hosts_four_way(fresh_hosts):
                           check=False, capture=True)
         assert res.returncode == 0 and res.stdout.strip() == peer, res.stderr
     assert len(uuids) == 2
+    for addr in lab.HOSTS.values():
+        many_sessions_over_one_connection(addr)
 
     second = prepare()
     assert all(h["changed"] == 0 for h in recap(second).values()), second.stdout[-8000:]

@@ -1029,7 +1029,7 @@ def cmd_down(args) -> None:
         os.unlink(marker)
     for f in os.listdir(STATE) if os.path.isdir(STATE) else []:
         if f.startswith("cp-"):
-            # Ansible's ssh ControlMaster (ControlPersist 120 s) outlives the hosts: ask it to exit
+            # Ansible's ssh ControlMaster (ansible.cfg: ControlPersist 300 s) outlives the hosts: ask it to exit
             run(["ssh", "-o", "ControlPath=%s" % os.path.join(STATE, f), "-O", "exit", "lab"],
                 check=False, capture=True, timeout=10)
             if os.path.lexists(os.path.join(STATE, f)):

@@ -7,6 +7,7 @@ TLS table and its TLS / plain ratios, and the report keeping its hand-written pa
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -243,7 +244,7 @@ def test_write_report_has_the_tls_section_and_keeps_the_hand_written_part(tmp_pa
     assert "# old figures" not in text
     assert text.endswith(bench.MARKER + "\n\n## Kept by hand\n")
     assert "## TLS: QEMU's native TLS against plain" in text
-    assert "Median wall-time ratio ours / virsh: **1.80**" in text
+    assert "Wall-time ratio ours / virsh: median **1.80**" in text
     if tls:
         assert "| raw virsh TLS | 1 | 21.0 |" in text
         assert "| playbook | 1.03 | 1.05 | 0.95 | 1.67 | 1.67 |" in text
@@ -256,3 +257,37 @@ def test_write_report_has_the_tls_section_and_keeps_the_hand_written_part(tmp_pa
 
 def test_the_checkouts_role_declares_migrate_guest_tls():
     assert bench.role_has_tls()
+
+
+def test_overhead_split_from_the_task_times():
+    run = {"ok": True, "wall_s": 34.0, "job": {"Time elapsed": 20000},
+           "tasks": [("Validating arguments", 0.1), ("Read every host", 1.8), ("Pre-flight", 1.5),
+                     ("kvmops.migration.migrate_guest : Migrate the guest | vm a -> b", 2.2),
+                     ("kvmops.migration.migrate_guest : Wait for the move, showing its progress", 24.0),
+                     ("Read the source and the destination after the move", 1.2), ("Report", 0.2)]}
+    split = bench.overhead_split(run)
+    assert split == pytest.approx({"before": 3.4, "start": 2.2, "wait_beyond_job": 4.0, "after": 1.4,
+                                   "startup_teardown": 34.0 - 31.0, "job_s": 20.0})
+    assert bench.overhead_split(dict(run, ok=False)) is None
+    assert bench.overhead_split(dict(run, tasks=run["tasks"][:3])) is None
+
+
+def test_remote_commands_counted_inside_and_outside_the_wait():
+    out = textwrap.dedent("""\
+        TASK [kvmops.migration.migrate_guest : Read every host] ****
+        <198.18.0.1> SSH: EXEC ssh -o ControlMaster=auto 198.18.0.1 '/bin/sh -c ...'
+        <198.18.0.2> SSH: EXEC ssh -o ControlMaster=auto 198.18.0.2 '/bin/sh -c ...'
+        TASK [kvmops.migration.migrate_guest : Wait for the move, showing its progress] ****
+        <198.18.0.1> SSH: EXEC ssh 198.18.0.1 'f=...'
+        <198.18.0.1> SSH: EXEC ssh 198.18.0.1 'f=...'
+        <198.18.0.1> SSH: EXEC ssh 198.18.0.1 'async_status'
+        TASK [kvmops.migration.migrate_guest : Read the source and the destination after the move] ****
+        <198.18.0.1> SSH: EXEC ssh 198.18.0.1 '...'
+        """)
+    assert bench.remote_commands(out) == {"total": 6, "during_job": 3, "outside_job": 3}
+
+
+def test_percentile_by_nearest_rank():
+    assert bench.percentile([1.5, 1.2, 1.3, 1.4, 1.6], 90) == 1.6
+    assert bench.percentile([1.5, 1.2, 1.3, 1.4, 1.6], 50) == 1.4
+    assert math.isnan(bench.percentile([], 90))

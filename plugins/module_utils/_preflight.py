@@ -97,8 +97,6 @@ QEMU_DROP_CACHE_SINCE = 4000000
 #: storage is unsafe" for a disk that is not copied, unless qemu.conf's shared_filesystems lists it.
 LIBVIRT_SHARED_FSTYPES = ("nfs", "nfs4", "gfs2", "ocfs2", "afs", "smb3", "smbfs", "cifs", "ceph",
                           "gpfs", "quobyte", "fuse.quobyte", "acfs", "fuse.glusterfs", "beegfs")
-QEMU_CONF = _tls.QEMU_CONF
-PROC_MOUNTS = "/proc/self/mounts"
 #: the firewall advice of a blocked data port
 _OPEN_PORTS = ("open TCP 49152-49215 from the source in the firewall of %s (the kvm_host role does with "
                "kvm_host_firewall: firewalld or ufw; by hand: firewall-cmd --permanent "
@@ -423,7 +421,7 @@ def check_cache_modes(disks: list[dict[str, t.Any]], copied: t.Sequence[str], ho
                                "it while the guest is shut off)." % (
                                    disk["target"], cache, "the disk is shareable" if disk.get("shareable")
                                    else "QEMU %s drops the destination's page cache at the switch-over"
-                                   % version_text(qemu_version)), **values))
+                                   % _libvirt.version_or_unknown(qemu_version)), **values))
         else:
             out.append(finding("cache_mode", "error", host,
                                "Disk %s is not copied and uses cache='%s': libvirt refuses with "
@@ -486,7 +484,7 @@ def check_shared_safety(disks: list[dict[str, t.Any]], copied: t.Sequence[str], 
                 "OCFS2, CephFS ... are shared; ext4, xfs or a bind mount of them are not). Declare the "
                 "directory on the source: shared_filesystems = [\"%s\"] in %s, then restart libvirt there "
                 "(systemctl restart libvirtd, or virtqemud)." % (
-                    disk["target"], path, host, fstype, mount["mount"], os.path.dirname(real), QEMU_CONF),
+                    disk["target"], path, host, fstype, mount["mount"], os.path.dirname(real), _tls.QEMU_CONF),
                 **values))
     return out
 
@@ -974,11 +972,6 @@ def check_tls_files(files: t.Sequence[str], purpose: str, exists: t.Callable[[st
 # Versions
 # --------------------------------------------------------------------------------------------
 
-def version_text(number: int | None) -> str:
-    """:func:`_libvirt.version_text`, ``unknown`` when the host did not say (None or 0)."""
-    return _libvirt.version_text(number or None) or "unknown"
-
-
 def check_versions(src: dict[str, int | None], dst: dict[str, int | None], wanted: t.Sequence[str],
                    host: str) -> list[dict[str, t.Any]]:
     """libvirt and QEMU on both sides, and the libvirt the chosen options need.
@@ -986,9 +979,10 @@ def check_versions(src: dict[str, int | None], dst: dict[str, int | None], wante
     :param src: ``{libvirt, qemu}`` version numbers (``getLibVersion``, ``getVersion``).
     :param wanted: keys of :data:`FEATURE_MIN_LIBVIRT`.
     """
-    values = {"source_libvirt": version_text(src.get("libvirt")),
-              "source_qemu": version_text(src.get("qemu")),
-              "dest_libvirt": version_text(dst.get("libvirt")), "dest_qemu": version_text(dst.get("qemu"))}
+    values = {"source_libvirt": _libvirt.version_or_unknown(src.get("libvirt")),
+              "source_qemu": _libvirt.version_or_unknown(src.get("qemu")),
+              "dest_libvirt": _libvirt.version_or_unknown(dst.get("libvirt")),
+              "dest_qemu": _libvirt.version_or_unknown(dst.get("qemu"))}
     out = []
     if src.get("qemu") and dst.get("qemu") and dst["qemu"] < src["qemu"]:
         out.append(finding("versions", "warning", host,
@@ -1004,12 +998,12 @@ def check_versions(src: dict[str, int | None], dst: dict[str, int | None], wante
         need, what = FEATURE_MIN_LIBVIRT[key]
         low = [side for side, ver in (("source", src.get("libvirt")), (host, dst.get("libvirt")))
                if ver is not None and ver < need]
-        fvalues = {"feature": key, "needs_libvirt": version_text(need), **values}
+        fvalues = {"feature": key, "needs_libvirt": _libvirt.version_or_unknown(need), **values}
         if low:
             status = "warning" if key == "detect_zeroes" else "error"
             out.append(finding("feature_support", status, host,
                                "%s needs libvirt %s or later; %s %s older%s." % (
-                                   what, version_text(need), " and ".join(low),
+                                   what, _libvirt.version_or_unknown(need), " and ".join(low),
                                    "is" if len(low) == 1 else "are",
                                    ": the migrate module skips it" if status == "warning"
                                    else ": upgrade libvirt or do without it"), **fvalues))
@@ -1383,8 +1377,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             kept = [d["target"] for d in disks if d["target"] not in copied and (
                 d["target"] in shared or opts.copy_storage == "none")]
             findings.extend(check_shared_safety(
-                disks, copied, kept, _host.parse_mounts(probes.read_text(PROC_MOUNTS) or ""),
-                shared_filesystems(probes.read_text(QEMU_CONF)), dest))
+                disks, copied, kept, _host.parse_mounts(probes.read_text(_host.PROC_MOUNTS) or ""),
+                shared_filesystems(probes.read_text(_tls.QEMU_CONF)), dest))
         if copied and not active:
             findings.append(finding("copy_set", "error", dest, "Guest %s is shut off: libvirt's offline "
                                     "migration cannot copy disks (%s). Start it and migrate live, or "

@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _findings
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _findings, _host, _tls
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -963,7 +963,7 @@ def shared_run(tmp_path, mounts, qemu_conf="", seen=True, **kw):
     if not seen:  # made on the destination, in a directory the source does not share
         markers = [dict(markers[0], path=markers[0]["path"] + "-elsewhere")]
     p = probes(local_hosts(xml), names={"hostb": [LOCAL]})
-    p.read_text = {pf.PROC_MOUNTS: mounts, pf.QEMU_CONF: qemu_conf}.get
+    p.read_text = {_host.PROC_MOUNTS: mounts, _tls.QEMU_CONF: qemu_conf}.get
     probe = {"probe_id": PROBE_ID, "markers": markers, "ports": []}
     fp = {"path": image, "inode": os.stat(image).st_ino, "size": os.stat(image).st_size}
     opts = opts_for(image, kernel, dest_host=LOCAL, dest_probe=probe,
@@ -1055,7 +1055,7 @@ def test_run_destination_of_another_ca_stops_the_move(tmp_path):
 
 
 def test_run_without_certificates_allowed_in_clear_is_a_warning(tmp_path):
-    empty = pf._tls.read_host_tls("", directory=str(tmp_path / "none"), identity={"uid": 0, "gids": []})
+    empty = _tls.read_host_tls("", directory=str(tmp_path / "none"), identity={"uid": 0, "gids": []})
     res = _transport_run(tmp_path, dest_tls=empty, tls_material=lambda: empty, allow_insecure_transport=True,
                          insecure_var="migrate_guest_allow_insecure_transport")
     assert res["ok"] is True

@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _findings, _host, _tls
+from ansible_collections.kvmops.migration.plugins.module_utils import _checks_guest, _domain_xml, _findings, _host, _tls
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -69,17 +69,17 @@ def guest(state="running", uuid=UUID, name="vm12", ours=False):
 
 
 def test_location_exactly_once_on_the_source():
-    assert pf.check_location("vm12", "hosta", {"hosta": guest(), "hostc": None})["status"] == "ok"
+    assert _checks_guest.check_location("vm12", "hosta", {"hosta": guest(), "hostc": None})["status"] == "ok"
 
 
 def test_location_found_twice_is_an_error_naming_the_hosts():
-    f = pf.check_location("vm12", "hosta", {"hosta": guest(), "hostc": guest("shutoff")})
+    f = _checks_guest.check_location("vm12", "hosta", {"hosta": guest(), "hostc": guest("shutoff")})
     assert f["status"] == "error" and "hosta: running" in f["msg"] and "hostc: shutoff" in f["msg"]
 
 
 def test_location_not_found_or_elsewhere():
-    assert pf.check_location("vm12", "hosta", {"hosta": None})["status"] == "error"
-    f = pf.check_location("vm12", "hosta", {"hosta": None, "hostc": guest()})
+    assert _checks_guest.check_location("vm12", "hosta", {"hosta": None})["status"] == "error"
+    f = _checks_guest.check_location("vm12", "hosta", {"hosta": None, "hostc": guest()})
     assert f["status"] == "error" and "is on hostc, not on the source" in f["msg"]
 
 
@@ -87,7 +87,7 @@ def test_location_not_found_or_elsewhere():
     ("running", "running", "ok"), ("shutoff", "running", "error"), ("running", "shut off", "error"),
     ("shutoff", "shut off", "ok"), ("paused", "any", "warning"), ("shutoff", "any", "ok")])
 def test_state_as_required(state, required, status):
-    assert pf.check_state(guest(state), required, "hosta")["status"] == status
+    assert _checks_guest.check_state(guest(state), required, "hosta")["status"] == status
 
 
 # ------------------------------------------------------------------------------------------
@@ -95,18 +95,18 @@ def test_state_as_required(state, required, status):
 # ------------------------------------------------------------------------------------------
 
 def test_c10_same_host_uuid_names_uuid_and_host_uuid_setting():
-    f = pf.check_distinct_hosts({"host": "hosta", "uuid": "36333932-3634-4252-4332-30363052334e", "hostname": "a"},
-                                {"host": DST, "uuid": "36333932-3634-4252-4332-30363052334e", "hostname": "b"},
-                                DST, False)
+    f = _checks_guest.check_distinct_hosts({"host": "hosta", "uuid": "36333932-3634-4252-4332-30363052334e", "hostname": "a"},
+                                           {"host": DST, "uuid": "36333932-3634-4252-4332-30363052334e", "hostname": "b"},
+                                           DST, False)
     assert f["status"] == "error"
     assert "36333932-3634-4252-4332-30363052334e" in f["msg"]
     assert "host_uuid" in f["msg"] and "libvirtd.conf" in f["msg"]
 
 
 def test_c10_destination_address_is_the_source():
-    f = pf.check_distinct_hosts({"host": "hosta", "uuid": "u1"}, {"host": DST, "uuid": "u2"}, DST, True)
+    f = _checks_guest.check_distinct_hosts({"host": "hosta", "uuid": "u1"}, {"host": DST, "uuid": "u2"}, DST, True)
     assert f["status"] == "error" and "address of the source host itself" in f["msg"]
-    ok = pf.check_distinct_hosts({"host": "hosta", "uuid": "u1"}, {"host": DST, "uuid": "u2"}, DST, False)
+    ok = _checks_guest.check_distinct_hosts({"host": "hosta", "uuid": "u1"}, {"host": DST, "uuid": "u2"}, DST, False)
     assert ok["status"] == "ok"
 
 
@@ -121,35 +121,35 @@ def test_is_local_address_for_loopback_and_a_foreign_address():
 
 def test_c11a_other_domain_same_name_is_an_error():
     other = guest("shutoff", uuid="11111111-2222-3333-4444-555555555555")
-    f = pf.check_destination_domain(guest(), other, None, "vm12", DST)
+    f = _checks_guest.check_destination_domain(guest(), other, None, "vm12", DST)
     assert f["status"] == "error" and f["values"]["case"] == "a"
     assert "11111111-2222-3333-4444-555555555555" in f["msg"] and "vm12" in f["msg"]
 
 
 def test_c11b_paused_leftover_is_an_error_with_instructions():
     left = guest("paused")
-    f = pf.check_destination_domain(guest(), left, left, "vm12", DST)
+    f = _checks_guest.check_destination_domain(guest(), left, left, "vm12", DST)
     assert f["status"] == "error" and f["values"]["case"] == "b"
     assert "virsh -c %s destroy vm12" % DST in f["msg"]
     ours = guest("paused", ours=True)
-    w = pf.check_destination_domain(guest(), ours, ours, "vm12", DST, cleanup_leftover=True)
+    w = _checks_guest.check_destination_domain(guest(), ours, ours, "vm12", DST, cleanup_leftover=True)
     assert w["status"] == "warning" and w["values"]["action"] == "cleanup_then_migrate"
 
 
 def test_c11c_already_migrated_is_ok_and_flagged():
     there = guest("running")
-    f = pf.check_destination_domain(None, there, there, "vm12", DST)
+    f = _checks_guest.check_destination_domain(None, there, there, "vm12", DST)
     assert f["status"] == "ok" and f["values"]["already_migrated"] is True and f["values"]["case"] == "c"
 
 
 def test_c11d_running_on_both_stops():
     there = guest("running")
-    f = pf.check_destination_domain(guest(), there, there, "vm12", DST)
+    f = _checks_guest.check_destination_domain(guest(), there, there, "vm12", DST)
     assert f["status"] == "error" and f["values"]["case"] == "d" and f["msg"].startswith("STOP")
 
 
 def test_c11_absent_on_destination_is_ok():
-    f = pf.check_destination_domain(guest(), None, None, "vm12", DST)
+    f = _checks_guest.check_destination_domain(guest(), None, None, "vm12", DST)
     assert f["status"] == "ok" and f["values"]["case"] == "none"
 
 
@@ -159,7 +159,7 @@ def test_c11_absent_on_destination_is_ok():
 
 def test_c06_foreign_vendor_is_an_error():
     conn = intel_conn()
-    out = pf.check_cpu_all(conn, domain(C06_CPU, machine="pc-i440fx-7.2"), conn.facts("kvm").caps, "intel1")
+    out = _checks_guest.check_cpu_all(conn, domain(C06_CPU, machine="pc-i440fx-7.2"), conn.facts("kvm").caps, "intel1")
     cpu = only(out, "cpu")
     assert cpu["status"] == "error" and "vendor AMD" in cpu["msg"]
     assert {f["status"] for f in out} <= set(pf.STATUSES)
@@ -170,7 +170,7 @@ def test_c07_machine_feature_name_and_emulator():
     cpu = ("<cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model>"
            "<feature policy='require' name='arch-facilities'/></cpu>")
     xml = domain(cpu, machine="pc-i440fx-bionic", virttype="qemu", emulator="/usr/bin/kvm")
-    out = pf.check_cpu_all(conn, xml, conn.facts("qemu").caps, DST)
+    out = _checks_guest.check_cpu_all(conn, xml, conn.facts("qemu").caps, DST)
     machine = only(out, "machine")
     assert machine["status"] == "error" and "pc-i440fx-bionic" in machine["msg"]
     names = only(out, "cpu_feature_names")
@@ -185,9 +185,9 @@ def test_c07_machine_feature_name_and_emulator():
 # ------------------------------------------------------------------------------------------
 
 def test_memory_ok_warning_error():
-    assert pf.check_memory("vm1", GIB, 2 * GIB, 3 * GIB, DST)["status"] == "ok"
-    assert pf.check_memory("vm1", 2 * GIB, GIB, 3 * GIB, DST)["status"] == "warning"
-    f = pf.check_memory("vm1", 4 * GIB, GIB, 2 * GIB, DST)
+    assert _checks_guest.check_memory("vm1", GIB, 2 * GIB, 3 * GIB, DST)["status"] == "ok"
+    assert _checks_guest.check_memory("vm1", 2 * GIB, GIB, 3 * GIB, DST)["status"] == "warning"
+    f = _checks_guest.check_memory("vm1", 4 * GIB, GIB, 2 * GIB, DST)
     assert f["status"] == "error" and str(4 * GIB) in f["msg"] and "vm1" in f["msg"]
 
 
@@ -570,12 +570,12 @@ def test_tls_files_missing_are_named():
 def test_versions_and_detect_zeroes_needs_10_9():
     src = {"libvirt": 11003000, "qemu": 10000002}
     dst = {"libvirt": 9000000, "qemu": 7002000}
-    out = pf.check_versions(src, dst, ["detect_zeroes", "postcopy"], DST)
+    out = _checks_guest.check_versions(src, dst, ["detect_zeroes", "postcopy"], DST)
     assert only(out, "versions")["status"] == "warning"  # older QEMU on the destination
     feats = {f["values"]["feature"]: f for f in out if f["check"] == "feature_support"}
     assert feats["detect_zeroes"]["status"] == "warning" and "10.9.0" in feats["detect_zeroes"]["msg"]
     assert feats["postcopy"]["status"] == "ok"
-    out = pf.check_versions(src, {"libvirt": 5001000, "qemu": 10000002}, ["parallel"], DST)
+    out = _checks_guest.check_versions(src, {"libvirt": 5001000, "qemu": 10000002}, ["parallel"], DST)
     assert [f for f in out if f["check"] == "feature_support"][0]["status"] == "error"
 
 

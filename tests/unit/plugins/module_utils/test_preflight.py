@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _checks_guest, _domain_xml, _findings, _host, _tls
+from ansible_collections.kvmops.migration.plugins.module_utils import _checks_guest, _checks_storage, _domain_xml, _findings, _host, _tls
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -206,7 +206,7 @@ XML_C12 = """<domain type='kvm'><name>vm12</name><uuid>%s</uuid>
 
 def test_c12_writable_disk_left_out_is_an_error():
     disks = _domain_xml.disks(XML_C12)
-    out = pf.check_copy_set(disks, "all", [], {}, DST, selected=["vda"])
+    out = _checks_storage.check_copy_set(disks, "all", [], {}, DST, selected=["vda"])
     f = only(out, "copy_set")
     assert f["status"] == "error" and "vdb" in f["msg"] and "Unsafe migration" in f["msg"]
     assert f["values"]["left_out"] == ["vdb"]
@@ -214,32 +214,32 @@ def test_c12_writable_disk_left_out_is_an_error():
 
 def test_c12_declared_shared_must_be_verified():
     disks = _domain_xml.disks(XML_C12)
-    out = pf.check_copy_set(disks, "all", ["vdb"], {}, DST)
+    out = _checks_storage.check_copy_set(disks, "all", ["vdb"], {}, DST)
     assert only(out, "copy_set")["values"]["copy"] == ["vda"]
     shared = only(out, "shared_storage")
     assert shared["status"] == "error" and "vdb" in shared["msg"] and "vm12-data.raw" in shared["msg"]
     proof = {"vdb": "the same file (inode 12, 5 bytes) is visible on %s" % DST}
-    out = pf.check_copy_set(disks, "all", ["vdb"], proof, DST)
+    out = _checks_storage.check_copy_set(disks, "all", ["vdb"], proof, DST)
     assert only(out, "shared_storage")["status"] == "ok"
 
 
 def test_c12_cache_writeback_on_copied_disk_warns_and_on_shared_disk_errors():
     disks = _domain_xml.disks(XML_C12)
-    vda, vdb = pf.check_cache_modes(disks, ["vda", "vdb"], DST)
+    vda, vdb = _checks_storage.check_cache_modes(disks, ["vda", "vdb"], DST)
     assert vda["status"] == "warning" and "vda" in vda["msg"] and "writeback" in vda["msg"]
     # no cache attribute: QEMU's default is writeback, and libvirt treats it as unsafe too
     assert vdb["status"] == "warning" and vdb["values"]["cache"] == "default"
-    vda, _vdb = pf.check_cache_modes(disks, ["vdb"], DST)  # vda on shared storage
+    vda, _vdb = _checks_storage.check_cache_modes(disks, ["vdb"], DST)  # vda on shared storage
     assert vda["status"] == "error" and "Unsafe migration" in vda["msg"] and "vda" in vda["msg"]
     none = _domain_xml.disks(XML_C12.replace("writeback", "none").replace("type='raw'/>", "type='raw' cache='none'/>"))
-    assert [f["status"] for f in pf.check_cache_modes(none, ["vdb"], DST)] == ["ok"]
+    assert [f["status"] for f in _checks_storage.check_cache_modes(none, ["vdb"], DST)] == ["ok"]
 
 
 def test_same_file_fingerprints():
     fp = {"path": "/p", "inode": 5, "size": 10, "fsid": 1}
-    assert pf.same_file(fp, dict(fp, fsid=2)) is True
-    assert pf.same_file(fp, dict(fp, inode=6)) is False
-    assert pf.same_file(fp, None) is False
+    assert _checks_storage.same_file(fp, dict(fp, fsid=2)) is True
+    assert _checks_storage.same_file(fp, dict(fp, inode=6)) is False
+    assert _checks_storage.same_file(fp, None) is False
 
 
 QCOW = {"target": "vda", "path": "/var/lib/libvirt/images/vm1.qcow2", "format": "qcow2",
@@ -247,39 +247,39 @@ QCOW = {"target": "vda", "path": "/var/lib/libvirt/images/vm1.qcow2", "format": 
 
 
 def test_c01_destination_image_absent_names_path_format_and_exact_size():
-    dest = pf.DestFiles(disks={QCOW["path"]: {"path": QCOW["path"], "exists": False}})
-    f = pf.check_dest_image(QCOW, dest, DST)
+    dest = _checks_storage.DestFiles(disks={QCOW["path"]: {"path": QCOW["path"], "exists": False}})
+    f = _checks_storage.check_dest_image(QCOW, dest, DST)
     assert f["status"] == "warning" and f["values"]["state"] == "absent"
     assert QCOW["path"] in f["msg"] and "qcow2" in f["msg"] and "21474836480 bytes" in f["msg"]
     assert "disk_image" in f["msg"]
 
 
 def test_c01_absent_in_a_libvirt_pool_directory_is_ok():
-    dest = pf.DestFiles(pools={"/var/lib/libvirt/images": {"name": "default", "available_bytes": 10}})
-    assert pf.check_dest_image(QCOW, dest, DST)["status"] == "ok"
+    dest = _checks_storage.DestFiles(pools={"/var/lib/libvirt/images": {"name": "default", "available_bytes": 10}})
+    assert _checks_storage.check_dest_image(QCOW, dest, DST)["status"] == "ok"
 
 
 def test_dest_image_without_facts_is_not_verified():
-    f = pf.check_dest_image(QCOW, pf.DestFiles(), DST)
+    f = _checks_storage.check_dest_image(QCOW, _checks_storage.DestFiles(), DST)
     assert f["status"] == "warning" and "not verified" in f["msg"]
 
 
 def test_c02_incremental_base_missing_or_different():
     disk = dict(QCOW, backing=[{"path": "/var/lib/libvirt/images/base.qcow2", "virtual_size": 21474836480,
                                 "checksum": "sha256:aa"}])
-    missing = pf.DestFiles(disks={"/var/lib/libvirt/images/base.qcow2": {"exists": False}})
-    f = only(pf.check_backing(disk, missing, DST), "backing_chain")
+    missing = _checks_storage.DestFiles(disks={"/var/lib/libvirt/images/base.qcow2": {"exists": False}})
+    f = only(_checks_storage.check_backing(disk, missing, DST), "backing_chain")
     assert f["status"] == "error" and "base.qcow2" in f["msg"]
-    other = pf.DestFiles(disks={"/var/lib/libvirt/images/base.qcow2": {
+    other = _checks_storage.DestFiles(disks={"/var/lib/libvirt/images/base.qcow2": {
         "exists": True, "virtual_size": 21474836480, "checksum": "sha256:bb"}})
-    assert only(pf.check_backing(disk, other, DST), "backing_chain")["status"] == "error"
+    assert only(_checks_storage.check_backing(disk, other, DST), "backing_chain")["status"] == "error"
 
 
 def test_c03_existing_destination_image_of_another_size_is_an_error():
     disk = dict(QCOW, virtual_size=22011707392)
-    dest = pf.DestFiles(disks={QCOW["path"]: {"exists": True, "format": "qcow2", "virtual_size": 21474836480}},
-                        manifest=[])
-    f = pf.check_dest_image(disk, dest, DST)
+    dest = _checks_storage.DestFiles(disks={QCOW["path"]: {"exists": True, "format": "qcow2", "virtual_size": 21474836480}},
+                                     manifest=[])
+    f = _checks_storage.check_dest_image(disk, dest, DST)
     assert f["status"] == "error"
     assert ("dst image %s exists: format qcow2, virtual size 21474836480 bytes; expected qcow2, "
             "22011707392 bytes" % QCOW["path"]) in f["msg"]
@@ -289,36 +289,36 @@ def test_c03_matching_image_reused_only_when_ours():
     seen = {"exists": True, "format": "qcow2", "virtual_size": 21474836480,
             "fingerprint": {"path": QCOW["path"], "inode": 12, "size": 196616, "kvmops_id": "a1b2"}}
     entry = {"path": QCOW["path"], "for_domain": "vm1", "inode": 12, "id": "a1b2"}
-    ours = pf.DestFiles(disks={QCOW["path"]: seen}, manifest=[entry])
-    assert pf.check_dest_image(QCOW, ours, DST, "vm1")["status"] == "ok"
+    ours = _checks_storage.DestFiles(disks={QCOW["path"]: seen}, manifest=[entry])
+    assert _checks_storage.check_dest_image(QCOW, ours, DST, "vm1")["status"] == "ok"
     # the same path and inode number, but not the file we made (no identity attribute): as
     # disk_image decides, it is not ours
     replaced = dict(seen, fingerprint=dict(seen["fingerprint"], kvmops_id=None))
-    f = pf.check_dest_image(QCOW, pf.DestFiles(disks={QCOW["path"]: replaced}, manifest=[entry]), DST, "vm1")
+    f = _checks_storage.check_dest_image(QCOW, _checks_storage.DestFiles(disks={QCOW["path"]: replaced}, manifest=[entry]), DST, "vm1")
     assert f["status"] == "error" and "not in the manifest" in f["msg"]
-    foreign = pf.DestFiles(disks={QCOW["path"]: seen}, manifest=[])
-    f = pf.check_dest_image(QCOW, foreign, DST, "vm1")
+    foreign = _checks_storage.DestFiles(disks={QCOW["path"]: seen}, manifest=[])
+    f = _checks_storage.check_dest_image(QCOW, foreign, DST, "vm1")
     assert f["status"] == "error" and "not in the manifest" in f["msg"]
-    unknown = pf.DestFiles(disks={QCOW["path"]: seen})
-    assert pf.check_dest_image(QCOW, unknown, DST, "vm1")["status"] == "warning"
+    unknown = _checks_storage.DestFiles(disks={QCOW["path"]: seen})
+    assert _checks_storage.check_dest_image(QCOW, unknown, DST, "vm1")["status"] == "warning"
 
 
 def test_c04_block_target_compares_bytes():
     disk = {"target": "vdb", "path": "/dev/vg0/vm1-data", "format": "raw", "virtual_size": 10 * GIB}
-    dest = pf.DestFiles(disks={disk["path"]: {"exists": True, "kind": "block", "format": "raw",
-                                              "virtual_size": 10 * GIB + 4 * 1024 ** 2}}, manifest=[])
-    f = pf.check_dest_image(disk, dest, DST)
+    dest = _checks_storage.DestFiles(disks={disk["path"]: {"exists": True, "kind": "block", "format": "raw",
+                                                           "virtual_size": 10 * GIB + 4 * 1024 ** 2}}, manifest=[])
+    f = _checks_storage.check_dest_image(disk, dest, DST)
     assert f["status"] == "error" and str(10 * GIB) in f["msg"] and "/dev/vg0/vm1-data" in f["msg"]
 
 
 def test_c05_not_enough_space_names_filesystem_needed_and_free():
     disk = {"target": "vda", "path": "/var/lib/libvirt/images/vm1.qcow2", "format": "qcow2",
             "virtual_size": 107374182400, "allocation": 64424509440}
-    dest = pf.DestFiles(disks={disk["path"]: {"exists": False}},
-                        mounts=[{"mount": "/", "device": "/dev/sda1", "size_available": 500 * GIB},
-                                {"mount": "/var/lib/libvirt/images", "device": "/dev/sdb1",
-                                 "size_available": 32212254720}])
-    f = only(pf.check_free_space([disk], dest, DST), "free_space")
+    dest = _checks_storage.DestFiles(disks={disk["path"]: {"exists": False}},
+                                     mounts=[{"mount": "/", "device": "/dev/sda1", "size_available": 500 * GIB},
+                                             {"mount": "/var/lib/libvirt/images", "device": "/dev/sdb1",
+                                              "size_available": 32212254720}])
+    f = only(_checks_storage.check_free_space([disk], dest, DST), "free_space")
     assert f["status"] == "error"
     assert "/var/lib/libvirt/images" in f["msg"] and "free 32212254720 bytes" in f["msg"]
     assert f["values"]["needed_bytes"] > 64424509440 and f["values"]["free_bytes"] == 32212254720
@@ -327,15 +327,15 @@ def test_c05_not_enough_space_names_filesystem_needed_and_free():
 def test_free_space_sums_disks_on_one_filesystem_and_skips_existing():
     a = {"target": "vda", "path": "/img/a.raw", "virtual_size": 10 * GIB, "allocation": 3 * GIB}
     b = {"target": "vdb", "path": "/img/b.raw", "virtual_size": 10 * GIB, "allocation": 3 * GIB}
-    dest = pf.DestFiles(disks={"/img/a.raw": {"exists": False}, "/img/b.raw": {"exists": False}},
-                        mounts=[{"mount": "/img", "device": "/dev/x", "size_available": 7 * GIB}])
-    f = only(pf.check_free_space([a, b], dest, DST), "free_space")
+    dest = _checks_storage.DestFiles(disks={"/img/a.raw": {"exists": False}, "/img/b.raw": {"exists": False}},
+                                     mounts=[{"mount": "/img", "device": "/dev/x", "size_available": 7 * GIB}])
+    f = only(_checks_storage.check_free_space([a, b], dest, DST), "free_space")
     assert f["status"] == "ok" and f["values"]["data_bytes"] == 6 * GIB
     dest.mounts[0]["size_available"] = 5 * GIB
-    assert only(pf.check_free_space([a, b], dest, DST), "free_space")["status"] == "error"
+    assert only(_checks_storage.check_free_space([a, b], dest, DST), "free_space")["status"] == "error"
     dest.disks["/img/b.raw"] = {"exists": True}
-    assert only(pf.check_free_space([a, b], dest, DST), "free_space")["status"] == "ok"
-    assert only(pf.check_free_space([a], pf.DestFiles(), DST), "free_space")["status"] == "warning"
+    assert only(_checks_storage.check_free_space([a, b], dest, DST), "free_space")["status"] == "ok"
+    assert only(_checks_storage.check_free_space([a], _checks_storage.DestFiles(), DST), "free_space")["status"] == "warning"
 
 
 XML_C13 = """<domain type='qemu'><name>vm13</name><uuid>7c9e6679-7425-40de-944b-e07fc1f90ae7</uuid>
@@ -353,22 +353,22 @@ def test_c13_missing_iso_and_kernel_are_errors_naming_the_paths():
     req = _domain_xml.required_files(facts)
     assert [r["path"] for r in req] == ["/var/lib/libvirt/isos/seed.iso", "/var/lib/kvmops/guest/vmlinuz",
                                         "/var/lib/kvmops/guest/initrd.img"]
-    dest = pf.DestFiles(disks={"/var/lib/libvirt/isos/seed.iso": {"exists": False},
-                               "/var/lib/kvmops/guest/vmlinuz": {"exists": False},
-                               "/var/lib/kvmops/guest/initrd.img": {"exists": True}})
-    out = pf.check_required_files(req, dest, DST)
+    dest = _checks_storage.DestFiles(disks={"/var/lib/libvirt/isos/seed.iso": {"exists": False},
+                                            "/var/lib/kvmops/guest/vmlinuz": {"exists": False},
+                                            "/var/lib/kvmops/guest/initrd.img": {"exists": True}})
+    out = _checks_storage.check_required_files(req, dest, DST)
     iso, kernel, initrd = out
     assert iso["status"] == "error" and "seed.iso" in iso["msg"] and "eject" in iso["msg"]
     assert kernel["status"] == "error" and "kernel /var/lib/kvmops/guest/vmlinuz" in kernel["msg"]
     assert initrd["status"] == "ok"
     # and the ISO is never in the copy set
-    assert pf.check_copy_set(facts["disks"], "all", [], {}, DST)[0]["values"]["copy"] == ["vda"]
+    assert _checks_storage.check_copy_set(facts["disks"], "all", [], {}, DST)[0]["values"]["copy"] == ["vda"]
 
 
 def test_missing_nvram_is_a_warning_about_lost_uefi_variables():
     req = [{"what": "nvram", "path": "/var/lib/libvirt/qemu/nvram/vm1_VARS.fd", "target": None,
             "virtual_size": None}]
-    f = pf.check_required_files(req, pf.DestFiles(disks={req[0]["path"]: {"exists": False}}), DST)[0]
+    f = _checks_storage.check_required_files(req, _checks_storage.DestFiles(disks={req[0]["path"]: {"exists": False}}), DST)[0]
     assert f["status"] == "warning" and "UEFI" in f["msg"]
 
 
@@ -1014,14 +1014,14 @@ def test_a_shared_disk_listed_to_copy_is_refused(tmp_path):
 def test_shared_filesystems_of_qemu_conf():
     conf = ('#shared_filesystems = [\n#  "/path/to/images",\n#]\n'
             'shared_filesystems = [ "/srv/images", "/srv/nvram" ]  # ours\n')
-    assert pf.shared_filesystems(conf) == ["/srv/images", "/srv/nvram"]
-    assert pf.shared_filesystems("") == [] and pf.shared_filesystems(None) == []
+    assert _checks_storage.shared_filesystems(conf) == ["/srv/images", "/srv/nvram"]
+    assert _checks_storage.shared_filesystems("") == [] and _checks_storage.shared_filesystems(None) == []
 
 
 def test_cache_mode_of_a_shared_disk_follows_the_source_qemu():
     disks = [{"target": "vda", "path": "/srv/vm.qcow2", "cache": "writeback"}]
-    assert pf.check_cache_modes(disks, [], DST)[0]["status"] == "error"
-    f = pf.check_cache_modes(disks, [], DST, qemu_version=7002000)[0]
+    assert _checks_storage.check_cache_modes(disks, [], DST)[0]["status"] == "error"
+    f = _checks_storage.check_cache_modes(disks, [], DST, qemu_version=7002000)[0]
     assert f["status"] == "warning" and "QEMU 7.2.0 drops the destination's page cache" in f["msg"]
 
 

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Unit tests of _preflight: one or more per check, the cases of ../shared/cases/CASES.md that
+"""Unit tests of the pre-flight (_preflight and its checks in _checks_guest, _checks_storage and
+_checks_network): one or more per check, the cases of ../shared/cases/CASES.md that
 pre-flight catches as named tests, and whole runs against hand-written fake hosts (CPU
 comparison by test_cpu's FakeConn, which mimics libvirt's messages)."""
 
@@ -16,7 +17,7 @@ import tempfile
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _checks_guest, _checks_storage, _domain_xml, _findings, _host, _tls
+from ansible_collections.kvmops.migration.plugins.module_utils import _checks_guest, _checks_network, _checks_storage, _domain_xml, _findings, _host, _tls
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -111,8 +112,8 @@ def test_c10_destination_address_is_the_source():
 
 
 def test_is_local_address_for_loopback_and_a_foreign_address():
-    assert pf.is_local_address("127.0.0.1") is True
-    assert pf.is_local_address("192.0.2.77") is False  # TEST-NET-1: never configured here
+    assert _checks_network.is_local_address("127.0.0.1") is True
+    assert _checks_network.is_local_address("192.0.2.77") is False  # TEST-NET-1: never configured here
 
 
 # ------------------------------------------------------------------------------------------
@@ -391,20 +392,20 @@ def lookup_of(bridges=(), networks=None):
 
 
 def test_c08_missing_bridge_names_bridge_and_mac():
-    out = pf.check_networks(NICS[:1], lookup_of(bridges=["br0"]), {}, DST)
+    out = _checks_network.check_networks(NICS[:1], lookup_of(bridges=["br0"]), {}, DST)
     assert out[0]["status"] == "error"
     assert "br-vlan774" in out[0]["msg"] and "52:54:00:00:00:01" in out[0]["msg"]
 
 
 def test_c08_inactive_network_names_network_and_mac():
-    out = pf.check_networks(NICS[1:], lookup_of(networks={"default": False}), {}, DST)
+    out = _checks_network.check_networks(NICS[1:], lookup_of(networks={"default": False}), {}, DST)
     assert out[0]["status"] == "error" and "not active" in out[0]["msg"]
     assert "default" in out[0]["msg"] and "52:54:00:00:00:02" in out[0]["msg"]
 
 
 def test_c08_mapping_applies():
-    out = pf.check_networks(NICS, lookup_of(bridges=["br0"], networks={"default": True}),
-                            {"br-vlan774": "br0"}, DST)
+    out = _checks_network.check_networks(NICS, lookup_of(bridges=["br0"], networks={"default": True}),
+                                         {"br-vlan774": "br0"}, DST)
     assert [f["status"] for f in out] == ["ok", "ok"] and out[0]["values"]["dest_source"] == "br0"
 
 
@@ -440,7 +441,7 @@ class NetConn:
 
 
 def test_libvirt_network_lookup():
-    look = pf.libvirt_network_lookup(NetConn({"default": Net(False)}, ["br0"]), libvirt)
+    look = _checks_network.libvirt_network_lookup(NetConn({"default": Net(False)}, ["br0"]), libvirt)
     assert look("network", "default") == {"exists": True, "active": False}
     assert look("network", "nope") == {"exists": False, "active": None}
     assert look("bridge", "br0") == {"exists": True, "active": True}
@@ -458,13 +459,13 @@ class NoInterfaceDriver(NetConn):
 
 def test_c08_bridge_checked_against_the_destinations_interface_facts():
     conn = NoInterfaceDriver({"default": Net(True)}, [])
-    unknown = pf.libvirt_network_lookup(conn, libvirt)("bridge", "br-vm")
+    unknown = _checks_network.libvirt_network_lookup(conn, libvirt)("bridge", "br-vm")
     assert unknown["exists"] is None and "cannot list host interfaces" in unknown["why"]
-    facts = pf.libvirt_network_lookup(conn, libvirt, ["lo", "eth0", "virbr0"])
+    facts = _checks_network.libvirt_network_lookup(conn, libvirt, ["lo", "eth0", "virbr0"])
     assert facts("bridge", "br-vm") == {"exists": False, "active": None}
     assert facts("bridge", "virbr0")["exists"] is True
-    out = pf.check_networks([{"type": "bridge", "source": "br-vm", "mac": "52:54:00:6b:01:10"}],
-                            facts, {}, DST)
+    out = _checks_network.check_networks([{"type": "bridge", "source": "br-vm", "mac": "52:54:00:6b:01:10"}],
+                                         facts, {}, DST)
     assert out[0]["status"] == "error" and "br-vm" in out[0]["msg"] and "52:54:00:6b:01:10" in out[0]["msg"]
 
 
@@ -474,8 +475,8 @@ def test_c08_bridge_checked_against_the_destinations_interface_facts():
 
 def test_c09_destination_hostname_on_127_0_1_1():
     resolver = {"hostb": ["127.0.1.1"], "dst.example": ["127.0.1.1"], "good": ["198.18.0.2"]}.get
-    out = pf.check_names({"hostb": False, "dst.example": True, "good": True, DST: True},
-                         lambda n: resolver(n) or [], DST)
+    out = _checks_network.check_names({"hostb": False, "dst.example": True, "good": True, DST: True},
+                                      lambda n: resolver(n) or [], DST)
     by_name = {f["values"]["name"]: f for f in out}
     assert DST not in by_name  # literal addresses need no resolution
     assert by_name["hostb"]["status"] == "warning" and "127.0.1.1" in by_name["hostb"]["msg"]
@@ -485,7 +486,7 @@ def test_c09_destination_hostname_on_127_0_1_1():
 
 
 def test_c09_unresolvable_name_used_by_the_migration_is_an_error():
-    f = pf.check_names({"hostb": True}, lambda n: [], DST)[0]
+    f = _checks_network.check_names({"hostb": True}, lambda n: [], DST)[0]
     assert f["status"] == "error" and "hostb does not resolve" in f["msg"]
 
 
@@ -495,7 +496,7 @@ def test_c09_unresolvable_name_used_by_the_migration_is_an_error():
 def test_data_port_honesty(result, status, verified):
     """A plain connect (no listener): a refusal is not verifiable; no answer at all predicts the
     move's failure, so it stops the run before anything is created (issue 16 item 1)."""
-    f = pf.check_data_port(DST, 49152, "Migration", result, DST)
+    f = _checks_network.check_data_port(DST, 49152, "Migration", result, DST)
     assert f["status"] == status and f["values"]["verified"] is verified
     if result == "refused":
         assert "not verifiable until the migration" in f["msg"]
@@ -513,7 +514,7 @@ LISTENING = {"requested": 49152, "port": 49152, "state": "listening", "reason": 
     ("open_other", "error", "other", "NAT or proxy"),
     ("unreachable", "error", "unreachable", "check routing")])
 def test_data_port_with_the_listener_tells_open_closed_and_filtered_apart(result, status, state, words):
-    f = pf.check_data_port(DST, 49152, "Migration", result, DST, LISTENING)
+    f = _checks_network.check_data_port(DST, 49152, "Migration", result, DST, LISTENING)
     assert (f["status"], f["values"]["state"], f["values"]["probe"]) == (status, state, "listener")
     assert words in f["msg"]
     if result in ("refused", "timeout"):
@@ -522,13 +523,13 @@ def test_data_port_with_the_listener_tells_open_closed_and_filtered_apart(result
 
 @pytest.mark.parametrize("result", ["refused", "timeout", "unreachable", "open_other"])
 def test_blocked_port_accepted_by_the_operator_is_a_warning(result):
-    f = pf.check_data_port(DST, 49152, "Migration", result, DST, LISTENING, ignore_blocked=True)
+    f = _checks_network.check_data_port(DST, 49152, "Migration", result, DST, LISTENING, ignore_blocked=True)
     assert f["status"] == "warning" and "migrate_guest_ignore_blocked_migration_ports" in f["msg"]
 
 
 def test_data_port_the_listener_moved_to_the_next_free_port():
     entry = {"requested": 49152, "port": 49154, "state": "listening", "reason": "ports 49152, 49153 in use"}
-    f = pf.check_data_port(DST, 49152, "Migration", "open", DST, entry)
+    f = _checks_network.check_data_port(DST, 49152, "Migration", "open", DST, entry)
     assert f["status"] == "ok" and f["values"]["port"] == 49154
     assert "49152 is in use there; libvirt takes the next free one" in f["msg"]
 
@@ -536,14 +537,14 @@ def test_data_port_the_listener_moved_to_the_next_free_port():
 def test_data_port_no_free_port_is_an_error_other_listen_failures_a_warning():
     full = {"requested": 49152, "port": None, "state": "unavailable",
             "reason": "every port from 49152 to 49215 is in use"}
-    assert pf.check_data_port(DST, 49152, "Migration", "unavailable", DST, full)["status"] == "error"
+    assert _checks_network.check_data_port(DST, 49152, "Migration", "unavailable", DST, full)["status"] == "error"
     odd = dict(full, reason="cannot listen on port 49152: Permission denied")
-    assert pf.check_data_port(DST, 49152, "Migration", "unavailable", DST, odd)["status"] == "warning"
+    assert _checks_network.check_data_port(DST, 49152, "Migration", "unavailable", DST, odd)["status"] == "warning"
 
 
 def test_transport_port_must_accept():
-    assert pf.check_transport_port(DST, 22, "ssh", "open", DST)["status"] == "ok"
-    f = pf.check_transport_port(DST, 22, "ssh", "refused", DST)
+    assert _checks_network.check_transport_port(DST, 22, "ssh", "open", DST)["status"] == "ok"
+    f = _checks_network.check_transport_port(DST, 22, "ssh", "refused", DST)
     assert f["status"] == "error" and "22" in f["msg"]
 
 
@@ -553,14 +554,14 @@ def test_tcp_probe_against_a_local_listener_and_a_closed_port():
         srv.bind(("127.0.0.1", 0))
         srv.listen(1)
         port = srv.getsockname()[1]
-        assert pf.tcp_probe("127.0.0.1", port, 1.0) == "open"
-    assert pf.tcp_probe("127.0.0.1", port, 1.0) == "refused"
+        assert _checks_network.tcp_probe("127.0.0.1", port, 1.0) == "open"
+    assert _checks_network.tcp_probe("127.0.0.1", port, 1.0) == "refused"
 
 
 def test_tls_files_missing_are_named():
-    f = pf.check_tls_files(pf.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: p.startswith("/etc/pki/CA"), "a")
+    f = _checks_network.check_tls_files(_checks_network.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: p.startswith("/etc/pki/CA"), "a")
     assert f["status"] == "error" and "/etc/pki/libvirt/clientcert.pem" in f["msg"]
-    assert pf.check_tls_files(pf.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: True, "a")["status"] == "ok"
+    assert _checks_network.check_tls_files(_checks_network.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: True, "a")["status"] == "ok"
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ libvirt and QEMU versions with the features the chosen options need.
 The checks judge facts the runner (:func:`_preflight.run_preflight`) read; only
 :func:`check_cpu_all` talks to libvirt itself (through :mod:`_cpu`).
 
-Relies on: libvirt ``virConnectCompareHypervisorCPU``/``virConnectGetDomainCapabilities``
-(:func:`_cpu.check_cpu`), ``virConnectGetCapabilities`` (machine types, emulators),
+Relies on: libvirt ``virConnectCompareHypervisorCPU`` (:func:`_cpu.check_cpu`),
+``virConnectGetCapabilities`` (machine types, emulators),
 ``virNodeGetFreeMemory``/``virNodeGetMemoryStats`` (memory), ``virConnectGetLibVersion`` and
 ``virConnectGetVersion`` (versions) as the runner read them.
 """

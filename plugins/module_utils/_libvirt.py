@@ -9,7 +9,7 @@ UUID (:func:`find_domain`, :func:`lookup_domain`); tells a libvirt error from ot
 a fake namespace (:func:`is_libvirt_error`, :func:`binding`), and turns it into
 :class:`KvmopsError` with an operator message, explaining the known failures
 (:func:`explain_failure`); names domain states (:func:`state_name`), versions
-(:func:`version_text`) and a connection's URI (:func:`uri_of`).
+(:func:`version_text`, :func:`version_or_unknown`) and a connection's URI (:func:`uri_of`).
 
 libvirt-python is imported lazily so that pure-logic code and unit tests do not need it;
 modules check :data:`HAS_LIBVIRT` and call ``missing_required_lib('libvirt-python')`` with
@@ -275,6 +275,11 @@ def version_text(number: int | None) -> str | None:
     if number is None:
         return None
     return "%d.%d.%d" % (number // 1000000, (number // 1000) % 1000, number % 1000)
+
+
+def version_or_unknown(number: int | None) -> str:
+    """:func:`version_text`, ``unknown`` when the host did not say (None or 0)."""
+    return version_text(number or None) or "unknown"
 
 
 def binding_version(lv: t.Any) -> str:

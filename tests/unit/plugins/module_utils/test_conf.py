@@ -6,7 +6,7 @@ facts (libvirtd.conf host_uuid) and the pre-flight (qemu.conf shared_filesystems
 
 from __future__ import annotations
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _conf, _host, _preflight, _tls
+from ansible_collections.kvmops.migration.plugins.module_utils import _checks_storage, _conf, _host, _tls
 
 QEMU_CONF = """
 # migrate_tls_x509_cert_dir = "/etc/pki/example"
@@ -41,4 +41,4 @@ def test_every_reader_of_a_conf_file_is_this_one():
     assert _host.parse_host_uuid('host_uuid = "8c6a4b3e-1b8f-4d26-9b35-0f1c0b7d2a11"  # set by kvm_host\n'
                                  '# host_uuid = "00000000-0000-0000-0000-000000000000"\n') \
         == "8c6a4b3e-1b8f-4d26-9b35-0f1c0b7d2a11"
-    assert _preflight.shared_filesystems(QEMU_CONF) == ["/srv/a", "/srv/b"]
+    assert _checks_storage.shared_filesystems(QEMU_CONF) == ["/srv/a", "/srv/b"]

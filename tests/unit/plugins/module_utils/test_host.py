@@ -9,8 +9,7 @@ import os
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _host, _images, _libvirt
-from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
+from ansible_collections.kvmops.migration.plugins.module_utils import _checks_storage, _host, _images, _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 from disk_fakes import FakeConnection, FakeRunner, connector, real_runner
@@ -258,7 +257,7 @@ def test_mounts_holding_the_paths_in_the_shape_of_ansible_mounts():
                       "block_size": 4096, "block_total": 2000, "block_available": 1500, "block_used": 500,
                       "inode_total": 200, "inode_available": 150, "inode_used": 50}
     # what the pre-flight makes of them, given as dest_mounts
-    fs = pf.DestFiles(mounts=out).filesystem("/var/lib/libvirt/images/new.raw")
+    fs = _checks_storage.DestFiles(mounts=out).filesystem("/var/lib/libvirt/images/new.raw")
     assert fs == {"mount": "/var/lib/libvirt", "device": "/dev/vda", "free_bytes": 1500 * 4096}
 
 

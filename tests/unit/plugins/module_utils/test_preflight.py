@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Unit tests of _preflight: one or more per check, the cases of ../shared/cases/CASES.md that
+"""Unit tests of the pre-flight (_preflight and its checks in _checks_guest, _checks_storage and
+_checks_network): one or more per check, the cases of ../shared/cases/CASES.md that
 pre-flight catches as named tests, and whole runs against hand-written fake hosts (CPU
 comparison by test_cpu's FakeConn, which mimics libvirt's messages)."""
 
@@ -16,7 +17,7 @@ import tempfile
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml, _findings
+from ansible_collections.kvmops.migration.plugins.module_utils import _checks_guest, _checks_network, _checks_storage, _domain_xml, _findings, _host, _tls
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -69,17 +70,17 @@ def guest(state="running", uuid=UUID, name="vm12", ours=False):
 
 
 def test_location_exactly_once_on_the_source():
-    assert pf.check_location("vm12", "hosta", {"hosta": guest(), "hostc": None})["status"] == "ok"
+    assert _checks_guest.check_location("vm12", "hosta", {"hosta": guest(), "hostc": None})["status"] == "ok"
 
 
 def test_location_found_twice_is_an_error_naming_the_hosts():
-    f = pf.check_location("vm12", "hosta", {"hosta": guest(), "hostc": guest("shutoff")})
+    f = _checks_guest.check_location("vm12", "hosta", {"hosta": guest(), "hostc": guest("shutoff")})
     assert f["status"] == "error" and "hosta: running" in f["msg"] and "hostc: shutoff" in f["msg"]
 
 
 def test_location_not_found_or_elsewhere():
-    assert pf.check_location("vm12", "hosta", {"hosta": None})["status"] == "error"
-    f = pf.check_location("vm12", "hosta", {"hosta": None, "hostc": guest()})
+    assert _checks_guest.check_location("vm12", "hosta", {"hosta": None})["status"] == "error"
+    f = _checks_guest.check_location("vm12", "hosta", {"hosta": None, "hostc": guest()})
     assert f["status"] == "error" and "is on hostc, not on the source" in f["msg"]
 
 
@@ -87,7 +88,7 @@ def test_location_not_found_or_elsewhere():
     ("running", "running", "ok"), ("shutoff", "running", "error"), ("running", "shut off", "error"),
     ("shutoff", "shut off", "ok"), ("paused", "any", "warning"), ("shutoff", "any", "ok")])
 def test_state_as_required(state, required, status):
-    assert pf.check_state(guest(state), required, "hosta")["status"] == status
+    assert _checks_guest.check_state(guest(state), required, "hosta")["status"] == status
 
 
 # ------------------------------------------------------------------------------------------
@@ -95,24 +96,24 @@ def test_state_as_required(state, required, status):
 # ------------------------------------------------------------------------------------------
 
 def test_c10_same_host_uuid_names_uuid_and_host_uuid_setting():
-    f = pf.check_distinct_hosts({"host": "hosta", "uuid": "36333932-3634-4252-4332-30363052334e", "hostname": "a"},
-                                {"host": DST, "uuid": "36333932-3634-4252-4332-30363052334e", "hostname": "b"},
-                                DST, False)
+    f = _checks_guest.check_distinct_hosts({"host": "hosta", "uuid": "36333932-3634-4252-4332-30363052334e", "hostname": "a"},
+                                           {"host": DST, "uuid": "36333932-3634-4252-4332-30363052334e", "hostname": "b"},
+                                           DST, False)
     assert f["status"] == "error"
     assert "36333932-3634-4252-4332-30363052334e" in f["msg"]
     assert "host_uuid" in f["msg"] and "libvirtd.conf" in f["msg"]
 
 
 def test_c10_destination_address_is_the_source():
-    f = pf.check_distinct_hosts({"host": "hosta", "uuid": "u1"}, {"host": DST, "uuid": "u2"}, DST, True)
+    f = _checks_guest.check_distinct_hosts({"host": "hosta", "uuid": "u1"}, {"host": DST, "uuid": "u2"}, DST, True)
     assert f["status"] == "error" and "address of the source host itself" in f["msg"]
-    ok = pf.check_distinct_hosts({"host": "hosta", "uuid": "u1"}, {"host": DST, "uuid": "u2"}, DST, False)
+    ok = _checks_guest.check_distinct_hosts({"host": "hosta", "uuid": "u1"}, {"host": DST, "uuid": "u2"}, DST, False)
     assert ok["status"] == "ok"
 
 
 def test_is_local_address_for_loopback_and_a_foreign_address():
-    assert pf.is_local_address("127.0.0.1") is True
-    assert pf.is_local_address("192.0.2.77") is False  # TEST-NET-1: never configured here
+    assert _checks_network.is_local_address("127.0.0.1") is True
+    assert _checks_network.is_local_address("192.0.2.77") is False  # TEST-NET-1: never configured here
 
 
 # ------------------------------------------------------------------------------------------
@@ -121,35 +122,35 @@ def test_is_local_address_for_loopback_and_a_foreign_address():
 
 def test_c11a_other_domain_same_name_is_an_error():
     other = guest("shutoff", uuid="11111111-2222-3333-4444-555555555555")
-    f = pf.check_destination_domain(guest(), other, None, "vm12", DST)
+    f = _checks_guest.check_destination_domain(guest(), other, None, "vm12", DST)
     assert f["status"] == "error" and f["values"]["case"] == "a"
     assert "11111111-2222-3333-4444-555555555555" in f["msg"] and "vm12" in f["msg"]
 
 
 def test_c11b_paused_leftover_is_an_error_with_instructions():
     left = guest("paused")
-    f = pf.check_destination_domain(guest(), left, left, "vm12", DST)
+    f = _checks_guest.check_destination_domain(guest(), left, left, "vm12", DST)
     assert f["status"] == "error" and f["values"]["case"] == "b"
     assert "virsh -c %s destroy vm12" % DST in f["msg"]
     ours = guest("paused", ours=True)
-    w = pf.check_destination_domain(guest(), ours, ours, "vm12", DST, cleanup_leftover=True)
+    w = _checks_guest.check_destination_domain(guest(), ours, ours, "vm12", DST, cleanup_leftover=True)
     assert w["status"] == "warning" and w["values"]["action"] == "cleanup_then_migrate"
 
 
 def test_c11c_already_migrated_is_ok_and_flagged():
     there = guest("running")
-    f = pf.check_destination_domain(None, there, there, "vm12", DST)
+    f = _checks_guest.check_destination_domain(None, there, there, "vm12", DST)
     assert f["status"] == "ok" and f["values"]["already_migrated"] is True and f["values"]["case"] == "c"
 
 
 def test_c11d_running_on_both_stops():
     there = guest("running")
-    f = pf.check_destination_domain(guest(), there, there, "vm12", DST)
+    f = _checks_guest.check_destination_domain(guest(), there, there, "vm12", DST)
     assert f["status"] == "error" and f["values"]["case"] == "d" and f["msg"].startswith("STOP")
 
 
 def test_c11_absent_on_destination_is_ok():
-    f = pf.check_destination_domain(guest(), None, None, "vm12", DST)
+    f = _checks_guest.check_destination_domain(guest(), None, None, "vm12", DST)
     assert f["status"] == "ok" and f["values"]["case"] == "none"
 
 
@@ -159,7 +160,7 @@ def test_c11_absent_on_destination_is_ok():
 
 def test_c06_foreign_vendor_is_an_error():
     conn = intel_conn()
-    out = pf.check_cpu_all(conn, domain(C06_CPU, machine="pc-i440fx-7.2"), conn.facts("kvm").caps, "intel1")
+    out = _checks_guest.check_cpu_all(conn, domain(C06_CPU, machine="pc-i440fx-7.2"), conn.facts("kvm").caps, "intel1")
     cpu = only(out, "cpu")
     assert cpu["status"] == "error" and "vendor AMD" in cpu["msg"]
     assert {f["status"] for f in out} <= set(pf.STATUSES)
@@ -170,7 +171,7 @@ def test_c07_machine_feature_name_and_emulator():
     cpu = ("<cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model>"
            "<feature policy='require' name='arch-facilities'/></cpu>")
     xml = domain(cpu, machine="pc-i440fx-bionic", virttype="qemu", emulator="/usr/bin/kvm")
-    out = pf.check_cpu_all(conn, xml, conn.facts("qemu").caps, DST)
+    out = _checks_guest.check_cpu_all(conn, xml, conn.facts("qemu").caps, DST)
     machine = only(out, "machine")
     assert machine["status"] == "error" and "pc-i440fx-bionic" in machine["msg"]
     names = only(out, "cpu_feature_names")
@@ -185,9 +186,9 @@ def test_c07_machine_feature_name_and_emulator():
 # ------------------------------------------------------------------------------------------
 
 def test_memory_ok_warning_error():
-    assert pf.check_memory("vm1", GIB, 2 * GIB, 3 * GIB, DST)["status"] == "ok"
-    assert pf.check_memory("vm1", 2 * GIB, GIB, 3 * GIB, DST)["status"] == "warning"
-    f = pf.check_memory("vm1", 4 * GIB, GIB, 2 * GIB, DST)
+    assert _checks_guest.check_memory("vm1", GIB, 2 * GIB, 3 * GIB, DST)["status"] == "ok"
+    assert _checks_guest.check_memory("vm1", 2 * GIB, GIB, 3 * GIB, DST)["status"] == "warning"
+    f = _checks_guest.check_memory("vm1", 4 * GIB, GIB, 2 * GIB, DST)
     assert f["status"] == "error" and str(4 * GIB) in f["msg"] and "vm1" in f["msg"]
 
 
@@ -206,7 +207,7 @@ XML_C12 = """<domain type='kvm'><name>vm12</name><uuid>%s</uuid>
 
 def test_c12_writable_disk_left_out_is_an_error():
     disks = _domain_xml.disks(XML_C12)
-    out = pf.check_copy_set(disks, "all", [], {}, DST, selected=["vda"])
+    out = _checks_storage.check_copy_set(disks, "all", [], {}, DST, selected=["vda"])
     f = only(out, "copy_set")
     assert f["status"] == "error" and "vdb" in f["msg"] and "Unsafe migration" in f["msg"]
     assert f["values"]["left_out"] == ["vdb"]
@@ -214,32 +215,32 @@ def test_c12_writable_disk_left_out_is_an_error():
 
 def test_c12_declared_shared_must_be_verified():
     disks = _domain_xml.disks(XML_C12)
-    out = pf.check_copy_set(disks, "all", ["vdb"], {}, DST)
+    out = _checks_storage.check_copy_set(disks, "all", ["vdb"], {}, DST)
     assert only(out, "copy_set")["values"]["copy"] == ["vda"]
     shared = only(out, "shared_storage")
     assert shared["status"] == "error" and "vdb" in shared["msg"] and "vm12-data.raw" in shared["msg"]
     proof = {"vdb": "the same file (inode 12, 5 bytes) is visible on %s" % DST}
-    out = pf.check_copy_set(disks, "all", ["vdb"], proof, DST)
+    out = _checks_storage.check_copy_set(disks, "all", ["vdb"], proof, DST)
     assert only(out, "shared_storage")["status"] == "ok"
 
 
 def test_c12_cache_writeback_on_copied_disk_warns_and_on_shared_disk_errors():
     disks = _domain_xml.disks(XML_C12)
-    vda, vdb = pf.check_cache_modes(disks, ["vda", "vdb"], DST)
+    vda, vdb = _checks_storage.check_cache_modes(disks, ["vda", "vdb"], DST)
     assert vda["status"] == "warning" and "vda" in vda["msg"] and "writeback" in vda["msg"]
     # no cache attribute: QEMU's default is writeback, and libvirt treats it as unsafe too
     assert vdb["status"] == "warning" and vdb["values"]["cache"] == "default"
-    vda, _vdb = pf.check_cache_modes(disks, ["vdb"], DST)  # vda on shared storage
+    vda, _vdb = _checks_storage.check_cache_modes(disks, ["vdb"], DST)  # vda on shared storage
     assert vda["status"] == "error" and "Unsafe migration" in vda["msg"] and "vda" in vda["msg"]
     none = _domain_xml.disks(XML_C12.replace("writeback", "none").replace("type='raw'/>", "type='raw' cache='none'/>"))
-    assert [f["status"] for f in pf.check_cache_modes(none, ["vdb"], DST)] == ["ok"]
+    assert [f["status"] for f in _checks_storage.check_cache_modes(none, ["vdb"], DST)] == ["ok"]
 
 
 def test_same_file_fingerprints():
     fp = {"path": "/p", "inode": 5, "size": 10, "fsid": 1}
-    assert pf.same_file(fp, dict(fp, fsid=2)) is True
-    assert pf.same_file(fp, dict(fp, inode=6)) is False
-    assert pf.same_file(fp, None) is False
+    assert _checks_storage.same_file(fp, dict(fp, fsid=2)) is True
+    assert _checks_storage.same_file(fp, dict(fp, inode=6)) is False
+    assert _checks_storage.same_file(fp, None) is False
 
 
 QCOW = {"target": "vda", "path": "/var/lib/libvirt/images/vm1.qcow2", "format": "qcow2",
@@ -247,39 +248,39 @@ QCOW = {"target": "vda", "path": "/var/lib/libvirt/images/vm1.qcow2", "format": 
 
 
 def test_c01_destination_image_absent_names_path_format_and_exact_size():
-    dest = pf.DestFiles(disks={QCOW["path"]: {"path": QCOW["path"], "exists": False}})
-    f = pf.check_dest_image(QCOW, dest, DST)
+    dest = _checks_storage.DestFiles(disks={QCOW["path"]: {"path": QCOW["path"], "exists": False}})
+    f = _checks_storage.check_dest_image(QCOW, dest, DST)
     assert f["status"] == "warning" and f["values"]["state"] == "absent"
     assert QCOW["path"] in f["msg"] and "qcow2" in f["msg"] and "21474836480 bytes" in f["msg"]
     assert "disk_image" in f["msg"]
 
 
 def test_c01_absent_in_a_libvirt_pool_directory_is_ok():
-    dest = pf.DestFiles(pools={"/var/lib/libvirt/images": {"name": "default", "available_bytes": 10}})
-    assert pf.check_dest_image(QCOW, dest, DST)["status"] == "ok"
+    dest = _checks_storage.DestFiles(pools={"/var/lib/libvirt/images": {"name": "default", "available_bytes": 10}})
+    assert _checks_storage.check_dest_image(QCOW, dest, DST)["status"] == "ok"
 
 
 def test_dest_image_without_facts_is_not_verified():
-    f = pf.check_dest_image(QCOW, pf.DestFiles(), DST)
+    f = _checks_storage.check_dest_image(QCOW, _checks_storage.DestFiles(), DST)
     assert f["status"] == "warning" and "not verified" in f["msg"]
 
 
 def test_c02_incremental_base_missing_or_different():
     disk = dict(QCOW, backing=[{"path": "/var/lib/libvirt/images/base.qcow2", "virtual_size": 21474836480,
                                 "checksum": "sha256:aa"}])
-    missing = pf.DestFiles(disks={"/var/lib/libvirt/images/base.qcow2": {"exists": False}})
-    f = only(pf.check_backing(disk, missing, DST), "backing_chain")
+    missing = _checks_storage.DestFiles(disks={"/var/lib/libvirt/images/base.qcow2": {"exists": False}})
+    f = only(_checks_storage.check_backing(disk, missing, DST), "backing_chain")
     assert f["status"] == "error" and "base.qcow2" in f["msg"]
-    other = pf.DestFiles(disks={"/var/lib/libvirt/images/base.qcow2": {
+    other = _checks_storage.DestFiles(disks={"/var/lib/libvirt/images/base.qcow2": {
         "exists": True, "virtual_size": 21474836480, "checksum": "sha256:bb"}})
-    assert only(pf.check_backing(disk, other, DST), "backing_chain")["status"] == "error"
+    assert only(_checks_storage.check_backing(disk, other, DST), "backing_chain")["status"] == "error"
 
 
 def test_c03_existing_destination_image_of_another_size_is_an_error():
     disk = dict(QCOW, virtual_size=22011707392)
-    dest = pf.DestFiles(disks={QCOW["path"]: {"exists": True, "format": "qcow2", "virtual_size": 21474836480}},
-                        manifest=[])
-    f = pf.check_dest_image(disk, dest, DST)
+    dest = _checks_storage.DestFiles(disks={QCOW["path"]: {"exists": True, "format": "qcow2", "virtual_size": 21474836480}},
+                                     manifest=[])
+    f = _checks_storage.check_dest_image(disk, dest, DST)
     assert f["status"] == "error"
     assert ("dst image %s exists: format qcow2, virtual size 21474836480 bytes; expected qcow2, "
             "22011707392 bytes" % QCOW["path"]) in f["msg"]
@@ -289,36 +290,36 @@ def test_c03_matching_image_reused_only_when_ours():
     seen = {"exists": True, "format": "qcow2", "virtual_size": 21474836480,
             "fingerprint": {"path": QCOW["path"], "inode": 12, "size": 196616, "kvmops_id": "a1b2"}}
     entry = {"path": QCOW["path"], "for_domain": "vm1", "inode": 12, "id": "a1b2"}
-    ours = pf.DestFiles(disks={QCOW["path"]: seen}, manifest=[entry])
-    assert pf.check_dest_image(QCOW, ours, DST, "vm1")["status"] == "ok"
+    ours = _checks_storage.DestFiles(disks={QCOW["path"]: seen}, manifest=[entry])
+    assert _checks_storage.check_dest_image(QCOW, ours, DST, "vm1")["status"] == "ok"
     # the same path and inode number, but not the file we made (no identity attribute): as
     # disk_image decides, it is not ours
     replaced = dict(seen, fingerprint=dict(seen["fingerprint"], kvmops_id=None))
-    f = pf.check_dest_image(QCOW, pf.DestFiles(disks={QCOW["path"]: replaced}, manifest=[entry]), DST, "vm1")
+    f = _checks_storage.check_dest_image(QCOW, _checks_storage.DestFiles(disks={QCOW["path"]: replaced}, manifest=[entry]), DST, "vm1")
     assert f["status"] == "error" and "not in the manifest" in f["msg"]
-    foreign = pf.DestFiles(disks={QCOW["path"]: seen}, manifest=[])
-    f = pf.check_dest_image(QCOW, foreign, DST, "vm1")
+    foreign = _checks_storage.DestFiles(disks={QCOW["path"]: seen}, manifest=[])
+    f = _checks_storage.check_dest_image(QCOW, foreign, DST, "vm1")
     assert f["status"] == "error" and "not in the manifest" in f["msg"]
-    unknown = pf.DestFiles(disks={QCOW["path"]: seen})
-    assert pf.check_dest_image(QCOW, unknown, DST, "vm1")["status"] == "warning"
+    unknown = _checks_storage.DestFiles(disks={QCOW["path"]: seen})
+    assert _checks_storage.check_dest_image(QCOW, unknown, DST, "vm1")["status"] == "warning"
 
 
 def test_c04_block_target_compares_bytes():
     disk = {"target": "vdb", "path": "/dev/vg0/vm1-data", "format": "raw", "virtual_size": 10 * GIB}
-    dest = pf.DestFiles(disks={disk["path"]: {"exists": True, "kind": "block", "format": "raw",
-                                              "virtual_size": 10 * GIB + 4 * 1024 ** 2}}, manifest=[])
-    f = pf.check_dest_image(disk, dest, DST)
+    dest = _checks_storage.DestFiles(disks={disk["path"]: {"exists": True, "kind": "block", "format": "raw",
+                                                           "virtual_size": 10 * GIB + 4 * 1024 ** 2}}, manifest=[])
+    f = _checks_storage.check_dest_image(disk, dest, DST)
     assert f["status"] == "error" and str(10 * GIB) in f["msg"] and "/dev/vg0/vm1-data" in f["msg"]
 
 
 def test_c05_not_enough_space_names_filesystem_needed_and_free():
     disk = {"target": "vda", "path": "/var/lib/libvirt/images/vm1.qcow2", "format": "qcow2",
             "virtual_size": 107374182400, "allocation": 64424509440}
-    dest = pf.DestFiles(disks={disk["path"]: {"exists": False}},
-                        mounts=[{"mount": "/", "device": "/dev/sda1", "size_available": 500 * GIB},
-                                {"mount": "/var/lib/libvirt/images", "device": "/dev/sdb1",
-                                 "size_available": 32212254720}])
-    f = only(pf.check_free_space([disk], dest, DST), "free_space")
+    dest = _checks_storage.DestFiles(disks={disk["path"]: {"exists": False}},
+                                     mounts=[{"mount": "/", "device": "/dev/sda1", "size_available": 500 * GIB},
+                                             {"mount": "/var/lib/libvirt/images", "device": "/dev/sdb1",
+                                              "size_available": 32212254720}])
+    f = only(_checks_storage.check_free_space([disk], dest, DST), "free_space")
     assert f["status"] == "error"
     assert "/var/lib/libvirt/images" in f["msg"] and "free 32212254720 bytes" in f["msg"]
     assert f["values"]["needed_bytes"] > 64424509440 and f["values"]["free_bytes"] == 32212254720
@@ -327,15 +328,15 @@ def test_c05_not_enough_space_names_filesystem_needed_and_free():
 def test_free_space_sums_disks_on_one_filesystem_and_skips_existing():
     a = {"target": "vda", "path": "/img/a.raw", "virtual_size": 10 * GIB, "allocation": 3 * GIB}
     b = {"target": "vdb", "path": "/img/b.raw", "virtual_size": 10 * GIB, "allocation": 3 * GIB}
-    dest = pf.DestFiles(disks={"/img/a.raw": {"exists": False}, "/img/b.raw": {"exists": False}},
-                        mounts=[{"mount": "/img", "device": "/dev/x", "size_available": 7 * GIB}])
-    f = only(pf.check_free_space([a, b], dest, DST), "free_space")
+    dest = _checks_storage.DestFiles(disks={"/img/a.raw": {"exists": False}, "/img/b.raw": {"exists": False}},
+                                     mounts=[{"mount": "/img", "device": "/dev/x", "size_available": 7 * GIB}])
+    f = only(_checks_storage.check_free_space([a, b], dest, DST), "free_space")
     assert f["status"] == "ok" and f["values"]["data_bytes"] == 6 * GIB
     dest.mounts[0]["size_available"] = 5 * GIB
-    assert only(pf.check_free_space([a, b], dest, DST), "free_space")["status"] == "error"
+    assert only(_checks_storage.check_free_space([a, b], dest, DST), "free_space")["status"] == "error"
     dest.disks["/img/b.raw"] = {"exists": True}
-    assert only(pf.check_free_space([a, b], dest, DST), "free_space")["status"] == "ok"
-    assert only(pf.check_free_space([a], pf.DestFiles(), DST), "free_space")["status"] == "warning"
+    assert only(_checks_storage.check_free_space([a, b], dest, DST), "free_space")["status"] == "ok"
+    assert only(_checks_storage.check_free_space([a], _checks_storage.DestFiles(), DST), "free_space")["status"] == "warning"
 
 
 XML_C13 = """<domain type='qemu'><name>vm13</name><uuid>7c9e6679-7425-40de-944b-e07fc1f90ae7</uuid>
@@ -353,22 +354,22 @@ def test_c13_missing_iso_and_kernel_are_errors_naming_the_paths():
     req = _domain_xml.required_files(facts)
     assert [r["path"] for r in req] == ["/var/lib/libvirt/isos/seed.iso", "/var/lib/kvmops/guest/vmlinuz",
                                         "/var/lib/kvmops/guest/initrd.img"]
-    dest = pf.DestFiles(disks={"/var/lib/libvirt/isos/seed.iso": {"exists": False},
-                               "/var/lib/kvmops/guest/vmlinuz": {"exists": False},
-                               "/var/lib/kvmops/guest/initrd.img": {"exists": True}})
-    out = pf.check_required_files(req, dest, DST)
+    dest = _checks_storage.DestFiles(disks={"/var/lib/libvirt/isos/seed.iso": {"exists": False},
+                                            "/var/lib/kvmops/guest/vmlinuz": {"exists": False},
+                                            "/var/lib/kvmops/guest/initrd.img": {"exists": True}})
+    out = _checks_storage.check_required_files(req, dest, DST)
     iso, kernel, initrd = out
     assert iso["status"] == "error" and "seed.iso" in iso["msg"] and "eject" in iso["msg"]
     assert kernel["status"] == "error" and "kernel /var/lib/kvmops/guest/vmlinuz" in kernel["msg"]
     assert initrd["status"] == "ok"
     # and the ISO is never in the copy set
-    assert pf.check_copy_set(facts["disks"], "all", [], {}, DST)[0]["values"]["copy"] == ["vda"]
+    assert _checks_storage.check_copy_set(facts["disks"], "all", [], {}, DST)[0]["values"]["copy"] == ["vda"]
 
 
 def test_missing_nvram_is_a_warning_about_lost_uefi_variables():
     req = [{"what": "nvram", "path": "/var/lib/libvirt/qemu/nvram/vm1_VARS.fd", "target": None,
             "virtual_size": None}]
-    f = pf.check_required_files(req, pf.DestFiles(disks={req[0]["path"]: {"exists": False}}), DST)[0]
+    f = _checks_storage.check_required_files(req, _checks_storage.DestFiles(disks={req[0]["path"]: {"exists": False}}), DST)[0]
     assert f["status"] == "warning" and "UEFI" in f["msg"]
 
 
@@ -391,20 +392,20 @@ def lookup_of(bridges=(), networks=None):
 
 
 def test_c08_missing_bridge_names_bridge_and_mac():
-    out = pf.check_networks(NICS[:1], lookup_of(bridges=["br0"]), {}, DST)
+    out = _checks_network.check_networks(NICS[:1], lookup_of(bridges=["br0"]), {}, DST)
     assert out[0]["status"] == "error"
     assert "br-vlan774" in out[0]["msg"] and "52:54:00:00:00:01" in out[0]["msg"]
 
 
 def test_c08_inactive_network_names_network_and_mac():
-    out = pf.check_networks(NICS[1:], lookup_of(networks={"default": False}), {}, DST)
+    out = _checks_network.check_networks(NICS[1:], lookup_of(networks={"default": False}), {}, DST)
     assert out[0]["status"] == "error" and "not active" in out[0]["msg"]
     assert "default" in out[0]["msg"] and "52:54:00:00:00:02" in out[0]["msg"]
 
 
 def test_c08_mapping_applies():
-    out = pf.check_networks(NICS, lookup_of(bridges=["br0"], networks={"default": True}),
-                            {"br-vlan774": "br0"}, DST)
+    out = _checks_network.check_networks(NICS, lookup_of(bridges=["br0"], networks={"default": True}),
+                                         {"br-vlan774": "br0"}, DST)
     assert [f["status"] for f in out] == ["ok", "ok"] and out[0]["values"]["dest_source"] == "br0"
 
 
@@ -440,7 +441,7 @@ class NetConn:
 
 
 def test_libvirt_network_lookup():
-    look = pf.libvirt_network_lookup(NetConn({"default": Net(False)}, ["br0"]), libvirt)
+    look = _checks_network.libvirt_network_lookup(NetConn({"default": Net(False)}, ["br0"]), libvirt)
     assert look("network", "default") == {"exists": True, "active": False}
     assert look("network", "nope") == {"exists": False, "active": None}
     assert look("bridge", "br0") == {"exists": True, "active": True}
@@ -458,13 +459,13 @@ class NoInterfaceDriver(NetConn):
 
 def test_c08_bridge_checked_against_the_destinations_interface_facts():
     conn = NoInterfaceDriver({"default": Net(True)}, [])
-    unknown = pf.libvirt_network_lookup(conn, libvirt)("bridge", "br-vm")
+    unknown = _checks_network.libvirt_network_lookup(conn, libvirt)("bridge", "br-vm")
     assert unknown["exists"] is None and "cannot list host interfaces" in unknown["why"]
-    facts = pf.libvirt_network_lookup(conn, libvirt, ["lo", "eth0", "virbr0"])
+    facts = _checks_network.libvirt_network_lookup(conn, libvirt, ["lo", "eth0", "virbr0"])
     assert facts("bridge", "br-vm") == {"exists": False, "active": None}
     assert facts("bridge", "virbr0")["exists"] is True
-    out = pf.check_networks([{"type": "bridge", "source": "br-vm", "mac": "52:54:00:6b:01:10"}],
-                            facts, {}, DST)
+    out = _checks_network.check_networks([{"type": "bridge", "source": "br-vm", "mac": "52:54:00:6b:01:10"}],
+                                         facts, {}, DST)
     assert out[0]["status"] == "error" and "br-vm" in out[0]["msg"] and "52:54:00:6b:01:10" in out[0]["msg"]
 
 
@@ -474,8 +475,8 @@ def test_c08_bridge_checked_against_the_destinations_interface_facts():
 
 def test_c09_destination_hostname_on_127_0_1_1():
     resolver = {"hostb": ["127.0.1.1"], "dst.example": ["127.0.1.1"], "good": ["198.18.0.2"]}.get
-    out = pf.check_names({"hostb": False, "dst.example": True, "good": True, DST: True},
-                         lambda n: resolver(n) or [], DST)
+    out = _checks_network.check_names({"hostb": False, "dst.example": True, "good": True, DST: True},
+                                      lambda n: resolver(n) or [], DST)
     by_name = {f["values"]["name"]: f for f in out}
     assert DST not in by_name  # literal addresses need no resolution
     assert by_name["hostb"]["status"] == "warning" and "127.0.1.1" in by_name["hostb"]["msg"]
@@ -485,7 +486,7 @@ def test_c09_destination_hostname_on_127_0_1_1():
 
 
 def test_c09_unresolvable_name_used_by_the_migration_is_an_error():
-    f = pf.check_names({"hostb": True}, lambda n: [], DST)[0]
+    f = _checks_network.check_names({"hostb": True}, lambda n: [], DST)[0]
     assert f["status"] == "error" and "hostb does not resolve" in f["msg"]
 
 
@@ -495,7 +496,7 @@ def test_c09_unresolvable_name_used_by_the_migration_is_an_error():
 def test_data_port_honesty(result, status, verified):
     """A plain connect (no listener): a refusal is not verifiable; no answer at all predicts the
     move's failure, so it stops the run before anything is created (issue 16 item 1)."""
-    f = pf.check_data_port(DST, 49152, "Migration", result, DST)
+    f = _checks_network.check_data_port(DST, 49152, "Migration", result, DST)
     assert f["status"] == status and f["values"]["verified"] is verified
     if result == "refused":
         assert "not verifiable until the migration" in f["msg"]
@@ -513,7 +514,7 @@ LISTENING = {"requested": 49152, "port": 49152, "state": "listening", "reason": 
     ("open_other", "error", "other", "NAT or proxy"),
     ("unreachable", "error", "unreachable", "check routing")])
 def test_data_port_with_the_listener_tells_open_closed_and_filtered_apart(result, status, state, words):
-    f = pf.check_data_port(DST, 49152, "Migration", result, DST, LISTENING)
+    f = _checks_network.check_data_port(DST, 49152, "Migration", result, DST, LISTENING)
     assert (f["status"], f["values"]["state"], f["values"]["probe"]) == (status, state, "listener")
     assert words in f["msg"]
     if result in ("refused", "timeout"):
@@ -522,13 +523,13 @@ def test_data_port_with_the_listener_tells_open_closed_and_filtered_apart(result
 
 @pytest.mark.parametrize("result", ["refused", "timeout", "unreachable", "open_other"])
 def test_blocked_port_accepted_by_the_operator_is_a_warning(result):
-    f = pf.check_data_port(DST, 49152, "Migration", result, DST, LISTENING, ignore_blocked=True)
+    f = _checks_network.check_data_port(DST, 49152, "Migration", result, DST, LISTENING, ignore_blocked=True)
     assert f["status"] == "warning" and "migrate_guest_ignore_blocked_migration_ports" in f["msg"]
 
 
 def test_data_port_the_listener_moved_to_the_next_free_port():
     entry = {"requested": 49152, "port": 49154, "state": "listening", "reason": "ports 49152, 49153 in use"}
-    f = pf.check_data_port(DST, 49152, "Migration", "open", DST, entry)
+    f = _checks_network.check_data_port(DST, 49152, "Migration", "open", DST, entry)
     assert f["status"] == "ok" and f["values"]["port"] == 49154
     assert "49152 is in use there; libvirt takes the next free one" in f["msg"]
 
@@ -536,14 +537,14 @@ def test_data_port_the_listener_moved_to_the_next_free_port():
 def test_data_port_no_free_port_is_an_error_other_listen_failures_a_warning():
     full = {"requested": 49152, "port": None, "state": "unavailable",
             "reason": "every port from 49152 to 49215 is in use"}
-    assert pf.check_data_port(DST, 49152, "Migration", "unavailable", DST, full)["status"] == "error"
+    assert _checks_network.check_data_port(DST, 49152, "Migration", "unavailable", DST, full)["status"] == "error"
     odd = dict(full, reason="cannot listen on port 49152: Permission denied")
-    assert pf.check_data_port(DST, 49152, "Migration", "unavailable", DST, odd)["status"] == "warning"
+    assert _checks_network.check_data_port(DST, 49152, "Migration", "unavailable", DST, odd)["status"] == "warning"
 
 
 def test_transport_port_must_accept():
-    assert pf.check_transport_port(DST, 22, "ssh", "open", DST)["status"] == "ok"
-    f = pf.check_transport_port(DST, 22, "ssh", "refused", DST)
+    assert _checks_network.check_transport_port(DST, 22, "ssh", "open", DST)["status"] == "ok"
+    f = _checks_network.check_transport_port(DST, 22, "ssh", "refused", DST)
     assert f["status"] == "error" and "22" in f["msg"]
 
 
@@ -553,14 +554,14 @@ def test_tcp_probe_against_a_local_listener_and_a_closed_port():
         srv.bind(("127.0.0.1", 0))
         srv.listen(1)
         port = srv.getsockname()[1]
-        assert pf.tcp_probe("127.0.0.1", port, 1.0) == "open"
-    assert pf.tcp_probe("127.0.0.1", port, 1.0) == "refused"
+        assert _checks_network.tcp_probe("127.0.0.1", port, 1.0) == "open"
+    assert _checks_network.tcp_probe("127.0.0.1", port, 1.0) == "refused"
 
 
 def test_tls_files_missing_are_named():
-    f = pf.check_tls_files(pf.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: p.startswith("/etc/pki/CA"), "a")
+    f = _checks_network.check_tls_files(_checks_network.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: p.startswith("/etc/pki/CA"), "a")
     assert f["status"] == "error" and "/etc/pki/libvirt/clientcert.pem" in f["msg"]
-    assert pf.check_tls_files(pf.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: True, "a")["status"] == "ok"
+    assert _checks_network.check_tls_files(_checks_network.LIBVIRT_TLS_CLIENT_FILES, "qemu+tls", lambda p: True, "a")["status"] == "ok"
 
 
 # ------------------------------------------------------------------------------------------
@@ -570,12 +571,12 @@ def test_tls_files_missing_are_named():
 def test_versions_and_detect_zeroes_needs_10_9():
     src = {"libvirt": 11003000, "qemu": 10000002}
     dst = {"libvirt": 9000000, "qemu": 7002000}
-    out = pf.check_versions(src, dst, ["detect_zeroes", "postcopy"], DST)
+    out = _checks_guest.check_versions(src, dst, ["detect_zeroes", "postcopy"], DST)
     assert only(out, "versions")["status"] == "warning"  # older QEMU on the destination
     feats = {f["values"]["feature"]: f for f in out if f["check"] == "feature_support"}
     assert feats["detect_zeroes"]["status"] == "warning" and "10.9.0" in feats["detect_zeroes"]["msg"]
     assert feats["postcopy"]["status"] == "ok"
-    out = pf.check_versions(src, {"libvirt": 5001000, "qemu": 10000002}, ["parallel"], DST)
+    out = _checks_guest.check_versions(src, {"libvirt": 5001000, "qemu": 10000002}, ["parallel"], DST)
     assert [f for f in out if f["check"] == "feature_support"][0]["status"] == "error"
 
 
@@ -963,7 +964,7 @@ def shared_run(tmp_path, mounts, qemu_conf="", seen=True, **kw):
     if not seen:  # made on the destination, in a directory the source does not share
         markers = [dict(markers[0], path=markers[0]["path"] + "-elsewhere")]
     p = probes(local_hosts(xml), names={"hostb": [LOCAL]})
-    p.read_text = {pf.PROC_MOUNTS: mounts, pf.QEMU_CONF: qemu_conf}.get
+    p.read_text = {_host.PROC_MOUNTS: mounts, _tls.QEMU_CONF: qemu_conf}.get
     probe = {"probe_id": PROBE_ID, "markers": markers, "ports": []}
     fp = {"path": image, "inode": os.stat(image).st_ino, "size": os.stat(image).st_size}
     opts = opts_for(image, kernel, dest_host=LOCAL, dest_probe=probe,
@@ -1014,14 +1015,14 @@ def test_a_shared_disk_listed_to_copy_is_refused(tmp_path):
 def test_shared_filesystems_of_qemu_conf():
     conf = ('#shared_filesystems = [\n#  "/path/to/images",\n#]\n'
             'shared_filesystems = [ "/srv/images", "/srv/nvram" ]  # ours\n')
-    assert pf.shared_filesystems(conf) == ["/srv/images", "/srv/nvram"]
-    assert pf.shared_filesystems("") == [] and pf.shared_filesystems(None) == []
+    assert _checks_storage.shared_filesystems(conf) == ["/srv/images", "/srv/nvram"]
+    assert _checks_storage.shared_filesystems("") == [] and _checks_storage.shared_filesystems(None) == []
 
 
 def test_cache_mode_of_a_shared_disk_follows_the_source_qemu():
     disks = [{"target": "vda", "path": "/srv/vm.qcow2", "cache": "writeback"}]
-    assert pf.check_cache_modes(disks, [], DST)[0]["status"] == "error"
-    f = pf.check_cache_modes(disks, [], DST, qemu_version=7002000)[0]
+    assert _checks_storage.check_cache_modes(disks, [], DST)[0]["status"] == "error"
+    f = _checks_storage.check_cache_modes(disks, [], DST, qemu_version=7002000)[0]
     assert f["status"] == "warning" and "QEMU 7.2.0 drops the destination's page cache" in f["msg"]
 
 
@@ -1055,7 +1056,7 @@ def test_run_destination_of_another_ca_stops_the_move(tmp_path):
 
 
 def test_run_without_certificates_allowed_in_clear_is_a_warning(tmp_path):
-    empty = pf._tls.read_host_tls("", directory=str(tmp_path / "none"), identity={"uid": 0, "gids": []})
+    empty = _tls.read_host_tls("", directory=str(tmp_path / "none"), identity={"uid": 0, "gids": []})
     res = _transport_run(tmp_path, dest_tls=empty, tls_material=lambda: empty, allow_insecure_transport=True,
                          insecure_var="migrate_guest_allow_insecure_transport")
     assert res["ok"] is True

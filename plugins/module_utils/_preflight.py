@@ -75,6 +75,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _images
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _findings
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
 from ansible_collections.kvmops.migration.plugins.module_utils import _probe
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
@@ -178,7 +179,7 @@ def check_state(info: dict[str, t.Any], require_state: str, host: str) -> dict[s
     """The guest is running or shut off as ``require_state`` asks (``any``: either)."""
     state = info["state"]
     values = {"state": state, "required": require_state}
-    running = state in _migration.RUNNING_STATES
+    running = state in _migration_plan.RUNNING_STATES
     if require_state == "running" and not running:
         return finding("guest_state", "error", host, "Guest %s is %s on %s; a live migration needs "
                        "it running: start it (virsh start %s) or migrate it offline "
@@ -231,12 +232,12 @@ def check_destination_domain(source: dict[str, t.Any] | None, by_name: dict[str,
                              by_uuid: dict[str, t.Any] | None, dest_name: str, dest: str,
                              cleanup_leftover: bool = False) -> dict[str, t.Any]:
     """Name/UUID conflicts on the destination (case C11, all four states), by
-    ``_migration.classify_destination`` (the one decision table).
+    ``_migration_plan.classify_destination`` (the one decision table).
 
     migrate -> ok; noop (already migrated, c) -> ok with ``values.already_migrated``;
     cleanup_then_migrate (b, ours, asked) -> warning; fail (a, b, d) -> error.
     """
-    decision = _migration.classify_destination(source, by_name, by_uuid, dest_name=dest_name,
+    decision = _migration_plan.classify_destination(source, by_name, by_uuid, dest_name=dest_name,
                                                dest=dest, cleanup_leftover=cleanup_leftover)
     status = {"migrate": "ok", "noop": "ok", "cleanup_then_migrate": "warning"}.get(
         decision.action, "error")
@@ -346,12 +347,12 @@ def check_copy_set(disks: list[dict[str, t.Any]], copy_storage: str, shared: t.S
     """The copy set is safe (case C12): every writable local disk is copied, or declared shared
     AND verified shared (``shared_proof``: target -> why it is shared, None when not shown).
 
-    Uses ``_migration.select_disks`` (the copy set of the migration itself).
+    Uses ``_migration_plan.select_disks`` (the copy set of the migration itself).
     """
     out = []
     declared = list(shared)
     try:
-        chosen = _migration.select_disks(disks, copy_storage, selected, declared)
+        chosen = _migration_plan.select_disks(disks, copy_storage, selected, declared)
     except KvmopsError as err:
         return [finding("copy_set", "error", host, err.msg, **err.values)]
     copyable = [d["target"] for d in disks if d.get("copy")]
@@ -1076,9 +1077,9 @@ class PreflightOptions:
         """:raises KvmopsError: an option out of range, named."""
         if not self.dest_host or not self.dest_host.strip():
             raise KvmopsError("dest_host is empty: give the destination's inventory address.")
-        if self.copy_storage not in _migration.COPY_STORAGE_CHOICES:
+        if self.copy_storage not in _migration_plan.COPY_STORAGE_CHOICES:
             raise KvmopsError("copy_storage must be one of %s, got %r." % (
-                ", ".join(_migration.COPY_STORAGE_CHOICES), self.copy_storage))
+                ", ".join(_migration_plan.COPY_STORAGE_CHOICES), self.copy_storage))
         if self.located is not None and self.group:
             raise KvmopsError("Give either group (search the hosts for the guest) or located (where it "
                               "was already found), not both.")
@@ -1217,7 +1218,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     probes = probes or Probes()
     opts.validate()
     lv = _libvirt.binding(probes.lv)
-    dest_uri = opts.dest_uri or _migration.build_dest_uri(opts.dest_host, opts.transport, opts.dest_user)
+    dest_uri = opts.dest_uri or _migration_plan.build_dest_uri(opts.dest_host, opts.transport, opts.dest_user)
     dest = opts.dest_host
     src_label = opts.source_uri
     findings: list[dict[str, t.Any]] = []
@@ -1421,7 +1422,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
 
         wanted = opts.wanted_features()
         if copied and getattr(lv, "VIR_MIGRATE_PARAM_DISKS_URI", None) is not None:
-            wanted.append("disks_uri")  # _migration.build_params uses it when the binding has it
+            wanted.append("disks_uri")  # _migration_plan.build_params uses it when the binding has it
         findings.extend(check_versions(src_facts, dst_facts, wanted, dest))
     return done()
 

@@ -238,7 +238,7 @@ def check_destination_domain(source: dict[str, t.Any] | None, by_name: dict[str,
     cleanup_then_migrate (b, ours, asked) -> warning; fail (a, b, d) -> error.
     """
     decision = _migration_plan.classify_destination(source, by_name, by_uuid, dest_name=dest_name,
-                                               dest=dest, cleanup_leftover=cleanup_leftover)
+                                                    dest=dest, cleanup_leftover=cleanup_leftover)
     status = {"migrate": "ok", "noop": "ok", "cleanup_then_migrate": "warning"}.get(
         decision.action, "error")
     return finding("destination_domain", status, dest, decision.msg, case=decision.case,

@@ -196,7 +196,7 @@ def test_dest_uri_ipv6():
 def test_c09_data_uris_use_the_inventory_address_not_the_host_name(lv):
     """C09: 'address resolution failed for hostb:49153' -> explicit migrate and disks URIs."""
     plan = mp.build_plan(opts(dest_host="198.18.0.2", migrate_port=49152, disks_port=49153),
-                        source(), lv)
+                         source(), lv)
     assert plan.params["migrate_uri"] == "tcp://198.18.0.2:49152"
     assert plan.params["disks_uri"] == "tcp://198.18.0.2:49153"
     assert plan.dest_uri == "qemu+ssh://root@198.18.0.2/system"
@@ -374,7 +374,7 @@ def test_completion_timeout_scales_per_gib(data_bytes, per_gib, floor, expected)
 
 def test_plan_timeout_counts_memory_and_copied_disk_allocation():
     plan = mp.build_plan(opts(timeout_s_per_gib=100, timeout_min_s=10), source(memory_bytes=GIB,
-                        disk_bytes={"vda": GIB, "vdb": 2 * GIB}), LV_11_3)
+                         disk_bytes={"vda": GIB, "vdb": 2 * GIB}), LV_11_3)
     assert plan.data_bytes == 4 * GIB
     assert plan.timeout_s == 400
 
@@ -499,7 +499,7 @@ SRC_RUNNING = dom_info()
 
 def decide(src, by_name, by_uuid, cleanup=False):
     return mp.classify_destination(src, by_name, by_uuid, dest_name="vm12", dest="hostb",
-                                  cleanup_leftover=cleanup)
+                                   cleanup_leftover=cleanup)
 
 
 def test_c11_clean_destination_migrates():

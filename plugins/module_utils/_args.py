@@ -9,7 +9,7 @@
 - :func:`move_spec`: the options of a move that ``preflight`` checks and ``migrate`` carries out;
   documented by the ``kvmops.migration.move`` doc fragment, action group ``kvmops.migration.move``.
 
-The option dataclasses (``_migration.MigrationOptions``, ``_preflight.PreflightOptions``) hold
+The option dataclasses (``_migration_plan.MigrationOptions``, ``_preflight.PreflightOptions``) hold
 the same defaults for these options as :func:`default` gives (a unit test compares every field),
 so that a module's default and the backend's cannot drift apart.
 """

@@ -24,7 +24,7 @@ import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
-from ansible_collections.kvmops.migration.plugins.module_utils import _migration
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
 from ansible_collections.kvmops.migration.plugins.module_utils._findings import finding, validated
 
 
@@ -74,7 +74,7 @@ def check_state(info: dict[str, t.Any], require_state: str, host: str) -> dict[s
     """The guest is running or shut off as ``require_state`` asks (``any``: either)."""
     state = info["state"]
     values = {"state": state, "required": require_state}
-    running = state in _migration.RUNNING_STATES
+    running = state in _migration_plan.RUNNING_STATES
     if require_state == "running" and not running:
         return finding("guest_state", "error", host, "Guest %s is %s on %s; a live migration needs "
                        "it running: start it (virsh start %s) or migrate it offline "
@@ -127,13 +127,13 @@ def check_destination_domain(source: dict[str, t.Any] | None, by_name: dict[str,
                              by_uuid: dict[str, t.Any] | None, dest_name: str, dest: str,
                              cleanup_leftover: bool = False) -> dict[str, t.Any]:
     """Name/UUID conflicts on the destination (case C11, all four states), by
-    ``_migration.classify_destination`` (the one decision table).
+    ``_migration_plan.classify_destination`` (the one decision table).
 
     migrate -> ok; noop (already migrated, c) -> ok with ``values.already_migrated``;
     cleanup_then_migrate (b, ours, asked) -> warning; fail (a, b, d) -> error.
     """
-    decision = _migration.classify_destination(source, by_name, by_uuid, dest_name=dest_name,
-                                               dest=dest, cleanup_leftover=cleanup_leftover)
+    decision = _migration_plan.classify_destination(source, by_name, by_uuid, dest_name=dest_name,
+                                                    dest=dest, cleanup_leftover=cleanup_leftover)
     status = {"migrate": "ok", "noop": "ok", "cleanup_then_migrate": "warning"}.get(
         decision.action, "error")
     return finding("destination_domain", status, dest, decision.msg, case=decision.case,

@@ -33,7 +33,7 @@ import typing as t
 from ansible_collections.kvmops.migration.plugins.module_utils import _conf
 from ansible_collections.kvmops.migration.plugins.module_utils import _images
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
-from ansible_collections.kvmops.migration.plugins.module_utils import _migration
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 from ansible_collections.kvmops.migration.plugins.module_utils._findings import finding
@@ -107,12 +107,12 @@ def check_copy_set(disks: list[dict[str, t.Any]], copy_storage: str, shared: t.S
     """The copy set is safe (case C12): every writable local disk is copied, or declared shared
     AND verified shared (``shared_proof``: target -> why it is shared, None when not shown).
 
-    Uses ``_migration.select_disks`` (the copy set of the migration itself).
+    Uses ``_migration_plan.select_disks`` (the copy set of the migration itself).
     """
     out = []
     declared = list(shared)
     try:
-        chosen = _migration.select_disks(disks, copy_storage, selected, declared)
+        chosen = _migration_plan.select_disks(disks, copy_storage, selected, declared)
     except KvmopsError as err:
         return [finding("copy_set", "error", host, err.msg, **err.values)]
     copyable = [d["target"] for d in disks if d.get("copy")]

@@ -77,6 +77,16 @@ def binding(lv: t.Any = None) -> t.Any:
     return libvirt
 
 
+def const(lv: t.Any, name: str) -> t.Any:
+    """``libvirt.<name>`` or None when this binding lacks it."""
+    return getattr(lv, name, None)
+
+
+def const(lv: t.Any, name: str) -> t.Any:
+    """``libvirt.<name>`` or None when this binding lacks it."""
+    return getattr(lv, name, None)
+
+
 def is_libvirt_error(err: BaseException, lv: t.Any = None) -> bool:
     """True when ``err`` is the ``libvirtError`` of namespace ``lv`` (a fake of the tests), or
     of the real binding when ``lv`` is None."""

@@ -59,6 +59,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _images
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _findings
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
 from ansible_collections.kvmops.migration.plugins.module_utils import _probe
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
@@ -151,9 +152,9 @@ class PreflightOptions:
         """:raises KvmopsError: an option out of range, named."""
         if not self.dest_host or not self.dest_host.strip():
             raise KvmopsError("dest_host is empty: give the destination's inventory address.")
-        if self.copy_storage not in _migration.COPY_STORAGE_CHOICES:
+        if self.copy_storage not in _migration_plan.COPY_STORAGE_CHOICES:
             raise KvmopsError("copy_storage must be one of %s, got %r." % (
-                ", ".join(_migration.COPY_STORAGE_CHOICES), self.copy_storage))
+                ", ".join(_migration_plan.COPY_STORAGE_CHOICES), self.copy_storage))
         if self.located is not None and self.group:
             raise KvmopsError("Give either group (search the hosts for the guest) or located (where it "
                               "was already found), not both.")
@@ -275,7 +276,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     probes = probes or Probes()
     opts.validate()
     lv = _libvirt.binding(probes.lv)
-    dest_uri = opts.dest_uri or _migration.build_dest_uri(opts.dest_host, opts.transport, opts.dest_user)
+    dest_uri = opts.dest_uri or _migration_plan.build_dest_uri(opts.dest_host, opts.transport, opts.dest_user)
     dest = opts.dest_host
     src_label = opts.source_uri
     findings: list[dict[str, t.Any]] = []
@@ -479,7 +480,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
 
         wanted = opts.wanted_features()
         if copied and getattr(lv, "VIR_MIGRATE_PARAM_DISKS_URI", None) is not None:
-            wanted.append("disks_uri")  # _migration.build_params uses it when the binding has it
+            wanted.append("disks_uri")  # _migration_plan.build_params uses it when the binding has it
         findings.extend(_checks_guest.check_versions(src_facts, dst_facts, wanted, dest))
     return done()
 

@@ -407,7 +407,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
-from ansible_collections.kvmops.migration.plugins.module_utils import _migration
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration, _migration_monitor, _migration_plan
 
 
 def argument_spec():
@@ -444,9 +444,9 @@ def main():
     _module.check_requirements(module)
     params = dict(module.params)
     progress_file = params.pop("progress_file")
-    opts = _migration.MigrationOptions(**params)
+    opts = _migration_plan.MigrationOptions(**params)
     runtime = _migration.Runtime(log=module.log,
-                                 progress=_migration.progress_writer(progress_file, module.log))
+                                 progress=_migration_monitor.progress_writer(progress_file, module.log))
     module.exit_json(**_module.call_backend(module, _migration.run_migration, opts,
                                             check_mode=module.check_mode, rt=runtime))
 

@@ -14,7 +14,7 @@ import re
 import pytest
 import yaml
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _args, _migration, _preflight
+from ansible_collections.kvmops.migration.plugins.module_utils import _args, _migration_plan, _preflight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 MODULES = "ansible_collections.kvmops.migration.plugins.modules.%s"
@@ -32,7 +32,7 @@ def _fields(cls) -> dict[str, object]:
     return out
 
 
-@pytest.mark.parametrize("cls", [_migration.MigrationOptions, _preflight.PreflightOptions])
+@pytest.mark.parametrize("cls", [_migration_plan.MigrationOptions, _preflight.PreflightOptions])
 def test_backend_defaults_are_the_spec_defaults(cls):
     fields = _fields(cls)
     shared = [name for name in _args.move_spec() if name in fields]

@@ -16,6 +16,8 @@ import types
 import pytest
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration as m
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration_monitor as mm
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan as mp
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -152,13 +154,13 @@ def source(xml: str = XML_C12, active: bool = True, persistent: bool = True,
             "disk_bytes": disk_bytes if disk_bytes is not None else {"vda": GIB, "vdb": GIB}}
 
 
-def opts(**kw) -> m.MigrationOptions:
+def opts(**kw) -> mp.MigrationOptions:
     kw.setdefault("domain", "vm12")
     kw.setdefault("dest_host", "198.18.0.2")
     # plain unless a test asks for TLS: the transport decision has tests of its own
     kw.setdefault("tls", False)
     kw.setdefault("allow_insecure_transport", True)
-    return m.MigrationOptions(**kw)
+    return mp.MigrationOptions(**kw)
 
 
 # ------------------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def opts(**kw) -> m.MigrationOptions:
     ("hostb.example", 49152, "tcp://hostb.example:49152"),
 ])
 def test_data_uri(address, port, expected):
-    assert m.build_data_uri(address, port) == expected
+    assert mp.build_data_uri(address, port) == expected
 
 
 @pytest.mark.parametrize("transport, user, port, expected", [
@@ -183,18 +185,18 @@ def test_data_uri(address, port, expected):
     ("tls", "root", None, "qemu+tls://198.18.0.2/system"),
 ])
 def test_dest_uri(transport, user, port, expected):
-    assert m.build_dest_uri("198.18.0.2", transport, user, port) == expected
+    assert mp.build_dest_uri("198.18.0.2", transport, user, port) == expected
 
 
 def test_dest_uri_ipv6():
-    assert m.build_dest_uri("fd00::2") == "qemu+ssh://root@[fd00::2]/system"
+    assert mp.build_dest_uri("fd00::2") == "qemu+ssh://root@[fd00::2]/system"
 
 
 @BOTH
 def test_c09_data_uris_use_the_inventory_address_not_the_host_name(lv):
     """C09: 'address resolution failed for hostb:49153' -> explicit migrate and disks URIs."""
-    plan = m.build_plan(opts(dest_host="198.18.0.2", migrate_port=49152, disks_port=49153),
-                        source(), lv)
+    plan = mp.build_plan(opts(dest_host="198.18.0.2", migrate_port=49152, disks_port=49153),
+                         source(), lv)
     assert plan.params["migrate_uri"] == "tcp://198.18.0.2:49152"
     assert plan.params["disks_uri"] == "tcp://198.18.0.2:49153"
     assert plan.dest_uri == "qemu+ssh://root@198.18.0.2/system"
@@ -202,7 +204,7 @@ def test_c09_data_uris_use_the_inventory_address_not_the_host_name(lv):
 
 
 def test_c09_old_libvirt_without_disks_uri_uses_listen_address_and_port():
-    plan = m.build_plan(opts(dest_host="fd00::2", disks_port=49153), source(), LV_6_0)
+    plan = mp.build_plan(opts(dest_host="fd00::2", disks_port=49153), source(), LV_6_0)
     assert plan.params["listen_address"] == "fd00::2"
     assert plan.params["disks_port"] == 49153
     assert plan.params["migrate_uri"] == "tcp://[fd00::2]"
@@ -215,7 +217,7 @@ def test_c09_old_libvirt_without_disks_uri_uses_listen_address_and_port():
 
 @BOTH
 def test_default_flags_by_name(lv):
-    plan = m.build_plan(opts(), source(), lv)
+    plan = mp.build_plan(opts(), source(), lv)
     assert plan.flag_names == ["VIR_MIGRATE_LIVE", "VIR_MIGRATE_PERSIST_DEST",
                                "VIR_MIGRATE_UNDEFINE_SOURCE", "VIR_MIGRATE_NON_SHARED_DISK"]
     assert plan.flags == lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PERSIST_DEST | \
@@ -231,7 +233,7 @@ def test_every_control_switches_its_flag_and_param(lv):
                  auto_converge_increment=10, compression=["xbzrle"], parallel_connections=4,
                  tls=True, tls_destination="hostb.example", postcopy=True, unsafe=True,
                  dest_name="vm12-new", dest_xml="<domain/>", persist_xml="<domain/>")
-    plan = m.build_plan(every, source(), lv)
+    plan = mp.build_plan(every, source(), lv)
     assert set(plan.flag_names) == {
         "VIR_MIGRATE_LIVE", "VIR_MIGRATE_NON_SHARED_INC", "VIR_MIGRATE_AUTO_CONVERGE",
         "VIR_MIGRATE_COMPRESSED", "VIR_MIGRATE_PARALLEL", "VIR_MIGRATE_POSTCOPY",
@@ -248,33 +250,33 @@ def test_every_control_switches_its_flag_and_param(lv):
 
 
 def test_non_live_drops_the_live_flag():
-    plan = m.build_plan(opts(live=False), source(), LV_11_3)
+    plan = mp.build_plan(opts(live=False), source(), LV_11_3)
     assert "VIR_MIGRATE_LIVE" not in plan.flag_names
 
 
 def test_postcopy_needs_live():
     with pytest.raises(KvmopsError, match="postcopy needs a live migration"):
-        m.build_plan(opts(live=False, postcopy=True), source(), LV_11_3)
+        mp.build_plan(opts(live=False, postcopy=True), source(), LV_11_3)
 
 
 def test_timeout_action_postcopy_needs_explicit_opt_in():
     with pytest.raises(KvmopsError, match="explicit opt-in"):
-        m.build_plan(opts(timeout_action="postcopy"), source(), LV_11_3)
+        mp.build_plan(opts(timeout_action="postcopy"), source(), LV_11_3)
 
 
 def test_zstd_needs_parallel():
     with pytest.raises(KvmopsError, match="parallel"):
-        m.build_plan(opts(compression=["zstd"]), source(), LV_11_3)
+        mp.build_plan(opts(compression=["zstd"]), source(), LV_11_3)
 
 
 def test_zero_detection_on_11_3_lists_the_copied_disks():
-    plan = m.build_plan(opts(detect_zeroes=True), source(), LV_11_3)
+    plan = mp.build_plan(opts(detect_zeroes=True), source(), LV_11_3)
     assert plan.params["migrate_disks_detect_zeroes"] == ["vda", "vdb"]
     assert plan.warnings == []
 
 
 def test_zero_detection_on_9_0_is_skipped_with_a_warning_not_a_crash():
-    plan = m.build_plan(opts(detect_zeroes=True), source(), LV_9_0)
+    plan = mp.build_plan(opts(detect_zeroes=True), source(), LV_9_0)
     assert "migrate_disks_detect_zeroes" not in plan.params
     assert "10.9" in plan.warnings[0] and "9.0.0" in plan.warnings[0]
 
@@ -282,11 +284,11 @@ def test_zero_detection_on_9_0_is_skipped_with_a_warning_not_a_crash():
 def test_missing_flag_in_binding_is_refused_by_name():
     lv = fake_libvirt(1002000, ("VIR_MIGRATE_PARALLEL",))
     with pytest.raises(KvmopsError, match="VIR_MIGRATE_PARALLEL"):
-        m.build_plan(opts(parallel_connections=2), source(), lv)
+        mp.build_plan(opts(parallel_connections=2), source(), lv)
 
 
 def test_transient_source_ignores_undefine_source():
-    plan = m.build_plan(opts(), source(persistent=False), LV_11_3)
+    plan = mp.build_plan(opts(), source(persistent=False), LV_11_3)
     assert "VIR_MIGRATE_UNDEFINE_SOURCE" not in plan.flag_names
     assert "transient" in plan.warnings[0]
 
@@ -294,13 +296,13 @@ def test_transient_source_ignores_undefine_source():
 @BOTH
 def test_offline_migration_of_a_shut_off_guest_cannot_copy_storage(lv):
     with pytest.raises(KvmopsError, match="cannot copy disks") as err:
-        m.build_plan(opts(), source(active=False), lv)
+        mp.build_plan(opts(), source(active=False), lv)
     assert err.value.values["disks"] == ["vda", "vdb"]
 
 
 @BOTH
 def test_offline_migration_with_copy_storage_none(lv):
-    plan = m.build_plan(opts(copy_storage="none"), source(active=False), lv)
+    plan = mp.build_plan(opts(copy_storage="none"), source(active=False), lv)
     assert plan.flag_names == ["VIR_MIGRATE_OFFLINE", "VIR_MIGRATE_PERSIST_DEST",
                                "VIR_MIGRATE_UNDEFINE_SOURCE"]
     assert plan.params == {"destination_name": "vm12"}
@@ -309,11 +311,11 @@ def test_offline_migration_with_copy_storage_none(lv):
 
 def test_offline_migration_needs_persistent():
     with pytest.raises(KvmopsError, match="persistent: true"):
-        m.build_plan(opts(copy_storage="none", persistent=False), source(active=False), LV_11_3)
+        mp.build_plan(opts(copy_storage="none", persistent=False), source(active=False), LV_11_3)
 
 
 def test_copy_storage_none_sets_no_storage_flag_nor_disks():
-    plan = m.build_plan(opts(copy_storage="none"), source(), LV_11_3)
+    plan = mp.build_plan(opts(copy_storage="none"), source(), LV_11_3)
     assert not {"VIR_MIGRATE_NON_SHARED_DISK", "VIR_MIGRATE_NON_SHARED_INC"} & set(plan.flag_names)
     assert "migrate_disks" not in plan.params and "disks_uri" not in plan.params
 
@@ -325,27 +327,27 @@ def test_copy_storage_none_sets_no_storage_flag_nor_disks():
 def test_c12_copy_set_is_explicit_and_complete():
     """C12: vda (writeback qcow2) and vdb (raw) are both writable local disks: both copied,
     passed explicitly as migrate_disks, and the unsafe flag is not added."""
-    plan = m.build_plan(opts(), source(XML_C12), LV_11_3)
+    plan = mp.build_plan(opts(), source(XML_C12), LV_11_3)
     assert plan.params["migrate_disks"] == ["vda", "vdb"]
     assert "VIR_MIGRATE_UNSAFE" not in plan.flag_names
 
 
 def test_c12_copying_only_vda_is_refused():
     with pytest.raises(KvmopsError, match="vdb") as err:
-        m.build_plan(opts(disks=["vda"]), source(XML_C12), LV_11_3)
+        mp.build_plan(opts(disks=["vda"]), source(XML_C12), LV_11_3)
     assert "Unsafe migration" in err.value.msg
     assert err.value.values["left_out"] == ["vdb"]
 
 
 def test_c12_left_out_disk_declared_shared_is_accepted_without_unsafe_flag():
-    plan = m.build_plan(opts(disks=["vda"], shared_disks=["vdb"]), source(XML_C12), LV_11_3)
+    plan = mp.build_plan(opts(disks=["vda"], shared_disks=["vdb"]), source(XML_C12), LV_11_3)
     assert plan.params["migrate_disks"] == ["vda"]
     assert "VIR_MIGRATE_UNSAFE" not in plan.flag_names
 
 
 def test_c13_cdrom_is_never_in_the_copy_set():
     src = source(XML_C13, disk_bytes={"vda": GIB})
-    plan = m.build_plan(opts(domain="vm13"), dict(src, name="vm13"), LV_11_3)
+    plan = mp.build_plan(opts(domain="vm13"), dict(src, name="vm13"), LV_11_3)
     assert plan.params["migrate_disks"] == ["vda"]
     assert plan.disks == ["vda"]
 
@@ -353,7 +355,7 @@ def test_c13_cdrom_is_never_in_the_copy_set():
 def test_c13_selecting_the_cdrom_is_refused():
     src = dict(source(XML_C13, disk_bytes={"vda": GIB}), name="vm13")
     with pytest.raises(KvmopsError, match="sda"):
-        m.build_plan(opts(domain="vm13", disks=["vda", "sda"]), src, LV_11_3)
+        mp.build_plan(opts(domain="vm13", disks=["vda", "sda"]), src, LV_11_3)
 
 
 # ------------------------------------------------------------------------------------------
@@ -367,12 +369,12 @@ def test_c13_selecting_the_cdrom_is_refused():
     (5 * GIB, 0, 300, None),            # disabled
 ])
 def test_completion_timeout_scales_per_gib(data_bytes, per_gib, floor, expected):
-    assert m.completion_timeout_s(data_bytes, per_gib, floor) == expected
+    assert mp.completion_timeout_s(data_bytes, per_gib, floor) == expected
 
 
 def test_plan_timeout_counts_memory_and_copied_disk_allocation():
-    plan = m.build_plan(opts(timeout_s_per_gib=100, timeout_min_s=10), source(memory_bytes=GIB,
-                        disk_bytes={"vda": GIB, "vdb": 2 * GIB}), LV_11_3)
+    plan = mp.build_plan(opts(timeout_s_per_gib=100, timeout_min_s=10), source(memory_bytes=GIB,
+                         disk_bytes={"vda": GIB, "vdb": 2 * GIB}), LV_11_3)
     assert plan.data_bytes == 4 * GIB
     assert plan.timeout_s == 400
 
@@ -382,24 +384,24 @@ def load(name: str) -> dict:
         return json.load(handle)
 
 
-def replay(fixture: dict, monitor: m.MigrationMonitor) -> list:
+def replay(fixture: dict, monitor: mm.MigrationMonitor) -> list:
     return [(s["elapsed_s"], monitor.observe(s["stats"], s["elapsed_s"])) for s in fixture["samples"]]
 
 
 @BOTH
 def test_converging_job_never_escalates(lv):
     fx = load("jobstats_converging.json")
-    timeout = m.completion_timeout_s(fx["memory_bytes"] + fx["disk_bytes"], 800, 300)
-    actions = replay(fx, m.MigrationMonitor(timeout, "abort", max_downtime_ms=300, lv=lv))
+    timeout = mp.completion_timeout_s(fx["memory_bytes"] + fx["disk_bytes"], 800, 300)
+    actions = replay(fx, mm.MigrationMonitor(timeout, "abort", max_downtime_ms=300, lv=lv))
     assert actions[0] == (0.0, "set_downtime")
     assert {a for _t, a in actions[1:]} == {"wait"}
 
 
 def test_progress_sample_of_converging_job():
     fx = load("jobstats_converging.json")
-    first = m.progress_from_stats(fx["samples"][1]["stats"], 0.5, LV_11_3)
+    first = mm.progress_from_stats(fx["samples"][1]["stats"], 0.5, LV_11_3)
     assert first["phase"] == "storage" and first["percent"] == 50.0
-    last = m.progress_from_stats(fx["samples"][-1]["stats"], 2.0, LV_11_3)
+    last = mm.progress_from_stats(fx["samples"][-1]["stats"], 2.0, LV_11_3)
     assert last["phase"] == "memory" and last["memory_iteration"] == 2
     assert last["data_remaining_bytes"] == 4 * 1024 * 1024
     assert last["dirty_rate_bytes_per_s"] == 150 * 4096
@@ -407,7 +409,7 @@ def test_progress_sample_of_converging_job():
 
 def test_not_converging_job_is_aborted_at_the_timeout_then_given_up_after_grace():
     fx = load("jobstats_not_converging.json")
-    monitor = m.MigrationMonitor(10, "abort", abort_grace_s=8, lv=LV_11_3)
+    monitor = mm.MigrationMonitor(10, "abort", abort_grace_s=8, lv=LV_11_3)
     actions = replay(fx, monitor)
     assert [t for t, a in actions if a == "abort"] == [10.0]
     assert all(a == "wait" for t, a in actions if t < 10.0)
@@ -417,7 +419,7 @@ def test_not_converging_job_is_aborted_at_the_timeout_then_given_up_after_grace(
 
 def test_not_converging_job_switches_to_postcopy_once_when_opted_in():
     fx = load("jobstats_postcopy.json")
-    monitor = m.MigrationMonitor(10, "postcopy", lv=LV_9_0)
+    monitor = mm.MigrationMonitor(10, "postcopy", lv=LV_9_0)
     actions = replay(fx, monitor)
     assert [t for t, a in actions if a == "postcopy"] == [10.0]
     assert "abort" not in {a for _t, a in actions} and "give_up" not in {a for _t, a in actions}
@@ -432,17 +434,17 @@ def test_postcopy_action_waits_while_the_job_is_still_setting_up():
     memory = {"type": 2, "operation": 5, "time_elapsed": 3000, "data_total": 134217728,
               "data_processed": 4194304, "data_remaining": 130023424, "memory_processed": 4194304,
               "memory_iteration": 1}
-    monitor = m.MigrationMonitor(1, "postcopy", abort_grace_s=30, lv=LV_11_3)
+    monitor = mm.MigrationMonitor(1, "postcopy", abort_grace_s=30, lv=LV_11_3)
     assert [monitor.observe(setup, t) for t in (0.0, 1.0, 2.0)] == ["wait", "wait", "wait"]
     assert monitor.observe(memory, 3.0) == "postcopy"
-    stuck = m.MigrationMonitor(1, "postcopy", abort_grace_s=30, lv=LV_11_3)
+    stuck = mm.MigrationMonitor(1, "postcopy", abort_grace_s=30, lv=LV_11_3)
     assert stuck.observe(setup, 30.0) == "wait" and stuck.observe(setup, 31.0) == "abort"
     assert "phase setup" in stuck.reason
 
 
 def test_postcopy_action_during_storage_copy_aborts():
     fx = load("jobstats_converging.json")
-    monitor = m.MigrationMonitor(0.5, "postcopy", lv=LV_11_3)
+    monitor = mm.MigrationMonitor(0.5, "postcopy", lv=LV_11_3)
     actions = replay(fx, monitor)
     assert ("0.5", "abort") == (str(actions[1][0]), actions[1][1])
     assert "post-copy cannot move disk data" in monitor.reason
@@ -450,7 +452,7 @@ def test_postcopy_action_during_storage_copy_aborts():
 
 def test_completed_stats_map_to_the_result():
     fx = load("jobstats_converging.json")
-    res = m.result_from_stats(fx["completed"], LV_9_0)
+    res = mm.result_from_stats(fx["completed"], LV_9_0)
     assert res["time_ms"] == 2100 and res["downtime_ms"] == 112 and res["setup_ms"] == 5
     assert res["memory_bytes"] == 94371840 and res["disk_bytes"] == 134217728
     assert res["iterations"] == 3 and res["dirty_rate_bytes_per_s"] == 150 * 4096
@@ -461,17 +463,17 @@ def test_waiter_stops_at_deadline_and_on_result():
 
     def sleep(s):
         clock["now"] += s
-    ticks = m.timing(1.0, 3.0, clock=lambda: clock["now"], sleep=sleep)
-    assert m.wait_for(lambda elapsed: None, ticks) is None
+    ticks = mm.timing(1.0, 3.0, clock=lambda: clock["now"], sleep=sleep)
+    assert mm.wait_for(lambda elapsed: None, ticks) is None
     assert clock["now"] == 3.0
-    ticks = m.timing(1.0, None, clock=lambda: clock["now"], sleep=sleep)
-    assert m.wait_for(lambda elapsed: "done" if elapsed >= 2 else None, ticks) == "done"
+    ticks = mm.timing(1.0, None, clock=lambda: clock["now"], sleep=sleep)
+    assert mm.wait_for(lambda elapsed: "done" if elapsed >= 2 else None, ticks) == "done"
 
 
 def test_progress_writer_appends_json_lines(tmp_path):
     path = str(tmp_path / "progress.jsonl")
     lines = []
-    write = m.progress_writer(path, lines.append)
+    write = mm.progress_writer(path, lines.append)
     write({"phase": "memory", "percent": 50.0})
     write({"phase": "memory", "percent": 90.0})
     with open(path) as handle:
@@ -496,8 +498,8 @@ SRC_RUNNING = dom_info()
 
 
 def decide(src, by_name, by_uuid, cleanup=False):
-    return m.classify_destination(src, by_name, by_uuid, dest_name="vm12", dest="hostb",
-                                  cleanup_leftover=cleanup)
+    return mp.classify_destination(src, by_name, by_uuid, dest_name="vm12", dest="hostb",
+                                   cleanup_leftover=cleanup)
 
 
 def test_c11_clean_destination_migrates():
@@ -890,7 +892,7 @@ def test_c11_b_run_cleans_our_leftover_then_migrates():
 def test_keep_sparse_sends_a_destination_xml_with_discard_unmap_on_copied_disks(lv):
     """Without discard='unmap' on the destination, QEMU 10 fills raw destination images."""
     src = dict(source(), migratable_xml=XML_C12)
-    plan = m.build_plan(opts(), src, lv)
+    plan = mp.build_plan(opts(), src, lv)
     assert plan.sparse_targets == ["vda", "vdb"]
     dest = plan.params["destination_xml"]
     assert {d["target"]: d["discard"] for d in disks_of(dest)} == {"vda": "unmap", "vdb": "unmap"}
@@ -900,15 +902,15 @@ def test_keep_sparse_sends_a_destination_xml_with_discard_unmap_on_copied_disks(
 @BOTH
 def test_keep_sparse_off_or_user_xml_leaves_the_destination_xml_alone(lv):
     src = dict(source(), migratable_xml=XML_C12)
-    assert "destination_xml" not in m.build_plan(opts(keep_sparse=False), src, lv).params
-    user = m.build_plan(opts(dest_xml="<domain/>"), src, lv)
+    assert "destination_xml" not in mp.build_plan(opts(keep_sparse=False), src, lv).params
+    user = mp.build_plan(opts(dest_xml="<domain/>"), src, lv)
     assert user.params["destination_xml"] == "<domain/>" and user.sparse_targets == []
-    offline = m.build_plan(opts(live=False, copy_storage="none"), dict(src, active=False), lv)
+    offline = mp.build_plan(opts(live=False, copy_storage="none"), dict(src, active=False), lv)
     assert offline.sparse_targets == []
 
 
 def test_disk_total_is_remembered_for_the_result():
-    mon = m.MigrationMonitor(None, lv=LV_11_3)
+    mon = mm.MigrationMonitor(None, lv=LV_11_3)
     job = {"type": LV_11_3.VIR_DOMAIN_JOB_UNBOUNDED, "disk_total": 20 * GIB, "disk_processed": GIB}
     mon.observe(job, 1.0)
     mon.observe({"type": LV_11_3.VIR_DOMAIN_JOB_UNBOUNDED, "memory_processed": 5}, 2.0)
@@ -919,10 +921,10 @@ def test_detect_zeroes_with_an_old_binding_on_a_new_library():
     """Debian 12's python3-libvirt 9.0 on libvirt 11.3 (the lab): the constant is missing but the
     library knows the parameter, so it is passed by its documented name."""
     binding_9_library_11 = fake_libvirt(11003000, NEWER_THAN_9_0)
-    plan = m.build_plan(opts(), source(), binding_9_library_11)
+    plan = mp.build_plan(opts(), source(), binding_9_library_11)
     assert plan.params["migrate_disks_detect_zeroes"] == ["vda", "vdb"]
     assert not any("detect_zeroes" in w for w in plan.warnings)
-    old = m.build_plan(opts(), source(), LV_9_0)
+    old = mp.build_plan(opts(), source(), LV_9_0)
     assert "migrate_disks_detect_zeroes" not in old.params
     assert any("detect_zeroes skipped" in w for w in old.warnings)
 
@@ -1025,7 +1027,7 @@ def test_the_abort_is_sent_again_from_sever_after_s_every_reabort_every_s():
         def abortJob(self):
             calls.append("abortJob")
 
-    reabort = m._Reabort(Dom(), m.MigrationOptions(domain="vm12", dest_host="198.18.0.2"), m.Runtime(), [], LV_11_3)
+    reabort = m._Reabort(Dom(), mp.MigrationOptions(domain="vm12", dest_host="198.18.0.2"), m.Runtime(), [], LV_11_3)
     reabort.maybe(9.9)
     assert calls == []
     reabort.maybe(10.0)
@@ -1206,21 +1208,21 @@ def test_postcopy_summary_without_completed_stats_takes_the_last_sample():
 
 def test_completed_summary_fills_only_what_the_completed_stats_lack():
     fx = load("jobstats_postcopy.json")
-    last = m.progress_from_stats(fx["samples"][-1]["stats"], 30.0, LV_11_3)
+    last = mm.progress_from_stats(fx["samples"][-1]["stats"], 30.0, LV_11_3)
     partial = {k: v for k, v in fx["completed"].items() if k not in ("memory_processed", "downtime")}
-    res = m.completed_summary(partial, last, LV_11_3)
+    res = mm.completed_summary(partial, last, LV_11_3)
     assert res["stats_from"] == "completed+last_sample"
     assert res["time_ms"] == 14800  # the completed job's own
     assert res["memory_bytes"] == fx["samples"][-1]["stats"]["memory_processed"]
     assert res["downtime_ms"] is None and res["downtime_estimated"] is False  # a running job gave no downtime
-    full = m.completed_summary(fx["completed"], last, LV_11_3)
+    full = mm.completed_summary(fx["completed"], last, LV_11_3)
     assert full["stats_from"] == "completed" and full["downtime_ms"] == 35
 
 
 def test_completed_summary_with_nothing_known():
-    res = m.completed_summary({}, None, LV_11_3)
+    res = mm.completed_summary({}, None, LV_11_3)
     assert res["stats_from"] == "none" and res["time_ms"] is None
-    res = m.completed_summary(None, {"elapsed_s": 12.5, "active": True}, LV_11_3)
+    res = mm.completed_summary(None, {"elapsed_s": 12.5, "active": True}, LV_11_3)
     assert res["time_ms"] == 12500 and res["stats_from"] == "last_sample"
 
 

@@ -287,11 +287,12 @@ def run_virsh(fmt: str = "raw", extra: list[str] | None = None, timeout: float =
     return finish(out, sampler)
 
 
-def playbook(name: str, evars: dict, timeout: float, **env: str) -> subprocess.CompletedProcess:
-    """``ansible-playbook playbooks/NAME -e EVARS`` from the checkout against the lab inventory."""
+def playbook(name: str, evars: dict, timeout: float, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``ansible-playbook [ARGS] playbooks/NAME -e EVARS`` from the checkout against the lab
+    inventory (an absolute NAME is used as it is)."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", **env)
-    return sh([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml"),
-               "playbooks/" + name, "-e", json.dumps(evars)], timeout=timeout, check=False, env=env)
+    return sh([os.path.join(VENV_BIN, "ansible-playbook"), *args, "-i", os.path.join(lab.STATE, "inventory.yml"),
+               os.path.join("playbooks", name), "-e", json.dumps(evars)], timeout=timeout, check=False, env=env)
 
 
 def run_ours(fmt: str = "raw", extra_vars: dict | None = None, timeout: float = 1800, tls: bool = False) -> dict:
@@ -365,10 +366,10 @@ def floor_run() -> float:
     with open(path, "w") as f:
         f.write("- name: Floor\n  hosts: hostb\n  gather_facts: false\n  tasks:\n"
                 "    - name: One trivial task\n      ansible.builtin.command: 'true'\n      changed_when: false\n")
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     start = time.monotonic()
-    sh([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml"), path],
-       timeout=120, env=env)
+    res = playbook(path, {}, 120)
+    if res.returncode != 0:
+        raise SystemExit("bench: the floor's one-task playbook failed:\n%s" % (res.stdout + res.stderr)[-2000:])
     return time.monotonic() - start
 
 
@@ -376,10 +377,7 @@ def count_run() -> dict:
     """One untimed move of ours with ``-vvv`` (the same guest and variables as the overhead's
     runs) whose remote commands are counted (:func:`remote_commands`); ``ok`` says it moved."""
     fresh_guest()
-    evars = dict({"vm": VM, "dest": "hostb"}, **PLAIN_VARS)
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    res = sh([os.path.join(VENV_BIN, "ansible-playbook"), "-vvv", "-i", os.path.join(lab.STATE, "inventory.yml"),
-              "playbooks/migrate.yml", "-e", json.dumps(evars)], timeout=1800, check=False, env=env)
+    res = playbook("migrate.yml", dict({"vm": VM, "dest": "hostb"}, **PLAIN_VARS), 1800, "-vvv")
     return dict(remote_commands(res.stdout), ok=res.returncode == 0)
 
 

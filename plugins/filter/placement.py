@@ -35,10 +35,10 @@ def _reports(results):
     return out
 
 
-def pick_destination(hosts, guest, source, reports, reserve_bytes=0):
+def pick_destination(hosts, guest, source, reports, reserve_bytes=0, allow_cold=False):
     """``{{ host_facts | kvmops.migration.pick_destination(guest, source, reports) }}``."""
     return _placement.pick_destination(guest, source, _hosts_from_results(hosts),
-                                       _reports(reports), int(reserve_bytes or 0))
+                                       _reports(reports), int(reserve_bytes or 0), bool(allow_cold))
 
 
 def select_guests(domains, include=None, exclude=None):

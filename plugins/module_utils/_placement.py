@@ -22,6 +22,8 @@ import fnmatch
 import typing as t
 import uuid as uuidlib
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _cold_move
+
 MIB = 1024 ** 2
 GIB = 1024 ** 3
 #: UUID namespace of the host UUIDs this collection writes (uuid5 of "kvmops-host:<name>").
@@ -111,14 +113,6 @@ def locate_guest(name: str, hosts: dict[str, dict[str, t.Any]], group: str = "kv
 # Choose a destination
 # --------------------------------------------------------------------------------------------
 
-def _errors(report: dict[str, t.Any] | None) -> list[str]:
-    if not report:
-        return ["no pre-flight report"]
-    if report.get("failed") and not report.get("findings"):
-        return [str(report.get("msg") or "pre-flight failed")]
-    return [f.get("msg", "") for f in report.get("findings", []) if f.get("status") == "error"]
-
-
 def _warnings(report: dict[str, t.Any] | None) -> int:
     return sum(1 for f in (report or {}).get("findings", []) if f.get("status") == "warning")
 
@@ -133,15 +127,18 @@ def _available(facts: dict[str, t.Any] | None) -> int | None:
 
 def rank_destinations(guest: dict[str, t.Any], source: str, hosts: dict[str, dict[str, t.Any]],
                       reports: dict[str, dict[str, t.Any]], reserve_bytes: int = 0,
-                      committed: dict[str, int] | None = None) -> list[dict[str, t.Any]]:
+                      committed: dict[str, int] | None = None, allow_cold: bool = False) -> list[dict[str, t.Any]]:
     """Every host with a report (or every host when ``reports`` is empty) but ``source``,
     judged for ``guest`` (``locate_guest`` result or
-    ``{name, memory_bytes}``): eligible when its pre-flight report for this guest has no error
-    and its available memory minus ``reserve_bytes`` and minus what this run already placed
-    there (``committed``) holds the guest. Eligible hosts first, most memory left first, then
+    ``{name, memory_bytes, active}``): eligible when its pre-flight report for this guest allows a
+    move (:func:`_cold_move.move_kind`: no error, or with ``allow_cold`` only errors about the
+    running guest's CPU, which a cold move fixes) and its available memory minus
+    ``reserve_bytes`` and minus what this run already placed there (``committed``) holds the
+    guest. Eligible hosts first, live moves before cold ones, most memory left first, then
     fewest warnings, then name.
 
-    :returns: ``[{host, eligible, reasons, available_bytes, left_bytes, warnings}]``.
+    :returns: ``[{host, eligible, kind (live|offline|cold|None), cold_offered, reasons,
+        available_bytes, left_bytes, warnings}]``.
     """
     committed = committed or {}
     need = int(guest.get("memory_bytes") or 0)
@@ -149,7 +146,8 @@ def rank_destinations(guest: dict[str, t.Any], source: str, hosts: dict[str, dic
     for host in sorted(reports or hosts):
         if host == source:
             continue
-        reasons = _errors(reports.get(host))
+        kind = _cold_move.move_kind(reports.get(host), bool(guest.get("active")), allow_cold)
+        reasons = list(kind["blockers"])
         available = _available(hosts.get(host))
         left = None
         if available is None:
@@ -163,28 +161,30 @@ def rank_destinations(guest: dict[str, t.Any], source: str, hosts: dict[str, dic
                                    " after %d MiB placed in this run" % (committed[host] // MIB)
                                    if committed.get(host) else "", need // MIB,
                                    int(reserve_bytes) // MIB))
-        ranked.append({"host": host, "eligible": not reasons, "reasons": reasons,
+        ranked.append({"host": host, "eligible": not reasons, "kind": kind["kind"] if not reasons else None,
+                       "cold_offered": kind["cold_offered"], "reasons": reasons,
                        "available_bytes": available, "left_bytes": left,
                        "warnings": _warnings(reports.get(host))})
-    ranked.sort(key=lambda r: (not r["eligible"], -(r["left_bytes"] or 0), r["warnings"], r["host"]))
+    ranked.sort(key=lambda r: (not r["eligible"], r["kind"] == "cold", -(r["left_bytes"] or 0), r["warnings"], r["host"]))
     return ranked
 
 
 def pick_destination(guest: dict[str, t.Any], source: str, hosts: dict[str, dict[str, t.Any]],
-                     reports: dict[str, dict[str, t.Any]], reserve_bytes: int = 0) -> dict[str, t.Any]:
-    """The best destination of :func:`rank_destinations`.
+                     reports: dict[str, dict[str, t.Any]], reserve_bytes: int = 0,
+                     allow_cold: bool = False) -> dict[str, t.Any]:
+    """The best destination of :func:`rank_destinations`, and how the guest goes there.
 
-    :returns: ``{host, ranking, error}``; ``host`` is None and ``error`` says why for each host
-        when none is eligible.
+    :returns: ``{host, kind (live|offline|cold), ranking, error}``; ``host`` and ``kind`` are None
+        and ``error`` says why for each host when none is eligible.
     """
-    ranking = rank_destinations(guest, source, hosts, reports, reserve_bytes)
+    ranking = rank_destinations(guest, source, hosts, reports, reserve_bytes, allow_cold=allow_cold)
     if ranking and ranking[0]["eligible"]:
-        return {"host": ranking[0]["host"], "ranking": ranking, "error": None}
+        return {"host": ranking[0]["host"], "kind": ranking[0]["kind"], "ranking": ranking, "error": None}
     if not ranking:
         why = "the group has no host other than %s" % source
     else:
         why = "; ".join("%s: %s" % (r["host"], " | ".join(r["reasons"])) for r in ranking)
-    return {"host": None, "ranking": ranking,
+    return {"host": None, "kind": None, "ranking": ranking,
             "error": "No host can take guest %s from %s: %s." % (guest.get("name"), source, why)}
 
 
@@ -406,15 +406,26 @@ def human_bytes(value: int | float | None) -> str:
 _STREAM_WORDS = {"tls": "TLS (QEMU native TLS)", "plain": "UNENCRYPTED (plain TCP)", "none": "none streamed"}
 
 
+def _cold_words(stats: dict[str, t.Any], forced: bool) -> str:
+    """What the downtime of a cold move was made of."""
+    def secs(key: str) -> str:
+        return "?" if stats.get(key) is None else "%.1f s" % (stats[key] / 1000.0)
+    return ("from the ACPI shutdown request until it ran on the destination: shutdown %s%s, disk copy %s, start %s; "
+            "its OS booted after that." % (secs("shutdown_ms"), " (powered off hard after the timeout)" if forced else "",
+                                           secs("copy_ms"), secs("start_ms")))
+
+
 def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.Any] | None,
                       images: dict[str, t.Any] | None = None, created: t.Sequence[str] = (),
                       check_mode: bool = False) -> dict[str, t.Any]:
     """The one summary of a migration: guest, from, to, duration, downtime, memory and disk bytes
     moved, images created, source/destination allocation of each image; ``lines`` for people.
 
-    :param result: the ``migrate`` module's result (``state``, ``stats``, ``plan``).
+    :param result: the ``migrate`` module's result (``state``, ``stats``, ``plan``), or the
+        ``cold_move`` module's (``mode: cold``, ``plan`` a list of steps, ``forced``).
     """
     result = result or {}
+    cold = result.get("mode") == "cold"
     stats = result.get("stats") or {}
     state = result.get("state") or ("planned" if check_mode else "unknown")
     time_ms = stats.get("time_ms")
@@ -431,15 +442,22 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
         "images": [{k: i.get(k) for k in ("target", "path", "virtual_size", "src_allocation",
                                           "dst_allocation", "created", "sparse")}
                    for i in (images or {}).get("images", [])],
-        "flags": (result.get("plan") or {}).get("flags"),
+        "mode": "cold" if cold else "live",
+        "flags": None if cold else (result.get("plan") or {}).get("flags"),
         "transport": result.get("transport"),
         "warnings": list(result.get("warnings") or []),
     }
     if state == "already_migrated":
         head = "%s already runs on %s: nothing to do." % (guest, dest)
+    elif state == "planned" and cold:
+        head = "PLAN (check mode): %s would move COLD %s -> %s: %s." % (
+            guest, source, dest, "; ".join(result.get("plan") or []))
     elif state == "planned":
         head = "PLAN (check mode): %s would move %s -> %s (%s)." % (
             guest, source, dest, ", ".join(summary["flags"] or []))
+    elif cold:
+        head = "%s moved COLD %s -> %s in %s s, downtime %s ms: %s" % (
+            guest, source, dest, summary["duration_s"], summary["downtime_ms"], _cold_words(stats, bool(result.get("forced"))))
     else:
         sampled = stats.get("stats_from") in ("last_sample", "completed+last_sample")
         duration = ("an unknown time" if summary["duration_s"] is None else
@@ -452,7 +470,10 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
         lines.append("figures %s: the completed job statistics were not readable on either host (after a "
                      "post-copy move the source domain is gone)" % (
                          "unknown" if stats.get("stats_from") == "none" else "from the last progress sample"))
-    if state == "migrated":
+    if state == "migrated" and cold:
+        lines.append("moved: no memory (cold move), disks %s of data (%s of disk walked, holes kept)" % (
+            human_bytes(summary["disk_allocated_bytes"]), human_bytes(summary["disk_bytes"])))
+    elif state == "migrated":
         # disk_bytes is what the storage copy walked (the virtual size of the copied disks);
         # the data that had to move is their allocation on the source
         disks = human_bytes(summary["disk_bytes"])

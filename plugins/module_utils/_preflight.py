@@ -52,6 +52,7 @@ import typing as t
 from ansible_collections.kvmops.migration.plugins.module_utils import _checks_guest
 from ansible_collections.kvmops.migration.plugins.module_utils import _checks_network
 from ansible_collections.kvmops.migration.plugins.module_utils import _checks_storage
+from ansible_collections.kvmops.migration.plugins.module_utils import _cold_move
 from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
 from ansible_collections.kvmops.migration.plugins.module_utils import _host
@@ -147,6 +148,12 @@ class PreflightOptions:
     dest_probe: dict[str, t.Any] | None = None
     #: a closed, filtered or unreachable data port is a warning, not an error
     ignore_blocked_ports: bool = False
+    #: the setting that allows a cold move (the role passes migrate_guest_allow_cold_move): a
+    #: running guest's CPU errors then say that only a cold move fixes them (:func:`_cold_move.offer`);
+    #: None: they point to domain_cpu and a cold boot only
+    cold_move_var: str | None = None
+    #: that setting is true: the CPU errors say a cold move will fix them
+    cold_move_allowed: bool = False
 
     def validate(self) -> None:
         """:raises KvmopsError: an option out of range, named."""
@@ -401,7 +408,9 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             {"host": dest, "uuid": dst_facts["uuid"], "hostname": dst_facts["hostname"]},
             opts.dest_host, probes.is_local(opts.dest_host.strip("[]"))
             if _checks_network.is_ip(opts.dest_host) else any(probes.is_local(a) for a in probes.resolver(opts.dest_host))))
-        findings.extend(_checks_guest.check_cpu_all(dconn, xml, dst_facts["caps"], dest))
+        cpu_findings = _checks_guest.check_cpu_all(dconn, xml, dst_facts["caps"], dest)
+        findings.extend(_cold_move.offer(cpu_findings, opts.cold_move_var, opts.cold_move_allowed, dest)
+                        if active else cpu_findings)
         if active:
             try:
                 free, available = _memory(dconn, lv, dest)

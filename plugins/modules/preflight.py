@@ -123,6 +123,18 @@ options:
         (the C(migrate_guest) role passes C(migrate_guest_allow_insecure_transport)).
     type: str
     default: allow_insecure_transport
+  cold_move_var:
+    description:
+      - The setting that allows a cold move (the C(migrate_guest) role passes C(migrate_guest_allow_cold_move)).
+        Given, an error of the C(cpu) or C(cpu_feature_names) check of a running guest says that only a cold move
+        can fix it (the live CPU never changes in a live migration), names this setting and has
+        C(values.cold_move) (C(offered), or C(allowed) with O(cold_move_allowed=true)).
+      - Not given, those errors point to M(kvmops.migration.domain_cpu) and a cold boot.
+    type: str
+  cold_move_allowed:
+    description: The setting O(cold_move_var) is true - the CPU errors then say that a cold move will fix them.
+    type: bool
+    default: false
   ports:
     description: Ports probed on O(dest_host) from the source.
     type: dict
@@ -482,6 +494,8 @@ def argument_spec() -> dict:
         require_state=dict(type="str", choices=["running", "shut off", "any"], default="running"),
         dest_tls=dict(type="dict"),
         insecure_var=dict(type="str", default="allow_insecure_transport"),
+        cold_move_var=dict(type="str"),
+        cold_move_allowed=dict(type="bool", default=False),
         ports=dict(type="dict", default={}, options=dict(
             migrate=dict(type="int", default=_preflight.DEFAULT_MIGRATE_PORT),
             disks=dict(type="int", default=_preflight.DEFAULT_DISKS_PORT),

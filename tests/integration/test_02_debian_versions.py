@@ -7,6 +7,7 @@ the demo guest on hosta."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -81,3 +82,108 @@ def test_move_from_debian_13_to_12_is_refused_before_anything_changes(mixed_lab)
     finally:
         lab.remove_guest(NEW, BACK)
         lab.remove_guest(OLD, BACK)
+
+
+# Issue 16 item 3: a move the live CPU cannot make. A guest on the newer host runs with a CPU
+# model that only the newer QEMU knows, on a machine type both QEMUs have: no live move can take
+# it to the older host (the live CPU never changes); only a cold move can.
+COLD = "labcold"
+COLD_IP, COLD_MAC = "198.18.0.25", 0x25
+
+
+def _custom_models(host: str, virttype: str, machine: str) -> tuple[dict[str, str], str | None]:
+    """The CPU models of ``virsh domcapabilities``' custom mode on ``host`` (usable or not) with
+    their vendor, and the vendor of the host-model CPU."""
+    xml = lab.in_host_out(host, ["virsh", "domcapabilities", "--virttype", virttype, "--arch", "x86_64",
+                                 "--machine", machine])
+    custom = re.search(r"<mode name='custom'[^>]*>(.*?)</mode>", xml, re.S).group(1)
+    models = {name: (re.search(r"vendor='([^']*)'", attrs) or re.search("()", "")).group(1)
+              for attrs, name in re.findall(r"<model ([^>]*)>([^<]+)</model>", custom)}
+    host_model = re.search(r"<mode name='host-model'[^>]*>(.*?)</mode>", xml, re.S)
+    vendor = re.search(r"<vendor>([^<]+)</vendor>", host_model.group(1)) if host_model else None
+    return models, vendor.group(1) if vendor else None
+
+
+def _common_machine() -> str:
+    """The newest versioned i440fx machine type that both hosts' QEMU offer (a cold move keeps
+    the machine type: it is guest ABI)."""
+    def machines(host: str) -> set[str]:
+        return set(re.findall(r"<machine[^>]*>(pc-i440fx-[\d.]+)</machine>", lab.in_host_out(host, ["virsh", "capabilities"])))
+    common = machines(OLD) & machines(NEW)
+    return max(common, key=lambda m: tuple(int(x) for x in m.rsplit("-", 1)[1].split(".")))
+
+
+@pytest.fixture
+def newer_cpu_guest(mixed_lab):
+    """``labcold`` running on the newer host with a CPU model only its QEMU knows; removed from
+    both hosts afterwards."""
+    virttype = lab.probe_accelerator(lab.build_guest_artifacts())
+    machine = _common_machine()
+    new_models, vendor = _custom_models(NEW, virttype, machine)
+    old_models, _vendor = _custom_models(OLD, virttype, machine)
+    only_new = sorted(set(new_models) - set(old_models))
+    assert only_new, "no CPU model that only hostb's QEMU knows (%s, %s)" % (virttype, machine)
+    # one of the host's own vendor, if there is one: the guest kernel then boots as on its host
+    model = ([m for m in only_new if new_models[m] == vendor] or only_new)[0]
+    lab_cmd("guest", "--name", COLD, "--ip", COLD_IP, "--mac", hex(COLD_MAC), "--host", NEW, "--recreate",
+            "--wait", "--written-mib", "16", "--machine", machine, "--cpu-model", model)
+    print("%s on %s: %s, machine %s, CPU model %s (unknown to %s)" % (COLD, NEW, virttype, machine, model, OLD))
+    try:
+        yield {"model": model, "machine": machine}
+    finally:
+        lab.remove_guest(NEW, COLD)
+        lab.remove_guest(OLD, COLD)
+        # (the manifest entries of its images go with the lab's guest --recreate of the fixture's teardown)
+
+
+def test_cpu_only_the_newer_qemu_knows_is_refused_naming_the_cold_move(newer_cpu_guest):
+    before = proof.host_snapshot()
+    res = play("playbooks/migrate.yml", "-e", "vm=%s" % COLD, "-e", "dest=%s" % OLD)
+    text = re.sub(r"\s+", " ", res.stdout)
+    assert res.returncode != 0, res.stdout[-4000:]
+    assert "The guest CPU cannot run on" in text, text[-4000:]
+    assert ("Only a cold move can fix this: set migrate_guest_allow_cold_move=true and the persistent CPU is "
+            "normalised to the group's baseline") in text, text[-4000:]
+    assert "Traceback" not in res.stdout
+    # nothing changed on either host: the guest runs on hostb as it did, no image, no domain on hosta
+    assert proof.host_snapshot() == before
+    assert lab.domain_hosts(COLD) == {NEW: "running"}
+
+
+def test_cold_move_with_the_variable_moves_it_and_reports_the_downtime(newer_cpu_guest):
+    allow = ("-e", "migrate_guest_allow_cold_move=true")
+    before = proof.host_snapshot()
+    plan = play("playbooks/migrate.yml", "-e", "vm=%s" % COLD, "-e", "dest=%s" % OLD, *allow, "--check")
+    text = re.sub(r"\s+", " ", plan.stdout)
+    assert plan.returncode == 0, plan.stdout[-6000:]
+    assert "PLAN (check mode): %s would move COLD %s -> %s: shut %s down on the source with the ACPI power button" % (
+        COLD, NEW, OLD, COLD) in text, text[-4000:]
+    assert proof.host_snapshot() == before
+
+    res = play("playbooks/migrate.yml", "-e", "vm=%s" % COLD, "-e", "dest=%s" % OLD, *allow)
+    text = re.sub(r"\s+", " ", res.stdout)
+    assert res.returncode == 0, res.stdout[-8000:]
+    m = re.search(r"%s moved COLD %s -> %s in ([\d.]+) s, downtime (\d+) ms: from the ACPI shutdown request until it "
+                  r"ran on the destination: shutdown ([\d.]+) s, disk copy ([\d.]+) s, start ([\d.]+) s" % (COLD, NEW, OLD), text)
+    assert m, text[-6000:]
+    downtime_s, shutdown_s, copy_s, start_s = int(m.group(2)) / 1000.0, float(m.group(3)), float(m.group(4)), float(m.group(5))
+    assert downtime_s >= shutdown_s + copy_s + start_s - 0.3, m.group(0)
+    print(m.group(0))
+    # shut down by its own OS on the ACPI button (not forced), running on hosta only, answering ping
+    console = open(lab.hdir(NEW, "var-log-libvirt", "qemu", "%s-console.log" % COLD)).read()
+    assert "kvmops guest: ACPI power button: powering off" in console
+    assert "powered off hard" not in text
+    assert lab.domain_hosts(COLD) == {OLD: "running"}
+    lab.wait_guest_ping(COLD_IP, timeout=90)
+    live = lab.in_host_out(OLD, ["virsh", "dumpxml", COLD])
+    assert "<model fallback='forbid'>%s</model>" % newer_cpu_guest["model"] not in live
+    assert "machine='%s'" % newer_cpu_guest["machine"] in live
+    # sparse on hosta, and the old images kept on hostb
+    for ext in ("raw", "swap"):
+        st = os.stat(lab.hdir(OLD, "var-lib-libvirt", "images", "%s.%s" % (COLD, ext)))
+        assert st.st_blocks * 512 < 64 * 1024 ** 2, (ext, st.st_blocks)
+        assert os.path.exists(lab.hdir(NEW, "var-lib-libvirt", "images", "%s.%s" % (COLD, ext)))
+    # a rerun is a no-op
+    again = play("playbooks/migrate.yml", "-e", "vm=%s" % COLD, "-e", "dest=%s" % OLD, *allow)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert re.search(r"changed=0 ", again.stdout), again.stdout[-3000:]

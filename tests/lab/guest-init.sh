@@ -3,7 +3,9 @@
 # - prints "tick <n> <date -Iseconds>" every second on the serial console (ttyS0);
 # - configures eth1 (the NIC on br-vm) with the address in kvmops.ip= and answers ping;
 # - serves a command shell on eth1 port 2323 for the tests (lab only);
-# - /bin/recwriter writes numbered, checksummed 512-byte records to /dev/vdb.
+# - /bin/recwriter writes numbered, checksummed 512-byte records to /dev/vdb;
+# - the ACPI power button (virsh shutdown --mode acpi) powers the guest off cleanly, as a real
+#   OS does: busybox acpid runs /etc/acpi/PWRF/00000080 on the button's key event (evdev).
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -18,6 +20,15 @@ for arg in $cmdline; do  # words of the kernel command line
   esac
 done
 while read -r mod; do insmod "/lib/modules/$mod" 2>/dev/null; done < /etc/modules.order
+mkdir -p /etc/acpi/PWRF
+cat > /etc/acpi/PWRF/00000080 <<'PWR'
+#!/bin/sh
+echo "kvmops guest: ACPI power button: powering off" > /dev/ttyS0
+sync
+poweroff -f
+PWR
+chmod +x /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi -l /dev/null
 ip link set lo up
 ip link set eth0 up 2>/dev/null
 ip link set eth1 up

@@ -68,7 +68,8 @@ PRIVATE_DIRS = {
     "/root/.ssh": "root-ssh",
     MANIFEST_DIR: "var-lib-kvmops-migration",
 }
-KERNEL_MODULES = ["virtio_pci", "virtio_blk", "virtio_net"]
+# button and evdev: the ACPI power button reaches the guest's acpid (virsh shutdown --mode acpi)
+KERNEL_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "button", "evdev"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -696,19 +697,24 @@ def wait_for(check, what: str, timeout: float) -> None:
 # --------------------------------------------------------------------------- the demo guest
 
 def guest_xml(accel: str, name: str = GUEST, ip: str = GUEST_IP, mac_suffix: int = 0x10,
-              memory_mib: int = GUEST_MEMORY_MIB, disk_format: str = "raw") -> str:
-    cpu = "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model></cpu>"
+              memory_mib: int = GUEST_MEMORY_MIB, disk_format: str = "raw", machine: str = "pc",
+              cpu_model: str = "qemu64") -> str:
+    """``machine``: the machine type as given (libvirt expands ``pc`` to the host QEMU's newest
+    i440fx); ``cpu_model``: the custom CPU model (``check='none'``: QEMU starts it with what the
+    accelerator can provide)."""
+    cpu = "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>%s</model></cpu>" % cpu_model
     return textwrap.dedent("""\
         <domain type='%(accel)s'>
           <name>%(name)s</name>
           <memory unit='MiB'>%(mem)d</memory>
           <vcpu>1</vcpu>
           <os>
-            <type arch='x86_64' machine='pc'>hvm</type>
+            <type arch='x86_64' machine='%(machine)s'>hvm</type>
             <kernel>/var/lib/libvirt/boot/kvmops-guest-vmlinuz</kernel>
             <initrd>/var/lib/libvirt/boot/kvmops-guest-initrd.gz</initrd>
             <cmdline>console=ttyS0 panic=-1 kvmops.ip=%(ip)s/%(prefix)d</cmdline>
           </os>
+          <features><acpi/></features>
           %(cpu)s
           <on_poweroff>destroy</on_poweroff>
           <on_reboot>restart</on_reboot>
@@ -745,7 +751,7 @@ def guest_xml(accel: str, name: str = GUEST, ip: str = GUEST_IP, mac_suffix: int
           </devices>
         </domain>
         """) % {"accel": accel, "name": name, "mem": memory_mib, "ip": ip, "prefix": PREFIX, "fmt": disk_format,
-                "cpu": cpu, "mac": mac_suffix}
+                "cpu": cpu, "mac": mac_suffix, "machine": machine}
 
 
 def domain_hosts(name: str) -> dict[str, str]:
@@ -783,7 +789,7 @@ def written_regions(written_mib: int) -> list[tuple[int, int]]:
 
 def create_guest(name: str = GUEST, host: str = "hosta", ip: str = GUEST_IP, mac_suffix: int = 0x10,
                  recreate: bool = False, memory_mib: int = GUEST_MEMORY_MIB, written_mib: int = 256,
-                 disk_format: str = "raw") -> None:
+                 disk_format: str = "raw", machine: str = "pc", cpu_model: str = "qemu64") -> None:
     """Define and start a lab guest on ``host`` unless it already exists in the lab.
 
     Two 10 GiB disks: the system disk ``NAME.raw`` (or ``NAME.qcow2``) with ``written_mib`` MiB of
@@ -829,11 +835,11 @@ def create_guest(name: str = GUEST, host: str = "hosta", ip: str = GUEST_IP, mac
     with open(swap, "wb") as f:
         f.truncate(GUEST_DISK_BYTES)
     xml = hdir(host, "%s.xml" % name)
-    write(xml, guest_xml(accel, name, ip, mac_suffix, memory_mib, disk_format))
+    write(xml, guest_xml(accel, name, ip, mac_suffix, memory_mib, disk_format, machine, cpu_model))
     in_host(host, ["virsh", "-q", "define", xml], capture=True)
     in_host(host, ["virsh", "-q", "start", name], capture=True)
-    log("guest %s (%s, %d MiB, 10 GiB %s disk with %d MiB written, 10 GiB empty raw disk) started on %s"
-        % (name, accel, memory_mib, disk_format, written_mib, host))
+    log("guest %s (%s, machine %s, CPU %s, %d MiB, 10 GiB %s disk with %d MiB written, 10 GiB empty raw disk) "
+        "started on %s" % (name, accel, machine, cpu_model, memory_mib, disk_format, written_mib, host))
 
 
 def remove_guest(host: str, name: str) -> None:
@@ -1095,7 +1101,8 @@ def cmd_status(args) -> None:
 
 def cmd_guest(args) -> None:
     create_guest(name=args.name, host=args.host, ip=args.ip, mac_suffix=args.mac, recreate=args.recreate,
-                 memory_mib=args.memory_mib, written_mib=args.written_mib, disk_format=args.format)
+                 memory_mib=args.memory_mib, written_mib=args.written_mib, disk_format=args.format,
+                 machine=args.machine, cpu_model=args.cpu_model)
     if args.wait:
         log("guest %s answers ping (%.1f s)" % (args.name, wait_guest_ping(args.ip)))
 
@@ -1154,6 +1161,8 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--memory-mib", type=int, default=GUEST_MEMORY_MIB)
     g.add_argument("--written-mib", type=int, default=256, help="MiB of random data on the system disk")
     g.add_argument("--format", default="raw", choices=["raw", "qcow2"], help="format of the system disk")
+    g.add_argument("--machine", default="pc", help="machine type (default pc: the host QEMU's newest i440fx)")
+    g.add_argument("--cpu-model", default="qemu64", help="custom CPU model of the guest")
     g.add_argument("--wait", action="store_true")
     g.set_defaults(func=cmd_guest)
     sh = sub.add_parser("shape", help="shape the lab link (tc) like a direct Gigabit link")

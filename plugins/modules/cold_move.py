@@ -1,0 +1,175 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: cold_move
+short_description: Move a libvirt guest offline with its disks, shutting it down and starting it on the destination
+version_added: 0.1.0
+description:
+  - The move for a running guest whose CPU no destination can provide (a live migration cannot change the CPU).
+    Normalise its persistent CPU first (M(kvmops.migration.domain_cpu)) and pre-create the destination images
+    (M(kvmops.migration.disk_image)); the M(kvmops.migration.migrate_guest) role does both with
+    C(migrate_guest_allow_cold_move=true).
+  - Runs on the source. Presses the guest's ACPI power button and waits O(shutdown_timeout_s) for it to power off
+    (then powers it off hard only with O(force_off=true)), copies each image of O(disks) into the image of the same
+    path on the destination through libvirt storage streams, keeping holes (sparse), defines the guest on the
+    destination from its persistent definition, starts it there and waits until it runs, then removes the
+    definition from the source. The source images are kept.
+  - A shut-off guest is moved the same way without the shutdown and stays shut off on the destination.
+  - On a failure before the guest runs on the destination the definition this run made there is removed and the
+    guest is started again on the source if this run shut it down; the message says what was undone.
+  - Downtime (RV(stats.downtime_ms)) is the time from the ACPI request until the guest runs on the destination; its
+    operating system boots after that.
+author:
+  - kvmops.migration contributors (@kvmops)
+requirements:
+  - libvirt-python (python3-libvirt) on the source host, libvirt 3.4 or later on both hosts (sparse streams)
+  - Both images in an active libvirt storage pool of their host
+options:
+  domain:
+    description: Name or UUID of the guest on the source host.
+    type: str
+    required: true
+    aliases: [name]
+  source_uri:
+    description: libvirt URI of the source host, as seen from the host the module runs on.
+    type: str
+    default: qemu:///system
+  dest_host:
+    description: Inventory address of the destination host (used for the default O(dest_uri)).
+    type: str
+    required: true
+  dest_uri:
+    description: Full libvirt URI of the destination; default built from O(transport), O(dest_user) and O(dest_host).
+    type: str
+  dest_user:
+    description: User in the default C(qemu+ssh) destination URI.
+    type: str
+    default: root
+  transport:
+    description: Transport of the default destination URI (C(qemu+ssh) or C(qemu+tls)).
+    type: str
+    choices: [ssh, tls]
+    default: ssh
+  disks:
+    description:
+      - The images to copy, each a dictionary with C(path) (the same path on both hosts) and C(target) (C(vda), ...), as
+        the M(kvmops.migration.preflight) copy set gives them. Each must exist on the destination (pre-created).
+    type: list
+    elements: dict
+    default: []
+  shutdown_timeout_s:
+    description: Seconds to wait for the guest to power off after its ACPI power button was pressed.
+    type: int
+    default: 120
+  force_off:
+    description:
+      - Power the guest off hard (C(virDomainDestroy)) when it has not powered off after O(shutdown_timeout_s); like
+        pulling the plug, unsaved data in the guest is lost. Without it the module fails and the guest keeps running.
+    type: bool
+    default: false
+  start_timeout_s:
+    description: Seconds to wait for the guest to be running on the destination after its start.
+    type: int
+    default: 60
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Reads both hosts and returns the steps it would take (RV(plan)) without changing anything.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+    support: full
+    details: A guest defined on the destination and absent from the source gives C(changed=false).
+notes:
+  - Disks are not copied while the guest runs; only images of a shut-off guest are consistent.
+"""
+
+EXAMPLES = r"""
+- name: Move vm1 cold from this host to 198.18.0.11 (its disks pre-created there)
+  kvmops.migration.cold_move:
+    domain: vm1
+    dest_host: 198.18.0.11
+    disks:
+      - target: vda
+        path: /var/lib/libvirt/images/vm1.qcow2
+    shutdown_timeout_s: 180
+"""
+
+RETURN = r"""
+state:
+  description: C(planned) (check mode), C(migrated) or C(already_migrated).
+  returned: always
+  type: str
+mode:
+  description: Always C(cold).
+  returned: always
+  type: str
+plan:
+  description: The steps of the move, in words.
+  returned: always
+  type: list
+  elements: str
+was_running:
+  description: Whether the guest ran on the source before the move.
+  returned: always
+  type: bool
+forced:
+  description: Whether the guest was powered off hard after the shutdown timeout (O(force_off)).
+  returned: always
+  type: bool
+copies:
+  description: Per copied image C(path), C(target), C(data_bytes) (sent), C(hole_bytes) (recreated as holes), C(time_ms).
+  returned: always
+  type: list
+  elements: dict
+stats:
+  description:
+    - C(time_ms) and C(downtime_ms) (from the ACPI request until the guest runs on the destination; null for a shut-off
+      guest), C(shutdown_ms), C(copy_ms), C(start_ms), C(disk_bytes) (virtual bytes walked), C(disk_allocated_bytes)
+      (data sent), C(memory_bytes) (0), C(stats_from) (C(cold_move)).
+  returned: when migrated
+  type: dict
+msg:
+  description: One line for the operator.
+  returned: when already migrated
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.kvmops.migration.plugins.module_utils import _cold_move, _module
+from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import DEFAULT_URI
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            domain=dict(type="str", required=True, aliases=["name"]),
+            source_uri=dict(type="str", default=DEFAULT_URI),
+            dest_host=dict(type="str", required=True),
+            dest_uri=dict(type="str"),
+            dest_user=dict(type="str", default="root"),
+            transport=dict(type="str", choices=["ssh", "tls"], default="ssh"),
+            disks=dict(type="list", elements="dict", default=[]),
+            shutdown_timeout_s=dict(type="int", default=120),
+            force_off=dict(type="bool", default=False),
+            start_timeout_s=dict(type="int", default=60),
+        ),
+        supports_check_mode=True,
+    )
+    _module.check_requirements(module)
+    module.exit_json(**_module.call_backend(module, _cold_move.run_cold_move, module.params, module.check_mode))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,9 +9,13 @@ from __future__ import annotations
 class ModuleDocFragment:
     """The options of a move that M(kvmops.migration.preflight) checks and
     M(kvmops.migration.migrate) carries out: one text, one type and one default for both (their
-    argument spec is ``_args.move_spec()``). A module may give an option its own description."""
+    argument spec is ``_args.move_spec()``). A module may give an option its own description.
 
-    DOCUMENTATION = r"""
+    ``DESTINATION`` (``kvmops.migration.move.destination``) documents the part of them that names
+    the guest, the source and the destination (``_args.destination_spec()``), which
+    M(kvmops.migration.cold_move) shares; a module of a move extends both."""
+
+    DESTINATION = r"""
 options:
   domain:
     description: Name or UUID of the guest on the source host.
@@ -42,6 +46,10 @@ options:
     type: str
     choices: [ssh, tls]
     default: ssh
+"""
+
+    DOCUMENTATION = r"""
+options:
   dest_name:
     description: Name of the guest on the destination (C(VIR_MIGRATE_PARAM_DEST_NAME)); default the source name.
     type: str

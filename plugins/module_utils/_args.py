@@ -7,7 +7,10 @@
   (disk_info, disk_image, domain_cpu, host_info); documented by the ``kvmops.migration.connection``
   doc fragment, action group ``kvmops.migration.host``.
 - :func:`move_spec`: the options of a move that ``preflight`` checks and ``migrate`` carries out;
-  documented by the ``kvmops.migration.move`` doc fragment, action group ``kvmops.migration.move``.
+  documented by the ``kvmops.migration.move`` doc fragment (its ``destination`` part and the
+  rest), action group ``kvmops.migration.move``;
+- :func:`destination_spec`: the part of them that names the guest, the source and the
+  destination, which ``cold_move`` takes too (fragment ``kvmops.migration.move.destination``).
 
 The option dataclasses (``_migration_plan.MigrationOptions``, ``_preflight.PreflightOptions``) hold
 the same defaults for these options as :func:`default` gives (a unit test compares every field),
@@ -25,13 +28,18 @@ _CONNECTION: dict[str, dict[str, t.Any]] = {
     "uri": dict(type="str", default=DEFAULT_URI),
 }
 
-_MOVE: dict[str, dict[str, t.Any]] = {
+#: the guest, the source and the destination of a move (also of ``cold_move``)
+_DESTINATION: dict[str, dict[str, t.Any]] = {
     "domain": dict(type="str", required=True, aliases=["name"]),
     "source_uri": dict(type="str", default=DEFAULT_URI),
     "dest_host": dict(type="str", required=True),
     "dest_uri": dict(type="str"),
     "dest_user": dict(type="str", default="root"),
     "transport": dict(type="str", choices=["ssh", "tls"], default="ssh"),
+}
+
+_MOVE: dict[str, dict[str, t.Any]] = {
+    **_DESTINATION,
     "dest_name": dict(type="str"),
     "copy_storage": dict(type="str", choices=["all", "incremental", "none"], default="all"),
     "disks": dict(type="list", elements="str"),
@@ -50,6 +58,11 @@ _MOVE: dict[str, dict[str, t.Any]] = {
 def connection_spec() -> dict[str, dict[str, t.Any]]:
     """A fresh copy of the connection options (``{name: AnsibleModule option dict}``)."""
     return copy.deepcopy(_CONNECTION)
+
+
+def destination_spec() -> dict[str, dict[str, t.Any]]:
+    """A fresh copy of the options that name the guest, the source and the destination."""
+    return copy.deepcopy(_DESTINATION)
 
 
 def move_spec() -> dict[str, dict[str, t.Any]]:

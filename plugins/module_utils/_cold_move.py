@@ -293,8 +293,8 @@ def run_cold_move(params: dict[str, t.Any], check_mode: bool = False,
     name = params["domain"]
     src_uri = params.get("source_uri") or _libvirt.DEFAULT_URI
     dest = params["dest_host"]
-    dest_uri = params.get("dest_uri") or _migration_plan.build_dest_uri(dest, params.get("transport") or "ssh",
-                                                                         params.get("dest_user") or "root")
+    dest_uri = params.get("dest_uri") or _migration_plan.build_dest_uri(
+        dest, params.get("transport") or "ssh", params.get("dest_user") or "root")
     disks = list(params.get("disks") or [])
     timeout_s = float(params.get("shutdown_timeout_s") or 120)
     force_off = bool(params.get("force_off"))

@@ -32,31 +32,6 @@ requirements:
   - libvirt-python (python3-libvirt) on the source host, libvirt 3.4 or later on both hosts (sparse streams)
   - Both images in an active libvirt storage pool of their host
 options:
-  domain:
-    description: Name or UUID of the guest on the source host.
-    type: str
-    required: true
-    aliases: [name]
-  source_uri:
-    description: libvirt URI of the source host, as seen from the host the module runs on.
-    type: str
-    default: qemu:///system
-  dest_host:
-    description: Inventory address of the destination host (used for the default O(dest_uri)).
-    type: str
-    required: true
-  dest_uri:
-    description: Full libvirt URI of the destination; default built from O(transport), O(dest_user) and O(dest_host).
-    type: str
-  dest_user:
-    description: User in the default C(qemu+ssh) destination URI.
-    type: str
-    default: root
-  transport:
-    description: Transport of the default destination URI (C(qemu+ssh) or C(qemu+tls)).
-    type: str
-    choices: [ssh, tls]
-    default: ssh
   disks:
     description:
       - The images to copy, each a dictionary with C(path) (the same path on both hosts) and C(target) (C(vda), ...), as
@@ -90,6 +65,8 @@ attributes:
     description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: A guest defined on the destination and absent from the source gives C(changed=false).
+extends_documentation_fragment:
+  - kvmops.migration.move.destination
 notes:
   - Disks are not copied while the guest runs; only images of a shut-off guest are consistent.
 """
@@ -133,12 +110,39 @@ copies:
   type: list
   elements: dict
 stats:
-  description:
-    - C(time_ms) and C(downtime_ms) (from the ACPI request until the guest runs on the destination; null for a shut-off
-      guest), C(shutdown_ms), C(copy_ms), C(start_ms), C(disk_bytes) (virtual bytes walked), C(disk_allocated_bytes)
-      (data sent), C(memory_bytes) (0), C(stats_from) (C(cold_move)).
+  description: Timings and bytes of the move.
   returned: when migrated
   type: dict
+  contains:
+    time_ms:
+      description: Milliseconds from the ACPI request (or the start of the copy for a shut-off guest) until the end.
+      type: int
+    downtime_ms:
+      description:
+        - Milliseconds from the ACPI request until the guest ran on the destination (its OS boots after that); null
+          for a guest that was shut off.
+      type: int
+    shutdown_ms:
+      description: Milliseconds the guest took to power off (including the timeout when it was forced).
+      type: int
+    copy_ms:
+      description: Milliseconds of the disk copy.
+      type: int
+    start_ms:
+      description: Milliseconds from the start on the destination until it ran.
+      type: int
+    disk_bytes:
+      description: Bytes of disk walked (data and holes).
+      type: int
+    disk_allocated_bytes:
+      description: Bytes of disk data sent (holes are not sent).
+      type: int
+    memory_bytes:
+      description: Always 0 (no memory moves in a cold move).
+      type: int
+    stats_from:
+      description: Always C(cold_move).
+      type: str
 msg:
   description: One line for the operator.
   returned: when already migrated
@@ -147,26 +151,21 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _cold_move, _module
-from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import DEFAULT_URI
+from ansible_collections.kvmops.migration.plugins.module_utils import _args, _cold_move, _module
+
+
+def argument_spec():
+    return dict(
+        _args.destination_spec(),
+        disks=dict(type="list", elements="dict", default=[]),
+        shutdown_timeout_s=dict(type="int", default=120),
+        force_off=dict(type="bool", default=False),
+        start_timeout_s=dict(type="int", default=60),
+    )
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            domain=dict(type="str", required=True, aliases=["name"]),
-            source_uri=dict(type="str", default=DEFAULT_URI),
-            dest_host=dict(type="str", required=True),
-            dest_uri=dict(type="str"),
-            dest_user=dict(type="str", default="root"),
-            transport=dict(type="str", choices=["ssh", "tls"], default="ssh"),
-            disks=dict(type="list", elements="dict", default=[]),
-            shutdown_timeout_s=dict(type="int", default=120),
-            force_off=dict(type="bool", default=False),
-            start_timeout_s=dict(type="int", default=60),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     _module.check_requirements(module)
     module.exit_json(**_module.call_backend(module, _cold_move.run_cold_move, module.params, module.check_mode))
 

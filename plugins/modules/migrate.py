@@ -192,6 +192,7 @@ options:
         bytes remaining, dirty rate). Useful with C(async) tasks. Created with mode 0640 if missing; never truncated.
     type: path
 extends_documentation_fragment:
+  - kvmops.migration.move.destination
   - kvmops.migration.move
 notes:
   - Progress lines are also written to the system log of the source host (C(module.log)).

@@ -270,6 +270,7 @@ options:
     type: bool
     default: true
 extends_documentation_fragment:
+  - kvmops.migration.move.destination
   - kvmops.migration.move
   - kvmops.migration.attributes.info_module
 notes:

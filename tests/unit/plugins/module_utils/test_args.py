@@ -56,14 +56,28 @@ def test_modules_take_the_shared_spec_and_its_fragment(module, spec):
     assert "kvmops.migration.%s" % spec in doc["extends_documentation_fragment"]
 
 
-def _fragment(name: str) -> dict:
+def test_cold_move_takes_the_destination_spec_and_its_fragment():
+    mod = importlib.import_module(MODULES % "cold_move")
+    full = mod.argument_spec()
+    for name, option in _args.destination_spec().items():
+        assert full[name] == option == _args.move_spec()[name], name
+    doc = yaml.safe_load(mod.DOCUMENTATION)
+    assert doc["extends_documentation_fragment"] == ["kvmops.migration.move.destination"]
+    for module in ("migrate", "preflight"):
+        assert "kvmops.migration.move.destination" in yaml.safe_load(
+            importlib.import_module(MODULES % module).DOCUMENTATION)["extends_documentation_fragment"]
+
+
+def _fragment(name: str, part: str = "DOCUMENTATION") -> dict:
     frag = importlib.import_module("ansible_collections.kvmops.migration.plugins.doc_fragments.%s" % name)
-    return yaml.safe_load(frag.ModuleDocFragment.DOCUMENTATION)
+    return yaml.safe_load(getattr(frag.ModuleDocFragment, part))
 
 
 @pytest.mark.parametrize("name,spec", [("move", _args.move_spec), ("connection", _args.connection_spec)])
 def test_fragment_documents_exactly_the_shared_options(name, spec):
-    doc = _fragment(name)["options"]
+    doc = dict(_fragment(name)["options"], **(_fragment(name, "DESTINATION")["options"] if name == "move" else {}))
+    if name == "move":
+        assert set(_fragment(name, "DESTINATION")["options"]) == set(_args.destination_spec())
     assert set(doc) == set(spec())
     for option, values in spec().items():
         assert doc[option]["type"] == values["type"], option

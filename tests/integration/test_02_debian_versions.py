@@ -7,6 +7,7 @@ the demo guest on hosta."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -187,3 +188,36 @@ def test_cold_move_with_the_variable_moves_it_and_reports_the_downtime(newer_cpu
     again = play("playbooks/migrate.yml", "-e", "vm=%s" % COLD, "-e", "dest=%s" % OLD, *allow)
     assert again.returncode == 0, again.stdout[-4000:]
     assert re.search(r"changed=0 ", again.stdout), again.stdout[-3000:]
+
+
+def _without_manifests(snap: dict) -> dict:
+    return {h: {k: v for k, v in s.items() if k != "manifest"} for h, s in snap.items()}
+
+
+def _manifest_paths(host: str) -> list[str]:
+    path = os.path.join(lab.hdir(host, "var-lib-kvmops-migration"), "manifest.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return sorted(e.get("path", "") for e in json.load(f).get("entries", []))
+
+
+def test_cold_move_of_a_guest_that_ignores_the_acpi_button_stops_and_changes_nothing(newer_cpu_guest):
+    # the guest's OS no longer handles its power button (its acpid is gone)
+    lab.run(["ip", "netns", "exec", lab.OBSERVER[0], "busybox", "nc", "-w", "2", COLD_IP, "2323"],
+            input="killall acpid\n", check=False, capture=True, timeout=30)
+    before = proof.host_snapshot()
+    res = play("playbooks/migrate.yml", "-e", "vm=%s" % COLD, "-e", "dest=%s" % OLD, "-e", "migrate_guest_allow_cold_move=true",
+               "-e", "migrate_guest_shutdown_timeout_s=5")
+    text = re.sub(r"\s+", " ", res.stdout)
+    assert res.returncode != 0, res.stdout[-4000:]
+    assert ("Guest %s did not power off within 5 s of its ACPI power button on the source: its OS ignores the button"
+            % COLD) in text, text[-4000:]
+    assert "set force_off (migrate_guest_force_off: true)" in text, text[-4000:]
+    assert "The persistent CPU normalised by this run was restored." in text, text[-4000:]
+    # it still runs on hostb with its old CPU; the images made on hosta are gone again, with their
+    # manifest entries; the persistent definition on hostb is what it was
+    assert lab.domain_hosts(COLD) == {NEW: "running"}
+    assert _without_manifests(proof.host_snapshot()) == _without_manifests(before)
+    assert not [p for p in _manifest_paths(OLD) if "/%s." % COLD in p], _manifest_paths(OLD)
+    assert "Traceback" not in res.stdout

@@ -15,6 +15,7 @@ import pytest
 from ansible_collections.kvmops.migration.plugins.module_utils import _cold_move as c
 from ansible_collections.kvmops.migration.plugins.module_utils import _placement as p
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
+from test_migration import FakeClock  # the fake clock of the migration driver's tests
 
 GIB = 1024 ** 3
 VAR = "migrate_guest_allow_cold_move"
@@ -127,17 +128,6 @@ def test_evacuation_never_moves_cold():
 
 # ------------------------------------------------------------------------------- the shutdown rule
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
 class FakeDomain:
     """A guest that powers off ``off_after_s`` after its ACPI button (None: never)."""
 
@@ -165,7 +155,7 @@ LV = types.SimpleNamespace(VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN=1, libvirtError=Ru
 
 
 def test_shutdown_by_acpi_within_the_timeout():
-    clock = Clock()
+    clock = FakeClock()
     dom = FakeDomain(clock, off_after_s=3)
     got = c.shutdown(dom, "vm1", "hostb", 10, False, LV, clock, clock.sleep)
     assert got == {"shutdown_ms": 3000, "forced": False}
@@ -173,7 +163,7 @@ def test_shutdown_by_acpi_within_the_timeout():
 
 
 def test_shutdown_timeout_without_force_fails_and_leaves_it_running():
-    clock = Clock()
+    clock = FakeClock()
     dom = FakeDomain(clock, off_after_s=None)
     with pytest.raises(KvmopsError) as err:
         c.shutdown(dom, "vm1", "hostb", 5, False, LV, clock, clock.sleep)
@@ -183,7 +173,7 @@ def test_shutdown_timeout_without_force_fails_and_leaves_it_running():
 
 
 def test_shutdown_timeout_with_force_powers_it_off():
-    clock = Clock()
+    clock = FakeClock()
     dom = FakeDomain(clock, off_after_s=None)
     got = c.shutdown(dom, "vm1", "hostb", 5, True, LV, clock, clock.sleep)
     assert got["forced"] is True and got["shutdown_ms"] >= 5000
@@ -260,7 +250,7 @@ def test_copy_volume_sends_data_and_recreates_holes():
     dst = DestStream()
     lv = types.SimpleNamespace(VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM=4, VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM=8,
                                VIR_STREAM_RECV_STOP_AT_HOLE=2, VIR_ERR_NO_STORAGE_VOL=50, libvirtError=RuntimeError)
-    got = c.copy_volume(Conn(src), Conn(dst), "/var/lib/libvirt/images/vm1.raw", "hostb", "hosta", lv, Clock())
+    got = c.copy_volume(Conn(src), Conn(dst), "/var/lib/libvirt/images/vm1.raw", "hostb", "hosta", lv, FakeClock())
     assert (got["data_bytes"], got["hole_bytes"]) == (6, (1 << 20) + 4096)
     assert b"".join(x for x in dst.out if isinstance(x, bytes)) == b"abcdxy"
     assert [x for x in dst.out if isinstance(x, int)] == [1 << 20, 4096]

@@ -601,6 +601,54 @@ def baseline_cpu(conn: t.Any, cpu_xmls: list[str], virttype: str, arch: str = "x
                                               VIR_CONNECT_BASELINE_CPU_MIGRATABLE))
 
 
+#: Features a group's baseline leaves out, at most, before it gives up on a host's libvirt.
+MAX_UNKNOWN_FEATURES = 64
+
+
+def without_features(cpu_xml: str, names: t.Iterable[str]) -> str:
+    """``cpu_xml`` without its ``<feature>`` elements named in ``names``."""
+    drop = set(names)
+    if not drop:
+        return cpu_xml
+    cpu = _parse(cpu_xml, "CPU XML")
+    for feat in list(cpu.findall("feature")):
+        if feat.get("name") in drop:
+            cpu.remove(feat)
+    return etree.tostring(cpu, encoding="unicode")
+
+
+def group_baseline(group: t.Sequence[tuple[str, t.Any]], cpu_xmls: list[str], virttype: str,
+                   arch: str = "x86_64") -> str:
+    """The baseline of the group's host-model CPUs (:func:`baseline_cpu`), computed on the first
+    host of ``group`` (``[(uri, conn)]``) whose libvirt can read them all.
+
+    Hosts of different libvirt releases name different features: a newer host's host-model CPU
+    can hold a feature the older libvirt does not know (libvirt: ``Unknown CPU feature
+    cmpccxadd``). Such a feature is left out of the inputs on that host and the baseline computed
+    again: the host's own host-model CPU cannot have a feature its libvirt does not know, so the
+    baseline (what every input has) would not have it either. A host that fails otherwise (an
+    unknown CPU model) passes the computation to the next host of the group.
+
+    :returns: the baseline ``<cpu>`` XML.
+    :raises KvmopsError: no host of the group could compute it (each host's reason).
+    """
+    reasons = []
+    for uri, conn in group:
+        dropped: list[str] = []
+        while True:
+            try:
+                return baseline_cpu(conn, [without_features(x, dropped) for x in cpu_xmls], virttype, arch, host=uri)
+            except KvmopsError as err:
+                m = _UNKNOWN_FEATURE_RE.search(err.detail or "")
+                if m and m.group("name") not in dropped and len(dropped) < MAX_UNKNOWN_FEATURES:
+                    dropped.append(m.group("name"))
+                    continue
+                reasons.append("%s%s" % (err, " (left out, unknown there: %s)" % ", ".join(dropped) if dropped else ""))
+                break
+    raise KvmopsError("No host of the group could compute the baseline of its host-model CPUs: %s Use policy "
+                      "'model' with a model every host knows." % " ".join(reasons))
+
+
 def host_model_cpu_xml(facts: HostFacts) -> str:
     """The host-model CPU of ``facts`` as a custom ``<cpu>`` (input of :func:`baseline_cpu`).
 
@@ -930,7 +978,7 @@ def plan_normalisation(domain_xml_text: str, group: t.Sequence[tuple[str, t.Any]
     """Compute (not write) the normalised definition of a domain for a group of hosts.
 
     :param group: ``[(uri, conn)]`` of every host in the group, the local one included; the
-        first one computes the baseline.
+        first one computes the baseline (:func:`group_baseline`).
     :returns: ``{result: NormaliseResult, hosts: [HostFacts], validation: [CpuComparison],
         baseline: str or None, virttype}``.
     :raises KvmopsError: no hosts, libvirt failures, or a host that cannot run the result
@@ -944,8 +992,7 @@ def plan_normalisation(domain_xml_text: str, group: t.Sequence[tuple[str, t.Any]
     hosts = [read_host(conn, uri, virttype, arch) for uri, conn in group]
     baseline = None
     if policy == "baseline":
-        baseline = baseline_cpu(group[0][1], [host_model_cpu_xml(h) for h in hosts], virttype,
-                                arch, host=group[0][0])
+        baseline = group_baseline(group, [host_model_cpu_xml(h) for h in hosts], virttype, arch)
     target = build_target_cpu(policy, baseline, model, features)
     result = normalise_cpu(domain_xml_text, target, hosts, disable_features, require_features)
     validation = validate_cpu(list(zip(hosts, [c for _u, c in group])), result.xml, virttype)

@@ -92,7 +92,9 @@ options:
   group_uris:
     description:
       - libvirt URIs of all hosts of the group, the local one included, for example
-        C(qemu+ssh://root@198.18.0.2/system). The first one computes the baseline.
+        C(qemu+ssh://root@198.18.0.2/system). The first one computes the baseline; features its
+        libvirt does not know (a newer host's names) are left out of the inputs there, and a host
+        that cannot compute it passes to the next.
       - Defaults to O(uri) alone.
     type: list
     elements: str

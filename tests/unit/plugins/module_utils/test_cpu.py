@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import pytest
 
@@ -577,3 +578,54 @@ def test_restore_needs_a_domain_and_a_cpu_element():
     with pytest.raises(KvmopsError, match="must be a <cpu> element"):
         _cpu.run_domain_cpu({"uri": LAB, "domain": "cpu-sandy", "restore_cpu": "<os/>"}, False,
                             connect=connector(conns))
+
+
+class OldLibvirtBaseline:
+    """The baseline call of an older libvirt: it refuses each feature it does not know, one per
+    call, as libvirt 9.0 does ('Unknown CPU feature cmpccxadd')."""
+
+    def __init__(self, unknown, answer):
+        self.unknown, self.answer, self.inputs = set(unknown), answer, []
+
+    def baselineHypervisorCPU(self, emulator, arch, machine, virttype, xmls, flags):
+        self.inputs.append(list(xmls))
+        for xml in xmls:
+            for name in re.findall(r"name=['\"]([^'\"]+)", xml):
+                if name in self.unknown:
+                    raise FakeLibvirtError("internal error: Unknown CPU feature %s" % name, libvirt.VIR_ERR_INTERNAL_ERROR)
+        return self.answer
+
+
+class NoBaseline:
+    def __init__(self, text):
+        self.text = text
+
+    def baselineHypervisorCPU(self, *args):
+        raise FakeLibvirtError(self.text, libvirt.VIR_ERR_INTERNAL_ERROR)
+
+
+NEWER_HOST_MODEL = ("<cpu mode='custom' match='exact'><model fallback='forbid'>EPYC</model>"
+                    "<feature policy='require' name='cmpccxadd'/><feature policy='require' name='x2apic'/>"
+                    "<feature policy='require' name='avx-ifma'/></cpu>")
+OLDER_HOST_MODEL = "<cpu mode='custom' match='exact'><model fallback='forbid'>EPYC</model><feature policy='require' name='x2apic'/></cpu>"
+
+
+def test_group_baseline_leaves_out_features_the_computing_libvirt_does_not_know():
+    old = OldLibvirtBaseline({"cmpccxadd", "avx-ifma"}, "<cpu><model>EPYC</model></cpu>")
+    got = _cpu.group_baseline([("qemu+ssh://old/system", old)], [OLDER_HOST_MODEL, NEWER_HOST_MODEL], "qemu")
+    assert got == "<cpu><model>EPYC</model></cpu>"
+    assert len(old.inputs) == 3  # two features unknown: two refusals, then the baseline
+    assert "cmpccxadd" not in old.inputs[-1][1] and "avx-ifma" not in old.inputs[-1][1]
+    assert "x2apic" in old.inputs[-1][1]
+
+
+def test_group_baseline_passes_to_the_next_host_and_names_every_reason():
+    newer = OldLibvirtBaseline(set(), "<cpu><model>EPYC</model></cpu>")
+    got = _cpu.group_baseline([("a", NoBaseline("internal error: Unknown CPU model Foo")), ("b", newer)],
+                              [OLDER_HOST_MODEL], "qemu")
+    assert got == "<cpu><model>EPYC</model></cpu>"
+    with pytest.raises(KvmopsError) as err:
+        _cpu.group_baseline([("a", NoBaseline("internal error: Unknown CPU model Foo")),
+                             ("b", NoBaseline("no common model"))], [OLDER_HOST_MODEL], "qemu")
+    assert "No host of the group could compute the baseline" in str(err.value)
+    assert "Unknown CPU model Foo" in str(err.value) and "no common model" in str(err.value)

@@ -34,6 +34,8 @@ from __future__ import annotations
 import os
 import time
 import typing as t
+import uuid
+from xml.sax.saxutils import escape
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
@@ -163,9 +165,15 @@ def shutdown(dom: t.Any, name: str, host: str, timeout_s: float, force_off: bool
     return {"shutdown_ms": int((clock() - start) * 1000), "forced": True}
 
 
-def _volume(conn: t.Any, path: str, host: str, lv: t.Any) -> t.Any:
-    """The storage volume of ``path`` on ``conn``; the pools of its directory are refreshed
-    once when libvirt does not know the file yet (an image created just now)."""
+def _volume(conn: t.Any, path: str, host: str, lv: t.Any, made: list[t.Any]) -> t.Any:
+    """The storage volume of ``path`` on ``conn``.
+
+    The active pools are refreshed once when libvirt does not know the file yet (an image
+    created just now). A file in no pool gets a transient ``dir`` pool for its directory
+    (``virStoragePoolCreateXML``: nothing is built or changed on disk), appended to ``made`` for
+    the caller to stop (``virStoragePoolDestroy`` of a transient pool leaves the files alone).
+    :raises KvmopsError: libvirt failed, or the file is not there.
+    """
     no_vol = _libvirt.const(lv, "VIR_ERR_NO_STORAGE_VOL")
 
     def lookup() -> t.Any:
@@ -175,6 +183,7 @@ def _volume(conn: t.Any, path: str, host: str, lv: t.Any) -> t.Any:
             if not _libvirt.is_libvirt_error(err, lv) or _libvirt.libvirt_error_code(err) != no_vol:
                 raise
             return None
+    directory = os.path.dirname(path)
     with _libvirt.libvirt_errors("look up the storage volume %s" % path, host=host):
         vol = lookup()
         if vol is None:
@@ -182,12 +191,35 @@ def _volume(conn: t.Any, path: str, host: str, lv: t.Any) -> t.Any:
                 pool.refresh(0)
             vol = lookup()
     if vol is None:
-        raise KvmopsError(
-            "Image %s is in no active libvirt storage pool of %s: the cold move copies disks through libvirt's "
-            "storage volumes. Define a pool for %s there (virsh pool-define-as NAME dir --target %s; "
-            "virsh pool-start NAME)." % (path, host, os.path.dirname(path), os.path.dirname(path)),
-            values={"path": path})
+        name = "kvmops-cold-%s" % uuid.uuid4().hex[:8]
+        with _libvirt.libvirt_errors("start a transient storage pool %s for %s (the cold move reads and writes disks "
+                                     "through libvirt's storage volumes)" % (name, directory), host=host):
+            made.append(conn.storagePoolCreateXML(
+                "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (name, escape(directory)), 0))
+            vol = lookup()
+    if vol is None:
+        raise KvmopsError("Image %s is not on %s: the cold move copies into the images the role pre-created (disk_image)."
+                          % (path, host), values={"path": path})
     return vol
+
+
+def _stop_pools(made: list[t.Any]) -> list[str]:
+    """Stop the transient pools :func:`_volume` started; the files stay. :returns: warnings."""
+    out = []
+    for pool in made:
+        try:
+            pool.destroy()
+        except Exception as err:  # a warning: the copy itself is done or has its own error
+            out.append("The transient storage pool %s could not be stopped (%s): virsh pool-destroy it." % (
+                _name_of(pool), err))
+    return out
+
+
+def _name_of(pool: t.Any) -> str:
+    try:
+        return str(pool.name())
+    except Exception:  # a name only for the message
+        return "?"
 
 
 def copy_volume(sconn: t.Any, dconn: t.Any, path: str, src: str, dest: str, lv: t.Any,
@@ -195,12 +227,24 @@ def copy_volume(sconn: t.Any, dconn: t.Any, path: str, src: str, dest: str, lv: 
     """Copy the image ``path`` from the source into the image of that path on the destination,
     keeping holes: data is sent, holes are recreated as holes (sparse streams).
 
-    :returns: ``{path, data_bytes, hole_bytes, time_ms}``.
-    :raises KvmopsError: a volume missing or not in a pool, a stream failure (both streams are
-        aborted; the destination image is then incomplete, and stays recorded as created).
+    :returns: ``{path, data_bytes, hole_bytes, time_ms, warnings}``.
+    :raises KvmopsError: a volume missing, a stream failure (both streams are aborted; the
+        destination image is then incomplete, and stays recorded as created).
     """
-    svol = _volume(sconn, path, src, lv)
-    dvol = _volume(dconn, path, dest, lv)
+    made: list[t.Any] = []
+    out = None
+    try:
+        out = _copy(sconn, dconn, _volume(sconn, path, src, lv, made), _volume(dconn, path, dest, lv, made),
+                    path, src, dest, lv, clock)
+    finally:
+        warnings = _stop_pools(made)  # also after a failure; its warnings then go with it
+        if out is not None:
+            out["warnings"] = warnings
+    return out
+
+
+def _copy(sconn: t.Any, dconn: t.Any, svol: t.Any, dvol: t.Any, path: str, src: str, dest: str, lv: t.Any,
+          clock: t.Callable[[], float]) -> dict[str, t.Any]:
     start = clock()
     data = holes = 0
     sst = dst = None
@@ -339,8 +383,9 @@ def run_cold_move(params: dict[str, t.Any], check_mode: bool = False,
                 result["forced"] = done["forced"]
             copy_start = clock()
             for disk in disks:
-                result["copies"].append(dict(copy_volume(sconn, dconn, disk["path"], src, dest, lv, clock),
-                                             target=disk.get("target")))
+                copied = copy_volume(sconn, dconn, disk["path"], src, dest, lv, clock)
+                result["warnings"].extend(copied.pop("warnings"))
+                result["copies"].append(dict(copied, target=disk.get("target")))
             timings["copy_ms"] = int((clock() - copy_start) * 1000)
             with _libvirt.libvirt_errors("read the persistent definition of %s" % name, host=src):
                 xml = sdom.XMLDesc(_lv_flag(lv, "VIR_DOMAIN_XML_INACTIVE") | _lv_flag(lv, "VIR_DOMAIN_XML_SECURE")

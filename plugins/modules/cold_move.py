@@ -18,7 +18,8 @@ description:
     C(migrate_guest_allow_cold_move=true).
   - Runs on the source. Presses the guest's ACPI power button and waits O(shutdown_timeout_s) for it to power off
     (then powers it off hard only with O(force_off=true)), copies each image of O(disks) into the image of the same
-    path on the destination through libvirt storage streams, keeping holes (sparse), defines the guest on the
+    path on the destination through libvirt storage streams, keeping holes (sparse; an image in no active pool gets a
+    transient C(dir) pool for its directory for the time of its copy, which changes nothing on disk), defines the guest on the
     destination from its persistent definition, starts it there and waits until it runs, then removes the
     definition from the source. The source images are kept.
   - A shut-off guest is moved the same way without the shutdown and stays shut off on the destination.
@@ -30,7 +31,6 @@ author:
   - kvmops.migration contributors (@kvmops)
 requirements:
   - libvirt-python (python3-libvirt) on the source host, libvirt 3.4 or later on both hosts (sparse streams)
-  - Both images in an active libvirt storage pool of their host
 options:
   disks:
     description:

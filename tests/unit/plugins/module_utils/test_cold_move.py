@@ -234,12 +234,42 @@ class Vol:
         assert (offset, length, flags) == (0, 0, 8)
 
 
+class NoVolume(RuntimeError):
+    def get_error_code(self):
+        return 50
+
+
+class Pool:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def refresh(self, flags):
+        self.conn.calls.append("refresh")
+
+    def destroy(self):
+        self.conn.calls.append("destroy")
+        self.conn.pooled = False
+
+
 class Conn:
-    def __init__(self, stream):
-        self.stream = stream
+    """A host whose image is in a pool (``pooled``) or in none: then a transient pool is made."""
+
+    def __init__(self, stream, pooled=True):
+        self.stream, self.pooled, self.calls = stream, pooled, []
 
     def storageVolLookupByPath(self, path):
+        if not self.pooled:
+            raise NoVolume("Storage volume not found: no storage vol with matching path '%s'" % path)
         return Vol(self, path)
+
+    def listAllStoragePools(self, flags):
+        return []
+
+    def storagePoolCreateXML(self, xml, flags):
+        assert "<target><path>/var/lib/libvirt/images</path></target>" in xml and flags == 0
+        self.calls.append("create")
+        self.pooled = True
+        return Pool(self)
 
     def newStream(self, flags):
         return self.stream
@@ -249,9 +279,12 @@ def test_copy_volume_sends_data_and_recreates_holes():
     src = SourceStream([b"abcd", 1 << 20, b"xy", 4096])
     dst = DestStream()
     lv = types.SimpleNamespace(VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM=4, VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM=8,
-                               VIR_STREAM_RECV_STOP_AT_HOLE=2, VIR_ERR_NO_STORAGE_VOL=50, libvirtError=RuntimeError)
-    got = c.copy_volume(Conn(src), Conn(dst), "/var/lib/libvirt/images/vm1.raw", "hostb", "hosta", lv, FakeClock())
-    assert (got["data_bytes"], got["hole_bytes"]) == (6, (1 << 20) + 4096)
+                               VIR_STREAM_RECV_STOP_AT_HOLE=2, VIR_ERR_NO_STORAGE_VOL=50, libvirtError=NoVolume,
+                               VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE=2)
+    dconn = Conn(dst, pooled=False)  # an image outside every pool of the destination
+    got = c.copy_volume(Conn(src), dconn, "/var/lib/libvirt/images/vm1.raw", "hostb", "hosta", lv, FakeClock())
+    assert (got["data_bytes"], got["hole_bytes"], got["warnings"]) == (6, (1 << 20) + 4096, [])
+    assert dconn.calls == ["create", "destroy"]  # a transient pool for the copy, stopped after it
     assert b"".join(x for x in dst.out if isinstance(x, bytes)) == b"abcdxy"
     assert [x for x in dst.out if isinstance(x, int)] == [1 << 20, 4096]
     assert src.finished and dst.finished

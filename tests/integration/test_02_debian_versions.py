@@ -142,6 +142,8 @@ def test_cpu_only_the_newer_qemu_knows_is_refused_naming_the_cold_move(newer_cpu
     res = play("playbooks/migrate.yml", "-e", "vm=%s" % COLD, "-e", "dest=%s" % OLD)
     text = re.sub(r"\s+", " ", res.stdout)
     assert res.returncode != 0, res.stdout[-4000:]
+    shown = re.search(r"ERROR +cpu .*?there\.", text)
+    print(shown.group(0) if shown else "(no ERROR cpu line)")
     assert "The guest CPU cannot run on" in text, text[-4000:]
     assert ("Only a cold move can fix this: set migrate_guest_allow_cold_move=true and the persistent CPU is "
             "normalised to the group's baseline") in text, text[-4000:]
@@ -160,6 +162,8 @@ def test_cold_move_with_the_variable_moves_it_and_reports_the_downtime(newer_cpu
     assert "PLAN (check mode): %s would move COLD %s -> %s: shut %s down on the source with the ACPI power button" % (
         COLD, NEW, OLD, COLD) in text, text[-4000:]
     assert proof.host_snapshot() == before
+    shown = re.search(r"PLAN \(check mode\): .*? \(its images there are kept\)\.", text)
+    print(shown.group(0) if shown else "(no PLAN line)")
 
     res = play("playbooks/migrate.yml", "-e", "vm=%s" % COLD, "-e", "dest=%s" % OLD, *allow)
     text = re.sub(r"\s+", " ", res.stdout)
@@ -169,7 +173,7 @@ def test_cold_move_with_the_variable_moves_it_and_reports_the_downtime(newer_cpu
     assert m, text[-6000:]
     downtime_s, shutdown_s, copy_s, start_s = int(m.group(2)) / 1000.0, float(m.group(3)), float(m.group(4)), float(m.group(5))
     assert downtime_s >= shutdown_s + copy_s + start_s - 0.3, m.group(0)
-    print(m.group(0))
+    print("\n".join(line for line in res.stdout.splitlines() if "COLD" in line or "moved:" in line or "images created" in line))
     # shut down by its own OS on the ACPI button (not forced), running on hosta only, answering ping
     console = open(lab.hdir(NEW, "var-log-libvirt", "qemu", "%s-console.log" % COLD)).read()
     assert "kvmops guest: ACPI power button: powering off" in console

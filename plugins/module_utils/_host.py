@@ -84,7 +84,7 @@ def memory_from_stats(stats: dict[str, int], total_kib: int | None = None) -> di
             "available_memory_bytes": available * KIB if available is not None else None}
 
 
-def domain_facts(dom: t.Any) -> dict[str, t.Any]:
+def domain_summary(dom: t.Any) -> dict[str, t.Any]:
     """Name, UUID, libvirt domain ID (-1 when inactive), state, active, persistent, memory
     (bytes), vCPUs of one ``virDomain``."""
     state, max_kib, cur_kib, vcpus, _cpu_time = dom.info()
@@ -140,7 +140,7 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
     result: dict[str, t.Any] = {"host": host}
     if include_domains:
         with _libvirt.libvirt_errors("list the domains"):
-            domains = [domain_facts(d) for d in conn.listAllDomains(0)]
+            domains = [domain_summary(d) for d in conn.listAllDomains(0)]
         domains.sort(key=lambda d: d["name"])
         host["running_memory_bytes"] = sum(d["memory_bytes"] for d in domains if d["active"])
         host["running_vcpus"] = sum(d["vcpus"] for d in domains if d["active"])

@@ -22,6 +22,8 @@ import fnmatch
 import typing as t
 import uuid as uuidlib
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+
 MIB = 1024 ** 2
 GIB = 1024 ** 3
 #: UUID namespace of the host UUIDs this collection writes (uuid5 of "kvmops-host:<name>").
@@ -546,14 +548,17 @@ def findings_table(report: dict[str, t.Any] | None, show_ok: bool = False) -> li
 def network_for_host(xml: str) -> str:
     """A libvirt network definition of another host, made fit to define here: its ``<uuid>``
     and the bridge's ``<mac>`` are removed, so that libvirt gives this host its own (two hosts
-    with the same bridge MAC on one segment confuse their neighbours)."""
-    import xml.etree.ElementTree as ET  # the definitions come from our own hosts' libvirt
+    with the same bridge MAC on one segment confuse their neighbours). Parsed with the
+    collection's one hardened parser (:func:`_domain_xml.from_string`: no entities, no network).
 
-    root = ET.fromstring(xml)
+    :raises KvmopsError: lxml missing. :raises lxml.etree.XMLSyntaxError: not well-formed.
+    """
+    _domain_xml.require_lxml()
+    root = _domain_xml.from_string(xml, remove_blank_text=False)  # the collection's one hardened parser
     for tag in ("uuid", "mac"):
         for node in root.findall(tag):
             root.remove(node)
-    return ET.tostring(root, encoding="unicode")
+    return _domain_xml.etree.tostring(root, encoding="unicode")
 
 
 def mirror_networks(definitions: list[dict[str, t.Any]], only: t.Sequence[str] = ()) -> list[dict[str, str]]:

@@ -302,3 +302,12 @@ def test_mirror_networks_drop_identity():
     assert len(out) == 1 and out[0]["name"] == "default"
     assert "<uuid>" not in out[0]["xml"] and "52:54:00" not in out[0]["xml"]
     assert "virbr0" in out[0]["xml"] and "198.18.1.1" in out[0]["xml"]
+
+
+def test_mirror_networks_parse_with_the_hardened_parser(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("do-not-leak")
+    xml = ("<!DOCTYPE network [<!ENTITY leak SYSTEM 'file://%s'>]>"
+           "<network><name>default</name><description>&leak;</description><bridge name='virbr0'/></network>" % secret)
+    out = p.network_for_host(xml)
+    assert "do-not-leak" not in out and "virbr0" in out

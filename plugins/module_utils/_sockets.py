@@ -137,7 +137,7 @@ def qemu_pid(domain_name: str, run_dir: str = "/run/libvirt/qemu") -> int | None
 def sever(runner: t.Any, pid: int, dest_host: str, ports: t.Iterable[int] = ()) -> dict[str, t.Any]:
     """Close the data connections of QEMU ``pid`` to ``dest_host`` (``ss -K`` per connection,
     by its exact addresses and ports), then list again to see what is left. ``runner`` runs
-    commands on this host (``_images.Runner``: ``run(argv)`` -> ``.rc``, ``.stdout``, ``.stderr``).
+    commands on this host (``_runner.Runner``: ``run(argv)`` -> ``.rc``, ``.stdout``, ``.stderr``).
 
     :returns: ``{closed: [conn dicts], left: [conn dicts], error: str|None}``; ``left`` not
         empty means this kernel cannot close sockets (no ``CONFIG_INET_DIAG_DESTROY``) or the

@@ -61,16 +61,6 @@ LIBVIRT_SHARED_FSTYPES = ("nfs", "nfs4", "gfs2", "ocfs2", "afs", "smb3", "smbfs"
 # The copy set, cache modes and shared storage (C12)
 # --------------------------------------------------------------------------------------------
 
-def same_file(src_fp: dict[str, t.Any] | None, dst_fp: dict[str, t.Any] | None) -> bool:
-    """Fingerprints (``_storage.storage_fingerprint``) of the source image and of the same path
-    read on the destination show one file: same path, inode and size (the rule of
-    ``_storage.shared_storage_reason``)."""
-    if not src_fp or not dst_fp:
-        return False
-    return (src_fp.get("path") == dst_fp.get("path") and src_fp.get("inode") is not None
-            and src_fp.get("inode") == dst_fp.get("inode") and src_fp.get("size") == dst_fp.get("size"))
-
-
 def shared_proof(disks: list[dict[str, t.Any]], dest: "DestFiles", probe: dict[str, t.Any] | None,
                  marker_seen: t.Callable[[dict[str, t.Any], str], bool], host: str) -> dict[str, str]:
     """Target -> why its image is on storage both hosts see.
@@ -79,7 +69,7 @@ def shared_proof(disks: list[dict[str, t.Any]], dest: "DestFiles", probe: dict[s
     directory on ``host`` and seen here on the source proves the directory shared; a marker made
     there and not seen here proves it is not (then a matching inode and size is a coincidence,
     e.g. cloned hosts). Where no marker was made (no probe, or the directory is absent there) the
-    same path with the same inode and size on both hosts (:func:`same_file`) is the proof.
+    same path with the same inode and size on both hosts (``_storage.same_file``) is the proof.
     """
     probe = probe or {}
     probe_id = probe.get("probe_id") or ""
@@ -97,7 +87,7 @@ def shared_proof(disks: list[dict[str, t.Any]], dest: "DestFiles", probe: dict[s
                                        "source (identity probe)" % (directory, host))
             continue
         seen, _src = dest.lookup(path)
-        if same_file(disk.get("fingerprint"), (seen or {}).get("fingerprint")):
+        if _storage.same_file(disk.get("fingerprint"), (seen or {}).get("fingerprint")):
             out[disk["target"]] = ("the same file (inode %s, %s bytes) is visible on %s"
                                    % (disk["fingerprint"]["inode"], disk["fingerprint"]["size"], host))
     return out

@@ -171,22 +171,18 @@ def is_recorded_file(entry: dict[str, t.Any], path: str) -> bool:
         st = os.lstat(path)
     except OSError:
         return False
-    if entry.get("inode") is not None and st.st_ino != entry["inode"]:
-        return False
+    ident = None
     if entry.get("id"):
-        try:
-            value = os.getxattr(path, ID_XATTR, follow_symlinks=False).decode("ascii", "replace")
-        except OSError:
-            return False
-        if value != entry["id"]:
-            return False
-    return True
+        with contextlib.suppress(OSError):
+            ident = os.getxattr(path, ID_XATTR, follow_symlinks=False).decode("ascii", "replace")
+    return fingerprint_matches(entry, {"inode": st.st_ino, "kvmops_id": ident})
 
 
 def fingerprint_matches(entry: dict[str, t.Any], fingerprint: dict[str, t.Any] | None) -> bool:
-    """The rule of :func:`is_recorded_file`, applied to a ``_storage.storage_fingerprint`` taken
-    on the host of the file (the pre-flight runs elsewhere): same inode and, when the manifest
-    recorded one, the same identity attribute. No fingerprint: no match."""
+    """Whether ``fingerprint`` (``{inode, kvmops_id}``, such as ``_storage.storage_fingerprint``
+    taken on the host of the file: the pre-flight runs elsewhere) is the file the manifest
+    ``entry`` records: same inode and, when the manifest recorded one, the same identity
+    attribute. No fingerprint: no match. The one rule, also of :func:`is_recorded_file`."""
     if not fingerprint:
         return False
     if entry.get("inode") is not None and fingerprint.get("inode") != entry["inode"]:

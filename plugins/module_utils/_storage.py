@@ -15,7 +15,8 @@ Shared storage
     (:func:`shared_storage_reason`):
     * ``source_fingerprint`` (from :func:`storage_fingerprint` run on the source, returned by the
       ``disk_info`` module per disk as ``fingerprint``): when the source image's path is visible
-      here with the same inode number and size, it is the same file;
+      here with the same inode number and size, it is the same file (:func:`same_file`, the one
+      rule, also the pre-flight's);
     * ``shared_marker`` ``{path, token}``: the caller wrote a file with a random token beside the
       source image (e.g. ``ansible.builtin.copy``); when the destination reads the same token at
       that path, the directory is shared.
@@ -135,22 +136,33 @@ def storage_fingerprint(path: str) -> dict[str, t.Any]:
     return {"path": path, "inode": st.st_ino, "size": st.st_size, "fsid": fsid, "kvmops_id": kvmops_id}
 
 
+def same_file(src_fp: dict[str, t.Any] | None, dst_fp: dict[str, t.Any] | None) -> bool:
+    """Fingerprints (:func:`storage_fingerprint`) of the source image and of the same path read on
+    the destination show one file: same path, inode and size. The one rule of shared storage by
+    fingerprint, of :func:`shared_storage_reason` and of the pre-flight
+    (``_checks_storage.shared_proof``)."""
+    if not src_fp or not dst_fp:
+        return False
+    return (src_fp.get("path") == dst_fp.get("path") and src_fp.get("inode") is not None
+            and src_fp.get("inode") == dst_fp.get("inode") and src_fp.get("size") == dst_fp.get("size"))
+
+
 def shared_storage_reason(source_fingerprint: dict[str, t.Any] | None = None,
                           shared_marker: dict[str, t.Any] | None = None) -> str | None:
     """Why this host sees the source's storage (shared), or None.
 
     :param source_fingerprint: :func:`storage_fingerprint` of the source image, taken on the
-        source host; matched when the same path here has the same inode and size.
+        source host; matched when the same path here has the same inode and size (:func:`same_file`).
     :param shared_marker: ``{path, token}`` of a marker file the caller wrote on the source;
         matched when the file here holds the same token.
     """
     if source_fingerprint and source_fingerprint.get("path"):
         path = source_fingerprint["path"]
         with contextlib.suppress(OSError):
-            st = os.stat(path)
-            if st.st_ino == source_fingerprint.get("inode") and st.st_size == source_fingerprint.get("size"):
+            here = storage_fingerprint(path)
+            if same_file(source_fingerprint, here):
                 return ("the source image %s is visible on this host with the same inode (%d) and size "
-                        "(%d bytes)" % (path, st.st_ino, st.st_size))
+                        "(%d bytes)" % (path, here["inode"], here["size"]))
     if shared_marker and shared_marker.get("path"):
         with contextlib.suppress(OSError):
             with open(shared_marker["path"], "r", encoding="utf-8") as handle:

@@ -22,7 +22,7 @@ Where the facts come from (the module runs on the source host)
 - libvirt on both sides: the source guest (live XML, migratable form for the CPU), the
   destination's capabilities, domains (C11), networks, host interfaces, storage pools, free
   memory, versions. Everything is read; nothing is defined, started or refreshed.
-- the source's images: ``_images.describe_disk`` (``qemu-img info -U``), locally.
+- the source's images: ``_disk_info.describe_disk`` (``qemu-img info -U``), locally.
 - the destination's files cannot be seen from the source. They come from facts the caller read
   on the destination, all four given by ``kvmops.migration.host_info`` run there with ``paths``:
   ``dest_disks`` (its ``paths``, the ``disks`` list ``kvmops.migration.disk_info`` gives for
@@ -53,14 +53,15 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _checks_gu
 from ansible_collections.kvmops.migration.plugins.module_utils import _checks_network
 from ansible_collections.kvmops.migration.plugins.module_utils import _checks_storage
 from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
+from ansible_collections.kvmops.migration.plugins.module_utils import _disk_info
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
-from ansible_collections.kvmops.migration.plugins.module_utils import _host
-from ansible_collections.kvmops.migration.plugins.module_utils import _images
-from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _findings
+from ansible_collections.kvmops.migration.plugins.module_utils import _host
+from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
 from ansible_collections.kvmops.migration.plugins.module_utils import _probe
+from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -412,8 +413,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
                                                            available, dest))
 
         # Storage
-        runner = probes.runner or _images.SubprocessRunner()
-        disks = [_images.describe_disk(d, runner, force_share=True) if d.get("path") and probes.exists(d["path"])
+        runner = probes.runner or _runner.SubprocessRunner()
+        disks = [_disk_info.describe_disk(d, runner, force_share=True) if d.get("path") and probes.exists(d["path"])
                  else dict(d) for d in facts["disks"]]
         facts["disks"] = disks
         req = _domain_xml.required_files(facts)

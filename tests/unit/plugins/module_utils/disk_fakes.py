@@ -8,7 +8,7 @@ import typing as t
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils._images import (
+from ansible_collections.kvmops.migration.plugins.module_utils._runner import (
     Runner, RunResult, SubprocessRunner)
 
 try:

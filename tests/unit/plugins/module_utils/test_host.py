@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _checks_storage, _host, _images, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _checks_storage, _disk_info, _host, _libvirt, _manifest
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 from disk_fakes import FakeConnection, FakeRunner, connector, real_runner
@@ -186,7 +186,7 @@ def guest_host(tmp_path):
 def test_guest_facts_are_disk_infos_disks_and_the_files_not_copied(tmp_path):
     conn = guest_host(tmp_path)
     out = _host.guest_facts(conn, "vm1", "qemu:///system", real_runner())
-    expected = _images.disk_info({"domain": "vm1"}, runner=real_runner(), connect=connector(conn))["disks"]
+    expected = _disk_info.disk_info({"domain": "vm1"}, runner=real_runner(), connect=connector(conn))["disks"]
     assert out["guest_error"] is None
     assert out["guest_disks"] == expected
     assert [d["target"] for d in out["guest_disks"]] == ["vda", "vdb", "sda", "sdb"]
@@ -290,7 +290,7 @@ def test_path_facts_without_a_manifest(tmp_path):
     real_runner().run(["qemu-img", "create", "-q", "-f", "raw", image, str(GIB)])
     paths = [image, str(tmp_path / "absent.qcow2")]
     out = _host.path_facts(paths, real_runner(), str(tmp_path / "no" / "manifest.json"), **sources(tmp_path))
-    assert out["paths"] == _images.disk_info({"paths": paths}, runner=real_runner())["disks"]
+    assert out["paths"] == _disk_info.disk_info({"paths": paths}, runner=real_runner())["disks"]
     assert [p["exists"] for p in out["paths"]] == [True, False]
     assert [m["mount"] for m in out["mounts"]] == ["/"] and out["mounts"][0]["size_available"] == 400 * 4096
     assert out["interfaces"] == ["lo"]
@@ -298,7 +298,7 @@ def test_path_facts_without_a_manifest(tmp_path):
 
 
 def test_path_facts_with_a_manifest(tmp_path):
-    manifest = _images.Manifest(str(tmp_path / "state" / "manifest.json"))
+    manifest = _manifest.Manifest(str(tmp_path / "state" / "manifest.json"))
     entry = {"host": "hostb", "path": "/var/lib/libvirt/images/vm1.qcow2", "kind": "file", "format": "qcow2",
              "virtual_size": 2 * GIB, "created_at": "2026-11-29T20:00:00Z", "for_domain": "vm1", "inode": 12}
     manifest.add(entry)

@@ -932,17 +932,17 @@ def test_detect_zeroes_with_an_old_binding_on_a_new_library():
 def _kernel_closes(rt, monkeypatch, on_close):
     """The source's kernel as ``ss`` sees it: QEMU (pid 4242, vm12's) holds one data connection
     to the destination; ``ss -K`` closes it and calls ``on_close``."""
-    from ansible_collections.kvmops.migration.plugins.module_utils import _images
+    from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 
-    class Kernel(_images.Runner):
+    class Kernel(_runner.Runner):
         conns = ["ESTAB 0 2339968 198.18.0.1:34610 198.18.0.2:49153 users:((\"qemu-system-x86\",pid=4242,fd=41))"]
 
         def run(self, argv):
             if argv[1] == "-K":
                 self.conns = []
                 on_close()
-                return _images.RunResult(0, "", "")
-            return _images.RunResult(0, "\n".join(self.conns), "")
+                return _runner.RunResult(0, "", "")
+            return _runner.RunResult(0, "\n".join(self.conns), "")
 
     rt.runner = Kernel()
     monkeypatch.setattr(m._sockets, "qemu_pid", lambda name: 4242 if name == "vm12" else None)

@@ -18,6 +18,7 @@ import tempfile
 import pytest
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _checks_guest, _checks_network, _checks_storage, _domain_xml, _findings, _host, _tls
+from ansible_collections.kvmops.migration.plugins.module_utils import _storage
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -238,9 +239,9 @@ def test_c12_cache_writeback_on_copied_disk_warns_and_on_shared_disk_errors():
 
 def test_same_file_fingerprints():
     fp = {"path": "/p", "inode": 5, "size": 10, "fsid": 1}
-    assert _checks_storage.same_file(fp, dict(fp, fsid=2)) is True
-    assert _checks_storage.same_file(fp, dict(fp, inode=6)) is False
-    assert _checks_storage.same_file(fp, None) is False
+    assert _storage.same_file(fp, dict(fp, fsid=2)) is True
+    assert _storage.same_file(fp, dict(fp, inode=6)) is False
+    assert _storage.same_file(fp, None) is False
 
 
 QCOW = {"target": "vda", "path": "/var/lib/libvirt/images/vm1.qcow2", "format": "qcow2",

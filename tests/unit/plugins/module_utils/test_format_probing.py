@@ -22,7 +22,8 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _manifest
 from ansible_collections.kvmops.migration.plugins.module_utils import _storage
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-from disk_fakes import FakeConnection, FakeDomain, FakeRunner, connector, real_runner
+from disk_fakes import FakeRunner, real_runner
+from fake_libvirt import Connection, Domain, connector
 
 GiB = 1024 ** 3
 HOST_FILE = "/etc/passwd"
@@ -82,7 +83,7 @@ def test_hostile_raw_disk_of_a_running_domain(hostile_raw, no_checksums):
            "</disk></devices></domain>" % hostile_raw)
     runner = real_runner()
     result = _disk_info.disk_info({"domain": "vm1", "checksums": True}, runner=runner,
-                                  connect=connector(FakeConnection([FakeDomain("vm1", xml)])))
+                                  connect=connector(Connection(domains=[Domain("vm1", xml)])))
     (disk,) = result["disks"]
     assert (disk["format"], disk["virtual_size"], disk["backing"]) == ("raw", GiB, [])
     assert _no_host_file(runner) and no_checksums == []
@@ -271,7 +272,7 @@ def _params(tmp_path, path, **extra):
 def test_disk_image_refuses_a_path_outside_every_pool(tmp_path):
     pool = str(tmp_path / "pool")
     os.mkdir(pool)
-    connect = connector(FakeConnection(pool_dirs={"default": pool}))
+    connect = connector(Connection(pool_dirs={"default": pool}))
     outside = str(tmp_path / "elsewhere" / "vm1.raw")
     with pytest.raises(KvmopsError) as err:
         _disk_image.disk_image(_params(tmp_path, outside), connect=connect, runner=real_runner())
@@ -292,7 +293,7 @@ def test_disk_image_refuses_a_path_outside_every_pool(tmp_path):
 
 
 def test_a_host_without_pools_refuses_unless_allowed(tmp_path):
-    connect = connector(FakeConnection())
+    connect = connector(Connection())
     path = str(tmp_path / "vm1.raw")
     with pytest.raises(KvmopsError, match=r"pools: none defined"):
         _disk_image.disk_image(_params(tmp_path, path), check_mode=True, connect=connect, runner=real_runner())
@@ -331,6 +332,6 @@ def test_removal_when_libvirt_is_down_skips_the_pool_rule_with_a_warning(tmp_pat
 
 
 def test_storage_pools_reads_name_and_target():
-    conn = FakeConnection(pool_dirs={"default": "/var/lib/libvirt/images/", "vg0": "/dev/vg0"})
+    conn = Connection(pool_dirs={"default": "/var/lib/libvirt/images/", "vg0": "/dev/vg0"})
     assert _storage.storage_pools(conn) == [{"name": "default", "path": "/var/lib/libvirt/images", "active": True},
                                             {"name": "vg0", "path": "/dev/vg0", "active": True}]

@@ -17,8 +17,8 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _manifest
 from ansible_collections.kvmops.migration.plugins.module_utils import _storage
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-from disk_fakes import (FIXTURES, FakeConnection, FakeDomain, FakeRunner, connector, fixture,
-                        real_runner)
+from disk_fakes import FIXTURES, FakeRunner, fixture, real_runner
+from fake_libvirt import Connection, Domain, connector
 
 GiB = 1024 ** 3
 QEMU_IMG_FIXTURES = sorted(os.listdir(os.path.join(FIXTURES, "qemu-img")))
@@ -632,7 +632,7 @@ def test_disk_info_backend_for_a_running_domain(tmp_path, monkeypatch):
     scratch = str(tmp_path / "scratch.raw")
     runner.run(["qemu-img", "create", "-q", "-f", "raw", scratch, str(GiB)])
     xml = fixture("domains", "vm1.xml").replace("@DIR@", str(tmp_path))
-    conn = FakeConnection([FakeDomain("vm1", xml)], pools={"default": {"vm1-scratch.raw": scratch}})
+    conn = Connection(domains=[Domain("vm1", xml)], pools={"default": {"vm1-scratch.raw": scratch}})
     runner.add(["blockdev", "--getsize64"], "10737418240\n")
     result = _disk_info.disk_info({"domain": "vm1", "checksums": True}, runner=runner, connect=connector(conn))
     assert result["domain"] == {"name": "vm1", "uuid": "0f3e5a8c-6f0e-4b0a-9a39-2a1d3c4b5e6f", "active": True}
@@ -660,8 +660,8 @@ def test_disk_info_backend_for_paths(tmp_path):
 
 def test_disk_image_backend_is_idempotent_and_diffs(tmp_path):
     path = str(tmp_path / "images" / "vm1.qcow2")
-    other = FakeDomain("other", "<domain><name>other</name><devices/></domain>")
-    connect = connector(FakeConnection([other], pool_dirs={"default": str(tmp_path / "images")}))
+    other = Domain("other", "<domain><name>other</name><devices/></domain>")
+    connect = connector(Connection(domains=[other], pool_dirs={"default": str(tmp_path / "images")}))
     params = {"path": path, "state": "present", "format": "qcow2", "virtual_size": 21474836480,
               "manifest_path": str(tmp_path / "m.json"), "host": "hostb", "dir_mode": "0711",
               "dir_owner": os.geteuid(), "dir_group": os.getegid()}
@@ -680,7 +680,7 @@ def test_disk_image_backend_is_idempotent_and_diffs(tmp_path):
 def test_paths_in_use_reads_live_and_inactive_xml():
     live = fixture("domains", "c13_cdrom.xml")
     inactive = live.replace("vm13.raw", "vm13-next.raw")
-    used = _image_use.paths_in_use(FakeConnection([FakeDomain("vm13", live, inactive_xml=inactive)]))
+    used = _image_use.paths_in_use(Connection(domains=[Domain("vm13", live, inactive_xml=inactive)]))
     assert used["/var/lib/libvirt/images/vm13.raw"] == ["vm13"]
     assert used["/var/lib/libvirt/images/vm13-next.raw"] == ["vm13"]
 

@@ -147,3 +147,28 @@ def disk_info(params: dict[str, t.Any], runner: Runner | None = None,
     with (connect or connection)(uri, readonly=True) as conn:
         described = describe_domain(conn, lookup_domain(conn, params["domain"]), uri, runner, force, checksums)
     return {k: described[k] for k in ("domain", "disks", "copy_set")}
+
+
+def disk_paths(disks: list[dict[str, t.Any]]) -> list[str]:
+    """Every local path of a ``disk_info`` disks list, backing layers included, once each."""
+    out: list[str] = []
+    for disk in disks or []:
+        for path in [disk.get("path")] + [b.get("path") for b in disk.get("backing") or []]:
+            if path and disk.get("type") != "network" and path not in out:
+                out.append(path)
+    return out
+
+
+def disk_formats(disks: list[dict[str, t.Any]]) -> dict[str, str]:
+    """The declared format of every local path of a ``disk_info`` disks list (:func:`disk_paths`),
+    backing layers included: ``{path: format}``, for ``host_info``'s ``formats`` on a
+    destination. A path without a declared format is left out (read as raw there)."""
+    out: dict[str, str] = {}
+    for disk in disks or []:
+        if disk.get("type") == "network":
+            continue
+        for item in [disk] + list(disk.get("backing") or []):
+            path, fmt = item.get("path"), item.get("format")
+            if path and fmt and path not in out:
+                out[path] = str(fmt)
+    return out

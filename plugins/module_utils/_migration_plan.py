@@ -207,6 +207,24 @@ def build_data_uri(address: str, port: int | None = None) -> str:
     return "tcp://%s:%d" % (host, port) if port else "tcp://%s" % host
 
 
+def libvirt_uris(addresses: dict[str, str], user: str = "root", transport: str = "ssh",
+                 local: str | None = None) -> list[dict[str, str]]:
+    """``[{name, uri}]`` of hosts by inventory name -> address, as seen from ``local``
+    (which gets ``qemu:///system``): ``qemu+ssh://USER@ADDR/system`` or ``qemu+tls://ADDR/system``."""
+    out = []
+    for name in sorted(addresses):
+        addr = str(addresses[name])
+        host = "[%s]" % addr if ":" in addr and not addr.startswith("[") else addr
+        if name == local:
+            uri = "qemu:///system"
+        elif transport == "tls":
+            uri = "qemu+tls://%s/system" % host
+        else:
+            uri = "qemu+ssh://%s%s/system" % ("%s@" % user if user else "", host)
+        out.append({"name": name, "uri": uri})
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # The plan: flags and typed parameters
 # --------------------------------------------------------------------------------------------

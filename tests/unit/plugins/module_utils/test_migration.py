@@ -936,9 +936,9 @@ def test_postcopy_summary_without_completed_stats_takes_the_last_sample():
     assert stats["data_bytes"] == last["data_processed"] and stats["iterations"] == last["memory_iteration"]
     assert stats["disk_bytes"] == last["disk_processed"]
     assert any("no completed statistics" in w for w in res["warnings"])
-    from ansible_collections.kvmops.migration.plugins.module_utils import _placement
+    from ansible_collections.kvmops.migration.plugins.module_utils import _report
 
-    lines = _placement.migration_summary("vm12", "hosta", "hostb", res)["lines"]
+    lines = _report.migration_summary("vm12", "hosta", "hostb", res)["lines"]
     assert lines[0].startswith("vm12 moved hosta -> hostb in at least %s s" % round(last["time_elapsed"] / 1000.0, 1))
     assert "None" not in lines[0] and "memory ?" not in " ".join(lines)
     assert "from the last progress sample" in lines[1]

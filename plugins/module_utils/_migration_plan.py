@@ -209,20 +209,13 @@ def build_data_uri(address: str, port: int | None = None) -> str:
 
 def libvirt_uris(addresses: dict[str, str], user: str = "root", transport: str = "ssh",
                  local: str | None = None) -> list[dict[str, str]]:
-    """``[{name, uri}]`` of hosts by inventory name -> address, as seen from ``local``
-    (which gets ``qemu:///system``): ``qemu+ssh://USER@ADDR/system`` or ``qemu+tls://ADDR/system``."""
-    out = []
-    for name in sorted(addresses):
-        addr = str(addresses[name])
-        host = "[%s]" % addr if ":" in addr and not addr.startswith("[") else addr
-        if name == local:
-            uri = "qemu:///system"
-        elif transport == "tls":
-            uri = "qemu+tls://%s/system" % host
-        else:
-            uri = "qemu+ssh://%s%s/system" % ("%s@" % user if user else "", host)
-        out.append({"name": name, "uri": uri})
-    return out
+    """``[{name, uri}]`` of hosts by inventory name -> address, by name, as seen from ``local``
+    (which gets ``qemu:///system``): every other host's URI is :func:`build_dest_uri` of its
+    address, ``qemu+ssh://USER@ADDR/system`` (any ``transport`` but ``tls``) or
+    ``qemu+tls://ADDR/system``; IPv6 literals in brackets. For ``domain_cpu``'s ``group_uris``."""
+    return [{"name": name, "uri": _libvirt.DEFAULT_URI if name == local else
+             build_dest_uri(str(addresses[name]), "tls" if transport == "tls" else "ssh", user)}
+            for name in sorted(addresses)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ people). The verify and report steps of ``migrate_guest``, through the collectio
 Inputs are the modules' results as Ansible registers them: disk lists of ``disk_info`` (sizes
 and allocation in bytes), the ``migrate`` result (``state``, ``stats`` with ``time_ms``,
 ``downtime_ms``, ``*_bytes``; ``plan``; ``transport``), the pre-flight report (``{ok, findings:
-[{check, status, host, msg, values}]}``). Nothing here raises.
+[{check, status, host, msg, values}]}``). Nothing here raises for a situation an operator can
+meet: what is wrong is said in ``problems`` or the ``lines``.
 """
 
 from __future__ import annotations
@@ -156,6 +157,10 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
     summary["lines"] = lines
     return summary
 
+
+# --------------------------------------------------------------------------------------------
+# The pre-flight's findings, for people
+# --------------------------------------------------------------------------------------------
 
 def findings_table(report: dict[str, t.Any] | None, show_ok: bool = False) -> list[str]:
     """The findings of a pre-flight report as lines for people, errors first."""

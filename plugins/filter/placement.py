@@ -1,13 +1,21 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters of the roles: thin wrappers of ``module_utils/_placement.py`` (the decisions: where a
-guest is, where it goes, host UUIDs, evacuation plan, image and migration reports), so that no
-decision is written in Jinja."""
+"""Filters of the roles: thin wrappers that turn Ansible registers (looped results, unreachable
+items) into the inputs of the module_utils that decide, so that no decision is written in Jinja:
+``_locate`` (where a guest is, where it goes), ``_evacuation`` (what an evacuation moves, and
+where), ``_host_prep`` (host UUIDs, mirrored networks), ``_report`` (the findings table, the
+image report, the migration summary), ``_migration_plan`` (libvirt URIs of the group) and
+``_disk_info`` (the paths and declared formats of a disks list)."""
 
 from __future__ import annotations
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _placement
+from ansible_collections.kvmops.migration.plugins.module_utils import _disk_info
+from ansible_collections.kvmops.migration.plugins.module_utils import _evacuation
+from ansible_collections.kvmops.migration.plugins.module_utils import _host_prep
+from ansible_collections.kvmops.migration.plugins.module_utils import _locate
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
+from ansible_collections.kvmops.migration.plugins.module_utils import _report
 
 
 def _hosts_from_results(results):
@@ -23,7 +31,7 @@ def _hosts_from_results(results):
 
 def locate_guest(hosts, name, group="kvm_hosts"):
     """``{{ host_facts | kvmops.migration.locate_guest(vm) }}``."""
-    return _placement.locate_guest(name, _hosts_from_results(hosts), group)
+    return _locate.locate_guest(name, _hosts_from_results(hosts), group)
 
 
 def _reports(results):
@@ -37,12 +45,12 @@ def _reports(results):
 
 def pick_destination(hosts, guest, source, reports, reserve_bytes=0, allow_cold=False):
     """``{{ host_facts | kvmops.migration.pick_destination(guest, source, reports) }}``."""
-    return _placement.pick_destination(guest, source, _hosts_from_results(hosts),
-                                       _reports(reports), int(reserve_bytes or 0), bool(allow_cold))
+    return _locate.pick_destination(guest, source, _hosts_from_results(hosts),
+                                    _reports(reports), int(reserve_bytes or 0), bool(allow_cold))
 
 
 def select_guests(domains, include=None, exclude=None):
-    return _placement.select_guests(domains or [], include, exclude)
+    return _evacuation.select_guests(domains or [], include, exclude)
 
 
 def plan_evacuation(hosts, source, guests, reports, reserve_bytes=0, concurrency=1):
@@ -54,12 +62,12 @@ def plan_evacuation(hosts, source, guests, reports, reserve_bytes=0, concurrency
             guest, host = res.get("item")[0], res.get("item")[1]
             by_guest.setdefault(guest, {})[host] = res.get("report", res)
         reports = by_guest
-    return _placement.plan_evacuation(source, guests or [], _hosts_from_results(hosts), reports or {},
-                                      int(reserve_bytes or 0), int(concurrency or 1))
+    return _evacuation.plan_evacuation(source, guests or [], _hosts_from_results(hosts), reports or {},
+                                       int(reserve_bytes or 0), int(concurrency or 1))
 
 
 def evacuation_summary(plan, source, results, skipped=None):
-    return _placement.evacuation_summary(source, plan or {}, results or {}, skipped or [])
+    return _evacuation.evacuation_summary(source, plan or {}, results or {}, skipped or [])
 
 
 def host_uuid_plan(hosts, order=None, pin=True):
@@ -69,17 +77,17 @@ def host_uuid_plan(hosts, order=None, pin=True):
         res = res or {}
         if isinstance(res.get("host"), dict) and not res.get("failed") and not res.get("unreachable"):
             facts[host] = res["host"]
-    return _placement.host_uuid_plan(facts, [h for h in (order or []) if h in facts], bool(pin))
+    return _host_prep.host_uuid_plan(facts, [h for h in (order or []) if h in facts], bool(pin))
 
 
 def image_report(src_disks, dst_disks, created=None, slack_ratio=0.10, slack_bytes=64 * 1024 ** 2, shared=None):
-    return _placement.image_report(src_disks or [], dst_disks or [], created or [],
-                                   float(slack_ratio), int(slack_bytes), shared or [])
+    return _report.image_report(src_disks or [], dst_disks or [], created or [],
+                                float(slack_ratio), int(slack_bytes), shared or [])
 
 
 def migration_summary(result, guest, source, dest, images=None, created=None, check_mode=False):
-    return _placement.migration_summary(guest, source, dest, result or {}, images or {},
-                                        created or [], bool(check_mode))
+    return _report.migration_summary(guest, source, dest, result or {}, images or {},
+                                     created or [], bool(check_mode))
 
 
 def host_addresses(hosts, hostvars):
@@ -92,20 +100,20 @@ def host_addresses(hosts, hostvars):
 
 
 def libvirt_uris(addresses, user="root", transport="ssh", local=None):
-    return _placement.libvirt_uris(dict(addresses or {}), user, transport, local)
+    return _migration_plan.libvirt_uris(dict(addresses or {}), user, transport, local)
 
 
 def disk_paths(disks):
-    return _placement.disk_paths(disks or [])
+    return _disk_info.disk_paths(disks or [])
 
 
 def disk_formats(disks):
     """``{{ disks | kvmops.migration.disk_formats }}``: ``{path: declared format}``."""
-    return _placement.disk_formats(disks or [])
+    return _disk_info.disk_formats(disks or [])
 
 
 def findings_table(report, show_ok=False):
-    return _placement.findings_table(report, bool(show_ok))
+    return _report.findings_table(report, bool(show_ok))
 
 
 def mirror_networks(results, only=None):
@@ -114,7 +122,7 @@ def mirror_networks(results, only=None):
     for res in (results or {}).get("results", []) if isinstance(results, dict) else results or []:
         if res.get("get_xml"):
             defs.append({"name": res.get("item"), "xml": res["get_xml"]})
-    return _placement.mirror_networks(defs, only or [])
+    return _host_prep.mirror_networks(defs, only or [])
 
 
 class FilterModule:

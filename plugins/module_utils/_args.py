@@ -11,15 +11,19 @@
   rest), action group ``kvmops.migration.move``;
 - :func:`destination_spec`: the part of them that names the guest, the source and the
   destination, which ``cold_move`` takes too (fragment ``kvmops.migration.move.destination``).
+- :func:`migrate_spec`, :func:`preflight_spec`: the backend options of ``migrate`` and
+  ``preflight`` (the move's and their own); each module adds only what its ``main()`` consumes
+  itself (``progress_file``, ``fail_on_error``).
 
-The option dataclasses (``_migration_plan.MigrationOptions``, ``_preflight.PreflightOptions``) hold
-the same defaults for these options as :func:`default` gives (a unit test compares every field),
-so that a module's default and the backend's cannot drift apart.
+The option dataclasses (``_migration_plan.MigrationOptions``, ``_preflight.PreflightOptions``) take
+each field's default from these specs with :func:`spec_field`, so that a default is written once:
+a module's default and the backend's cannot drift apart.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils._libvirt import DEFAULT_URI
@@ -54,6 +58,78 @@ _MOVE: dict[str, dict[str, t.Any]] = {
     "cleanup_leftover": dict(type="bool", default=False),
 }
 
+#: the options only ``migrate`` has (its backend is ``_migration_plan.MigrationOptions``)
+_MIGRATE_ONLY: dict[str, dict[str, t.Any]] = {
+    "migrate_port": dict(type="int"),
+    "disks_port": dict(type="int"),
+    "live": dict(type="bool", default=True),
+    "persistent": dict(type="bool", default=True),
+    "undefine_source": dict(type="bool", default=True),
+    "keep_sparse": dict(type="bool", default=True),
+    "bandwidth_mibps": dict(type="int"),
+    "max_downtime_ms": dict(type="int"),
+    "auto_converge": dict(type="bool", default=False),
+    "auto_converge_initial": dict(type="int"),
+    "auto_converge_increment": dict(type="int"),
+    "timeout_s_per_gib": dict(type="float", default=800),
+    "timeout_min_s": dict(type="float", default=300),
+    "timeout_action": dict(type="str", choices=["abort", "postcopy"], default="abort"),
+    "abort_grace_s": dict(type="float", default=120),
+    "sever_after_s": dict(type="float", default=10),
+    "poll_interval_s": dict(type="float", default=1),
+    "dest_xml": dict(type="str", no_log=True),
+    "persist_xml": dict(type="str", no_log=True),
+    "unsafe": dict(type="bool", default=False),
+    "expect_disks": dict(type="list", elements="dict"),
+    "expect_cpu": dict(type="str"),
+}
+
+#: the options only ``preflight`` has (its backend is ``_preflight.PreflightOptions``; ``ports``
+#: becomes its fields migrate_port, disks_port, port_timeout_s and ignore_blocked_ports)
+_PREFLIGHT_ONLY: dict[str, dict[str, t.Any]] = {
+    "group": dict(type="list", elements="dict", default=[], options=dict(
+        name=dict(type="str", required=True), uri=dict(type="str", required=True))),
+    "located": dict(type="dict", options=dict(source=dict(type="str", required=True),
+                                              hosts=dict(type="dict", default={}))),
+    "network_map": dict(type="dict", default={}),
+    "require_state": dict(type="str", choices=["running", "shut off", "any"], default="running"),
+    "dest_tls": dict(type="dict"),
+    "insecure_var": dict(type="str", default="allow_insecure_transport"),
+    "cold_move_var": dict(type="str"),
+    "cold_move_allowed": dict(type="bool", default=False),
+    "ports": dict(type="dict", default={}, options=dict(
+        migrate=dict(type="int", default=49152),
+        disks=dict(type="int", default=49153),
+        timeout_s=dict(type="float", default=3.0),
+        ignore_blocked=dict(type="bool", default=False))),
+    "dest_disks": dict(type="list", elements="dict", default=[]),
+    "dest_mounts": dict(type="list", elements="dict", default=[]),
+    "dest_interfaces": dict(type="list", elements="str"),
+    "dest_manifest": dict(type="list", elements="dict"),
+    "dest_probe": dict(type="dict", options=dict(
+        probe_id=dict(type="str", required=True),
+        ports=dict(type="list", elements="dict", default=[], options=dict(
+            requested=dict(type="int", required=True), port=dict(type="int"),
+            state=dict(type="str", required=True), reason=dict(type="str"))),
+        markers=dict(type="list", elements="dict", default=[], options=dict(
+            dir=dict(type="str", required=True), path=dict(type="str", required=True),
+            state=dict(type="str", required=True), reason=dict(type="str"))),
+        pid=dict(type="int"), lifetime_s=dict(type="float"))),
+}
+
+_SPECS: dict[str, dict[str, dict[str, t.Any]]] = {
+    "connection": _CONNECTION,
+    "move": _MOVE,
+    "migrate": dict(_MOVE, **_MIGRATE_ONLY),
+    "preflight": dict(_MOVE, **_PREFLIGHT_ONLY),
+}
+
+#: the key of a dataclass field's metadata that names the option its default comes from
+SPEC_KEY = "kvmops_spec"
+
+#: AnsibleModule converts a default to the option's type; the fields hold what it would
+_CONVERT: dict[str, t.Callable[[t.Any], t.Any]] = {"int": int, "float": float, "bool": bool, "str": str}
+
 
 def connection_spec() -> dict[str, dict[str, t.Any]]:
     """A fresh copy of the connection options (``{name: AnsibleModule option dict}``)."""
@@ -70,8 +146,65 @@ def move_spec() -> dict[str, dict[str, t.Any]]:
     return copy.deepcopy(_MOVE)
 
 
-def default(name: str) -> t.Any:
-    """The default of shared option ``name`` (None when it has none); raises KeyError for a name
-    that is not a shared option. Lists come as fresh copies."""
-    spec = _MOVE[name] if name in _MOVE else _CONNECTION[name]
-    return copy.deepcopy(spec.get("default"))
+def migrate_spec() -> dict[str, dict[str, t.Any]]:
+    """A fresh copy of the backend options of ``migrate``: the move's and its own."""
+    return copy.deepcopy(_SPECS["migrate"])
+
+
+def preflight_spec() -> dict[str, dict[str, t.Any]]:
+    """A fresh copy of the backend options of ``preflight``: the move's and its own."""
+    return copy.deepcopy(_SPECS["preflight"])
+
+
+def option(spec: str, path: str) -> dict[str, t.Any]:
+    """The option dict of ``path`` in spec ``spec`` (``connection``, ``move``, ``migrate``,
+    ``preflight``); ``path`` names a suboption with a dot (``ports.timeout_s``). A copy.
+
+    :raises KeyError: no such spec or option.
+    """
+    options = _SPECS[spec]
+    *parents, name = path.split(".")
+    for parent in parents:
+        options = options[parent]["options"]
+    return copy.deepcopy(options[name])
+
+
+def default(name: str, spec: str | None = None) -> t.Any:
+    """The default of option ``name`` (a dotted path for a suboption) of ``spec`` (None: the
+    shared move or connection options), converted to the option's type as AnsibleModule does
+    (``800`` of a float option is ``800.0``); None when it has none. Lists and dicts come as fresh
+    copies.
+
+    :raises KeyError: ``name`` is not an option of that spec.
+    """
+    if spec is None:
+        spec = "move" if name in _MOVE else "connection"
+    opt = option(spec, name)
+    value = opt.get("default")
+    if value is not None and opt.get("type") in _CONVERT:
+        value = _CONVERT[opt["type"]](value)
+    return value
+
+
+def spec_field(spec: str, name: str) -> t.Any:
+    """A ``dataclasses.field`` whose default is :func:`default` of option ``name`` of ``spec``
+    (a fresh copy per instance for a list or dict; no default for a required option); its
+    metadata names the option (``{SPEC_KEY: "spec:name"}``), which the unit tests check for
+    every field of the option dataclasses.
+
+    :raises KeyError: ``name`` is not an option of that spec.
+    """
+    # the field is made here for the dataclass body that calls spec_field
+    # pylint: disable=invalid-field-call
+    metadata = {SPEC_KEY: "%s:%s" % (spec, name)}
+    if option(spec, name).get("required"):
+        return dataclasses.field(metadata=metadata)
+    value = default(name, spec)
+    if isinstance(value, (list, dict)):
+        return dataclasses.field(default_factory=lambda: default(name, spec), metadata=metadata)
+    return dataclasses.field(default=value, metadata=metadata)
+
+
+def choices(spec: str, name: str) -> tuple[str, ...]:
+    """The choices of option ``name`` of ``spec`` as a tuple (empty when it has none)."""
+    return tuple(option(spec, name).get("choices") or ())

@@ -153,11 +153,22 @@ def libvirt_network_lookup(conn: t.Any, lv: t.Any,
 # Names and addresses (C09)
 # --------------------------------------------------------------------------------------------
 
-def resolve(name: str) -> list[str]:
-    """Addresses ``name`` resolves to from this host (``getaddrinfo``), [] when it does not."""
+def resolve(name: str, strict: bool = False) -> list[str]:
+    """The addresses of ``name`` from this host, sorted, each once: an address literal (bracketed
+    or not) is itself, a name is what ``getaddrinfo`` gives; [] when the name does not resolve.
+    The one resolver of the collection (the pre-flight's names, ``_sockets.sever``'s peer).
+
+    :param strict: raise instead of returning [].
+    :raises OSError: (``socket.gaierror``) with ``strict``, when the name does not resolve.
+    """
+    host = name.strip("[]")
+    with contextlib.suppress(ValueError):
+        return [str(ipaddress.ip_address(host))]
     try:
-        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except socket.gaierror:
+        if strict:
+            raise
         return []
     return sorted({str(info[4][0]) for info in infos})
 

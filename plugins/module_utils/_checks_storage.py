@@ -17,7 +17,7 @@ the source is on shared storage (Nova's test): it is not copied (``shared_detect
 that is not copied must be on a filesystem the source's libvirt knows as shared, or under
 ``shared_filesystems`` of its qemu.conf, or libvirt refuses the move as unsafe.
 
-Relies on: ``qemu-img info -U`` of the source's images (``_images.describe_disk``, run by the
+Relies on: ``qemu-img info -U`` of the source's images (``_disk_info.describe_disk``, run by the
 runner); libvirt's rules of qemuMigrationSrcIsSafe (cache modes, virFileIsSharedFS filesystem
 types, qemu.conf ``shared_filesystems``) applied to the source's ``/proc/self/mounts``; libvirt
 ``virStorageVolLookupByPath`` and ``virConnectListAllStoragePools`` (pool ``info()``) of the
@@ -31,9 +31,11 @@ import os
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _conf
-from ansible_collections.kvmops.migration.plugins.module_utils import _images
+from ansible_collections.kvmops.migration.plugins.module_utils import _image_geometry
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _manifest
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
+from ansible_collections.kvmops.migration.plugins.module_utils import _storage
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 from ansible_collections.kvmops.migration.plugins.module_utils._findings import finding
@@ -59,16 +61,6 @@ LIBVIRT_SHARED_FSTYPES = ("nfs", "nfs4", "gfs2", "ocfs2", "afs", "smb3", "smbfs"
 # The copy set, cache modes and shared storage (C12)
 # --------------------------------------------------------------------------------------------
 
-def same_file(src_fp: dict[str, t.Any] | None, dst_fp: dict[str, t.Any] | None) -> bool:
-    """Fingerprints (``_images.storage_fingerprint``) of the source image and of the same path
-    read on the destination show one file: same path, inode and size (the rule of
-    ``_images.shared_storage_reason``)."""
-    if not src_fp or not dst_fp:
-        return False
-    return (src_fp.get("path") == dst_fp.get("path") and src_fp.get("inode") is not None
-            and src_fp.get("inode") == dst_fp.get("inode") and src_fp.get("size") == dst_fp.get("size"))
-
-
 def shared_proof(disks: list[dict[str, t.Any]], dest: "DestFiles", probe: dict[str, t.Any] | None,
                  marker_seen: t.Callable[[dict[str, t.Any], str], bool], host: str) -> dict[str, str]:
     """Target -> why its image is on storage both hosts see.
@@ -77,7 +69,7 @@ def shared_proof(disks: list[dict[str, t.Any]], dest: "DestFiles", probe: dict[s
     directory on ``host`` and seen here on the source proves the directory shared; a marker made
     there and not seen here proves it is not (then a matching inode and size is a coincidence,
     e.g. cloned hosts). Where no marker was made (no probe, or the directory is absent there) the
-    same path with the same inode and size on both hosts (:func:`same_file`) is the proof.
+    same path with the same inode and size on both hosts (``_storage.same_file``) is the proof.
     """
     probe = probe or {}
     probe_id = probe.get("probe_id") or ""
@@ -95,7 +87,7 @@ def shared_proof(disks: list[dict[str, t.Any]], dest: "DestFiles", probe: dict[s
                                        "source (identity probe)" % (directory, host))
             continue
         seen, _src = dest.lookup(path)
-        if same_file(disk.get("fingerprint"), (seen or {}).get("fingerprint")):
+        if _storage.same_file(disk.get("fingerprint"), (seen or {}).get("fingerprint")):
             out[disk["target"]] = ("the same file (inode %s, %s bytes) is visible on %s"
                                    % (disk["fingerprint"]["inode"], disk["fingerprint"]["size"], host))
     return out
@@ -223,7 +215,7 @@ def check_shared_safety(disks: list[dict[str, t.Any]], copied: t.Sequence[str], 
         real = realpath(path)
         values = {"target": disk["target"], "path": path, "realpath": real}
         covered = [d for d in declared_dirs if real == d.rstrip("/") or real.startswith(d.rstrip("/") + "/")]
-        mount = _images.mount_holding(real, mounts) if mounts else None
+        mount = _storage.mount_holding(real, mounts) if mounts else None
         fstype = (mount or {}).get("fstype")
         values.update(fstype=fstype, mount=(mount or {}).get("mount"), shared_filesystems=covered)
         if covered:
@@ -285,7 +277,7 @@ class DestFiles:
     def filesystem(self, path: str) -> dict[str, t.Any] | None:
         """``{mount, device, free_bytes}`` holding ``path``: the longest ``ansible_mounts``
         prefix, else the pool of its directory, else None."""
-        best = _images.mount_holding(path, self.mounts)
+        best = _storage.mount_holding(path, self.mounts)
         if best is not None:
             return {"mount": best["mount"], "device": best.get("device") or best["mount"],
                     "free_bytes": int(best.get("size_available") or 0)}
@@ -321,7 +313,7 @@ def check_dest_image(disk: dict[str, t.Any], dest: DestFiles, host: str,
             return finding("dest_image", "ok", host,
                            "Destination image %s is absent; libvirt pool of %s on %s will create it."
                            % (path, os.path.dirname(path), host), **values)
-        kind = "LV of exactly %s bytes" % want_size if _images.is_block_path(path) else \
+        kind = "LV of exactly %s bytes" % want_size if _image_geometry.is_block_path(path) else \
             "%s image of exactly %s bytes (sparse)" % (want_fmt, want_size)
         return finding("dest_image", "warning", host,
                        "Destination image %s (disk %s) is absent on %s and no libvirt pool covers "
@@ -332,7 +324,7 @@ def check_dest_image(disk: dict[str, t.Any], dest: DestFiles, host: str,
     if dest.manifest is not None:
         # the same identity rule as disk_image: path, inode and the identity attribute
         ours = any(e.get("path") == path and (not for_domain or e.get("for_domain") in (None, for_domain))
-                   and _images.fingerprint_matches(e, seen.get("fingerprint"))
+                   and _manifest.fingerprint_matches(e, seen.get("fingerprint"))
                    for e in dest.manifest)
     size, fmt = seen.get("virtual_size"), seen.get("format")
     values.update(state="exists", ours=ours, seen_format=fmt, seen_virtual_size=size)
@@ -393,14 +385,14 @@ def check_backing(disk: dict[str, t.Any], dest: DestFiles, host: str) -> list[di
 def check_free_space(disks: list[dict[str, t.Any]], dest: DestFiles, host: str,
                      keep_sparse: bool = True) -> list[dict[str, t.Any]]:
     """Free space per destination filesystem for the copied disks (case C05), by
-    ``_images.plan_free_space`` (allocation when sparseness is kept, plus its margin).
+    ``_storage.plan_free_space`` (allocation when sparseness is kept, plus its margin).
     Disks whose destination already holds the image need nothing more."""
     plan_disks, unknown = [], []
     for disk in disks:
         seen, _src = dest.lookup(disk["path"])
         if seen is not None and seen.get("exists"):
             continue
-        if _images.is_block_path(disk["path"]):
+        if _image_geometry.is_block_path(disk["path"]):
             continue
         if dest.filesystem(disk["path"]) is None or disk.get("virtual_size") is None:
             unknown.append(disk["path"])
@@ -409,8 +401,8 @@ def check_free_space(disks: list[dict[str, t.Any]], dest: DestFiles, host: str,
                            "virtual_size": disk["virtual_size"], "allocation": disk.get("allocation")})
     out = []
     if plan_disks:
-        plan = _images.plan_free_space(plan_disks, keep_sparse=keep_sparse,
-                                       fs_lookup=dest.filesystem, host=host)
+        plan = _storage.plan_free_space(plan_disks, keep_sparse=keep_sparse,
+                                        fs_lookup=dest.filesystem, host=host)
         for fs in plan["filesystems"]:
             if fs["ok"]:
                 msg = ("Filesystem %s on %s: %d bytes needed (with margin), %d bytes free."

@@ -200,7 +200,7 @@ def parse_disk(disk: t.Any) -> dict[str, t.Any]:
     Shape: ``{target, bus, device, type, path, pool, volume, protocol, name, hosts, format,
     driver, cache, io, discard, readonly, shareable, backing: [...], copy, copy_reason,
     must_be_shared}``. ``format`` is the driver type (raw, qcow2, ...). Sizes are not in the
-    XML; ``_images`` adds them.
+    XML; ``_disk_info`` adds them.
     """
     disk_type = disk.get("type") or "file"
     device = disk.get("device") or "disk"
@@ -376,7 +376,7 @@ def required_files(facts: dict[str, t.Any]) -> list[dict[str, t.Any]]:
     loader, nvram.
 
     :param facts: :func:`domain_facts`, its disks optionally described by
-        ``_images.describe_disk`` (then ``virtual_size`` is known).
+        ``_disk_info.describe_disk`` (then ``virtual_size`` is known).
     :returns: ``[{what, path, target, virtual_size}]``; ``target`` and ``virtual_size`` are
         None for the files of ``<os>``.
     """

@@ -13,10 +13,10 @@ duplicated host UUIDs (case C10) before anything is touched:
 * ``domains``: every domain defined or running on the host: name, UUID, state, active,
   persistent, current memory in bytes and vCPU count (``virDomainGetInfo``).
 * with ``guest``: where that domain is defined, ``guest_disks`` (the ``disks`` of ``disk_info``,
-  by ``_images.describe_domain``) and ``guest_paths`` (the files migration does not copy,
+  by ``_disk_info.describe_domain``) and ``guest_paths`` (the files migration does not copy,
   ``_domain_xml.required_files``), so that locating a guest also describes it.
 * with ``paths`` (what the pre-flight needs of a destination, in one call): ``paths`` (the
-  ``disks`` of ``disk_info paths=``, by ``_images.describe_paths``), ``mounts`` (the filesystems
+  ``disks`` of ``disk_info paths=``, by ``_disk_info.describe_paths``), ``mounts`` (the filesystems
   holding them, in the shape of Ansible's ``ansible_mounts``), ``interfaces`` (the names of
   ``ansible_interfaces``) and ``manifest`` (the entries of the kvmops manifest).
 * with ``tls``: ``tls``, the host's material for QEMU's native TLS migration
@@ -37,7 +37,8 @@ import re
 import socket
 import typing as t
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _conf, _cpu, _domain_xml, _images, _libvirt, _tls
+from ansible_collections.kvmops.migration.plugins.module_utils import _conf, _cpu, _disk_info, _domain_xml, _image_geometry
+from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt, _manifest, _runner, _storage, _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
@@ -84,7 +85,7 @@ def memory_from_stats(stats: dict[str, int], total_kib: int | None = None) -> di
             "available_memory_bytes": available * KIB if available is not None else None}
 
 
-def domain_facts(dom: t.Any) -> dict[str, t.Any]:
+def domain_summary(dom: t.Any) -> dict[str, t.Any]:
     """Name, UUID, libvirt domain ID (-1 when inactive), state, active, persistent, memory
     (bytes), vCPUs of one ``virDomain``."""
     state, max_kib, cur_kib, vcpus, _cpu_time = dom.info()
@@ -140,7 +141,7 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
     result: dict[str, t.Any] = {"host": host}
     if include_domains:
         with _libvirt.libvirt_errors("list the domains"):
-            domains = [domain_facts(d) for d in conn.listAllDomains(0)]
+            domains = [domain_summary(d) for d in conn.listAllDomains(0)]
         domains.sort(key=lambda d: d["name"])
         host["running_memory_bytes"] = sum(d["memory_bytes"] for d in domains if d["active"])
         host["running_vcpus"] = sum(d["vcpus"] for d in domains if d["active"])
@@ -148,11 +149,11 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
     return result
 
 
-def guest_facts(conn: t.Any, guest: str, uri: str, runner: _images.Runner) -> dict[str, t.Any]:
+def guest_facts(conn: t.Any, guest: str, uri: str, runner: _runner.Runner) -> dict[str, t.Any]:
     """What the roles need of one guest on the host that defines it, read with ``conn``.
 
     :returns: ``{guest_disks, guest_paths, guest_error}``: the disks as ``disk_info domain=``
-        returns them (:func:`_images.describe_domain`), the paths of
+        returns them (:func:`_disk_info.describe_domain`), the paths of
         :func:`_domain_xml.required_files` (read-only media, kernel, initrd, dtb, loader,
         nvram) and no error; empty lists when the guest is not defined here. A failure to read
         the guest (its XML, an image qemu-img cannot read) is ``guest_error`` with empty lists,
@@ -164,7 +165,7 @@ def guest_facts(conn: t.Any, guest: str, uri: str, runner: _images.Runner) -> di
         dom = _libvirt.lookup_domain(conn, guest, required=False)
         if dom is None:
             return out
-        described = _images.describe_domain(conn, dom, uri, runner)
+        described = _disk_info.describe_domain(conn, dom, uri, runner)
     except KvmopsError as err:
         out["guest_error"] = str(err)
         return out
@@ -213,13 +214,13 @@ def mounts_holding(paths: t.Iterable[str], mounts_text: str,
                    statvfs: t.Callable[[str], t.Any] = os.statvfs) -> list[dict[str, t.Any]]:
     """The filesystems that hold ``paths`` (existing or not yet created), each once, as
     :func:`mount_facts`: per path the mount whose mount point is its longest prefix, the rule by
-    which the pre-flight picks a filesystem from ``dest_mounts`` (``_images.mount_holding``).
+    which the pre-flight picks a filesystem from ``dest_mounts`` (``_storage.mount_holding``).
     Only these are measured: another filesystem (a hung network mount) is never touched."""
     table = parse_mounts(mounts_text)
     out: list[dict[str, t.Any]] = []
     seen: set[str] = set()
     for path in paths:
-        entry = _images.mount_holding(path, table)
+        entry = _storage.mount_holding(path, table)
         if entry is not None and entry["mount"] not in seen:
             seen.add(entry["mount"])
             out.append(mount_facts(entry, statvfs))
@@ -238,18 +239,17 @@ def interface_names(net_dir: str = SYS_CLASS_NET) -> list[str]:
 
 
 def path_formats(paths: t.Iterable[str], declared: t.Mapping[str, str | None] | None,
-                 manifest: _images.Manifest, host: str) -> dict[str, str]:
+                 manifest: _manifest.Manifest, host: str) -> dict[str, str]:
     """The format to read each path as on this host: the manifest's when it records this very
     file (kvmops made it), else the declared one (``declared``: the source's format of the disk
     or backing layer at that path), else ``raw``. Never probed."""
-    ctx = _images.HostContext(host=host, manifest=manifest)
     out = {}
     for path in paths:
-        out[path] = _images.recorded_format(ctx, path) or _images.read_format((declared or {}).get(path))
+        out[path] = manifest.recorded_format(host, path) or _image_geometry.read_format((declared or {}).get(path))
     return out
 
 
-def path_facts(paths: list[str], runner: _images.Runner, manifest_path: str = _images.DEFAULT_MANIFEST,
+def path_facts(paths: list[str], runner: _runner.Runner, manifest_path: str = _manifest.DEFAULT_MANIFEST,
                mounts_file: str = PROC_MOUNTS, net_dir: str = SYS_CLASS_NET,
                statvfs: t.Callable[[str], t.Any] = os.statvfs,
                formats: t.Mapping[str, str | None] | None = None, host: str | None = None) -> dict[str, t.Any]:
@@ -260,13 +260,13 @@ def path_facts(paths: list[str], runner: _images.Runner, manifest_path: str = _i
 
     Each path is read as :func:`path_formats` says (``qemu-img info -f FMT``), top layer only:
     no backing chain is followed here (the pre-flight looks every backing path up itself); a
-    file not in its declared format is described as raw (``_images.read_as_declared``).
+    file not in its declared format is described as raw (``_image_geometry.read_as_declared``).
 
     :raises KvmopsError: a path is not absolute and normalised, or cannot be read.
     """
     for path in paths:
-        _images.check_image_path(path)
-    manifest = _images.Manifest(manifest_path)
+        _storage.check_image_path(path)
+    manifest = _manifest.Manifest(manifest_path)
     fmts = path_formats(paths, formats, manifest, host or socket.gethostname())
     try:
         with open(mounts_file, "r", encoding="utf-8") as handle:
@@ -274,13 +274,13 @@ def path_facts(paths: list[str], runner: _images.Runner, manifest_path: str = _i
     except OSError as err:
         raise KvmopsError("Could not read the mounted filesystems (%s) on this host: %s."
                           % (mounts_file, err.strerror or err), detail=str(err)) from err
-    return {"paths": _images.describe_paths(paths, runner, formats=fmts, follow_backing=False, fallback_raw=True),
+    return {"paths": _disk_info.describe_paths(paths, runner, formats=fmts, follow_backing=False, fallback_raw=True),
             "mounts": mounts_holding(paths, mounts_text, statvfs),
             "interfaces": interface_names(net_dir),
             "manifest": manifest.entries()}
 
 
-def run_host_info(params: dict[str, t.Any], runner: _images.Runner | None = None,
+def run_host_info(params: dict[str, t.Any], runner: _runner.Runner | None = None,
                   connect: t.Callable[..., t.Any] = _libvirt.connection, **sources: t.Any) -> dict[str, t.Any]:
     """The ``host_info`` module: read-only facts of the local host (``params['uri']``), with
     :func:`guest_facts` when ``params['guest']`` is set and :func:`path_facts` when
@@ -288,7 +288,7 @@ def run_host_info(params: dict[str, t.Any], runner: _images.Runner | None = None
 
     :param sources: ``mounts_file``, ``net_dir``, ``statvfs`` of :func:`path_facts` (tests).
     """
-    runner = runner or _images.SubprocessRunner()
+    runner = runner or _runner.SubprocessRunner()
     exists, text = read_conf(params["libvirtd_conf"])
     with connect(params["uri"], readonly=True) as conn:
         result = host_facts(conn, text, exists, include_domains=params["domains"])
@@ -296,7 +296,7 @@ def run_host_info(params: dict[str, t.Any], runner: _images.Runner | None = None
             result.update(guest_facts(conn, params["guest"], params["uri"], runner))
     if params.get("paths") is not None:
         result.update(path_facts(params["paths"], runner,
-                                 params.get("manifest_path") or _images.DEFAULT_MANIFEST,
+                                 params.get("manifest_path") or _manifest.DEFAULT_MANIFEST,
                                  formats=params.get("formats"), **sources))
     if params.get("tls"):
         result["tls"] = _tls.read_host_tls()

@@ -82,11 +82,6 @@ def const(lv: t.Any, name: str) -> t.Any:
     return getattr(lv, name, None)
 
 
-def const(lv: t.Any, name: str) -> t.Any:
-    """``libvirt.<name>`` or None when this binding lacks it."""
-    return getattr(lv, name, None)
-
-
 def is_libvirt_error(err: BaseException, lv: t.Any = None) -> bool:
     """True when ``err`` is the ``libvirtError`` of namespace ``lv`` (a fake of the tests), or
     of the real binding when ``lv`` is None."""

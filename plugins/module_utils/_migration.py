@@ -60,8 +60,8 @@ import typing as t
 import uuid as uuidlib
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
-from ansible_collections.kvmops.migration.plugins.module_utils import _images
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 from ansible_collections.kvmops.migration.plugins.module_utils import _sockets
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
@@ -214,7 +214,7 @@ class Runtime:
     sleep: t.Callable[[float], None] = time.sleep
     log: t.Callable[[str], None] = lambda msg: None
     progress: t.Callable[[dict[str, t.Any]], None] = lambda sample: None
-    runner: _images.Runner = dataclasses.field(default_factory=_images.SubprocessRunner)
+    runner: _runner.Runner = dataclasses.field(default_factory=_runner.SubprocessRunner)
     #: wall-clock time (epoch seconds), for certificate validity
     now: t.Callable[[], float] = time.time
     #: this host's TLS material (:func:`_tls.read_host_tls`)

@@ -35,16 +35,17 @@ import math
 import os
 import typing as t
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 GIB = 1024 ** 3
 
-COPY_STORAGE_CHOICES = ("all", "incremental", "none")
-TRANSPORT_CHOICES = ("ssh", "tls")
-TIMEOUT_ACTION_CHOICES = ("abort", "postcopy")
-COMPRESSION_CHOICES = ("xbzrle", "mt", "zlib", "zstd")
+COPY_STORAGE_CHOICES = _args.choices("move", "copy_storage")
+TRANSPORT_CHOICES = _args.choices("move", "transport")
+TIMEOUT_ACTION_CHOICES = _args.choices("migrate", "timeout_action")
+COMPRESSION_CHOICES = _args.choices("move", "compression")
 
 #: States in which a guest executes (or could, if it is not paused): "running" for C11.
 RUNNING_STATES = ("running", "blocked")
@@ -76,51 +77,51 @@ class MigrationOptions:
 
     domain: str
     dest_host: str
-    source_uri: str = _libvirt.DEFAULT_URI
-    dest_uri: str | None = None
-    dest_user: str = "root"
-    transport: str = "ssh"
-    migrate_port: int | None = None
-    disks_port: int | None = None
-    live: bool = True
-    persistent: bool = True
-    undefine_source: bool = True
-    copy_storage: str = "all"
-    disks: list[str] | None = None
-    shared_disks: list[str] = dataclasses.field(default_factory=list)
-    detect_zeroes: bool = True
-    keep_sparse: bool = True
-    bandwidth_mibps: int | None = None
-    max_downtime_ms: int | None = None
-    auto_converge: bool = False
-    auto_converge_initial: int | None = None
-    auto_converge_increment: int | None = None
-    compression: list[str] = dataclasses.field(default_factory=list)
-    parallel_connections: int | None = None
+    source_uri: str = _args.spec_field("migrate", "source_uri")
+    dest_uri: str | None = _args.spec_field("migrate", "dest_uri")
+    dest_user: str = _args.spec_field("migrate", "dest_user")
+    transport: str = _args.spec_field("migrate", "transport")
+    migrate_port: int | None = _args.spec_field("migrate", "migrate_port")
+    disks_port: int | None = _args.spec_field("migrate", "disks_port")
+    live: bool = _args.spec_field("migrate", "live")
+    persistent: bool = _args.spec_field("migrate", "persistent")
+    undefine_source: bool = _args.spec_field("migrate", "undefine_source")
+    copy_storage: str = _args.spec_field("migrate", "copy_storage")
+    disks: list[str] | None = _args.spec_field("migrate", "disks")
+    shared_disks: list[str] = _args.spec_field("migrate", "shared_disks")
+    detect_zeroes: bool = _args.spec_field("migrate", "detect_zeroes")
+    keep_sparse: bool = _args.spec_field("migrate", "keep_sparse")
+    bandwidth_mibps: int | None = _args.spec_field("migrate", "bandwidth_mibps")
+    max_downtime_ms: int | None = _args.spec_field("migrate", "max_downtime_ms")
+    auto_converge: bool = _args.spec_field("migrate", "auto_converge")
+    auto_converge_initial: int | None = _args.spec_field("migrate", "auto_converge_initial")
+    auto_converge_increment: int | None = _args.spec_field("migrate", "auto_converge_increment")
+    compression: list[str] = _args.spec_field("migrate", "compression")
+    parallel_connections: int | None = _args.spec_field("migrate", "parallel_connections")
     #: True: QEMU's native TLS (VIR_MIGRATE_TLS), refused without valid certificates on the
     #: source; False: plain, only with ``allow_insecure_transport``; None (auto): TLS when the
     #: source holds valid migration certificates, else refused unless ``allow_insecure_transport``
-    tls: bool | None = None
-    tls_destination: str | None = None
+    tls: bool | None = _args.spec_field("migrate", "tls")
+    tls_destination: str | None = _args.spec_field("migrate", "tls_destination")
     #: let guest memory and disks cross the network unencrypted (and qemu+tcp://, no_verify)
-    allow_insecure_transport: bool = False
-    postcopy: bool = False
-    timeout_s_per_gib: float = 800.0
-    timeout_min_s: float = 300.0
-    timeout_action: str = "abort"
-    abort_grace_s: float = 120.0
-    sever_after_s: float | None = 10.0
-    dest_name: str | None = None
-    dest_xml: str | None = None
-    persist_xml: str | None = None
-    unsafe: bool = False
-    cleanup_leftover: bool = False
-    poll_interval_s: float = 1.0
+    allow_insecure_transport: bool = _args.spec_field("migrate", "allow_insecure_transport")
+    postcopy: bool = _args.spec_field("migrate", "postcopy")
+    timeout_s_per_gib: float = _args.spec_field("migrate", "timeout_s_per_gib")
+    timeout_min_s: float = _args.spec_field("migrate", "timeout_min_s")
+    timeout_action: str = _args.spec_field("migrate", "timeout_action")
+    abort_grace_s: float = _args.spec_field("migrate", "abort_grace_s")
+    sever_after_s: float | None = _args.spec_field("migrate", "sever_after_s")
+    dest_name: str | None = _args.spec_field("migrate", "dest_name")
+    dest_xml: str | None = _args.spec_field("migrate", "dest_xml")
+    persist_xml: str | None = _args.spec_field("migrate", "persist_xml")
+    unsafe: bool = _args.spec_field("migrate", "unsafe")
+    cleanup_leftover: bool = _args.spec_field("migrate", "cleanup_leftover")
+    poll_interval_s: float = _args.spec_field("migrate", "poll_interval_s")
     #: the copy set the pre-flight checked and the images were made for: ``[{target, path,
     #: format, virtual_size (bytes)}]`` (other keys ignored); None: not compared
-    expect_disks: list[dict[str, t.Any]] | None = None
+    expect_disks: list[dict[str, t.Any]] | None = _args.spec_field("migrate", "expect_disks")
     #: ``_domain_xml.cpu_fingerprint`` of the CPU the pre-flight checked; None: not compared
-    expect_cpu: str | None = None
+    expect_cpu: str | None = _args.spec_field("migrate", "expect_cpu")
 
     def validate(self) -> None:
         """Refuse contradictory options before anything is opened.
@@ -204,6 +205,17 @@ def build_data_uri(address: str, port: int | None = None) -> str:
     """A migration or NBD data URI ``tcp://<address>[:port]`` (IPv6 in brackets)."""
     host = format_host(address)
     return "tcp://%s:%d" % (host, port) if port else "tcp://%s" % host
+
+
+def libvirt_uris(addresses: dict[str, str], user: str = "root", transport: str = "ssh",
+                 local: str | None = None) -> list[dict[str, str]]:
+    """``[{name, uri}]`` of hosts by inventory name -> address, by name, as seen from ``local``
+    (which gets ``qemu:///system``): every other host's URI is :func:`build_dest_uri` of its
+    address, ``qemu+ssh://USER@ADDR/system`` (any ``transport`` but ``tls``) or
+    ``qemu+tls://ADDR/system``; IPv6 literals in brackets. For ``domain_cpu``'s ``group_uris``."""
+    return [{"name": name, "uri": _libvirt.DEFAULT_URI if name == local else
+             build_dest_uri(str(addresses[name]), "tls" if transport == "tls" else "ssh", user)}
+            for name in sorted(addresses)]
 
 
 # --------------------------------------------------------------------------------------------

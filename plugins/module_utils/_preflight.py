@@ -22,7 +22,7 @@ Where the facts come from (the module runs on the source host)
 - libvirt on both sides: the source guest (live XML, migratable form for the CPU), the
   destination's capabilities, domains (C11), networks, host interfaces, storage pools, free
   memory, versions. Everything is read; nothing is defined, started or refreshed.
-- the source's images: ``_images.describe_disk`` (``qemu-img info -U``), locally.
+- the source's images: ``_disk_info.describe_disk`` (``qemu-img info -U``), locally.
 - the destination's files cannot be seen from the source. They come from facts the caller read
   on the destination, all four given by ``kvmops.migration.host_info`` run there with ``paths``:
   ``dest_disks`` (its ``paths``, the ``disks`` list ``kvmops.migration.disk_info`` gives for
@@ -49,28 +49,30 @@ import os
 import time
 import typing as t
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _checks_guest
 from ansible_collections.kvmops.migration.plugins.module_utils import _checks_network
 from ansible_collections.kvmops.migration.plugins.module_utils import _checks_storage
 from ansible_collections.kvmops.migration.plugins.module_utils import _cold_move
 from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
+from ansible_collections.kvmops.migration.plugins.module_utils import _disk_info
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
-from ansible_collections.kvmops.migration.plugins.module_utils import _host
-from ansible_collections.kvmops.migration.plugins.module_utils import _images
-from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _findings
+from ansible_collections.kvmops.migration.plugins.module_utils import _host
+from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
 from ansible_collections.kvmops.migration.plugins.module_utils import _probe
+from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
 STATUSES = _findings.STATUSES
 
-REQUIRE_STATES = ("running", "shut off", "any")
-DEFAULT_MIGRATE_PORT = 49152
-DEFAULT_DISKS_PORT = 49153
+REQUIRE_STATES = _args.choices("preflight", "require_state")
+DEFAULT_MIGRATE_PORT = _args.default("ports.migrate", "preflight")
+DEFAULT_DISKS_PORT = _args.default("ports.disks", "preflight")
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,54 +108,54 @@ class PreflightOptions:
 
     domain: str
     dest_host: str
-    dest_uri: str | None = None
-    source_uri: str = _libvirt.DEFAULT_URI
-    dest_user: str = "root"
-    transport: str = "ssh"
-    group: list[dict[str, str]] = dataclasses.field(default_factory=list)
-    copy_storage: str = "all"
-    disks: list[str] | None = None
-    shared_disks: list[str] = dataclasses.field(default_factory=list)
-    network_map: dict[str, str] = dataclasses.field(default_factory=dict)
-    require_state: str = "running"
+    dest_uri: str | None = _args.spec_field("preflight", "dest_uri")
+    source_uri: str = _args.spec_field("preflight", "source_uri")
+    dest_user: str = _args.spec_field("preflight", "dest_user")
+    transport: str = _args.spec_field("preflight", "transport")
+    group: list[dict[str, str]] = _args.spec_field("preflight", "group")
+    copy_storage: str = _args.spec_field("preflight", "copy_storage")
+    disks: list[str] | None = _args.spec_field("preflight", "disks")
+    shared_disks: list[str] = _args.spec_field("preflight", "shared_disks")
+    network_map: dict[str, str] = _args.spec_field("preflight", "network_map")
+    require_state: str = _args.spec_field("preflight", "require_state")
     #: True: TLS required; False: plain (needs allow_insecure_transport); None: auto (TLS when
     #: both hosts hold valid certificates of one CA, else an error unless allow_insecure_transport)
-    tls: bool | None = None
-    allow_insecure_transport: bool = False
+    tls: bool | None = _args.spec_field("preflight", "tls")
+    allow_insecure_transport: bool = _args.spec_field("preflight", "allow_insecure_transport")
     #: ``host_info``'s ``tls`` of the destination (:func:`_tls.read_host_tls`); None: not read
-    dest_tls: dict[str, t.Any] | None = None
+    dest_tls: dict[str, t.Any] | None = _args.spec_field("preflight", "dest_tls")
     #: the name the destination's certificate is checked against (default: dest_host)
-    tls_destination: str | None = None
+    tls_destination: str | None = _args.spec_field("preflight", "tls_destination")
     #: the setting named in the transport messages (the role passes its variable's name)
-    insecure_var: str = _tls.INSECURE_OPTION
-    migrate_port: int = DEFAULT_MIGRATE_PORT
-    disks_port: int = DEFAULT_DISKS_PORT
-    port_timeout_s: float = 3.0
-    dest_name: str | None = None
-    detect_zeroes: bool = True
-    parallel_connections: int | None = None
-    postcopy: bool = False
-    compression: list[str] = dataclasses.field(default_factory=list)
-    cleanup_leftover: bool = False
-    dest_disks: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
-    dest_mounts: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
-    dest_manifest: list[dict[str, t.Any]] | None = None
-    dest_interfaces: list[str] | None = None
+    insecure_var: str = _args.spec_field("preflight", "insecure_var")
+    migrate_port: int = _args.spec_field("preflight", "ports.migrate")
+    disks_port: int = _args.spec_field("preflight", "ports.disks")
+    port_timeout_s: float = _args.spec_field("preflight", "ports.timeout_s")
+    dest_name: str | None = _args.spec_field("preflight", "dest_name")
+    detect_zeroes: bool = _args.spec_field("preflight", "detect_zeroes")
+    parallel_connections: int | None = _args.spec_field("preflight", "parallel_connections")
+    postcopy: bool = _args.spec_field("preflight", "postcopy")
+    compression: list[str] = _args.spec_field("preflight", "compression")
+    cleanup_leftover: bool = _args.spec_field("preflight", "cleanup_leftover")
+    dest_disks: list[dict[str, t.Any]] = _args.spec_field("preflight", "dest_disks")
+    dest_mounts: list[dict[str, t.Any]] = _args.spec_field("preflight", "dest_mounts")
+    dest_manifest: list[dict[str, t.Any]] | None = _args.spec_field("preflight", "dest_manifest")
+    dest_interfaces: list[str] | None = _args.spec_field("preflight", "dest_interfaces")
     #: where the caller already found the guest: ``{source: host name, hosts: {host: state}}``
     #: (the role's locate step); given, the group is not searched again
-    located: dict[str, t.Any] | None = None
+    located: dict[str, t.Any] | None = _args.spec_field("preflight", "located")
     #: what ``preflight_dest`` set up on the destination: ``{probe_id, ports: [{requested, port,
     #: state, reason}], markers: [{dir, path, state, reason}]}``; None: plain connects, and
     #: shared storage shown by inode and size only
-    dest_probe: dict[str, t.Any] | None = None
+    dest_probe: dict[str, t.Any] | None = _args.spec_field("preflight", "dest_probe")
     #: a closed, filtered or unreachable data port is a warning, not an error
-    ignore_blocked_ports: bool = False
+    ignore_blocked_ports: bool = _args.spec_field("preflight", "ports.ignore_blocked")
     #: the setting that allows a cold move (the role passes migrate_guest_allow_cold_move): a
     #: running guest's CPU errors then say that only a cold move fixes them (:func:`_cold_move.offer`);
     #: None: they point to domain_cpu and a cold boot only
-    cold_move_var: str | None = None
+    cold_move_var: str | None = _args.spec_field("preflight", "cold_move_var")
     #: that setting is true: the CPU errors say a cold move will fix them
-    cold_move_allowed: bool = False
+    cold_move_allowed: bool = _args.spec_field("preflight", "cold_move_allowed")
 
     def validate(self) -> None:
         """:raises KvmopsError: an option out of range, named."""
@@ -421,8 +423,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
                                                            available, dest))
 
         # Storage
-        runner = probes.runner or _images.SubprocessRunner()
-        disks = [_images.describe_disk(d, runner, force_share=True) if d.get("path") and probes.exists(d["path"])
+        runner = probes.runner or _runner.SubprocessRunner()
+        disks = [_disk_info.describe_disk(d, runner, force_share=True) if d.get("path") and probes.exists(d["path"])
                  else dict(d) for d in facts["disks"]]
         facts["disks"] = disks
         req = _domain_xml.required_files(facts)
@@ -524,7 +526,7 @@ def options_from_params(params: dict[str, t.Any]) -> PreflightOptions:
     ports = params.get("ports") or {}
     values["migrate_port"] = int(ports.get("migrate") or DEFAULT_MIGRATE_PORT)
     values["disks_port"] = int(ports.get("disks") or DEFAULT_DISKS_PORT)
-    values["port_timeout_s"] = float(ports.get("timeout_s") or 3.0)
+    values["port_timeout_s"] = float(ports.get("timeout_s") or _args.default("ports.timeout_s", "preflight"))
     values["ignore_blocked_ports"] = bool(ports.get("ignore_blocked"))
     return PreflightOptions(**values)
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-import socket
 import typing as t
+
+from ansible_collections.kvmops.migration.plugins.module_utils import _checks_network
 
 #: libvirt's default ``migration_port_min``/``migration_port_max`` (qemu.conf): the ports the
 #: destination picks for the memory stream and the NBD server when no port is given.
@@ -110,18 +111,6 @@ def _normal(addr: str) -> str:
     return str(mapped or ip)
 
 
-def resolve(host: str) -> list[str]:
-    """The addresses of ``host`` (an address literal, bracketed or not, or a name).
-
-    :raises OSError: (``socket.gaierror``) when a name does not resolve.
-    """
-    host = host.strip("[]")
-    try:
-        return [str(ipaddress.ip_address(host))]
-    except ValueError:
-        return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
-
-
 def qemu_pid(domain_name: str, run_dir: str = "/run/libvirt/qemu") -> int | None:
     """The pid of a running domain's QEMU process from libvirt's pid file
     (``/run/libvirt/qemu/NAME.pid``, the same for libvirtd and virtqemud); None if unreadable."""
@@ -137,7 +126,7 @@ def qemu_pid(domain_name: str, run_dir: str = "/run/libvirt/qemu") -> int | None
 def sever(runner: t.Any, pid: int, dest_host: str, ports: t.Iterable[int] = ()) -> dict[str, t.Any]:
     """Close the data connections of QEMU ``pid`` to ``dest_host`` (``ss -K`` per connection,
     by its exact addresses and ports), then list again to see what is left. ``runner`` runs
-    commands on this host (``_images.Runner``: ``run(argv)`` -> ``.rc``, ``.stdout``, ``.stderr``).
+    commands on this host (``_runner.Runner``: ``run(argv)`` -> ``.rc``, ``.stdout``, ``.stderr``).
 
     :returns: ``{closed: [conn dicts], left: [conn dicts], error: str|None}``; ``left`` not
         empty means this kernel cannot close sockets (no ``CONFIG_INET_DIAG_DESTROY``) or the
@@ -145,7 +134,7 @@ def sever(runner: t.Any, pid: int, dest_host: str, ports: t.Iterable[int] = ()) 
     """
     ports = list(ports)
     try:
-        addrs = resolve(dest_host)
+        addrs = _checks_network.resolve(dest_host, strict=True)
     except OSError as err:
         return {"closed": [], "left": [], "error": "cannot resolve %s: %s" % (dest_host, err)}
 

@@ -295,8 +295,10 @@ msg:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _args
+from ansible_collections.kvmops.migration.plugins.module_utils import _disk_image
+from ansible_collections.kvmops.migration.plugins.module_utils import _image_geometry
+from ansible_collections.kvmops.migration.plugins.module_utils import _manifest
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
-from ansible_collections.kvmops.migration.plugins.module_utils import _images
 
 
 def argument_spec() -> dict:
@@ -305,12 +307,12 @@ def argument_spec() -> dict:
         _args.connection_spec(),
         path=dict(type="path", required=True),
         state=dict(type="str", default="present", choices=["present", "absent"]),
-        format=dict(type="str", default="raw", choices=list(_images.FORMATS)),
+        format=dict(type="str", default="raw", choices=list(_image_geometry.FORMATS)),
         virtual_size=dict(type="int"),
         cluster_size=dict(type="int"),
         compat=dict(type="str", choices=["0.10", "1.1"]),
         backing_file=dict(type="str"),
-        backing_format=dict(type="str", choices=list(_images.FORMATS)),
+        backing_format=dict(type="str", choices=list(_image_geometry.FORMATS)),
         backing_virtual_size=dict(type="int"),
         backing_checksum=dict(type="str"),
         for_domain=dict(type="str"),
@@ -323,7 +325,7 @@ def argument_spec() -> dict:
         lv_thin_pool=dict(type="str"),
         adopt_existing=dict(type="bool", default=False),
         allow_outside_pools=dict(type="bool", default=False),
-        manifest_path=dict(type="path", default=_images.DEFAULT_MANIFEST),
+        manifest_path=dict(type="path", default=_manifest.DEFAULT_MANIFEST),
         host=dict(type="str"),
         source_fingerprint=dict(type="dict"),
         shared_marker=dict(type="dict"),
@@ -338,7 +340,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     _module.check_requirements(module)
-    module.exit_json(**_module.call_backend(module, _images.disk_image, module.params, check_mode=module.check_mode))
+    module.exit_json(**_module.call_backend(module, _disk_image.disk_image, module.params, check_mode=module.check_mode))
 
 
 if __name__ == "__main__":

@@ -200,8 +200,9 @@ disks:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _args
+from ansible_collections.kvmops.migration.plugins.module_utils import _disk_info
+from ansible_collections.kvmops.migration.plugins.module_utils import _image_geometry
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
-from ansible_collections.kvmops.migration.plugins.module_utils import _images
 
 
 def argument_spec() -> dict:
@@ -210,7 +211,7 @@ def argument_spec() -> dict:
         _args.connection_spec(),
         domain=dict(type="str"),
         paths=dict(type="list", elements="path"),
-        format=dict(type="str", default="raw", choices=list(_images.FORMATS)),
+        format=dict(type="str", default="raw", choices=list(_image_geometry.FORMATS)),
         force_share=dict(type="bool", default=True),
         checksums=dict(type="bool", default=False),
     )
@@ -224,7 +225,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     _module.check_requirements(module, libvirt=bool(module.params["domain"]))
-    module.exit_json(changed=False, **_module.call_backend(module, _images.disk_info, module.params))
+    module.exit_json(changed=False, **_module.call_backend(module, _disk_info.disk_info, module.params))
 
 
 if __name__ == "__main__":

@@ -286,7 +286,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
-from ansible_collections.kvmops.migration.plugins.module_utils import _host, _images
+from ansible_collections.kvmops.migration.plugins.module_utils import _host, _manifest
 
 
 def argument_spec() -> dict:
@@ -298,7 +298,7 @@ def argument_spec() -> dict:
         guest=dict(type="str"),
         paths=dict(type="list", elements="path"),
         formats=dict(type="dict", default={}),
-        manifest_path=dict(type="path", default=_images.DEFAULT_MANIFEST),
+        manifest_path=dict(type="path", default=_manifest.DEFAULT_MANIFEST),
         tls=dict(type="bool", default=False),
     )
 

@@ -413,29 +413,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 
 def argument_spec():
     return dict(
-        _args.move_spec(),
-        migrate_port=dict(type="int"),
-        disks_port=dict(type="int"),
-        live=dict(type="bool", default=True),
-        persistent=dict(type="bool", default=True),
-        undefine_source=dict(type="bool", default=True),
-        keep_sparse=dict(type="bool", default=True),
-        bandwidth_mibps=dict(type="int"),
-        max_downtime_ms=dict(type="int"),
-        auto_converge=dict(type="bool", default=False),
-        auto_converge_initial=dict(type="int"),
-        auto_converge_increment=dict(type="int"),
-        timeout_s_per_gib=dict(type="float", default=800),
-        timeout_min_s=dict(type="float", default=300),
-        timeout_action=dict(type="str", choices=["abort", "postcopy"], default="abort"),
-        abort_grace_s=dict(type="float", default=120),
-        sever_after_s=dict(type="float", default=10),
-        poll_interval_s=dict(type="float", default=1),
-        dest_xml=dict(type="str", no_log=True),
-        persist_xml=dict(type="str", no_log=True),
-        unsafe=dict(type="bool", default=False),
-        expect_disks=dict(type="list", elements="dict"),
-        expect_cpu=dict(type="str"),
+        _args.migrate_spec(),
         progress_file=dict(type="path"),
     )
 

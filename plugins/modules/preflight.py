@@ -486,35 +486,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _preflight
 
 def argument_spec() -> dict:
     return dict(
-        _args.move_spec(),
-        group=dict(type="list", elements="dict", default=[], options=dict(
-            name=dict(type="str", required=True), uri=dict(type="str", required=True))),
-        located=dict(type="dict", options=dict(source=dict(type="str", required=True),
-                                               hosts=dict(type="dict", default={}))),
-        network_map=dict(type="dict", default={}),
-        require_state=dict(type="str", choices=["running", "shut off", "any"], default="running"),
-        dest_tls=dict(type="dict"),
-        insecure_var=dict(type="str", default="allow_insecure_transport"),
-        cold_move_var=dict(type="str"),
-        cold_move_allowed=dict(type="bool", default=False),
-        ports=dict(type="dict", default={}, options=dict(
-            migrate=dict(type="int", default=_preflight.DEFAULT_MIGRATE_PORT),
-            disks=dict(type="int", default=_preflight.DEFAULT_DISKS_PORT),
-            timeout_s=dict(type="float", default=3.0),
-            ignore_blocked=dict(type="bool", default=False))),
-        dest_disks=dict(type="list", elements="dict", default=[]),
-        dest_mounts=dict(type="list", elements="dict", default=[]),
-        dest_interfaces=dict(type="list", elements="str"),
-        dest_manifest=dict(type="list", elements="dict"),
-        dest_probe=dict(type="dict", options=dict(
-            probe_id=dict(type="str", required=True),
-            ports=dict(type="list", elements="dict", default=[], options=dict(
-                requested=dict(type="int", required=True), port=dict(type="int"),
-                state=dict(type="str", required=True), reason=dict(type="str"))),
-            markers=dict(type="list", elements="dict", default=[], options=dict(
-                dir=dict(type="str", required=True), path=dict(type="str", required=True),
-                state=dict(type="str", required=True), reason=dict(type="str"))),
-            pid=dict(type="int"), lifetime_s=dict(type="float"))),
+        _args.preflight_spec(),
         fail_on_error=dict(type="bool", default=True),
     )
 

@@ -391,7 +391,7 @@ def shared_dir(lab_up):
 
 
 def test_shared_storage_is_refused(shared_dir):
-    """_images.shared_storage_reason: the source image visible on the destination with the same
+    """_storage.shared_storage_reason: the source image visible on the destination with the same
     inode and size (``source_fingerprint`` from disk_info on the source), or a marker file
     written on the source read back with the same token (``shared_marker``)."""
     path = shared_dir + "/vm-shared.raw"

@@ -2,7 +2,7 @@
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The filter plugin turns Ansible registers (looped results, unreachable items) into the inputs
-of _placement."""
+of the module_utils that decide (_locate, _evacuation, _host_prep, ...)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,12 @@
-"""Hand-written fakes for the images/domain tests: a command runner and a libvirt connection."""
+"""Hand-written fakes for the images/domain tests: a command runner (libvirt's fake is fake_libvirt.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import typing as t
 
-import pytest
-
-from ansible_collections.kvmops.migration.plugins.module_utils._images import (
+from ansible_collections.kvmops.migration.plugins.module_utils._runner import (
     Runner, RunResult, SubprocessRunner)
-
-try:
-    import libvirt  # type: ignore[import-not-found]
-except ImportError:  # the fakes that need libvirt's error type skip their test
-    libvirt = None
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures")
 
@@ -65,110 +57,3 @@ class FakeRunner(Runner):
 def real_runner() -> FakeRunner:
     """Real qemu-img, no SELinux, LVM tools absent."""
     return FakeRunner(fallback=SubprocessRunner(), tools=())
-
-
-class FakeDomain:
-    def __init__(self, name: str, xml: str, active: bool = True, inactive_xml: str | None = None) -> None:
-        self._name = name
-        self.xml = xml
-        self.active = active
-        self.inactive_xml = inactive_xml or xml
-
-    def name(self) -> str:
-        return self._name
-
-    def isActive(self) -> int:  # noqa: N802 - libvirt's name
-        return 1 if self.active else 0
-
-    def XMLDesc(self, flags: int = 0) -> str:  # noqa: N802 - libvirt's name
-        return self.inactive_xml if flags & 2 else self.xml
-
-
-class FakeVolume:
-    def __init__(self, path: str) -> None:
-        self._path = path
-
-    def path(self) -> str:
-        return self._path
-
-
-class FakePool:
-    def __init__(self, volumes: dict[str, str]) -> None:
-        self.volumes = volumes
-
-    def storageVolLookupByName(self, name: str) -> FakeVolume:  # noqa: N802
-        return FakeVolume(self.volumes[name])
-
-
-class FakePoolDef:
-    """A storage pool as ``listAllStoragePools`` returns it: name, XML with its target, state."""
-
-    def __init__(self, name: str, path: str, active: bool = True) -> None:
-        self._name, self.path, self.active = name, path, active
-
-    def name(self) -> str:
-        return self._name
-
-    def isActive(self) -> int:  # noqa: N802 - libvirt's name
-        return int(self.active)
-
-    def XMLDesc(self, flags: int = 0) -> str:  # noqa: N802 - libvirt's name
-        return ("<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>"
-                % (self._name, self.path))
-
-
-class FakeConnection:
-    """The few virConnect calls used: listAllDomains, lookupByName/UUIDString, pools.
-
-    ``pools`` maps a pool name to its volumes (name -> path) for ``storagePoolLookupByName``;
-    ``pool_dirs`` maps a pool name to its target directory for ``listAllStoragePools``.
-    """
-
-    def __init__(self, domains: t.Iterable[FakeDomain] = (), pools: dict[str, dict[str, str]] | None = None,
-                 pool_dirs: dict[str, str] | None = None) -> None:
-        self.domains = list(domains)
-        self.pools = pools or {}
-        self.pool_dirs = pool_dirs or {}
-        self.closed = False
-
-    def listAllStoragePools(self, flags: int = 0) -> list[FakePoolDef]:  # noqa: N802
-        return [FakePoolDef(name, path) for name, path in self.pool_dirs.items()]
-
-    def listAllDomains(self, flags: int = 0) -> list[FakeDomain]:  # noqa: N802
-        return list(self.domains)
-
-    def lookupByName(self, name: str) -> FakeDomain:  # noqa: N802
-        for dom in self.domains:
-            if dom.name() == name:
-                return dom
-        raise no_domain_error(name)
-
-    lookupByUUIDString = lookupByName
-
-    def storagePoolLookupByName(self, name: str) -> FakePool:  # noqa: N802
-        return FakePool(self.pools[name])
-
-    def getURI(self) -> str:  # noqa: N802
-        return "test:///fake"
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def no_domain_error(name: str) -> Exception:
-    """The ``libvirtError`` (VIR_ERR_NO_DOMAIN) libvirt raises for a domain that is not defined,
-    made without a real libvirt failure."""
-    if libvirt is None:
-        pytest.skip("libvirt-python is needed to fake libvirt's errors")
-    err = libvirt.libvirtError.__new__(libvirt.libvirtError)
-    msg = "Domain not found: no domain with matching name '%s'" % name
-    Exception.__init__(err, msg)
-    err.err = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_FROM_QEMU, msg, 2, name, None, None, -1, -1)
-    return err
-
-
-def connector(conn: FakeConnection) -> t.Callable[..., t.Any]:
-    @contextlib.contextmanager
-    def connect(uri: str, readonly: bool = False) -> t.Iterator[FakeConnection]:
-        yield conn
-    return connect

@@ -20,27 +20,53 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.d
 MODULES = "ansible_collections.kvmops.migration.plugins.modules.%s"
 
 
-def _fields(cls) -> dict[str, object]:
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-        else:
-            out[f.name] = dataclasses.MISSING
-    return out
+#: (dataclass, its spec, the spec's dict options whose suboptions are fields of their own)
+OPTION_CLASSES = [(_migration_plan.MigrationOptions, "migrate", ()),
+                  (_preflight.PreflightOptions, "preflight", ("ports",))]
 
 
-@pytest.mark.parametrize("cls", [_migration_plan.MigrationOptions, _preflight.PreflightOptions])
-def test_backend_defaults_are_the_spec_defaults(cls):
-    fields = _fields(cls)
-    shared = [name for name in _args.move_spec() if name in fields]
-    assert len(shared) >= 15, shared  # the scan found the options of a move
-    for name in shared:
-        if _args.move_spec()[name].get("required"):
+def _default_of(field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+@pytest.mark.parametrize("cls,spec,flattened", OPTION_CLASSES, ids=["MigrationOptions", "PreflightOptions"])
+def test_every_field_takes_its_default_from_the_spec_and_no_default_is_written_twice(cls, spec, flattened):
+    """Each field is made by _args.spec_field (its metadata names the option): a default written
+    in the dataclass as well (``detect_zeroes: bool = True``) has no such metadata and fails here;
+    only a required option has no default to take."""
+    covered = set()
+    for field in dataclasses.fields(cls):
+        source = field.metadata.get(_args.SPEC_KEY)
+        if source is None:
+            assert _args.option(spec, field.name).get("required"), (cls.__name__, field.name, "default not from the spec")
+            assert _default_of(field) is dataclasses.MISSING, (cls.__name__, field.name)
+            covered.add(field.name)
             continue
-        assert fields[name] == _args.default(name), (cls.__name__, name, fields[name], _args.default(name))
+        field_spec, path = source.split(":")
+        assert field_spec == spec, (cls.__name__, field.name, source)
+        assert path == field.name or path.split(".")[0] in flattened, (cls.__name__, field.name, path)
+        assert _default_of(field) == _args.default(path, spec), (cls.__name__, field.name)
+        covered.add(path)
+    options = _args.migrate_spec() if spec == "migrate" else _args.preflight_spec()
+    expected = {name for name in options if name not in flattened}
+    expected |= {"%s.%s" % (name, sub) for name in flattened for sub in options[name]["options"]}
+    assert covered == expected  # the set of fields is the spec's set of options
+    assert set(_args.move_spec()) <= covered
+
+
+def test_spec_field_converts_like_ansible_module_and_copies_lists():
+    opts = _migration_plan.MigrationOptions(domain="vm1", dest_host="hostb")
+    assert opts.timeout_s_per_gib == 800.0 and isinstance(opts.timeout_s_per_gib, float)
+    assert opts.detect_zeroes is True and opts.compression == []
+    opts.compression.append("mt")
+    assert _migration_plan.MigrationOptions(domain="vm1", dest_host="hostb").compression == []
+    assert _preflight.PreflightOptions(domain="vm1", dest_host="hostb").port_timeout_s == 3.0
+    with pytest.raises(KeyError):
+        _args.spec_field("migrate", "no_such_option")
 
 
 @pytest.mark.parametrize("module,spec", [("migrate", "move"), ("preflight", "move"), ("disk_info", "connection"),
@@ -94,3 +120,21 @@ def test_action_groups_list_the_modules_of_each_fragment():
         group = "kvmops.migration." + {"move": "move", "connection": "host"}[name]
         assert _fragment(name)["attributes"]["action_group"]["membership"] == [group]
     assert re.match(r"^[a-z_]+$", "".join(groups))
+
+
+def test_every_module_with_a_shared_fragment_is_in_its_action_group():
+    """The groups of meta/runtime.yml are exactly the modules that extend the fragment; a module
+    without one (preflight_dest, migration_wait) takes none of the shared options."""
+    with open(os.path.join(ROOT, "meta", "runtime.yml"), encoding="utf-8") as handle:
+        groups = yaml.safe_load(handle)["action_groups"]
+    members: dict[str, list[str]] = {"host": [], "move": []}
+    names = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, "plugins", "modules")) if n.endswith(".py"))
+    for name in names:
+        fragments = yaml.safe_load(importlib.import_module(MODULES % name).DOCUMENTATION).get(
+            "extends_documentation_fragment", [])
+        if "kvmops.migration.connection" in fragments:
+            members["host"].append(name)
+        if "kvmops.migration.move" in fragments:
+            members["move"].append(name)
+    assert {k: sorted(v) for k, v in groups.items()} == members
+    assert len(names) >= 8

@@ -2,7 +2,7 @@
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Unit tests of the cold move (issue 16 item 3): when a cold move is offered, allowed or
-refused (the decision table of _cold_move.move_kind and the destination choice of _placement),
+refused (the decision table of _cold_move.move_kind and the destination choice of _locate),
 what the pre-flight's CPU error then says, the shutdown's timeout rule, the sparse copy between
 two storage streams, and the summary of a cold move."""
 
@@ -13,7 +13,9 @@ import types
 import pytest
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _cold_move as c
-from ansible_collections.kvmops.migration.plugins.module_utils import _placement as p
+from ansible_collections.kvmops.migration.plugins.module_utils import _evacuation
+from ansible_collections.kvmops.migration.plugins.module_utils import _locate
+from ansible_collections.kvmops.migration.plugins.module_utils import _report
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 from test_migration import FakeClock  # the fake clock of the migration driver's tests
 
@@ -95,34 +97,34 @@ GUEST = {"name": "vm1", "memory_bytes": GIB, "active": True}
 
 def test_pick_refuses_a_cold_only_host_without_the_variable_and_says_why():
     msg = c.offer([f("cpu", msg="The guest CPU cannot run on hosta.")], VAR, False, "hosta")[0]["msg"]
-    choice = p.pick_destination(GUEST, "hostb", hosts("hosta"), {"hosta": rep(dict(f("cpu"), msg=msg))})
+    choice = _locate.pick_destination(GUEST, "hostb", hosts("hosta"), {"hosta": rep(dict(f("cpu"), msg=msg))})
     assert choice["host"] is None and choice["kind"] is None
     assert choice["ranking"][0]["cold_offered"] is True
     assert "Only a cold move can fix this: set migrate_guest_allow_cold_move=true" in choice["error"]
 
 
 def test_pick_allows_the_cold_host_with_the_variable():
-    choice = p.pick_destination(GUEST, "hostb", hosts("hosta"), {"hosta": rep(f("cpu"))}, allow_cold=True)
+    choice = _locate.pick_destination(GUEST, "hostb", hosts("hosta"), {"hosta": rep(f("cpu"))}, allow_cold=True)
     assert (choice["host"], choice["kind"], choice["error"]) == ("hosta", "cold", None)
 
 
 def test_pick_prefers_a_live_move_to_a_cold_one():
     h = hosts("hosta", "hostc")
     h["hosta"]["host"]["available_memory_bytes"] = 64 * GIB  # more room, but only cold
-    choice = p.pick_destination(GUEST, "hostb", h, {"hosta": rep(f("cpu")), "hostc": rep(f("cpu", "ok"))},
+    choice = _locate.pick_destination(GUEST, "hostb", h, {"hosta": rep(f("cpu")), "hostc": rep(f("cpu", "ok"))},
                                 allow_cold=True)
     assert (choice["host"], choice["kind"]) == ("hostc", "live")
     assert [r["kind"] for r in choice["ranking"]] == ["live", "cold"]
 
 
 def test_pick_keeps_other_errors_with_the_variable():
-    choice = p.pick_destination(GUEST, "hostb", hosts("hosta"), {"hosta": rep(f("cpu"), f("machine", msg="no pc-q35-10.0"))},
+    choice = _locate.pick_destination(GUEST, "hostb", hosts("hosta"), {"hosta": rep(f("cpu"), f("machine", msg="no pc-q35-10.0"))},
                                 allow_cold=True)
     assert choice["host"] is None and "no pc-q35-10.0" in choice["error"]
 
 
 def test_evacuation_never_moves_cold():
-    plan = p.plan_evacuation("hostb", [dict(GUEST)], hosts("hosta"), {"vm1": {"hosta": rep(f("cpu"))}})
+    plan = _evacuation.plan_evacuation("hostb", [dict(GUEST)], hosts("hosta"), {"vm1": {"hosta": rep(f("cpu"))}})
     assert plan["moves"] == [] and plan["unplaced"][0]["guest"] == "vm1"
 
 
@@ -297,7 +299,7 @@ def test_summary_of_a_cold_move():
               "stats": {"time_ms": 21400, "downtime_ms": 21400, "shutdown_ms": 2100, "copy_ms": 3200,
                         "start_ms": 400, "disk_bytes": 20 * GIB, "disk_allocated_bytes": 16 * 1024 ** 2,
                         "memory_bytes": 0}}
-    s = p.migration_summary("vm1", "hostb", "hosta", result, {}, [])
+    s = _report.migration_summary("vm1", "hostb", "hosta", result, {}, [])
     assert s["mode"] == "cold" and s["flags"] is None and s["downtime_ms"] == 21400
     assert s["lines"][0] == ("vm1 moved COLD hostb -> hosta in 21.4 s, downtime 21400 ms: from the ACPI shutdown "
                              "request until it ran on the destination: shutdown 2.1 s, disk copy 3.2 s, start 0.4 s; "
@@ -307,5 +309,5 @@ def test_summary_of_a_cold_move():
 
 def test_summary_of_a_planned_cold_move():
     result = {"mode": "cold", "state": "planned", "changed": True, "plan": ["shut vm1 down", "copy vda"]}
-    s = p.migration_summary("vm1", "hostb", "hosta", result, {}, [], check_mode=True)
+    s = _report.migration_summary("vm1", "hostb", "hosta", result, {}, [], check_mode=True)
     assert s["lines"][0] == "PLAN (check mode): vm1 would move COLD hostb -> hosta: shut vm1 down; copy vda."

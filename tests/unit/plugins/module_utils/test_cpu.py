@@ -1,13 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Unit tests of _cpu.py with fixture files (tests/unit/fixtures/cpu/README.md) and a
-hand-written fake libvirt connection whose comparison mimics libvirt's messages."""
+"""Unit tests of _cpu.py with fixture files (tests/unit/fixtures/cpu/README.md) and
+the fake libvirt (fake_libvirt.py), whose CPU comparison mimics libvirt's messages."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 
 import pytest
@@ -16,158 +14,12 @@ from ansible_collections.kvmops.migration.plugins.module_utils._errors import Kv
 from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 
+from fake_libvirt import (HOSTB, INTEL, LAB, ROME, Domain, LibvirtError, connector, cpu_fixture, intel_conn,
+                          lab_conn, rome_conn)
+
 libvirt = pytest.importorskip("libvirt")
 
-FIX = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "cpu")
-
-
-def fixture(name: str) -> str:
-    with open(os.path.join(FIX, name), encoding="utf-8") as handle:
-        return handle.read()
-
-
-class FakeLibvirtError(libvirt.libvirtError):
-    """A libvirtError carrying a message and code without a real libvirt failure."""
-
-    def __init__(self, msg, code=libvirt.VIR_ERR_CPU_INCOMPATIBLE):  # pylint: disable=super-init-not-called
-        # libvirtError.__init__ would read libvirt's last error; keep only our text and code
-        self.args = (msg,)
-        self.msg = msg
-        self.code = code
-
-    def get_error_message(self):
-        return self.msg
-
-    def get_error_code(self):
-        return self.code
-
-
-class FakeDomain:
-    def __init__(self, xml, state=libvirt.VIR_DOMAIN_SHUTOFF, persistent=True):
-        self.xml = xml
-        self._state = state
-        self._persistent = persistent
-        self.flags_seen = []
-
-    def name(self):
-        return _cpu.domain_platform(self.xml)["name"]
-
-    def XMLDesc(self, flags):
-        self.flags_seen.append(flags)
-        return self.xml
-
-    def isPersistent(self):
-        return self._persistent
-
-    def state(self):
-        return [self._state, 0]
-
-
-class FakeConn:
-    """A host: capabilities and domcapabilities from fixture files; compareHypervisorCPU
-    follows libvirt's order of checks (machine, unknown names, vendor, missing features) and
-    raises with libvirt's texts (captured on the lab machine, see fixtures README)."""
-
-    KNOWN_UNKNOWN = {"arch-facilities", "no-such-feature"}
-
-    def __init__(self, uri, caps, domcaps, baseline=None, domains=None):
-        self.uri = uri
-        self.caps_xml = fixture(caps)
-        self.domcaps_xml = {k: fixture(v) for k, v in domcaps.items()}
-        self.baseline = baseline
-        self.domains = domains or {}
-        self.defined = []
-        self.calls = []
-
-    def getURI(self):
-        return self.uri
-
-    def getCapabilities(self):
-        return self.caps_xml
-
-    def getDomainCapabilities(self, emulator, arch, machine, virttype, flags):
-        self.calls.append(("domcaps", virttype, machine))
-        return self.domcaps_xml[virttype]
-
-    def facts(self, virttype):
-        return _cpu.HostFacts(self.uri, _cpu.parse_capabilities(self.caps_xml),
-                              _cpu.parse_domcapabilities(self.domcaps_xml[virttype]))
-
-    def compareHypervisorCPU(self, emulator, arch, machine, virttype, xml, flags):
-        self.calls.append(("compare", virttype, machine, flags))
-        assert flags == libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE
-        facts = self.facts(virttype)
-        if machine and machine not in facts.caps.machines(arch):
-            raise FakeLibvirtError("invalid argument: the machine '%s' is not supported by emulator "
-                                   "'/usr/bin/qemu-system-x86_64'" % machine, libvirt.VIR_ERR_INVALID_ARG)
-        cpu = _cpu.parse_guest_cpu(xml)
-        for name, _policy in cpu.features:
-            if name in self.KNOWN_UNKNOWN:
-                raise FakeLibvirtError("internal error: Unknown CPU feature %s" % name,
-                                       libvirt.VIR_ERR_INTERNAL_ERROR)
-        info = facts.domcaps.models.get(cpu.model)
-        if cpu.model and info is None:
-            raise FakeLibvirtError("internal error: Unknown CPU model %s" % cpu.model,
-                                   libvirt.VIR_ERR_INTERNAL_ERROR)
-        if cpu.vendor and cpu.vendor != facts.vendor:
-            raise FakeLibvirtError("the CPU is incompatible with host CPU: host CPU vendor does "
-                                   "not match required CPU vendor %s" % cpu.vendor)
-        have = facts.feature_set()
-        disabled = cpu.feature_names(("disable", "forbid"))
-        missing = [n for n in (info.blockers if info and info.usable == "no" else [])
-                   if n not in disabled]
-        if info and info.usable == "no" and not info.blockers:
-            missing.append("(model %s)" % cpu.model)
-        missing += [n for n in cpu.feature_names() if n not in have and n not in missing]
-        if missing:
-            raise FakeLibvirtError("the CPU is incompatible with host CPU: Host CPU does not "
-                                   "provide required features: %s" % ", ".join(missing))
-        return libvirt.VIR_CPU_COMPARE_SUPERSET
-
-    def baselineHypervisorCPU(self, emulator, arch, machine, virttype, xmls, flags):
-        self.calls.append(("baseline", virttype, len(xmls), flags))
-        assert flags == libvirt.VIR_CONNECT_BASELINE_CPU_MIGRATABLE
-        return self.baseline
-
-    def lookupByName(self, name):
-        if name not in self.domains:
-            raise FakeLibvirtError("Domain not found: no domain with matching name '%s'" % name,
-                                   libvirt.VIR_ERR_NO_DOMAIN)
-        return self.domains[name]
-
-    def defineXML(self, xml):
-        self.defined.append(xml)
-        for dom in self.domains.values():
-            if _cpu.domain_platform(dom.xml)["name"] == _cpu.domain_platform(xml)["name"]:
-                dom.xml = xml
-        return None
-
-
-LAB = "qemu:///system"
-HOSTB = "qemu+ssh://root@198.18.0.2/system"
-INTEL = "qemu+ssh://root@intel1/system"
-ROME = "qemu+ssh://root@rome1/system"
-
-
-def lab_conn(uri=LAB, **kw):
-    return FakeConn(uri, "lab-amd-capabilities.xml",
-                    {"kvm": "lab-amd-domcaps-kvm.xml", "qemu": "lab-amd-domcaps-qemu.xml"}, **kw)
-
-
-def intel_conn(uri=INTEL, **kw):
-    return FakeConn(uri, "intel-cascadelake-capabilities.xml",
-                    {"kvm": "intel-cascadelake-domcaps-kvm.xml"}, **kw)
-
-
-def rome_conn(uri=ROME, **kw):
-    return FakeConn(uri, "amd-rome-capabilities.xml", {"kvm": "amd-rome-domcaps-kvm.xml"}, **kw)
-
-
-def connector(conns):
-    @contextlib.contextmanager
-    def connect(uri):
-        yield conns[uri]
-    return connect
+fixture = cpu_fixture
 
 
 def domain(cpu, machine="pc-i440fx-7.2", virttype="kvm", emulator="/usr/bin/qemu-system-x86_64",
@@ -242,7 +94,7 @@ def test_live_xml_differs_from_migratable_xml():
 
 
 def test_domain_xml_flags():
-    dom = FakeDomain(fixture("lab-dom-base-inactive.xml"))
+    dom = Domain(xml=fixture("lab-dom-base-inactive.xml"), state="shutoff")
     _cpu.domain_xml(dom, migratable=True)
     _cpu.domain_xml(dom, inactive=True, secure=True)
     assert dom.flags_seen == [libvirt.VIR_DOMAIN_XML_MIGRATABLE,
@@ -266,7 +118,7 @@ def test_comparison_parses_libvirt_error_texts(text, field, value):
     conn = lab_conn()
 
     def fail(*_args):
-        raise FakeLibvirtError(text)
+        raise LibvirtError(text)
     conn.compareHypervisorCPU = fail
     res = _cpu.compare_cpu(conn, SANDY_CPU, "kvm", host="hostb")
     assert not res.compatible
@@ -464,7 +316,7 @@ def test_unknown_policy_and_missing_model():
 
 
 def _sandy_lab(state=libvirt.VIR_DOMAIN_SHUTOFF, persistent=True):
-    dom = FakeDomain(fixture("lab-dom-sandy-inactive.xml"), state=state, persistent=persistent)
+    dom = Domain(xml=fixture("lab-dom-sandy-inactive.xml"), state=state, persistent=persistent)
     local = lab_conn(baseline=fixture("lab-amd-baseline-qemu.xml"), domains={"cpu-sandy": dom})
     hostb = lab_conn(HOSTB)
     return dom, {LAB: local, HOSTB: hostb}
@@ -559,7 +411,7 @@ def _strip_cpu(xml):
 
 
 def test_restore_of_a_domain_that_had_no_cpu_removes_it():
-    dom = FakeDomain(domain("", virttype="qemu"), state=libvirt.VIR_DOMAIN_SHUTOFF)
+    dom = Domain(xml=domain("", virttype="qemu"), state=libvirt.VIR_DOMAIN_SHUTOFF)
     conns = {LAB: lab_conn(baseline=fixture("lab-amd-baseline-qemu.xml"), domains={"vm1": dom}),
              HOSTB: lab_conn(HOSTB)}
     params = {"uri": LAB, "domain": "vm1", "group_uris": [LAB, HOSTB], "policy": "model",
@@ -592,7 +444,7 @@ class OldLibvirtBaseline:
         for xml in xmls:
             for name in re.findall(r"name=['\"]([^'\"]+)", xml):
                 if name in self.unknown:
-                    raise FakeLibvirtError("internal error: Unknown CPU feature %s" % name, libvirt.VIR_ERR_INTERNAL_ERROR)
+                    raise LibvirtError("internal error: Unknown CPU feature %s" % name)
         return self.answer
 
 
@@ -601,7 +453,7 @@ class NoBaseline:
         self.text = text
 
     def baselineHypervisorCPU(self, *args):
-        raise FakeLibvirtError(self.text, libvirt.VIR_ERR_INTERNAL_ERROR)
+        raise LibvirtError(self.text)
 
 
 NEWER_HOST_MODEL = ("<cpu mode='custom' match='exact'><model fallback='forbid'>EPYC</model>"

@@ -13,11 +13,17 @@ import os
 
 import pytest
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _disk_image
+from ansible_collections.kvmops.migration.plugins.module_utils import _disk_info
 from ansible_collections.kvmops.migration.plugins.module_utils import _host
-from ansible_collections.kvmops.migration.plugins.module_utils import _images as im
+from ansible_collections.kvmops.migration.plugins.module_utils import _image_geometry
+from ansible_collections.kvmops.migration.plugins.module_utils import _image_use
+from ansible_collections.kvmops.migration.plugins.module_utils import _manifest
+from ansible_collections.kvmops.migration.plugins.module_utils import _storage
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-from disk_fakes import FakeConnection, FakeDomain, FakeRunner, connector, real_runner
+from disk_fakes import FakeRunner, real_runner
+from fake_libvirt import Connection, Domain, connector
 
 GiB = 1024 ** 3
 HOST_FILE = "/etc/passwd"
@@ -51,8 +57,8 @@ def _no_host_file(runner):
 @pytest.fixture(name="no_checksums")
 def fixture_no_checksums(monkeypatch):
     hashed = []
-    real = im.file_checksum
-    monkeypatch.setattr(im, "file_checksum", lambda path, *a, **k: hashed.append(path) or real(path, *a, **k))
+    real = _image_geometry.file_checksum
+    monkeypatch.setattr(_disk_info, "file_checksum", lambda path, *a, **k: hashed.append(path) or real(path, *a, **k))
     return hashed
 
 
@@ -62,7 +68,7 @@ def test_hostile_raw_disk_is_described_as_raw_without_backing(hostile_raw, no_ch
     runner = real_runner()
     disk = {"target": "vda", "device": "disk", "type": "file", "path": hostile_raw, "format": declared,
             "readonly": False, "shareable": False, "backing": []}
-    out = im.describe_disk(disk, runner, force_share=True, checksums=True)
+    out = _disk_info.describe_disk(disk, runner, force_share=True, checksums=True)
     assert (out["format"], out["detected_format"], out["virtual_size"]) == ("raw", "raw", GiB)
     assert out["backing"] == [] and out["backing_file"] is None and out["backing_format"] is None
     assert _no_host_file(runner) and HOST_FILE not in no_checksums
@@ -76,8 +82,8 @@ def test_hostile_raw_disk_of_a_running_domain(hostile_raw, no_checksums):
            "<driver name='qemu' type='raw'/><source file='%s'/><backingStore/><target dev='vda' bus='virtio'/>"
            "</disk></devices></domain>" % hostile_raw)
     runner = real_runner()
-    result = im.disk_info({"domain": "vm1", "checksums": True}, runner=runner,
-                          connect=connector(FakeConnection([FakeDomain("vm1", xml)])))
+    result = _disk_info.disk_info({"domain": "vm1", "checksums": True}, runner=runner,
+                                  connect=connector(Connection(domains=[Domain("vm1", xml)])))
     (disk,) = result["disks"]
     assert (disk["format"], disk["virtual_size"], disk["backing"]) == ("raw", GiB, [])
     assert _no_host_file(runner) and no_checksums == []
@@ -85,7 +91,7 @@ def test_hostile_raw_disk_of_a_running_domain(hostile_raw, no_checksums):
 
 def test_hostile_raw_disk_by_path(hostile_raw, no_checksums):
     runner = real_runner()
-    (disk,) = im.disk_info({"paths": [hostile_raw], "checksums": True}, runner=runner)["disks"]
+    (disk,) = _disk_info.disk_info({"paths": [hostile_raw], "checksums": True}, runner=runner)["disks"]
     assert (disk["format"], disk["virtual_size"], disk["backing"]) == ("raw", GiB, [])
     assert _no_host_file(runner) and no_checksums == []
 
@@ -110,15 +116,15 @@ def test_a_declared_qcow2_path_that_is_raw_reads_as_raw_on_a_destination(tmp_pat
     runner = real_runner()
     raw = str(tmp_path / "foreign.raw")
     runner.run(["qemu-img", "create", "-q", "-f", "raw", raw, str(GiB)])
-    (disk,) = im.describe_paths([raw], runner, formats={raw: "qcow2"}, fallback_raw=True)
+    (disk,) = _disk_info.describe_paths([raw], runner, formats={raw: "qcow2"}, fallback_raw=True)
     assert (disk["format"], disk["virtual_size"]) == ("raw", GiB)
     with pytest.raises(KvmopsError, match="as qcow2"):
-        im.describe_paths([raw], runner, formats={raw: "qcow2"})
+        _disk_info.describe_paths([raw], runner, formats={raw: "qcow2"})
 
 
 def ctx_for(tmp_path, **kw):
-    return im.HostContext(host="hostb", runner=real_runner(), manifest=im.Manifest(str(tmp_path / "m.json")),
-                          **kw)
+    return _disk_image.HostContext(host="hostb", runner=real_runner(), manifest=_manifest.Manifest(str(tmp_path / "m.json")),
+                                   **kw)
 
 
 def _record(ctx, path, fmt="raw", size=GiB):
@@ -131,7 +137,7 @@ def test_our_raw_image_with_a_guest_written_header_is_reused_as_raw(hostile_raw,
     it meanwhile; it is still our raw image of 1 GiB."""
     ctx = ctx_for(tmp_path)
     _record(ctx, hostile_raw)
-    result = im.ensure_image(im.ImageSpec(path=hostile_raw, format="raw", virtual_size=GiB, for_domain="vm1"), ctx)
+    result = _disk_image.ensure_image(_disk_image.ImageSpec(path=hostile_raw, format="raw", virtual_size=GiB, for_domain="vm1"), ctx)
     assert (result["action"], result["after"]["format"], result["after"]["virtual_size"]) == ("reused", "raw", GiB)
     assert result["after"]["backing_file"] is None and _no_host_file(ctx.runner)
 
@@ -139,7 +145,7 @@ def test_our_raw_image_with_a_guest_written_header_is_reused_as_raw(hostile_raw,
 def test_removing_our_raw_image_reads_it_as_raw(hostile_raw, tmp_path):
     ctx = ctx_for(tmp_path)
     _record(ctx, hostile_raw)
-    result = im.remove_image(hostile_raw, ctx)
+    result = _disk_image.remove_image(hostile_raw, ctx)
     assert result["action"] == "removed" and not os.path.exists(hostile_raw)
     assert (result["before"]["format"], result["before"]["virtual_size"]) == ("raw", GiB)
     infos = [c for c in ctx.runner.commands("qemu-img") if c[1] == "info"]
@@ -150,7 +156,7 @@ def test_qemu_holds_lock_passes_the_format(tmp_path):
     path = str(tmp_path / "x.raw")
     real_runner().run(["qemu-img", "create", "-q", "-f", "raw", path, str(GiB)])
     runner = real_runner()
-    assert im.qemu_holds_lock(path, runner, "raw") is False
+    assert _image_use.qemu_holds_lock(path, runner, "raw") is False
     assert runner.commands("qemu-img")[0] == ["qemu-img", "info", "--output=json", "-f", "raw", path]
 
 
@@ -166,10 +172,10 @@ def test_libvirt_backing_store_declares_the_chain(tmp_path):
     setup.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", base, "-F", "raw", top, str(2 * GiB)])
     runner = real_runner()
     backing = [{"type": "file", "format": "raw", "path": base}]
-    layers = im.geometry(top, runner, fmt="qcow2", backing=backing)
+    layers = _image_geometry.geometry(top, runner, fmt="qcow2", backing=backing)
     assert [(g.path, g.format, g.virtual_size) for g in layers] == [(top, "qcow2", 2 * GiB), (base, "raw", GiB)]
     # without libvirt's chain, the declared qcow2 top's header says raw for the base: the same
-    assert [g.format for g in im.geometry(top, runner, fmt="qcow2")] == ["qcow2", "raw"]
+    assert [g.format for g in _image_geometry.geometry(top, runner, fmt="qcow2")] == ["qcow2", "raw"]
     assert _no_host_file(runner)
 
 
@@ -183,7 +189,7 @@ def test_a_backing_file_without_recorded_format_is_read_as_raw():
         "cluster-size": 65536, "backing-filename": "base.img", "full-backing-filename": base}))
     runner.add(["qemu-img", "info", "--output=json", "-U", "-f", "raw", base], json.dumps({
         "filename": base, "format": "raw", "virtual-size": GiB, "actual-size": 4096}))
-    layers = im.geometry(top, runner, fmt="qcow2")
+    layers = _image_geometry.geometry(top, runner, fmt="qcow2")
     assert [(g.path, g.format, g.virtual_size) for g in layers] == [(top, "qcow2", 2 * GiB), (base, "raw", GiB)]
     assert len(runner.commands("qemu-img")) == 2
 
@@ -195,13 +201,13 @@ def test_a_backing_loop_is_refused(tmp_path):
     runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", a, "-F", "qcow2", b, str(GiB)])
     runner.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", b, "-F", "qcow2", a])
     with pytest.raises(KvmopsError, match="loops at"):
-        im.geometry(b, runner, fmt="qcow2")
+        _image_geometry.geometry(b, runner, fmt="qcow2")
 
 
 @pytest.mark.parametrize("fmt", ["qcow2 -o x", "-U", "QCOW2", "../raw"])
 def test_a_format_that_is_no_format_name_is_refused(fmt):
     with pytest.raises(KvmopsError, match="not a qemu-img format name"):
-        im.read_format(fmt)
+        _image_geometry.read_format(fmt)
 
 
 # ----------------------------------------------------------------- path normalisation
@@ -217,13 +223,13 @@ def test_a_format_that_is_no_format_name_is_refused(fmt):
 ])
 def test_paths_that_are_not_normalised_are_refused(path, fix):
     with pytest.raises(KvmopsError) as err:
-        im.check_image_path(path)
+        _storage.check_image_path(path)
     assert repr(path) in err.value.msg and fix in err.value.msg and "Nothing was read or changed" in err.value.msg
 
 
 def test_normalised_paths_pass():
-    assert im.check_image_path("/var/lib/libvirt/images/vm1.raw") == "/var/lib/libvirt/images/vm1.raw"
-    assert im.check_image_path("/dev/vg0/vm1") == "/dev/vg0/vm1"
+    assert _storage.check_image_path("/var/lib/libvirt/images/vm1.raw") == "/var/lib/libvirt/images/vm1.raw"
+    assert _storage.check_image_path("/dev/vg0/vm1") == "/dev/vg0/vm1"
 
 
 def test_disk_image_refuses_a_dotdot_path_before_anything(tmp_path):
@@ -236,23 +242,23 @@ def test_disk_image_refuses_a_dotdot_path_before_anything(tmp_path):
     path = str(tmp_path / "images" / ".." / "escape.raw")
     for state in ("present", "absent"):
         with pytest.raises(KvmopsError, match="not an absolute, normalised path"):
-            im.disk_image({"path": path, "state": state, "virtual_size": GiB,
-                           "manifest_path": str(tmp_path / "m.json")}, connect=connect, runner=real_runner())
+            _disk_image.disk_image({"path": path, "state": state, "virtual_size": GiB,
+                                    "manifest_path": str(tmp_path / "m.json")}, connect=connect, runner=real_runner())
     assert calls == [] and not os.path.exists(str(tmp_path / "escape.raw"))
 
 
 def test_backing_file_must_be_normalised(tmp_path):
     ctx = ctx_for(tmp_path, allow_outside_pools=True)
     for base in ("/var/lib/libvirt/images/../base.qcow2", "../base.qcow2"):
-        spec = im.ImageSpec(path=str(tmp_path / "vm1.qcow2"), format="qcow2", virtual_size=GiB, backing_file=base,
-                            backing_format="qcow2", backing_virtual_size=GiB, backing_checksum="sha256:00")
+        spec = _disk_image.ImageSpec(path=str(tmp_path / "vm1.qcow2"), format="qcow2", virtual_size=GiB, backing_file=base,
+                                     backing_format="qcow2", backing_virtual_size=GiB, backing_checksum="sha256:00")
         with pytest.raises(KvmopsError, match="backing_file"):
-            im.ensure_image(spec, ctx)
+            _disk_image.ensure_image(spec, ctx)
 
 
 def test_describe_paths_refuses_a_dotdot_path():
     with pytest.raises(KvmopsError, match="normalised"):
-        im.describe_paths(["/var/lib/libvirt/images/../../../etc/shadow"], real_runner())
+        _disk_info.describe_paths(["/var/lib/libvirt/images/../../../etc/shadow"], real_runner())
 
 
 # ----------------------------------------------------------------- the pool rule
@@ -266,33 +272,33 @@ def _params(tmp_path, path, **extra):
 def test_disk_image_refuses_a_path_outside_every_pool(tmp_path):
     pool = str(tmp_path / "pool")
     os.mkdir(pool)
-    connect = connector(FakeConnection(pool_dirs={"default": pool}))
+    connect = connector(Connection(pool_dirs={"default": pool}))
     outside = str(tmp_path / "elsewhere" / "vm1.raw")
     with pytest.raises(KvmopsError) as err:
-        im.disk_image(_params(tmp_path, outside), connect=connect, runner=real_runner())
+        _disk_image.disk_image(_params(tmp_path, outside), connect=connect, runner=real_runner())
     msg = err.value.msg
     assert outside in msg and "default (%s)" % pool in msg and "allow_outside_pools" in msg
     assert not os.path.exists(os.path.dirname(outside))
-    inside = im.disk_image(_params(tmp_path, pool + "/vm1.raw"), connect=connect, runner=real_runner())
+    inside = _disk_image.disk_image(_params(tmp_path, pool + "/vm1.raw"), connect=connect, runner=real_runner())
     assert inside["action"] == "created"
-    allowed = im.disk_image(_params(tmp_path, outside, allow_outside_pools=True), connect=connect,
-                            runner=real_runner())
+    allowed = _disk_image.disk_image(_params(tmp_path, outside, allow_outside_pools=True), connect=connect,
+                                     runner=real_runner())
     assert allowed["action"] == "created" and os.path.exists(outside)
     # removal keeps the same rule
     with pytest.raises(KvmopsError, match="Refusing to remove"):
-        im.disk_image(_params(tmp_path, outside, state="absent"), connect=connect, runner=real_runner())
-    gone = im.disk_image(_params(tmp_path, outside, state="absent", allow_outside_pools=True), connect=connect,
-                         runner=real_runner())
+        _disk_image.disk_image(_params(tmp_path, outside, state="absent"), connect=connect, runner=real_runner())
+    gone = _disk_image.disk_image(_params(tmp_path, outside, state="absent", allow_outside_pools=True), connect=connect,
+                                  runner=real_runner())
     assert gone["action"] == "removed"
 
 
 def test_a_host_without_pools_refuses_unless_allowed(tmp_path):
-    connect = connector(FakeConnection())
+    connect = connector(Connection())
     path = str(tmp_path / "vm1.raw")
     with pytest.raises(KvmopsError, match=r"pools: none defined"):
-        im.disk_image(_params(tmp_path, path), check_mode=True, connect=connect, runner=real_runner())
-    assert im.disk_image(_params(tmp_path, path, allow_outside_pools=True), check_mode=True, connect=connect,
-                         runner=real_runner())["action"] == "would_create"
+        _disk_image.disk_image(_params(tmp_path, path), check_mode=True, connect=connect, runner=real_runner())
+    assert _disk_image.disk_image(_params(tmp_path, path, allow_outside_pools=True), check_mode=True, connect=connect,
+                                  runner=real_runner())["action"] == "would_create"
 
 
 def test_a_symlinked_directory_inside_a_pool_does_not_count(tmp_path):
@@ -301,31 +307,31 @@ def test_a_symlinked_directory_inside_a_pool_does_not_count(tmp_path):
     outside.mkdir()
     os.symlink(str(outside), str(pool / "link"))
     pools = [{"name": "default", "path": str(pool), "active": True}]
-    assert im.pool_of(str(pool / "vm1.raw"), pools) is not None
-    assert im.pool_of(str(pool / "link" / "vm1.raw"), pools) is None
-    assert im.pool_of(str(pool), pools) is None  # the pool directory itself is no image
-    assert im.pool_of(str(tmp_path / "pool2" / "vm1.raw"), pools) is None  # a text prefix only
+    assert _storage.pool_of(str(pool / "vm1.raw"), pools) is not None
+    assert _storage.pool_of(str(pool / "link" / "vm1.raw"), pools) is None
+    assert _storage.pool_of(str(pool), pools) is None  # the pool directory itself is no image
+    assert _storage.pool_of(str(tmp_path / "pool2" / "vm1.raw"), pools) is None  # a text prefix only
 
 
 def test_lvs_count_under_a_logical_pool_by_their_path():
     pools = [{"name": "vg0", "path": "/dev/vg0", "active": True}]
-    assert im.pool_of("/dev/vg0/vm1", pools) is not None
-    assert im.pool_of("/dev/vg1/vm1", pools) is None
+    assert _storage.pool_of("/dev/vg0/vm1", pools) is not None
+    assert _storage.pool_of("/dev/vg1/vm1", pools) is None
 
 
 def test_removal_when_libvirt_is_down_skips_the_pool_rule_with_a_warning(tmp_path):
     path = str(tmp_path / "vm1.raw")
     ctx = ctx_for(tmp_path, allow_outside_pools=True)
-    im.ensure_image(im.ImageSpec(path=path, virtual_size=GiB), ctx)
+    _disk_image.ensure_image(_disk_image.ImageSpec(path=path, virtual_size=GiB), ctx)
 
     def down(*_a, **_k):
         raise KvmopsError("Could not connect to libvirt at qemu:///system")
 
-    result = im.disk_image(_params(tmp_path, path, state="absent"), connect=down, runner=real_runner())
+    result = _disk_image.disk_image(_params(tmp_path, path, state="absent"), connect=down, runner=real_runner())
     assert result["action"] == "removed" and "storage pools" in " ".join(result["warnings"])
 
 
 def test_storage_pools_reads_name_and_target():
-    conn = FakeConnection(pool_dirs={"default": "/var/lib/libvirt/images/", "vg0": "/dev/vg0"})
-    assert im.storage_pools(conn) == [{"name": "default", "path": "/var/lib/libvirt/images", "active": True},
-                                      {"name": "vg0", "path": "/dev/vg0", "active": True}]
+    conn = Connection(pool_dirs={"default": "/var/lib/libvirt/images/", "vg0": "/dev/vg0"})
+    assert _storage.storage_pools(conn) == [{"name": "default", "path": "/var/lib/libvirt/images", "active": True},
+                                            {"name": "vg0", "path": "/dev/vg0", "active": True}]

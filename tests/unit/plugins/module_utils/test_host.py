@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Unit tests of _host (the host_info module's backend) against a hand-written fake connection."""
+"""Unit tests of _host (the host_info module's backend) against the fake libvirt (fake_libvirt.py)."""
 
 from __future__ import annotations
 
@@ -9,66 +9,19 @@ import os
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _checks_storage, _host, _images, _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _checks_storage, _disk_info, _host, _libvirt, _manifest
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-from disk_fakes import FakeConnection, FakeRunner, connector, real_runner
-from disk_fakes import FakeDomain as DiskDomain
+from disk_fakes import FakeRunner, real_runner
+from fake_libvirt import Connection, Domain, connector
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CPU_FIXTURES = os.path.join(HERE, "..", "..", "fixtures", "cpu")
 
 
-class FakeDomain:
-    def __init__(self, name, uuid, state, mem_kib, vcpus, persistent=True):
-        self._name, self._uuid, self._state = name, uuid, state
-        self._mem, self._vcpus, self._persistent = mem_kib, vcpus, persistent
-
-    def name(self):
-        return self._name
-
-    def UUIDString(self):  # noqa: N802 - libvirt's name
-        return self._uuid
-
-    def info(self):
-        return [self._state, self._mem, self._mem, self._vcpus, 0]
-
-    def isActive(self):  # noqa: N802
-        return self._state in (1, 2, 3)
-
-    def ID(self):  # noqa: N802 - libvirt's name
-        return 1 if self.isActive() else -1
-
-    def isPersistent(self):  # noqa: N802
-        return self._persistent
-
-
-class FakeConn:
-    def __init__(self, caps, domains, mem_stats=None):
-        self.caps, self.domains, self.mem_stats = caps, domains, mem_stats
-
-    def getCapabilities(self):  # noqa: N802
-        return self.caps
-
-    def getInfo(self):  # noqa: N802
-        return ["x86_64", 24000, 2, 2000, 1, 1, 2, 1]
-
-    def getLibVersion(self):  # noqa: N802
-        return 11003000
-
-    def getVersion(self):  # noqa: N802
-        return 10000000
-
-    def getMemoryStats(self, cell, flags):  # noqa: N802
-        if self.mem_stats is None:
-            raise RuntimeError("not supported")  # not a libvirt error: must propagate
-        return self.mem_stats
-
-    def listAllDomains(self, flags):  # noqa: N802
-        return self.domains
-
-    def getURI(self):  # noqa: N802
-        return "qemu:///system"
+def host_conn(caps, domains, mem_stats=None):
+    """A host (qemu:///system) answering host_facts' calls."""
+    return Connection("qemu:///system", domains, caps=caps, mem_stats=mem_stats)
 
 
 def caps():
@@ -108,8 +61,9 @@ def test_memory_from_stats():
 
 
 def test_host_facts_with_domains():
-    doms = [FakeDomain("vm2", "u2", 5, 524288, 2), FakeDomain("vm1", "u1", 1, 262144, 1)]
-    conn = FakeConn(caps(), doms, {"total": 24 * 1024 ** 2, "free": 1024 ** 2, "buffers": 0, "cached": 1024 ** 2})
+    doms = [Domain("vm2", uuid="u2", state=5, memory_kib=524288, vcpus=2),
+            Domain("vm1", uuid="u1", state=1, memory_kib=262144, vcpus=1)]
+    conn = host_conn(caps(), doms, {"total": 24 * 1024 ** 2, "free": 1024 ** 2, "buffers": 0, "cached": 1024 ** 2})
     out = _host.host_facts(conn, 'host_uuid = "8d6c1f5e-1111-4a2b-9c3d-0123456789ab"\n', True, hostname="hosta")
     h = out["host"]
     assert h["hostname"] == "hosta" and h["uuid"] and h["cpu_vendor"] == "AMD"
@@ -125,7 +79,7 @@ def test_host_facts_with_domains():
 
 
 def test_host_facts_without_domains_and_conf():
-    conn = FakeConn(caps(), [], {"total": 100, "free": 50})
+    conn = host_conn(caps(), [], {"total": 100, "free": 50})
     out = _host.host_facts(conn, "", False, include_domains=False)
     assert "domains" not in out and out["host"]["uuid_configured"] is None
     assert out["host"]["uuid_configured_valid"] is None and out["host"]["libvirtd_conf_exists"] is False
@@ -133,7 +87,7 @@ def test_host_facts_without_domains_and_conf():
 
 def test_non_libvirt_errors_propagate():
     with pytest.raises(RuntimeError):
-        _host.host_facts(FakeConn(caps(), [], None), "", True)
+        _host.host_facts(host_conn(caps(), [], None), "", True)
 
 
 def test_read_conf_missing(tmp_path):
@@ -160,15 +114,9 @@ GUEST_XML = """<domain type='kvm'><name>vm1</name><uuid>0f3e5a8c-6f0e-4b0a-9a39-
 </devices></domain>"""
 
 
-class HostConn(FakeConnection):
-    """disk_fakes' connection (domains by XML, pools) that also answers host_facts' calls."""
-
-    def __init__(self, domains=(), pools=None):
-        super().__init__(domains, pools)
-        self.host = FakeConn(caps(), [], {"total": 1024 ** 2, "free": 1024})
-
-    def __getattr__(self, name):
-        return getattr(self.host, name)
+def guest_conn(domains=(), pools=None):
+    """A connection with domains by XML and pools that also answers host_facts' calls."""
+    return Connection(domains=domains, pools=pools, caps=caps(), mem_stats={"total": 1024 ** 2, "free": 1024})
 
 
 def guest_host(tmp_path):
@@ -180,13 +128,13 @@ def guest_host(tmp_path):
     runner.run(["qemu-img", "create", "-q", "-f", "raw", data, str(GIB)])
     (tmp_path / "seed.iso").write_bytes(b"\0" * 4096)
     xml = GUEST_XML.replace("@DIR@", str(tmp_path))
-    return HostConn([DiskDomain("vm1", xml)], pools={"default": {"vm1-data.raw": data}})
+    return guest_conn([Domain("vm1", xml)], pools={"default": {"vm1-data.raw": data}})
 
 
 def test_guest_facts_are_disk_infos_disks_and_the_files_not_copied(tmp_path):
     conn = guest_host(tmp_path)
     out = _host.guest_facts(conn, "vm1", "qemu:///system", real_runner())
-    expected = _images.disk_info({"domain": "vm1"}, runner=real_runner(), connect=connector(conn))["disks"]
+    expected = _disk_info.disk_info({"domain": "vm1"}, runner=real_runner(), connect=connector(conn))["disks"]
     assert out["guest_error"] is None
     assert out["guest_disks"] == expected
     assert [d["target"] for d in out["guest_disks"]] == ["vda", "vdb", "sda", "sdb"]
@@ -203,7 +151,7 @@ def test_guest_facts_by_uuid(tmp_path):
 
 
 def test_guest_facts_where_the_guest_is_not_defined():
-    out = _host.guest_facts(HostConn([]), "vm1", "qemu:///system", real_runner())
+    out = _host.guest_facts(guest_conn([]), "vm1", "qemu:///system", real_runner())
     assert out == {"guest_disks": [], "guest_paths": [], "guest_error": None}
 
 
@@ -290,7 +238,7 @@ def test_path_facts_without_a_manifest(tmp_path):
     real_runner().run(["qemu-img", "create", "-q", "-f", "raw", image, str(GIB)])
     paths = [image, str(tmp_path / "absent.qcow2")]
     out = _host.path_facts(paths, real_runner(), str(tmp_path / "no" / "manifest.json"), **sources(tmp_path))
-    assert out["paths"] == _images.disk_info({"paths": paths}, runner=real_runner())["disks"]
+    assert out["paths"] == _disk_info.disk_info({"paths": paths}, runner=real_runner())["disks"]
     assert [p["exists"] for p in out["paths"]] == [True, False]
     assert [m["mount"] for m in out["mounts"]] == ["/"] and out["mounts"][0]["size_available"] == 400 * 4096
     assert out["interfaces"] == ["lo"]
@@ -298,7 +246,7 @@ def test_path_facts_without_a_manifest(tmp_path):
 
 
 def test_path_facts_with_a_manifest(tmp_path):
-    manifest = _images.Manifest(str(tmp_path / "state" / "manifest.json"))
+    manifest = _manifest.Manifest(str(tmp_path / "state" / "manifest.json"))
     entry = {"host": "hostb", "path": "/var/lib/libvirt/images/vm1.qcow2", "kind": "file", "format": "qcow2",
              "virtual_size": 2 * GIB, "created_at": "2026-11-29T20:00:00Z", "for_domain": "vm1", "inode": 12}
     manifest.add(entry)

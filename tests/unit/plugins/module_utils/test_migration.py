@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Unit tests of _migration: flags, parameters, URIs, copy set (C12, C13), C09 addresses, the C11
 decision table, the completion timeout and its escalation against recorded job statistics, and
-the whole run against hand-written fakes of libvirt 9.0 and 11.3."""
+the whole run against the fake libvirt (fake_libvirt.py) of the bindings of 9.0 and 11.3."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import json
 import os
 import threading
 import time
-import types
 
 import pytest
 
@@ -20,104 +19,14 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan as mp
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
+from fake_libvirt import LV_6_0, LV_9_0, LV_11_3, NEWER_THAN_9_0, Connection, Domain, LibvirtError, namespace
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "..", "fixtures", "migration")
 GIB = 1024 ** 3
 
 
-# ------------------------------------------------------------------------------------------
-# Hand-written fake libvirt namespaces
-# ------------------------------------------------------------------------------------------
-
-class FakeLibvirtError(Exception):
-    def __init__(self, msg: str, code: int = 1) -> None:
-        super().__init__(msg)
-        self.code = code
-
-    def get_error_code(self) -> int:
-        return self.code
-
-    def get_error_message(self) -> str:
-        return str(self)
-
-
-#: Constants of libvirt-python 11.3 that _migration uses (values as in the real binding).
-CONSTANTS_11_3 = {
-    "VIR_MIGRATE_LIVE": 1, "VIR_MIGRATE_PEER2PEER": 2, "VIR_MIGRATE_TUNNELLED": 4,
-    "VIR_MIGRATE_PERSIST_DEST": 8, "VIR_MIGRATE_UNDEFINE_SOURCE": 16, "VIR_MIGRATE_PAUSED": 32,
-    "VIR_MIGRATE_NON_SHARED_DISK": 64, "VIR_MIGRATE_NON_SHARED_INC": 128,
-    "VIR_MIGRATE_CHANGE_PROTECTION": 256, "VIR_MIGRATE_UNSAFE": 512, "VIR_MIGRATE_OFFLINE": 1024,
-    "VIR_MIGRATE_COMPRESSED": 2048, "VIR_MIGRATE_ABORT_ON_ERROR": 4096,
-    "VIR_MIGRATE_AUTO_CONVERGE": 8192, "VIR_MIGRATE_POSTCOPY": 32768, "VIR_MIGRATE_TLS": 65536,
-    "VIR_MIGRATE_PARALLEL": 131072,
-    "VIR_MIGRATE_PARAM_URI": "migrate_uri", "VIR_MIGRATE_PARAM_DEST_NAME": "destination_name",
-    "VIR_MIGRATE_PARAM_DEST_XML": "destination_xml", "VIR_MIGRATE_PARAM_PERSIST_XML": "persistent_xml",
-    "VIR_MIGRATE_PARAM_BANDWIDTH": "bandwidth", "VIR_MIGRATE_PARAM_LISTEN_ADDRESS": "listen_address",
-    "VIR_MIGRATE_PARAM_MIGRATE_DISKS": "migrate_disks", "VIR_MIGRATE_PARAM_DISKS_PORT": "disks_port",
-    "VIR_MIGRATE_PARAM_DISKS_URI": "disks_uri", "VIR_MIGRATE_PARAM_COMPRESSION": "compression",
-    "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL": "auto_converge.initial",
-    "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT": "auto_converge.increment",
-    "VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS": "parallel.connections",
-    "VIR_MIGRATE_PARAM_TLS_DESTINATION": "tls.destination",
-    "VIR_MIGRATE_PARAM_COMPRESSION_ZLIB_LEVEL": "compression.zlib.level",
-    "VIR_MIGRATE_PARAM_COMPRESSION_ZSTD_LEVEL": "compression.zstd.level",
-    "VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES": "migrate_disks_detect_zeroes",
-    "VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER": "bandwidth.avail.switchover",
-    "VIR_DOMAIN_JOB_NONE": 0, "VIR_DOMAIN_JOB_BOUNDED": 1, "VIR_DOMAIN_JOB_UNBOUNDED": 2,
-    "VIR_DOMAIN_JOB_COMPLETED": 3, "VIR_DOMAIN_JOB_FAILED": 4, "VIR_DOMAIN_JOB_CANCELLED": 5,
-    "VIR_DOMAIN_JOB_STATS_COMPLETED": 1,
-    "VIR_DOMAIN_JOB_TIME_ELAPSED": "time_elapsed", "VIR_DOMAIN_JOB_DOWNTIME": "downtime",
-    "VIR_DOMAIN_JOB_SETUP_TIME": "setup_time", "VIR_DOMAIN_JOB_DATA_TOTAL": "data_total",
-    "VIR_DOMAIN_JOB_DATA_PROCESSED": "data_processed", "VIR_DOMAIN_JOB_DATA_REMAINING": "data_remaining",
-    "VIR_DOMAIN_JOB_MEMORY_TOTAL": "memory_total", "VIR_DOMAIN_JOB_MEMORY_PROCESSED": "memory_processed",
-    "VIR_DOMAIN_JOB_MEMORY_REMAINING": "memory_remaining",
-    "VIR_DOMAIN_JOB_MEMORY_ITERATION": "memory_iteration",
-    "VIR_DOMAIN_JOB_MEMORY_DIRTY_RATE": "memory_dirty_rate",
-    "VIR_DOMAIN_JOB_MEMORY_PAGE_SIZE": "memory_page_size", "VIR_DOMAIN_JOB_MEMORY_BPS": "memory_bps",
-    "VIR_DOMAIN_JOB_DISK_TOTAL": "disk_total", "VIR_DOMAIN_JOB_DISK_PROCESSED": "disk_processed",
-    "VIR_DOMAIN_JOB_DISK_REMAINING": "disk_remaining", "VIR_DOMAIN_JOB_DISK_BPS": "disk_bps",
-    "VIR_DOMAIN_NOSTATE": 0, "VIR_DOMAIN_RUNNING": 1, "VIR_DOMAIN_BLOCKED": 2, "VIR_DOMAIN_PAUSED": 3,
-    "VIR_DOMAIN_SHUTDOWN": 4, "VIR_DOMAIN_SHUTOFF": 5, "VIR_DOMAIN_CRASHED": 6,
-    "VIR_DOMAIN_PMSUSPENDED": 7, "VIR_DOMAIN_PAUSED_MIGRATION": 2,
-    "VIR_DOMAIN_METADATA_ELEMENT": 2, "VIR_DOMAIN_AFFECT_LIVE": 1,
-    "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM": 8, "VIR_ERR_NO_DOMAIN": 42, "VIR_ERR_NO_DOMAIN_METADATA": 80,
-}
-#: Added after libvirt 9.0 (libvirt-go-module's version table: 9.4, 9.4, 10.9, 11.1).
-NEWER_THAN_9_0 = ("VIR_MIGRATE_PARAM_COMPRESSION_ZLIB_LEVEL", "VIR_MIGRATE_PARAM_COMPRESSION_ZSTD_LEVEL",
-                  "VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES",
-                  "VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER")
-
-
-def fake_libvirt(version: int, missing: tuple[str, ...] = ()) -> types.SimpleNamespace:
-    consts = {k: v for k, v in CONSTANTS_11_3.items() if k not in missing}
-    return types.SimpleNamespace(libvirtError=FakeLibvirtError, getVersion=lambda: version, **consts)
-
-
-LV_11_3 = fake_libvirt(11003000)
-LV_9_0 = fake_libvirt(9000000, NEWER_THAN_9_0)
-LV_6_0 = fake_libvirt(6000000, NEWER_THAN_9_0 + ("VIR_MIGRATE_PARAM_DISKS_URI",))
 BOTH = pytest.mark.parametrize("lv", [LV_9_0, LV_11_3], ids=["libvirt-9.0", "libvirt-11.3"])
-
-
-def binding_version() -> tuple[int, ...]:
-    """The version of the installed libvirt-python binding (its constants), which is not the
-    version of the libvirt library it talks to (``libvirt.getVersion()``): Debian 12's
-    python3-libvirt 9.0 runs fine against libvirt 11.3 from backports and lacks 11.x constants."""
-    from importlib import metadata
-
-    return tuple(int(p) for p in metadata.version("libvirt-python").split(".")[:3])
-
-
-def test_fakes_match_the_installed_binding():
-    """The constants of the fake of the binding's own version match the binding (the 11.3 fake
-    for a binding >= 11.3, the 9.0 fake for an older one): never skipped."""
-    import libvirt
-
-    fake = LV_11_3 if binding_version() >= (11, 3) else LV_9_0
-    names = [n for n in vars(fake) if n.startswith("VIR_")]
-    assert names
-    for name in names:
-        assert getattr(libvirt, name) == getattr(fake, name), name
 
 
 # ------------------------------------------------------------------------------------------
@@ -282,7 +191,7 @@ def test_zero_detection_on_9_0_is_skipped_with_a_warning_not_a_crash():
 
 
 def test_missing_flag_in_binding_is_refused_by_name():
-    lv = fake_libvirt(1002000, ("VIR_MIGRATE_PARALLEL",))
+    lv = namespace(1002000, ("VIR_MIGRATE_PARALLEL",))
     with pytest.raises(KvmopsError, match="VIR_MIGRATE_PARALLEL"):
         mp.build_plan(opts(parallel_connections=2), source(), lv)
 
@@ -574,173 +483,6 @@ def test_c11_paused_on_destination_absent_on_source_is_not_touched():
 # The whole run against fakes
 # ------------------------------------------------------------------------------------------
 
-class FakeDomain:
-    def __init__(self, lv, name, uuid, xml, state="running", persistent=True, samples=None,
-                 completed=None, conn=None):
-        self.lv, self._name, self._uuid, self.xml = lv, name, uuid, xml
-        self._state, self.persistent, self.conn = state, persistent, conn
-        self.samples = list(samples or [])
-        self.completed = completed
-        self.calls: list = []
-        self.metadata_xml = None
-        self.finished = threading.Event()
-        self.aborted = False
-        self.pause_during_migration = False
-        # job types virDomainGetJobInfo reports after migrate3 returned (0: no job), one per call
-        self.lingering_job: list = []
-        self.migrate3_returned = False
-        self.completed_late = 0
-
-    def name(self):
-        return self._name
-
-    def UUIDString(self):
-        return self._uuid
-
-    def state(self):
-        code = {"running": 1, "paused": 3, "shutoff": 5}[self._state]
-        return [code, 0]
-
-    def isActive(self):
-        return self._state != "shutoff"
-
-    def isPersistent(self):
-        return self.persistent
-
-    def XMLDesc(self, flags=0):
-        return self.xml
-
-    def info(self):
-        return [self.state()[0], 1048576, 1048576, 1, 0]
-
-    def blockInfo(self, target):
-        return [10 * GIB, 128 * 1024 * 1024, 10 * GIB]
-
-    def metadata(self, kind, uri, flags=0):
-        if self.metadata_xml is None:
-            raise FakeLibvirtError("metadata not found", code=80)
-        return self.metadata_xml
-
-    def setMetadata(self, kind, xml, key, uri, flags=0):
-        self.calls.append("setMetadata")
-        self.metadata_xml = xml
-
-    def jobStats(self, flags=0):
-        if flags == self.lv.VIR_DOMAIN_JOB_STATS_COMPLETED:
-            if self.completed_late:  # a destination that finishes a post-copy move after migrate3
-                self.completed_late -= 1
-                return {"type": 0}
-            return self.completed or {"type": 0}
-        if self.migrate3_returned:
-            return self._after_migrate3()
-        if not self.samples:
-            return {"type": 0}
-        sample = self.samples.pop(0) if len(self.samples) > 1 else self.samples[0]
-        if len(self.samples) == 1 and getattr(self, "finish_after_samples", False):
-            self.finished.set()
-        return sample["stats"]
-
-    def _after_migrate3(self):
-        """jobStats() once migrate3 returned: the lingering job, if any, else none."""
-        if self.lingering_job:
-            job = self.lingering_job[0]
-            if isinstance(job, Exception):  # one failed query, then the next entry
-                self.lingering_job.pop(0)
-                raise job
-            return {"type": job}
-        return {"type": 0}
-
-    def migrateSetMaxDowntime(self, ms, flags=0):
-        self.calls.append(("migrateSetMaxDowntime", ms))
-
-    def abortJob(self):
-        self.calls.append("abortJob")
-        self.aborted = True
-        self.finished.set()
-
-    def migrateStartPostCopy(self, flags=0):
-        self.calls.append("migrateStartPostCopy")
-        self.finish_after_samples = True
-        self.samples = self.samples[-1:]
-        self.finished.set()
-
-    def resume(self):
-        self.calls.append("resume")
-        self._state = "running"
-
-    def destroy(self):
-        self.calls.append("destroy")
-        self._state = "shutoff"
-        if not self.persistent:
-            self.conn.remove(self)
-
-    def undefineFlags(self, flags):
-        self.calls.append(("undefineFlags", flags))
-        if self._state == "shutoff":
-            self.conn.remove(self)
-        self.persistent = False
-
-    def migrate3(self, dconn, params, flags):
-        try:
-            return self._migrate3(dconn, params, flags)
-        finally:
-            self.migrate3_returned = True
-
-    def _migrate3(self, dconn, params, flags):
-        self.calls.append(("migrate3", dict(params), flags))
-        incoming = FakeDomain(self.lv, params.get("destination_name", self._name), self._uuid,
-                              self.xml, state="paused", persistent=False, conn=dconn)
-        incoming.metadata_xml = self.metadata_xml
-        dconn.add(incoming)
-        if self.pause_during_migration:
-            self._state = "paused"
-        self.finished.wait(10)
-        if self.aborted:
-            raise FakeLibvirtError("operation aborted: migration out job: canceled by client")
-        incoming._state = "running"
-        incoming.persistent = bool(flags & self.lv.VIR_MIGRATE_PERSIST_DEST)
-        incoming.completed = self.completed
-        incoming.completed_late = self.completed_late
-        self._state = "shutoff"
-        if flags & self.lv.VIR_MIGRATE_UNDEFINE_SOURCE:
-            self.conn.remove(self)
-        return incoming
-
-
-class FakeConn:
-    def __init__(self, uri, domains=()):
-        self.uri = uri
-        self.alive = True
-        self.domains: list = []
-        for dom in domains:
-            self.add(dom)
-
-    def add(self, dom):
-        dom.conn = self
-        self.domains.append(dom)
-
-    def remove(self, dom):
-        self.domains.remove(dom)
-
-    def getURI(self):
-        return self.uri
-
-    def isAlive(self):
-        return self.alive
-
-    def _lookup(self, pred, key):
-        for dom in self.domains:
-            if pred(dom):
-                return dom
-        raise FakeLibvirtError("Domain not found: %s" % key, code=42)
-
-    def lookupByName(self, name):
-        return self._lookup(lambda d: d.name() == name, name)
-
-    def lookupByUUIDString(self, uuid):
-        return self._lookup(lambda d: d.UUIDString() == uuid, uuid)
-
-
 class FakeClock:
     def __init__(self):
         self.now = 0.0
@@ -755,9 +497,9 @@ class FakeClock:
 
 def setup_run(lv, fixture, **kw):
     fx = load(fixture)
-    sdom = FakeDomain(lv, "vm12", UUID, XML_C12, samples=fx["samples"], completed=fx["completed"])
-    sconn = FakeConn("qemu:///system", [sdom])
-    dconn = FakeConn("qemu+ssh://root@198.18.0.2/system")
+    sdom = Domain("vm12", XML_C12, uuid=UUID, samples=fx["samples"], completed=fx["completed"])
+    sconn = Connection("qemu:///system", [sdom])
+    dconn = Connection("qemu+ssh://root@198.18.0.2/system")
     clock = FakeClock()
     progress: list = []
     rt = m.Runtime(lv=lv, clock=clock, sleep=clock.sleep, progress=progress.append)
@@ -793,9 +535,9 @@ def test_successful_run_reports_completed_stats_from_the_destination(lv):
 
 @BOTH
 def test_rerun_after_success_is_not_changed(lv):
-    dconn = FakeConn("qemu+ssh://root@198.18.0.2/system",
-                     [FakeDomain(lv, "vm12", UUID, XML_C12, state="running")])
-    sconn = FakeConn("qemu:///system")
+    dconn = Connection("qemu+ssh://root@198.18.0.2/system",
+                       [Domain("vm12", XML_C12, uuid=UUID, state="running")])
+    sconn = Connection("qemu:///system")
     res = m.migrate_domain(opts(), sconn, dconn, rt=m.Runtime(lv=lv))
     assert res["changed"] is False and res["state"] == "already_migrated" and res["case"] == "c"
 
@@ -828,7 +570,7 @@ def test_lost_destination_connection_aborts_and_gives_up_when_the_job_stays_lock
         if samples["n"] == 3:
             dconn.alive = False  # keepalive gave up on the destination
         if sdom.aborted:
-            raise FakeLibvirtError("Timed out during operation: cannot acquire state change lock")
+            raise LibvirtError("Timed out during operation: cannot acquire state change lock")
         return real_stats(flags)
 
     sdom.jobStats = stats
@@ -865,9 +607,9 @@ def test_timeout_with_postcopy_switches_and_completes():
 
 def test_c11_d_run_touches_nothing():
     lv = LV_11_3
-    sdom = FakeDomain(lv, "vm12", UUID, XML_C12)
-    ddom = FakeDomain(lv, "vm12", UUID, XML_C12)
-    sconn, dconn = FakeConn("qemu:///system", [sdom]), FakeConn("qemu+ssh://x/system", [ddom])
+    sdom = Domain("vm12", XML_C12, uuid=UUID)
+    ddom = Domain("vm12", XML_C12, uuid=UUID)
+    sconn, dconn = Connection("qemu:///system", [sdom]), Connection("qemu+ssh://x/system", [ddom])
     with pytest.raises(KvmopsError, match="STOP"):
         m.migrate_domain(opts(cleanup_leftover=True), sconn, dconn, rt=m.Runtime(lv=lv))
     assert sdom.calls == [] and ddom.calls == []
@@ -876,11 +618,11 @@ def test_c11_d_run_touches_nothing():
 def test_c11_b_run_cleans_our_leftover_then_migrates():
     lv = LV_11_3
     fx = load("jobstats_converging.json")
-    sdom = FakeDomain(lv, "vm12", UUID, XML_C12, samples=fx["samples"], completed=fx["completed"])
+    sdom = Domain("vm12", XML_C12, uuid=UUID, samples=fx["samples"], completed=fx["completed"])
     sdom.finish_after_samples = True
-    left = FakeDomain(lv, "vm12", UUID, XML_C12, state="paused", persistent=False)
+    left = Domain("vm12", XML_C12, uuid=UUID, state="paused", persistent=False)
     left.metadata_xml = '<migration run="abc" source="qemu:///system" started="1"/>'
-    sconn, dconn = FakeConn("qemu:///system", [sdom]), FakeConn("qemu+ssh://x/system", [left])
+    sconn, dconn = Connection("qemu:///system", [sdom]), Connection("qemu+ssh://x/system", [left])
     clock = FakeClock()
     res = m.migrate_domain(opts(cleanup_leftover=True, poll_interval_s=0.5), sconn, dconn,
                            rt=m.Runtime(lv=lv, clock=clock, sleep=clock.sleep))
@@ -920,7 +662,7 @@ def test_disk_total_is_remembered_for_the_result():
 def test_detect_zeroes_with_an_old_binding_on_a_new_library():
     """Debian 12's python3-libvirt 9.0 on libvirt 11.3 (the lab): the constant is missing but the
     library knows the parameter, so it is passed by its documented name."""
-    binding_9_library_11 = fake_libvirt(11003000, NEWER_THAN_9_0)
+    binding_9_library_11 = namespace(11003000, NEWER_THAN_9_0)
     plan = mp.build_plan(opts(), source(), binding_9_library_11)
     assert plan.params["migrate_disks_detect_zeroes"] == ["vda", "vdb"]
     assert not any("detect_zeroes" in w for w in plan.warnings)
@@ -932,17 +674,17 @@ def test_detect_zeroes_with_an_old_binding_on_a_new_library():
 def _kernel_closes(rt, monkeypatch, on_close):
     """The source's kernel as ``ss`` sees it: QEMU (pid 4242, vm12's) holds one data connection
     to the destination; ``ss -K`` closes it and calls ``on_close``."""
-    from ansible_collections.kvmops.migration.plugins.module_utils import _images
+    from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 
-    class Kernel(_images.Runner):
+    class Kernel(_runner.Runner):
         conns = ["ESTAB 0 2339968 198.18.0.1:34610 198.18.0.2:49153 users:((\"qemu-system-x86\",pid=4242,fd=41))"]
 
         def run(self, argv):
             if argv[1] == "-K":
                 self.conns = []
                 on_close()
-                return _images.RunResult(0, "", "")
-            return _images.RunResult(0, "\n".join(self.conns), "")
+                return _runner.RunResult(0, "", "")
+            return _runner.RunResult(0, "\n".join(self.conns), "")
 
     rt.runner = Kernel()
     monkeypatch.setattr(m._sockets, "qemu_pid", lambda name: 4242 if name == "vm12" else None)
@@ -1021,13 +763,9 @@ def test_a_job_that_outlives_the_closed_connections_gets_the_abort_again(monkeyp
 
 def test_the_abort_is_sent_again_from_sever_after_s_every_reabort_every_s():
     """The schedule of the abort sent again (the caller calls it only before post-copy)."""
-    calls: list = []
-
-    class Dom:
-        def abortJob(self):
-            calls.append("abortJob")
-
-    reabort = m._Reabort(Dom(), mp.MigrationOptions(domain="vm12", dest_host="198.18.0.2"), m.Runtime(), [], LV_11_3)
+    dom = Domain("vm12", XML_C12)
+    calls = dom.calls
+    reabort = m._Reabort(dom, mp.MigrationOptions(domain="vm12", dest_host="198.18.0.2"), m.Runtime(), [], LV_11_3)
     reabort.maybe(9.9)
     assert calls == []
     reabort.maybe(10.0)
@@ -1104,8 +842,8 @@ def test_a_job_query_that_times_out_on_the_lock_is_not_taken_for_an_ended_job(mo
     still there: the wait goes on, the connections are closed, and only then the run reports."""
     sdom, sconn, dconn, rt, o = _cut_link_run(abort_grace_s=120, sever_after_s=10)
     real_abort = sdom.abortJob
-    lock = FakeLibvirtError("Timed out during operation: cannot acquire state change lock (held by "
-                            "monitor=remoteDispatchDomainMigratePerform3Params)", code=68)
+    lock = LibvirtError("Timed out during operation: cannot acquire state change lock (held by "
+                        "monitor=remoteDispatchDomainMigratePerform3Params)", code=68)
 
     def abort():
         sdom.lingering_job = [lock, lock, 5]
@@ -1198,9 +936,9 @@ def test_postcopy_summary_without_completed_stats_takes_the_last_sample():
     assert stats["data_bytes"] == last["data_processed"] and stats["iterations"] == last["memory_iteration"]
     assert stats["disk_bytes"] == last["disk_processed"]
     assert any("no completed statistics" in w for w in res["warnings"])
-    from ansible_collections.kvmops.migration.plugins.module_utils import _placement
+    from ansible_collections.kvmops.migration.plugins.module_utils import _report
 
-    lines = _placement.migration_summary("vm12", "hosta", "hostb", res)["lines"]
+    lines = _report.migration_summary("vm12", "hosta", "hostb", res)["lines"]
     assert lines[0].startswith("vm12 moved hosta -> hostb in at least %s s" % round(last["time_elapsed"] / 1000.0, 1))
     assert "None" not in lines[0] and "memory ?" not in " ".join(lines)
     assert "from the last progress sample" in lines[1]
@@ -1231,14 +969,14 @@ def test_completed_stats_wait_while_the_destination_job_runs():
     waited for (by the run's clock) up to COMPLETED_STATS_WAIT_ACTIVE_S, not only the grace."""
     lv = LV_11_3
     fx = load("jobstats_postcopy.json")
-    ddom = FakeDomain(lv, "vm12", UUID, XML_C12, samples=[{"stats": {"type": 2}}], completed=fx["completed"])
+    ddom = Domain("vm12", XML_C12, uuid=UUID, samples=[{"stats": {"type": 2}}], completed=fx["completed"])
     # not there for 20 s (one read every COMPLETED_STATS_POLL_S): longer than the grace, shorter than the active wait
     ddom.completed_late = int(20 / m.COMPLETED_STATS_POLL_S)
     clock = FakeClock()
     notes: list = []
     stats = m._completed_stats(ddom, None, lv, notes, m.Runtime(lv=lv, clock=clock, sleep=clock.sleep))
     assert stats["type"] == 3 and 20 - 1e-9 <= clock() < m.COMPLETED_STATS_WAIT_ACTIVE_S and notes == []  # float sums
-    idle = FakeDomain(lv, "vm12", UUID, XML_C12, completed=None)
+    idle = Domain("vm12", XML_C12, uuid=UUID, completed=None)
     clock = FakeClock()
     assert m._completed_stats(idle, None, lv, notes, m.Runtime(lv=lv, clock=clock, sleep=clock.sleep)) == {}
     assert clock() <= m.COMPLETED_STATS_WAIT_GRACE_S + 1

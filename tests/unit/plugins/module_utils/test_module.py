@@ -60,7 +60,7 @@ def test_errors_are_redacted():
 def test_domain_cpu_xml_result_is_redacted():
     """The module's xml mode returns a whole domain XML: its passwords never reach the output."""
     pytest.importorskip("libvirt")
-    from test_cpu import LAB, connector, lab_conn  # the fake libvirt host of the CPU tests
+    from fake_libvirt import LAB, connector, lab_conn  # the lab host of the CPU fixtures
     from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
     conns = {LAB: lab_conn()}
     params = {"xml": SECRET_XML.replace("type='kvm'", "type='qemu'"), "group_uris": [LAB],

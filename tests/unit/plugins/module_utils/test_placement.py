@@ -1,8 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Unit tests of _placement: locating a guest (C11 d), choosing destinations, evacuation plans,
-host UUID plans (C10), the image report (sparse check) and the migration summary."""
+"""Unit tests of placing guests and reporting on them: locating a guest (C11 d) and choosing
+destinations (_locate), evacuation plans (_evacuation), host UUID plans (C10) and mirrored
+networks (_host_prep), the image report (sparse check), the migration summary and the findings
+table (_report), and the modules' inputs (_migration_plan.libvirt_uris, _disk_info.disk_paths
+and disk_formats)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,12 @@ import uuid
 
 import pytest
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _placement as p
+from ansible_collections.kvmops.migration.plugins.module_utils import _disk_info
+from ansible_collections.kvmops.migration.plugins.module_utils import _evacuation
+from ansible_collections.kvmops.migration.plugins.module_utils import _host_prep
+from ansible_collections.kvmops.migration.plugins.module_utils import _locate
+from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
+from ansible_collections.kvmops.migration.plugins.module_utils import _report
 
 MIB = 1024 ** 2
 GIB = 1024 ** 3
@@ -37,7 +45,7 @@ def report(*errors, warnings=0):
 
 def test_locate_running_guest():
     hosts = {"hosta": host([dom("vm1"), dom("other")]), "hostb": host([])}
-    where = p.locate_guest("vm1", hosts)
+    where = _locate.locate_guest("vm1", hosts)
     assert where["error"] is None
     assert where["source"] == "hosta" and where["state"] == "running" and where["memory_bytes"] == 256 * MIB
     assert where["reachable"] == ["hosta", "hostb"]
@@ -46,13 +54,13 @@ def test_locate_running_guest():
 
 def test_locate_by_uuid():
     vm = dom("vm1")
-    where = p.locate_guest(vm["uuid"].upper(), {"hosta": host([]), "hostb": host([vm])})
+    where = _locate.locate_guest(vm["uuid"].upper(), {"hosta": host([]), "hostb": host([vm])})
     assert where["source"] == "hostb" and where["name"] == "vm1"
 
 
 def test_locate_missing_names_searched_and_unreachable_hosts():
     hosts = {"hosta": host([]), "hostb": {"unreachable": True, "msg": "ssh: connect timed out"}}
-    where = p.locate_guest("vm1", hosts)
+    where = _locate.locate_guest("vm1", hosts)
     assert not where["found"]
     assert "not defined on any host of group kvm_hosts (searched: hosta" in where["error"]
     assert "hostb (ssh: connect timed out)" in where["error"]
@@ -60,14 +68,14 @@ def test_locate_missing_names_searched_and_unreachable_hosts():
 
 def test_c11d_running_on_two_hosts_is_a_stop():
     hosts = {"hosta": host([dom("vm1")]), "hostb": host([dom("vm1", "paused")])}
-    where = p.locate_guest("vm1", hosts)
+    where = _locate.locate_guest("vm1", hosts)
     assert where["error"].startswith("STOP: guest vm1 is active on 2 hosts (hosta, hostb)")
 
 
 def test_c10_one_machine_under_two_inventory_names_is_named_as_such():
     same = host([dict(dom("vm1"), id=3)], uid="0b7f3d5e-0000-4000-8000-000000000001")
     same["host"]["hostname"] = "hosta"
-    where = p.locate_guest("vm1", {"hosta": same, "hosta2": same, "hostb": host([])})
+    where = _locate.locate_guest("vm1", {"hosta": same, "hosta2": same, "hostb": host([])})
     assert where["error"].startswith("Hosts hosta, hosta2 of group kvm_hosts look like one machine: same host "
                                      "name hosta, libvirt host UUID 0b7f3d5e-0000-4000-8000-000000000001")
     assert "remove the extra entry" in where["error"] and "STOP" not in where["error"]
@@ -77,19 +85,19 @@ def test_cloned_hosts_with_different_domain_ids_are_still_a_stop():
     uid = "0b7f3d5e-0000-4000-8000-000000000001"
     a, b = host([dict(dom("vm1"), id=3)], uid=uid), host([dict(dom("vm1"), id=7)], uid=uid)
     a["host"]["hostname"] = b["host"]["hostname"] = "clone"
-    where = p.locate_guest("vm1", {"hosta": a, "hostb": b})
+    where = _locate.locate_guest("vm1", {"hosta": a, "hostb": b})
     assert where["error"].startswith("STOP: guest vm1 is active on 2 hosts (hosta, hostb)")
 
 
 def test_running_copy_wins_over_an_inactive_definition():
     hosts = {"hosta": host([dom("vm1", "shutoff")]), "hostb": host([dom("vm1")])}
-    where = p.locate_guest("vm1", hosts)
+    where = _locate.locate_guest("vm1", hosts)
     assert where["source"] == "hostb" and where["on"] == {"hosta": "shutoff", "hostb": "running"}
 
 
 def test_defined_twice_and_running_nowhere_is_ambiguous():
     hosts = {"hosta": host([dom("vm1", "shutoff")]), "hostb": host([dom("vm1", "shutoff")])}
-    assert "runs on none" in p.locate_guest("vm1", hosts)["error"]
+    assert "runs on none" in _locate.locate_guest("vm1", hosts)["error"]
 
 
 # ------------------------------------------------------------------------------- destination
@@ -97,7 +105,7 @@ def test_defined_twice_and_running_nowhere_is_ambiguous():
 def test_pick_destination_prefers_most_memory_left_and_skips_errors():
     hosts = {"a": host([dom("vm1")]), "b": host([], 2 * GIB), "c": host([], 6 * GIB), "d": host([], 16 * GIB)}
     reports = {"b": report(), "c": report(), "d": report("bridge br-x missing")}
-    choice = p.pick_destination({"name": "vm1", "memory_bytes": GIB}, "a", hosts, reports, 256 * MIB)
+    choice = _locate.pick_destination({"name": "vm1", "memory_bytes": GIB}, "a", hosts, reports, 256 * MIB)
     assert choice["host"] == "c"
     assert [r["host"] for r in choice["ranking"]] == ["c", "b", "d"]
     assert choice["ranking"][2]["reasons"] == ["bridge br-x missing"]
@@ -105,21 +113,21 @@ def test_pick_destination_prefers_most_memory_left_and_skips_errors():
 
 def test_pick_destination_names_every_reason_when_none_fits():
     hosts = {"a": host([]), "b": host([], 512 * MIB)}
-    choice = p.pick_destination({"name": "vm1", "memory_bytes": GIB}, "a", hosts, {"b": report("CPU vendor clash")})
+    choice = _locate.pick_destination({"name": "vm1", "memory_bytes": GIB}, "a", hosts, {"b": report("CPU vendor clash")})
     assert choice["host"] is None
     assert "No host can take guest vm1 from a: b: CPU vendor clash | not enough memory on b" in choice["error"]
 
 
 def test_pick_destination_without_report_is_not_eligible():
-    choice = p.pick_destination({"name": "vm1", "memory_bytes": 1}, "a", {"a": host([]), "b": host([])},
-                                {"b": None})
+    choice = _locate.pick_destination({"name": "vm1", "memory_bytes": 1}, "a", {"a": host([]), "b": host([])},
+                                      {"b": None})
     assert choice["host"] is None and "no pre-flight report" in choice["error"]
 
 
 def test_warnings_break_ties():
     hosts = {"a": host([]), "b": host([], 4 * GIB), "c": host([], 4 * GIB)}
-    ranking = p.rank_destinations({"name": "vm1", "memory_bytes": 1}, "a", hosts,
-                                  {"b": report(warnings=2), "c": report()})
+    ranking = _locate.rank_destinations({"name": "vm1", "memory_bytes": 1}, "a", hosts,
+                                        {"b": report(warnings=2), "c": report()})
     assert [r["host"] for r in ranking] == ["c", "b"]
 
 
@@ -127,7 +135,7 @@ def test_warnings_break_ties():
 
 def test_select_guests_filters():
     doms = [dom("web1"), dom("web2"), dom("db1"), dom("idle", "shutoff"), dom("frozen", "paused")]
-    sel = p.select_guests(doms, ["web*", "db*", "frozen"], ["web2"])
+    sel = _evacuation.select_guests(doms, ["web*", "db*", "frozen"], ["web2"])
     assert [d["name"] for d in sel["selected"]] == ["db1", "web1"]
     reasons = {s["guest"]: s["reason"] for s in sel["skipped"]}
     assert reasons["web2"] == "excluded by pattern web2"
@@ -140,7 +148,7 @@ def test_plan_evacuation_counts_what_it_placed_and_batches():
     guests = [dom("g1", memory=2 * GIB), dom("g2", memory=GIB), dom("g3", memory=GIB), dom("g4", memory=4 * GIB)]
     ok = {h: report() for h in ("b", "c")}
     reports = {g["name"]: ok for g in guests}
-    plan = p.plan_evacuation("a", guests, hosts, reports, 0, 2)
+    plan = _evacuation.plan_evacuation("a", guests, hosts, reports, 0, 2)
     assert [(m["guest"], m["to"]) for m in plan["moves"]] == [("g1", "b"), ("g2", "c"), ("g3", "b")]
     assert plan["unplaced"][0]["guest"] == "g4" and "not enough memory" in plan["unplaced"][0]["reason"]
     assert plan["batches"] == [["g1", "g2"], ["g3"]]
@@ -149,7 +157,7 @@ def test_plan_evacuation_counts_what_it_placed_and_batches():
 def test_plan_evacuation_respects_cpu_incompatibility():
     hosts = {"a": host([]), "b": host([], 64 * GIB), "c": host([], 2 * GIB)}
     reports = {"g1": {"b": report("host CPU vendor does not match"), "c": report()}}
-    plan = p.plan_evacuation("a", [dom("g1")], hosts, reports)
+    plan = _evacuation.plan_evacuation("a", [dom("g1")], hosts, reports)
     assert plan["moves"][0]["to"] == "c"
 
 
@@ -158,13 +166,13 @@ def test_evacuation_summary():
             "unplaced": [{"guest": "g4", "reason": "no host can take it"}]}
     results = {"g1": {"ok": True, "state": "migrated", "duration_s": 3.2, "downtime_ms": 40},
                "g2": {"ok": False, "msg": "pre-flight failed"}}
-    out = p.evacuation_summary("a", plan, results, [{"guest": "off", "reason": "not running (shutoff)"}])
+    out = _evacuation.evacuation_summary("a", plan, results, [{"guest": "off", "reason": "not running (shutoff)"}])
     assert [m["guest"] for m in out["moved"]] == ["g1"]
     assert {f["guest"]: f["reason"] for f in out["failed"]} == {"g2": "pre-flight failed", "g3": "not attempted"}
     assert [n["guest"] for n in out["not_moved"]] == ["g4", "off"]
     assert out["ok"] is False and out["lines"][0] == "Evacuation of a: 1 moved, 2 failed, 2 not moved."
     assert out["lines"][1] == "  moved  g1 -> b (3.2 s, downtime 40 ms)"
-    planned = p.evacuation_summary("a", {"moves": [{"guest": "g1", "to": "b"}]}, {"g1": {"ok": True, "state": "planned"}})
+    planned = _evacuation.evacuation_summary("a", {"moves": [{"guest": "g1", "to": "b"}]}, {"g1": {"ok": True, "state": "planned"}})
     assert planned["lines"][1] == "  plan   g1 -> b"
 
 
@@ -175,28 +183,28 @@ def test_c10_duplicate_host_uuid_is_replaced_on_the_later_host_only():
     hosts = {"hosta": {"uuid": same, "uuid_configured": same, "uuid_configured_valid": True},
              "hostb": {"uuid": same, "uuid_configured": None},
              "hostc": {"uuid": "0b7d2c3e-2222-4a2b-9c3d-0123456789ab", "uuid_configured": None}}
-    plan = p.host_uuid_plan(hosts, ["hosta", "hostb", "hostc"])
+    plan = _host_prep.host_uuid_plan(hosts, ["hosta", "hostb", "hostc"])
     assert plan["hosta"]["action"] == "keep"
     assert plan["hostb"]["action"] == "replace" and plan["hostb"]["restart"] is True
     assert plan["hostb"]["uuid"] not in (same, plan["hostc"]["uuid"])
     assert "also hosta's" in plan["hostb"]["reason"]
     assert plan["hostc"] == dict(plan["hostc"], action="pin", restart=False)
     # stable: a rerun computes the same value
-    assert p.host_uuid_plan(hosts, ["hosta", "hostb", "hostc"])["hostb"]["uuid"] == plan["hostb"]["uuid"]
+    assert _host_prep.host_uuid_plan(hosts, ["hosta", "hostb", "hostc"])["hostb"]["uuid"] == plan["hostb"]["uuid"]
 
 
 def test_c10_invalid_configured_uuid_and_no_pin():
     hosts = {"a": {"uuid": "1b7d2c3e-2222-4a2b-9c3d-0123456789ab", "uuid_configured": "ffffffff-ffff-ffff-ffff-ffffffffffff",
                    "uuid_configured_valid": False},
              "b": {"uuid": "2b7d2c3e-2222-4a2b-9c3d-0123456789ab", "uuid_configured": None}}
-    plan = p.host_uuid_plan(hosts, ["a", "b"], pin=False)
+    plan = _host_prep.host_uuid_plan(hosts, ["a", "b"], pin=False)
     assert plan["a"]["action"] == "replace" and "not a valid host UUID" in plan["a"]["reason"]
     assert plan["b"]["action"] == "keep"
 
 
 def test_new_host_uuid_avoids_taken_values():
-    first = p.new_host_uuid("hostb")
-    assert p.new_host_uuid("hostb", [first]) != first
+    first = _host_prep.new_host_uuid("hostb")
+    assert _host_prep.new_host_uuid("hostb", [first]) != first
 
 
 # ------------------------------------------------------------------------------- reports
@@ -212,7 +220,7 @@ SRC = [{"target": "vda", "path": "/i/vm.raw", "format": "raw", "virtual_size": 1
 def test_image_report_sparse(dst_alloc, sparse):
     dst = [{"path": "/i/vm.raw", "exists": True, "virtual_size": 10 * GIB, "allocation": dst_alloc},
            {"path": "/i/vm.swap", "exists": True, "virtual_size": 10 * GIB, "allocation": 4096}]
-    rep = p.image_report(SRC, dst, ["/i/vm.raw", "/i/vm.swap"])
+    rep = _report.image_report(SRC, dst, ["/i/vm.raw", "/i/vm.swap"])
     assert [i["target"] for i in rep["images"]] == ["vda", "vdb"]
     assert rep["images"][0]["sparse"] is sparse and rep["ok"] is sparse
     assert rep["images"][0]["created"] is True
@@ -222,7 +230,7 @@ def test_image_report_sparse(dst_alloc, sparse):
 
 def test_image_report_missing_and_wrong_size():
     dst = [{"path": "/i/vm.raw", "exists": True, "virtual_size": 5 * GIB, "allocation": 0}]
-    rep = p.image_report(SRC, dst)
+    rep = _report.image_report(SRC, dst)
     assert not rep["ok"]
     assert "virtual size 5368709120 bytes on the destination, 10737418240 on the source" in rep["problems"][0]
     assert "/i/vm.swap is missing" in rep["problems"][1]
@@ -232,7 +240,7 @@ def test_image_report_leaves_shared_disks_out():
     """A disk on storage both hosts see was not copied: no image of it to compare, and the summary
     must not advise removing the 'old image' on the source (it is the guest's only one)."""
     dst = [{"path": "/i/vm.raw", "exists": True, "virtual_size": 10 * GIB, "allocation": 256 * MIB}]
-    rep = p.image_report(SRC, dst, [], shared=["vdb"])
+    rep = _report.image_report(SRC, dst, [], shared=["vdb"])
     assert [i["target"] for i in rep["images"]] == ["vda"] and rep["ok"]
 
 
@@ -240,11 +248,11 @@ def test_migration_summary_lines():
     result = {"changed": True, "state": "migrated", "plan": {"flags": ["VIR_MIGRATE_LIVE"]},
               "stats": {"time_ms": 12345, "downtime_ms": 42, "memory_bytes": 300 * MIB, "disk_bytes": 20 * GIB,
                         "disk_allocated_bytes": 256 * MIB, "iterations": 3}, "warnings": []}
-    images = p.image_report(SRC, [{"path": "/i/vm.raw", "exists": True, "virtual_size": 10 * GIB,
-                                   "allocation": 256 * MIB},
-                                  {"path": "/i/vm.swap", "exists": True, "virtual_size": 10 * GIB, "allocation": 0}],
-                            ["/i/vm.raw"])
-    s = p.migration_summary("vm", "hosta", "hostb", result, images, ["/i/vm.raw"])
+    images = _report.image_report(SRC, [{"path": "/i/vm.raw", "exists": True, "virtual_size": 10 * GIB,
+                                         "allocation": 256 * MIB},
+                                        {"path": "/i/vm.swap", "exists": True, "virtual_size": 10 * GIB, "allocation": 0}],
+                                  ["/i/vm.raw"])
+    s = _report.migration_summary("vm", "hosta", "hostb", result, images, ["/i/vm.raw"])
     assert s["duration_s"] == 12.3 and s["downtime_ms"] == 42 and s["images_created"] == ["/i/vm.raw"]
     assert s["lines"][0] == "vm moved hosta -> hostb in 12.3 s, downtime 42 ms."
     assert s["lines"][1] == "moved: memory 300.0 MiB, disks 256.0 MiB of data (20.0 GiB of disk walked), 3 memory pass(es)"
@@ -253,52 +261,61 @@ def test_migration_summary_lines():
 
 
 def test_migration_summary_plan_and_noop():
-    plan = p.migration_summary("vm", "a", "b", {"state": "planned", "plan": {"flags": ["VIR_MIGRATE_LIVE"]}},
-                               check_mode=True, created=["/i/x"])
+    plan = _report.migration_summary("vm", "a", "b", {"state": "planned", "plan": {"flags": ["VIR_MIGRATE_LIVE"]}},
+                                     check_mode=True, created=["/i/x"])
     assert plan["lines"][0].startswith("PLAN (check mode): vm would move a -> b")
     assert plan["lines"][1] == "images would be created on b: /i/x"
-    noop = p.migration_summary("vm", "b", "b", {"state": "already_migrated", "changed": False})
+    noop = _report.migration_summary("vm", "b", "b", {"state": "already_migrated", "changed": False})
     assert noop["lines"][0] == "vm already runs on b: nothing to do." and noop["changed"] is False
 
 
 def test_human_bytes():
-    assert p.human_bytes(None) == "?" and p.human_bytes(512) == "512 B" and p.human_bytes(1536) == "1.5 KiB"
+    assert _report.human_bytes(None) == "?" and _report.human_bytes(512) == "512 B" and _report.human_bytes(1536) == "1.5 KiB"
 
 
 # ------------------------------------------------------------------------------- module inputs
 
 def test_libvirt_uris():
-    uris = p.libvirt_uris({"hosta": "198.18.0.1", "hostb": "fd00::2"}, "root", "ssh", local="hosta")
+    uris = _migration_plan.libvirt_uris({"hosta": "198.18.0.1", "hostb": "fd00::2"}, "root", "ssh", local="hosta")
     assert uris == [{"name": "hosta", "uri": "qemu:///system"},
                     {"name": "hostb", "uri": "qemu+ssh://root@[fd00::2]/system"}]
-    assert p.libvirt_uris({"b": "10.0.0.2"}, transport="tls")[0]["uri"] == "qemu+tls://10.0.0.2/system"
+    assert _migration_plan.libvirt_uris({"b": "10.0.0.2"}, transport="tls")[0]["uri"] == "qemu+tls://10.0.0.2/system"
 
 
 def test_disk_paths():
     disks = [{"path": "/i/a", "type": "file", "backing": [{"path": "/i/base"}]},
              {"path": None, "type": "network"}, {"path": "/i/a", "type": "file"}]
-    assert p.disk_paths(disks) == ["/i/a", "/i/base"]
+    assert _disk_info.disk_paths(disks) == ["/i/a", "/i/base"]
 
 
 def test_disk_formats_are_the_declared_ones():
     disks = [{"path": "/i/a", "type": "file", "format": "qcow2",
               "backing": [{"path": "/i/base", "format": "raw"}, {"path": "/i/undeclared"}]},
              {"path": "/i/n", "type": "network", "format": "raw"}, {"path": "/i/a", "type": "file", "format": "raw"}]
-    assert p.disk_formats(disks) == {"/i/a": "qcow2", "/i/base": "raw"}
+    assert _disk_info.disk_formats(disks) == {"/i/a": "qcow2", "/i/base": "raw"}
 
 
 def test_findings_table_errors_first():
     rep = {"findings": [{"check": "memory", "status": "ok", "msg": "fine"},
                         {"check": "network", "status": "error", "msg": "br-x missing"}]}
-    assert p.findings_table(rep) == ["ERROR   network            br-x missing"]
-    assert len(p.findings_table(rep, show_ok=True)) == 2
+    assert _report.findings_table(rep) == ["ERROR   network            br-x missing"]
+    assert len(_report.findings_table(rep, show_ok=True)) == 2
 
 
 def test_mirror_networks_drop_identity():
     xml = ("<network><name>default</name><uuid>1b7d2c3e-2222-4a2b-9c3d-0123456789ab</uuid>"
            "<forward mode='nat'/><bridge name='virbr0'/><mac address='52:54:00:aa:bb:cc'/>"
            "<ip address='198.18.1.1' netmask='255.255.255.0'/></network>")
-    out = p.mirror_networks([{"name": "default", "xml": xml}, {"name": "other", "xml": xml}], ["default"])
+    out = _host_prep.mirror_networks([{"name": "default", "xml": xml}, {"name": "other", "xml": xml}], ["default"])
     assert len(out) == 1 and out[0]["name"] == "default"
     assert "<uuid>" not in out[0]["xml"] and "52:54:00" not in out[0]["xml"]
     assert "virbr0" in out[0]["xml"] and "198.18.1.1" in out[0]["xml"]
+
+
+def test_mirror_networks_parse_with_the_hardened_parser(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("do-not-leak")
+    xml = ("<!DOCTYPE network [<!ENTITY leak SYSTEM 'file://%s'>]>"
+           "<network><name>default</name><description>&leak;</description><bridge name='virbr0'/></network>" % secret)
+    out = _host_prep.network_for_host(xml)
+    assert "do-not-leak" not in out and "virbr0" in out

@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Unit tests of the pre-flight (_preflight and its checks in _checks_guest, _checks_storage and
 _checks_network): one or more per check, the cases of ../shared/cases/CASES.md that
-pre-flight catches as named tests, and whole runs against hand-written fake hosts (CPU
-comparison by test_cpu's FakeConn, which mimics libvirt's messages)."""
+pre-flight catches as named tests, and whole runs against fake hosts of the one fake libvirt
+(fake_libvirt.py, whose CPU comparison mimics libvirt's messages)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ import tempfile
 import pytest
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _checks_guest, _checks_network, _checks_storage, _domain_xml, _findings, _host, _tls
+from ansible_collections.kvmops.migration.plugins.module_utils import _storage
 from ansible_collections.kvmops.migration.plugins.module_utils import _preflight as pf
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 libvirt = pytest.importorskip("libvirt")
 
-from test_cpu import C06_CPU, FakeLibvirtError, domain, intel_conn, lab_conn  # noqa: E402
+from fake_libvirt import LAB_UUID, Connection, Domain, LibvirtError, Network, connector, intel_conn, lab_conn  # noqa: E402
+from test_cpu import C06_CPU, domain  # noqa: E402
 import tls_fakes  # noqa: E402
 
 GIB = 1024 ** 3
@@ -238,9 +240,9 @@ def test_c12_cache_writeback_on_copied_disk_warns_and_on_shared_disk_errors():
 
 def test_same_file_fingerprints():
     fp = {"path": "/p", "inode": 5, "size": 10, "fsid": 1}
-    assert _checks_storage.same_file(fp, dict(fp, fsid=2)) is True
-    assert _checks_storage.same_file(fp, dict(fp, inode=6)) is False
-    assert _checks_storage.same_file(fp, None) is False
+    assert _storage.same_file(fp, dict(fp, fsid=2)) is True
+    assert _storage.same_file(fp, dict(fp, inode=6)) is False
+    assert _storage.same_file(fp, None) is False
 
 
 QCOW = {"target": "vda", "path": "/var/lib/libvirt/images/vm1.qcow2", "format": "qcow2",
@@ -409,39 +411,8 @@ def test_c08_mapping_applies():
     assert [f["status"] for f in out] == ["ok", "ok"] and out[0]["values"]["dest_source"] == "br0"
 
 
-class Net:
-    def __init__(self, active, bridge="virbr0"):
-        self.active, self.bridge = active, bridge
-
-    def isActive(self):  # noqa: N802
-        return self.active
-
-    def bridgeName(self):  # noqa: N802
-        return self.bridge
-
-
-class NetConn:
-    def __init__(self, nets, ifaces):
-        self.nets, self.ifaces = nets, ifaces
-
-    def networkLookupByName(self, name):  # noqa: N802
-        if name not in self.nets:
-            raise FakeLibvirtError("Network not found: no network with matching name '%s'" % name,
-                                   libvirt.VIR_ERR_NO_NETWORK)
-        return self.nets[name]
-
-    def interfaceLookupByName(self, name):  # noqa: N802
-        if name not in self.ifaces:
-            raise FakeLibvirtError("Interface not found: no interface with matching name '%s'" % name,
-                                   libvirt.VIR_ERR_NO_INTERFACE)
-        return Net(True)
-
-    def listAllNetworks(self, flags=0):  # noqa: N802
-        return list(self.nets.values())
-
-
 def test_libvirt_network_lookup():
-    look = _checks_network.libvirt_network_lookup(NetConn({"default": Net(False)}, ["br0"]), libvirt)
+    look = _checks_network.libvirt_network_lookup(Connection(networks={"default": Network(False)}, interfaces=["br0"]), libvirt)
     assert look("network", "default") == {"exists": True, "active": False}
     assert look("network", "nope") == {"exists": False, "active": None}
     assert look("bridge", "br0") == {"exists": True, "active": True}
@@ -449,16 +420,8 @@ def test_libvirt_network_lookup():
     assert look("bridge", "br-vlan774") == {"exists": False, "active": None}
 
 
-class NoInterfaceDriver(NetConn):
-    """A libvirtd without an interface driver (no netcf/udev backend, as in the lab)."""
-
-    def interfaceLookupByName(self, name):  # noqa: N802
-        raise FakeLibvirtError("this function is not supported by the connection driver: "
-                               "virInterfaceLookupByName", libvirt.VIR_ERR_NO_SUPPORT)
-
-
 def test_c08_bridge_checked_against_the_destinations_interface_facts():
-    conn = NoInterfaceDriver({"default": Net(True)}, [])
+    conn = Connection(networks={"default": Network(True)}, interface_driver=False)  # no netcf/udev backend, as in the lab
     unknown = _checks_network.libvirt_network_lookup(conn, libvirt)("bridge", "br-vm")
     assert unknown["exists"] is None and "cannot list host interfaces" in unknown["why"]
     facts = _checks_network.libvirt_network_lookup(conn, libvirt, ["lo", "eth0", "virbr0"])
@@ -592,111 +555,21 @@ def test_options_validate_and_wanted_features():
 # whole runs against fake hosts
 # ------------------------------------------------------------------------------------------
 
-class Dom:
-    def __init__(self, xml, state=libvirt.VIR_DOMAIN_RUNNING):
-        self.xml = xml
-        self._state = state
-        self.facts = _domain_xml.domain_facts(xml)
-
-    def name(self):
-        return self.facts["name"]
-
-    def UUIDString(self):  # noqa: N802
-        return self.facts["uuid"]
-
-    def state(self):
-        return [self._state, 1]
-
-    def isActive(self):  # noqa: N802
-        return self._state != libvirt.VIR_DOMAIN_SHUTOFF
-
-    def isPersistent(self):  # noqa: N802
-        return True
-
-    def metadata(self, kind, uri, flags):
-        raise FakeLibvirtError("metadata not found", libvirt.VIR_ERR_NO_DOMAIN_METADATA)
-
-    def XMLDesc(self, flags=0):  # noqa: N802
-        return self.xml
+def dom(xml, state=libvirt.VIR_DOMAIN_RUNNING):
+    """A guest of ``xml`` as the pre-flight's hosts hold it (state reason 1)."""
+    return Domain(xml=xml, state=state, reason=1)
 
 
-class Host:
-    """A fake host: the CPU side is test_cpu's lab FakeConn; domains, networks, memory and
-    versions here. It has no method that changes anything: a call to one would raise."""
-
-    def __init__(self, uri, uuid, hostname, domains=(), bridges=("br-vm",), nets=None,
-                 free=4 * GIB, lib=11003000, qemu=10000002):
-        self.cpu = lab_conn(uri)
-        self.uri, self.uuid, self.hostname = uri, uuid, hostname
-        self.domains = list(domains)
-        self.bridges, self.nets = list(bridges), dict(nets or {})
-        self.free, self.lib, self.qemu = free, lib, qemu
-
-    def getURI(self):  # noqa: N802
-        return self.uri
-
-    def getCapabilities(self):  # noqa: N802
-        xml = self.cpu.getCapabilities()
-        return xml.replace("8d9ddfc6-4b76-406e-8682-a4f88451c69d", self.uuid)
-
-    def getDomainCapabilities(self, *args):  # noqa: N802
-        return self.cpu.getDomainCapabilities(*args)
-
-    def compareHypervisorCPU(self, *args):  # noqa: N802
-        return self.cpu.compareHypervisorCPU(*args)
-
-    def getHostname(self):  # noqa: N802
-        return self.hostname
-
-    def getLibVersion(self):  # noqa: N802
-        return self.lib
-
-    def getVersion(self):  # noqa: N802
-        return self.qemu
-
-    def getFreeMemory(self):  # noqa: N802
-        return self.free
-
-    def getMemoryStats(self, cell, flags):  # noqa: N802
-        return {"total": 8 * 1024 ** 2, "free": self.free // 1024, "buffers": 0, "cached": 1024 ** 2}
-
-    def _find(self, attr, key):
-        for dom in self.domains:
-            if getattr(dom, attr)() == key:
-                return dom
-        raise FakeLibvirtError("Domain not found: '%s'" % key, libvirt.VIR_ERR_NO_DOMAIN)
-
-    def lookupByName(self, name):  # noqa: N802
-        return self._find("name", name)
-
-    def lookupByUUIDString(self, uuid):  # noqa: N802
-        return self._find("UUIDString", uuid)
-
-    def networkLookupByName(self, name):  # noqa: N802
-        return NetConn(self.nets, self.bridges).networkLookupByName(name)
-
-    def interfaceLookupByName(self, name):  # noqa: N802
-        return NetConn(self.nets, self.bridges).interfaceLookupByName(name)
-
-    def listAllNetworks(self, flags=0):  # noqa: N802
-        return list(self.nets.values())
-
-    def listAllStoragePools(self, flags=0):  # noqa: N802
-        return []
-
-    def storageVolLookupByPath(self, path):  # noqa: N802
-        raise FakeLibvirtError("Storage volume not found", libvirt.VIR_ERR_NO_STORAGE_VOL)
-
-
-def connector(hosts):
-    import contextlib
-
-    @contextlib.contextmanager
-    def connect(uri):
-        if uri not in hosts:
-            raise KvmopsError("Could not connect to libvirt at %s." % uri)
-        yield hosts[uri]
-    return connect
+def lab_host(uri, uuid, hostname, domains=(), bridges=("br-vm",), nets=None, free=4 * GIB, lib=11003000,
+             qemu=10000002):
+    """A host of the lab's CPU (fake_libvirt.lab_conn) with host UUID ``uuid``, its domains,
+    bridges, networks, memory and versions. Read-only: a changing call fails the test."""
+    conn = lab_conn(uri, domains=list(domains), hostname=hostname, interfaces=bridges, networks=nets,
+                    free_memory=free, mem_stats={"total": 8 * 1024 ** 2, "free": free // 1024, "buffers": 0,
+                                                 "cached": 1024 ** 2},
+                    lib_version=lib, version=qemu, readonly=True)
+    conn.caps_xml = conn.caps_xml.replace(LAB_UUID, uuid)
+    return conn
 
 
 def run_xml(tmp_path, nic="br-vm"):
@@ -751,8 +624,8 @@ DEST_URI = "qemu+ssh://root@%s/system" % DST
 
 def test_run_all_checks_pass_and_touch_nothing(tmp_path):
     xml, image, kernel = run_xml(tmp_path)
-    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
-    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [dom(xml)])
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
     res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src, DEST_URI: dst}))
     errors = [f for f in res["findings"] if f["status"] == "error"]
     assert res["ok"] is True, errors
@@ -769,9 +642,9 @@ def test_run_all_checks_pass_and_touch_nothing(tmp_path):
 
 def test_run_c08_c10_c11_together(tmp_path):
     xml, image, kernel = run_xml(tmp_path, nic="br-vlan774")
-    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
-    other = Dom(xml.replace(UUID, "11111111-2222-3333-4444-555555555555"), libvirt.VIR_DOMAIN_SHUTOFF)
-    dst = Host(DEST_URI, "aaaaaaaa-0000-0000-0000-000000000001", "hostb", [other])
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [dom(xml)])
+    other = dom(xml.replace(UUID, "11111111-2222-3333-4444-555555555555"), libvirt.VIR_DOMAIN_SHUTOFF)
+    dst = lab_host(DEST_URI, "aaaaaaaa-0000-0000-0000-000000000001", "hostb", [other])
     res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src, DEST_URI: dst}))
     assert res["ok"] is False
     errs = {f["check"]: f for f in res["findings"] if f["status"] == "error"}
@@ -782,15 +655,15 @@ def test_run_c08_c10_c11_together(tmp_path):
 
 def test_run_already_migrated_stops_early(tmp_path):
     xml, image, kernel = run_xml(tmp_path)
-    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [])
-    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb", [Dom(xml)])
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [])
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb", [dom(xml)])
     res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src, DEST_URI: dst}))
     assert res["ok"] is True and res["already_migrated"] is True
 
 
 def test_run_destination_unreachable_is_a_finding(tmp_path):
     xml, image, kernel = run_xml(tmp_path)
-    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [dom(xml)])
     res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src}))
     assert res["ok"] is False
     f = only(res["findings"], "dest_connection")
@@ -799,10 +672,10 @@ def test_run_destination_unreachable_is_a_finding(tmp_path):
 
 def test_run_group_finds_guest_twice(tmp_path):
     xml, image, kernel = run_xml(tmp_path)
-    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
-    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
-    hostc = Host("qemu+ssh://root@hostc/system", "cccccccc-0000-0000-0000-000000000003", "hostc",
-                 [Dom(xml, libvirt.VIR_DOMAIN_SHUTOFF)])
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [dom(xml)])
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    hostc = lab_host("qemu+ssh://root@hostc/system", "cccccccc-0000-0000-0000-000000000003", "hostc",
+                     [dom(xml, libvirt.VIR_DOMAIN_SHUTOFF)])
     res = pf.run_preflight(
         opts_for(image, kernel, group=[{"name": "hostc", "uri": hostc.uri}, {"name": DST, "uri": DEST_URI}]),
         probes({"qemu:///system": src, DEST_URI: dst, hostc.uri: hostc}))
@@ -812,8 +685,8 @@ def test_run_group_finds_guest_twice(tmp_path):
 
 def test_run_module_shapes_the_result_and_maps_ports(tmp_path):
     xml, image, kernel = run_xml(tmp_path, nic="br-vlan774")
-    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
-    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [dom(xml)])
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
     seen = []
     probe = probes({"qemu:///system": src, DEST_URI: dst})
     probe.tcp = lambda a, p, t: seen.append((p, t)) or ("open" if p == 22 else "refused")
@@ -830,14 +703,14 @@ def test_run_module_shapes_the_result_and_maps_ports(tmp_path):
 def test_run_destination_domain_unreadable_is_a_finding_not_a_traceback(tmp_path):
     """A destination domain whose state cannot be read (issue 13 item 2): an error finding."""
     xml, image, kernel = run_xml(tmp_path)
-    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
-    other = Dom(xml.replace(UUID, "11111111-2222-3333-4444-555555555555"), libvirt.VIR_DOMAIN_SHUTOFF)
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [dom(xml)])
+    other = dom(xml.replace(UUID, "11111111-2222-3333-4444-555555555555"), libvirt.VIR_DOMAIN_SHUTOFF)
 
     def broken():
-        raise FakeLibvirtError("Cannot recv data: Connection reset by peer", 38)
+        raise LibvirtError("Cannot recv data: Connection reset by peer", 38)
 
     other.state = broken
-    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb", [other])
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb", [other])
     res = pf.run_preflight(opts_for(image, kernel), probes({"qemu:///system": src, DEST_URI: dst}))
     f = only(res["findings"], "destination_domain")
     assert res["ok"] is False and f["status"] == "error"
@@ -848,8 +721,8 @@ def test_run_with_located_does_not_search_the_group_again(tmp_path):
     """The role's locate step found the guest (issue 13 item 3): no group host is connected to,
     the located facts are judged instead, and the result carries what was checked."""
     xml, image, kernel = run_xml(tmp_path)
-    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
-    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [dom(xml)])
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
     opened = []
     probe = probes({"qemu:///system": src, DEST_URI: dst})
     connect = probe.connect
@@ -882,8 +755,8 @@ PROBE_ID = "k3v9x0q2m8a1z7c4"
 
 
 def local_hosts(xml):
-    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
-    dst = Host(LOCAL_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [dom(xml)])
+    dst = lab_host(LOCAL_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
     return {"qemu:///system": src, LOCAL_URI: dst}
 
 
@@ -1032,8 +905,8 @@ def test_cache_mode_of_a_shared_disk_follows_the_source_qemu():
 
 def _transport_run(tmp_path, **kw):
     xml, image, kernel = run_xml(tmp_path)
-    src = Host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [Dom(xml)])
-    dst = Host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [dom(xml)])
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
     material = kw.pop("tls_material", None)
     return pf.run_preflight(opts_for(image, kernel, **kw),
                             probes({"qemu:///system": src, DEST_URI: dst}, tls_material=material))

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) kvmops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Unit tests of issue 13 items 2 and 3 against test_migration's fakes of libvirt:
+"""Unit tests of issue 13 items 2 and 3 against the fake libvirt (fake_libvirt.py):
 
 - recovery after a failed migration resumes the source whatever fails on the destination (a
   lookup or a state read that raises), never raises over the migration's own error, and notes
@@ -18,12 +18,12 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xm
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration as m
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-from test_migration import (  # noqa: E402
-    GIB, LV_11_3, UUID, XML_C12, FakeConn, FakeDomain, FakeLibvirtError, load, opts, setup_run)
+from fake_libvirt import LV_11_3, Connection, Domain, LibvirtError
+from test_migration import GIB, UUID, XML_C12, load, opts, setup_run  # noqa: E402
 
 
 def _broken(*_args, **_kwargs):
-    raise FakeLibvirtError("Cannot recv data: Connection reset by peer", code=38)
+    raise LibvirtError("Cannot recv data: Connection reset by peer", code=38)
 
 
 def fail_after_abort(sdom, dconn, what):
@@ -136,10 +136,10 @@ def test_recovery_never_resumes_the_source_while_the_guest_runs_on_the_destinati
 def test_a_destination_read_error_before_the_move_is_an_operator_error():
     """describe() of a destination domain goes through the guarded call (no raw libvirtError)."""
     lv = LV_11_3
-    sdom = FakeDomain(lv, "vm12", UUID, XML_C12)
-    other = FakeDomain(lv, "vm12", "11111111-2222-3333-4444-555555555555", XML_C12, state="shutoff")
+    sdom = Domain("vm12", XML_C12, uuid=UUID)
+    other = Domain("vm12", XML_C12, uuid="11111111-2222-3333-4444-555555555555", state="shutoff")
     other.state = _broken
-    sconn, dconn = FakeConn("qemu:///system", [sdom]), FakeConn("qemu+ssh://x/system", [other])
+    sconn, dconn = Connection("qemu:///system", [sdom]), Connection("qemu+ssh://x/system", [other])
     with pytest.raises(KvmopsError) as err:
         m.migrate_domain(opts(), sconn, dconn, rt=m.Runtime(lv=lv))
     assert "Could not read domain vm12 on 198.18.0.2" in err.value.msg
@@ -158,7 +158,7 @@ HOTPLUG = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
 
 def checked(xml=XML_CPU):
     """What the pre-flight checked and the role made images for: vda and vdb of 10 GiB
-    (FakeDomain.blockInfo reports 10 GiB for every disk), and the CPU of ``xml``."""
+    (fake_libvirt.Domain.blockInfo reports 10 GiB for every disk), and the CPU of ``xml``."""
     disks = [{"target": d["target"], "path": d["path"], "format": d["format"], "virtual_size": 10 * GIB}
              for d in _domain_xml.disks(xml)]
     return disks, _domain_xml.cpu_fingerprint(xml)
@@ -167,11 +167,11 @@ def checked(xml=XML_CPU):
 def guarded_run(xml, expect_disks, expect_cpu, check_mode=False, capacity=None):
     lv = LV_11_3
     fx = load("jobstats_converging.json")
-    sdom = FakeDomain(lv, "vm12", UUID, xml, samples=fx["samples"], completed=fx["completed"])
+    sdom = Domain("vm12", xml, uuid=UUID, samples=fx["samples"], completed=fx["completed"])
     sdom.finish_after_samples = True
     if capacity is not None:
         sdom.blockInfo = lambda target: [capacity.get(target, 10 * GIB), 128 * 1024 * 1024, 10 * GIB]
-    sconn, dconn = FakeConn("qemu:///system", [sdom]), FakeConn("qemu+ssh://root@198.18.0.2/system")
+    sconn, dconn = Connection("qemu:///system", [sdom]), Connection("qemu+ssh://root@198.18.0.2/system")
     o = opts(poll_interval_s=0.5, expect_disks=expect_disks, expect_cpu=expect_cpu)
     return sdom, dconn, (lambda: m.migrate_domain(o, sconn, dconn, check_mode=check_mode, rt=m.Runtime(lv=lv)))
 

@@ -6,7 +6,7 @@ QEMU process, and closing them (``ss -K``) with a fake runner that plays the ker
 
 from __future__ import annotations
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _images
+from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 from ansible_collections.kvmops.migration.plugins.module_utils import _sockets as s
 
 # recorded on a lab host (hosta) during a storage copy to hostb whose link was cut: two NBD
@@ -45,7 +45,7 @@ def test_data_connections_are_this_qemus_to_the_destination_on_migration_ports()
     assert s.data_connections(conns, 4242, ["198.18.0.3"]) == []
 
 
-class KernelRunner(_images.Runner):
+class KernelRunner(_runner.Runner):
     """Plays ``ss``: lists the connections it holds, and ``-K`` removes the one named (when the
     kernel can destroy sockets)."""
 
@@ -61,12 +61,12 @@ class KernelRunner(_images.Runner):
             sport, dport = int(argv[7]), int(argv[12])
             if self.can_destroy:
                 self.conns = [c for c in self.conns if not (c.local_port == sport and c.peer_port == dport)]
-            return _images.RunResult(0, "", "")
+            return _runner.RunResult(0, "", "")
         lines = ['%s 0 0 %s:%d %s:%d users:(%s)' % (
             c.state, c.local_addr, c.local_port, c.peer_addr, c.peer_port,
             ",".join('("qemu-system-x86",pid=%d,fd=1)' % p for p in c.pids)) for c in self.conns
             if c.peer_addr == argv[-1]]
-        return _images.RunResult(0, "\n".join(lines), "")
+        return _runner.RunResult(0, "\n".join(lines), "")
 
 
 def test_sever_closes_exactly_the_data_connections_by_their_four_tuple():
@@ -88,9 +88,9 @@ def test_sever_on_a_kernel_that_cannot_destroy_sockets_says_so():
 
 
 def test_sever_reports_a_failing_ss():
-    class Broken(_images.Runner):
+    class Broken(_runner.Runner):
         def run(self, argv):
-            return _images.RunResult(127, "", "ss: not found")
+            return _runner.RunResult(127, "", "ss: not found")
 
     done = s.sever(Broken(), 4242, "198.18.0.2")
     assert done["closed"] == [] and "ss: not found" in done["error"]

@@ -112,14 +112,14 @@ def test_pick_prefers_a_live_move_to_a_cold_one():
     h = hosts("hosta", "hostc")
     h["hosta"]["host"]["available_memory_bytes"] = 64 * GIB  # more room, but only cold
     choice = _locate.pick_destination(GUEST, "hostb", h, {"hosta": rep(f("cpu")), "hostc": rep(f("cpu", "ok"))},
-                                allow_cold=True)
+                                      allow_cold=True)
     assert (choice["host"], choice["kind"]) == ("hostc", "live")
     assert [r["kind"] for r in choice["ranking"]] == ["live", "cold"]
 
 
 def test_pick_keeps_other_errors_with_the_variable():
     choice = _locate.pick_destination(GUEST, "hostb", hosts("hosta"), {"hosta": rep(f("cpu"), f("machine", msg="no pc-q35-10.0"))},
-                                allow_cold=True)
+                                      allow_cold=True)
     assert choice["host"] is None and "no pc-q35-10.0" in choice["error"]
 
 

@@ -211,15 +211,8 @@ def _stop_pools(made: list[t.Any]) -> list[str]:
             pool.destroy()
         except Exception as err:  # a warning: the copy itself is done or has its own error
             out.append("The transient storage pool %s could not be stopped (%s): virsh pool-destroy it." % (
-                _name_of(pool), err))
+                _libvirt.name_of(pool), err))
     return out
-
-
-def _name_of(pool: t.Any) -> str:
-    try:
-        return str(pool.name())
-    except Exception:  # a name only for the message
-        return "?"
 
 
 def copy_volume(sconn: t.Any, dconn: t.Any, path: str, src: str, dest: str, lv: t.Any,

@@ -493,7 +493,7 @@ def domain_xml(dom: t.Any, migratable: bool = False, inactive: bool = False,
         flags |= VIR_DOMAIN_XML_INACTIVE
     if secure:
         flags |= VIR_DOMAIN_XML_SECURE
-    with _libvirt.libvirt_errors("read the XML of domain %s" % _dom_name(dom)):
+    with _libvirt.libvirt_errors("read the XML of domain %s" % _libvirt.name_of(dom)):
         return str(dom.XMLDesc(flags))
 
 
@@ -1122,10 +1122,3 @@ def run_domain_cpu(params: dict[str, t.Any], check_mode: bool,
         result["xml"] = res.xml
         result["effective"] = "returned XML only"
     return result
-
-
-def _dom_name(dom: t.Any) -> str:
-    try:
-        return str(dom.name())
-    except Exception:  # a name only for the message
-        return "?"

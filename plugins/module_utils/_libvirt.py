@@ -246,6 +246,15 @@ def lookup_domain(conn: t.Any, name_or_uuid: str, required: bool = True) -> t.An
     return dom
 
 
+def name_of(obj: t.Any, default: str = "?") -> str:
+    """``obj.name()`` of a libvirt domain or storage pool, or ``default`` when even that fails
+    (a name only for a message)."""
+    try:
+        return str(obj.name())
+    except Exception:  # a name only for the message
+        return default
+
+
 def uri_of(conn: t.Any, default: str | None = "this host") -> str | None:
     """``conn.getURI()``, or ``default`` when even that fails (a broken connection still
     deserves a message)."""

@@ -33,7 +33,7 @@ demo: setup  ## the user's journey: bare Debian hosts, prepare_hosts.yml, a demo
 	$(LAB) guest --name $(VM) --recreate --wait
 	ansible-playbook -i $(INVENTORY) playbooks/migrate.yml -e vm=$(VM)
 
-test: setup units sanity lint collection docs-test integration  ## everything CI runs
+test: setup units sanity lint compat collection docs-test integration  ## everything CI runs
 
 units:
 	$(PY) -m pytest -q -rs tests/unit

@@ -114,12 +114,21 @@ def adhoc_module(ansible_adhoc, host: str, module: str, args: dict) -> dict:
     result holds it: ``failed``/``changed``/``msg`` and the module's return values.
 
     :raises pytest_ansible.errors.AnsibleConnectionFailure: the host was unreachable.
-    Neither check mode nor diff: use :func:`run_module` for those."""
+    Neither check mode nor diff: use :func:`run_module` for those.
+
+    ansible-core 2.19's TaskQueueManager makes stdin, stdout and stderr non-inheritable in the
+    process that runs it, here pytest's: every later command of the test would start with them
+    closed (found in the lab: ``virsh blockresize`` after a call died of SIGPIPE writing its
+    message). They are made inheritable again after each call."""
     try:
         call = getattr(ansible_adhoc()[host], module)
     except AnsibleModuleError as err:
         raise AssertionError("%s (is this collection on ANSIBLE_COLLECTIONS_PATH? %s)" % (err, HOW)) from err
-    return dict(call(**args)[host])
+    try:
+        return dict(call(**args)[host])
+    finally:
+        for fd in (0, 1, 2):
+            os.set_inheritable(fd, True)
 
 
 def run_module(host: str, module: str, args: dict, check_mode: bool = False, diff: bool = False,

@@ -73,7 +73,7 @@ fi
 # One venv per older ansible-core release the collection claims (requirements-compat.txt), for
 # tools/compat.sh: that ansible-core and what the plugins' unit tests need (ansible-test installs
 # its sanity tests' requirements into venvs of its own when they run). Only for make compat
-# (KVMOPS_COMPAT=1), which is not part of make test: CI stays within its time.
+# (KVMOPS_COMPAT=1; part of make test), so that make setup and make demo do not wait for them.
 [ "${KVMOPS_COMPAT:-0}" = 1 ] || { echo "bootstrap: Debian packages and .venv ready"; exit 0; }
 mapfile -t unit_reqs < <(grep -E '^(libvirt-python|lxml|pytest)==' requirements-dev.txt)
 while read -r core; do

@@ -1,6 +1,18 @@
 """Fixtures for the lab tests: the real two-host lab of tests/lab/lab.py (libvirtd, QEMU,
 sshd in namespaces). The lab is brought up once per session and taken down at the end unless
-it was already up before the session (then it is left as found) or KVMOPS_LAB_KEEP=1."""
+it was already up before the session (then it is left as found) or KVMOPS_LAB_KEEP=1.
+
+The tests call single modules on the lab hosts through pytest-ansible's ``ansible_adhoc``
+fixture (:func:`adhoc_module`), with the lab inventory. pytest.ini blocks that plugin for the
+unit tests (it would need an inventory, and from a checkout with galaxy.yml it links the
+collection into a ``collections/`` directory there), so the lab tests run with the options of
+the Makefile's ``integration`` target (``LAB_PYTEST``)::
+
+    ANSIBLE_COLLECTIONS_PATH=$PWD/.cache/collections python -m pytest -p pytest-ansible \
+        --ansible-unit-inject-only --inventory /var/lib/kvmops-lab/inventory.yml tests/integration/...
+
+(``make integration TESTS=tests/integration/test_x.py::test_y`` does that). Check mode and diff
+go through :func:`run_module` (ansible-playbook), which pytest-ansible cannot give a call."""
 
 from __future__ import annotations
 
@@ -10,6 +22,7 @@ import subprocess
 import sys
 
 import pytest
+from pytest_ansible.errors import AnsibleModuleError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
@@ -25,6 +38,21 @@ pytest_terminal_summary = skip_policy.pytest_terminal_summary
 pytest_sessionfinish = skip_policy.pytest_sessionfinish
 
 PYTHON = sys.executable
+#: the lab's inventory: ansible-playbook's here, and pytest-ansible's (``--inventory``)
+INVENTORY = os.path.join(lab.STATE, "inventory.yml")
+HOW = ("run the lab tests with the options of the Makefile's integration target (LAB_PYTEST, and "
+       "ANSIBLE_COLLECTIONS_PATH=.cache/collections), e.g. `make integration TESTS=tests/integration/test_x.py`")
+
+
+def pytest_configure(config) -> None:
+    """Refuse to run the lab tests without pytest-ansible on the lab inventory, with the options
+    to use instead of a "fixture 'ansible_adhoc' not found" per test."""
+    if not config.pluginmanager.hasplugin("pytest-ansible"):
+        raise pytest.UsageError("the lab tests call modules through pytest-ansible, which is not loaded "
+                                "(pytest.ini blocks it for the unit tests; -p pytest-ansible loads it): " + HOW)
+    inventory = config.getoption("ansible_inventory")
+    if os.path.realpath(str(inventory)) != os.path.realpath(INVENTORY):
+        raise pytest.UsageError("pytest-ansible's inventory is %s, not the lab's %s: %s" % (inventory, INVENTORY, HOW))
 
 
 def lab_cmd(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -64,7 +92,7 @@ def playbook_command(args: list[str] | tuple[str, ...], extra_env: dict[str, str
     """(command, environment) of ansible-playbook from the checkout against the lab inventory."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_NOCOLOR="1", **(extra_env or {}))
-    cmd = [os.path.join(os.path.dirname(PYTHON), "ansible-playbook"), "-i", os.path.join(lab.STATE, "inventory.yml")]
+    cmd = [os.path.join(os.path.dirname(PYTHON), "ansible-playbook"), "-i", INVENTORY]
     return cmd + list(args), env
 
 
@@ -79,11 +107,41 @@ def ansible_playbook(*args: str, check: bool = False, timeout: float = 900,
     return res
 
 
+def adhoc_module(ansible_adhoc, host: str, module: str, args: dict) -> dict:
+    """Run one module (``kvmops.migration.NAME`` or any FQCN) on one lab host through
+    pytest-ansible's ``ansible_adhoc`` fixture (pass the test's fixture): an ad-hoc task run in
+    this process against the lab inventory (``--inventory``). Returns the result as a registered
+    result holds it: ``failed``/``changed``/``msg`` and the module's return values.
+
+    :raises pytest_ansible.errors.AnsibleConnectionFailure: the host was unreachable.
+    Neither check mode nor diff: use :func:`run_module` for those.
+
+    ansible-core 2.19's TaskQueueManager makes stdin, stdout and stderr non-inheritable in the
+    process that runs it, here pytest's: every later command of the test would start with them
+    closed (found in the lab: ``virsh blockresize`` after a call died of SIGPIPE writing its
+    message). They are made inheritable again after each call."""
+    try:
+        call = getattr(ansible_adhoc()[host], module)
+    except AnsibleModuleError as err:
+        raise AssertionError("%s (is this collection on ANSIBLE_COLLECTIONS_PATH? %s)" % (err, HOW)) from err
+    try:
+        return dict(call(**args)[host])
+    finally:
+        for fd in (0, 1, 2):
+            os.set_inheritable(fd, True)
+
+
 def run_module(host: str, module: str, args: dict, check_mode: bool = False, diff: bool = False,
                timeout: float = 900) -> dict:
     """Run one module of ours (``kvmops.migration.NAME`` or any FQCN) on a lab host through
     ansible-playbook, as a user's task would, and return its result dict (``failed``/``changed``
-    /``msg`` and the module's return values). Uses the json stdout callback."""
+    /``msg`` and the module's return values). Uses the json stdout callback.
+
+    For the calls :func:`adhoc_module` cannot make: check mode and diff. pytest-ansible 26.10
+    takes neither per call (an ad-hoc task's arguments are the module's; the play it builds has
+    no ``check_mode``/``diff``), and its ``--check`` option is parsed but never given to the play
+    (``PyTestAnsiblePlugin._load_ansible_config`` leaves it out); a session-wide option could not
+    mix the four-way check's real and check-mode runs in one test anyway."""
     import tempfile
 
     import yaml

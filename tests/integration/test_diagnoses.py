@@ -17,7 +17,7 @@ import os
 import re
 
 import proof
-from conftest import ansible_playbook, lab, run_module
+from conftest import adhoc_module, ansible_playbook, lab
 
 GUEST = lab.GUEST
 SRC, DEST = "hosta", "hostb"
@@ -33,28 +33,29 @@ def _dump(res: dict) -> str:
                      for f in res.get("report", {}).get("findings", [])) or str(res.get("msg"))
 
 
-def _guest_paths(host: str = SRC, guest: str = GUEST) -> list[str]:
-    src = run_module(host, "kvmops.migration.host_info", {"guest": guest, "domains": False})
+def _guest_paths(ansible_adhoc, host: str = SRC, guest: str = GUEST) -> list[str]:
+    src = adhoc_module(ansible_adhoc, host, "kvmops.migration.host_info", {"guest": guest, "domains": False})
     assert src.get("guest_disks"), src.get("msg") or src.get("guest_error")
     return [d["path"] for d in src["guest_disks"] if d.get("path")]
 
 
-def _probe_and_preflight(guest: str = GUEST, probe_ports=(49152, 49153), **extra) -> dict:
-    """What the role does: preflight_dest on hostb, the pre-flight on hosta, markers removed."""
-    paths = _guest_paths(guest=guest)
-    probe = run_module(DEST, "kvmops.migration.preflight_dest",
-                       {"probe_id": PROBE_ID, "ports": list(probe_ports), "paths": paths})
+def _probe_and_preflight(ansible_adhoc, guest: str = GUEST, probe_ports=(49152, 49153), **extra) -> dict:
+    """What the role does: preflight_dest on hostb, the pre-flight on hosta, markers removed (the
+    modules called through pytest-ansible's ``ansible_adhoc``)."""
+    paths = _guest_paths(ansible_adhoc, guest=guest)
+    probe = adhoc_module(ansible_adhoc, DEST, "kvmops.migration.preflight_dest",
+                         {"probe_id": PROBE_ID, "ports": list(probe_ports), "paths": paths})
     assert "probe" in probe, probe.get("msg")
     try:
         args = {"domain": guest, "dest_host": lab.HOSTS[DEST], "fail_on_error": False,
                 "dest_probe": probe["probe"]}
         args.update(extra)
-        res = run_module(SRC, "kvmops.migration.preflight", args)
+        res = adhoc_module(ansible_adhoc, SRC, "kvmops.migration.preflight", args)
         assert "report" in res, res.get("msg")
         return res
     finally:
-        run_module(DEST, "kvmops.migration.preflight_dest",
-                   {"probe_id": PROBE_ID, "state": "absent", "paths": paths})
+        adhoc_module(ansible_adhoc, DEST, "kvmops.migration.preflight_dest",
+                     {"probe_id": PROBE_ID, "state": "absent", "paths": paths})
 
 
 def _no_marker_left(paths: list[str]) -> None:
@@ -78,24 +79,24 @@ def _firewall(target: str):
         lab.in_host(DEST, ["nft", "delete", "table", "inet", "kvmops_lab_block"], check=False, capture=True)
 
 
-def test_blocked_migration_ports_are_told_apart_and_stop_the_run(guest_on_hosta):
+def test_blocked_migration_ports_are_told_apart_and_stop_the_run(guest_on_hosta, ansible_adhoc):
     for target, state, words in (("REJECT", "closed", "REJECT rule"), ("DROP", "filtered", "a firewall drops it")):
         before = proof.host_snapshot()
         with _firewall(target):
-            res = _probe_and_preflight()
+            res = _probe_and_preflight(ansible_adhoc)
             ports = _findings(res, "data_port")
             assert ports and all(f["status"] == "error" and f["values"]["state"] == state for f in ports), _dump(res)
             assert all(words in f["msg"] and "kvm_host_firewall" in f["msg"] for f in ports), _dump(res)
             # accepted by the operator: a warning, the rest of the report unchanged
-            res = _probe_and_preflight(ports={"ignore_blocked": True})
+            res = _probe_and_preflight(ansible_adhoc, ports={"ignore_blocked": True})
             assert {f["status"] for f in _findings(res, "data_port")} == {"warning"}, _dump(res)
             # the role stops before creating anything on hostb
             run = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % DEST)
             assert run.returncode != 0 and "is %s" % state in run.stdout, run.stdout[-3000:]
         assert proof.host_snapshot() == before, "a blocked port left something behind (%s)" % target
-    _no_marker_left(_guest_paths())
+    _no_marker_left(_guest_paths(ansible_adhoc))
     # open again: the listener answers
-    res = _probe_and_preflight()
+    res = _probe_and_preflight(ansible_adhoc)
     assert {f["values"]["state"] for f in _findings(res, "data_port")} == {"open"}, _dump(res)
 
 
@@ -108,7 +109,7 @@ def _moved_aside(host: str, path: str):
         lab.in_host(host, ["mv", path + ".kvmops-test", path])
 
 
-def test_broken_ssh_trust_names_the_kvm_host_task(guest_on_hosta):
+def test_broken_ssh_trust_names_the_kvm_host_task(guest_on_hosta, ansible_adhoc):
     cases = ((SRC, "/root/.ssh/known_hosts", "does not trust the SSH host key of %s" % lab.HOSTS[DEST],
               "Pin the other hypervisors' host keys"),
              (DEST, "/root/.ssh/authorized_keys", "refused the source's SSH key for user root",
@@ -116,19 +117,19 @@ def test_broken_ssh_trust_names_the_kvm_host_task(guest_on_hosta):
     for host, path, cause, task in cases:
         before = proof.host_snapshot()
         with _moved_aside(host, path):
-            res = run_module(SRC, "kvmops.migration.preflight",
-                             {"domain": GUEST, "dest_host": lab.HOSTS[DEST], "fail_on_error": False})
+            res = adhoc_module(ansible_adhoc, SRC, "kvmops.migration.preflight",
+                               {"domain": GUEST, "dest_host": lab.HOSTS[DEST], "fail_on_error": False})
         f = [x for x in _findings(res, "dest_connection") if x["status"] == "error"]
         assert f and cause in f[0]["msg"] and task in f[0]["msg"], _dump(res)
         assert "check that libvirtd runs there" not in f[0]["msg"]
         assert proof.host_snapshot() == before
 
 
-def test_libvirtd_down_on_the_destination_names_the_service(guest_on_hosta):
+def test_libvirtd_down_on_the_destination_names_the_service(guest_on_hosta, ansible_adhoc):
     lab.stop_libvirtd(DEST)  # systemctl stop, its sockets too
     try:
-        res = run_module(SRC, "kvmops.migration.preflight",
-                         {"domain": GUEST, "dest_host": lab.HOSTS[DEST], "fail_on_error": False})
+        res = adhoc_module(ansible_adhoc, SRC, "kvmops.migration.preflight",
+                           {"domain": GUEST, "dest_host": lab.HOSTS[DEST], "fail_on_error": False})
     finally:
         lab.start_daemons(DEST)
     f = [x for x in _findings(res, "dest_connection") if x["status"] == "error"]
@@ -182,10 +183,10 @@ def _restart_libvirtd(host: str) -> None:
     lab.start_daemons(host)
 
 
-def test_same_directory_on_both_hosts_is_shared_and_not_copied(guest_on_hosta):
+def test_same_directory_on_both_hosts_is_shared_and_not_copied(guest_on_hosta, ansible_adhoc):
     with _shared_guest():
         before = proof.host_snapshot()
-        res = _probe_and_preflight(guest=SHARED_GUEST)
+        res = _probe_and_preflight(ansible_adhoc, guest=SHARED_GUEST)
         assert res["shared_detected"] == ["vda", "vdb"] and res["copy_set"] == [], _dump(res)
         ok = [f for f in _findings(res, "shared_storage") if f["status"] == "ok"]
         assert any("identity probe" in f["msg"] and "not copied" in f["msg"] for f in ok), _dump(res)
@@ -195,7 +196,7 @@ def test_same_directory_on_both_hosts_is_shared_and_not_copied(guest_on_hosta):
         assert proof.host_snapshot() == before
         _no_marker_left(["%s/x" % SHARED])
         with _declared_shared(SRC):
-            res = _probe_and_preflight(guest=SHARED_GUEST)
+            res = _probe_and_preflight(ansible_adhoc, guest=SHARED_GUEST)
             assert res["report"]["ok"] is True, _dump(res)
             run = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % SHARED_GUEST, "-e", "dest=%s" % DEST)
             assert run.returncode == 0, run.stdout[-4000:]

@@ -22,7 +22,7 @@ import shlex
 
 import pytest
 
-from conftest import lab, run_module
+from conftest import adhoc_module, lab, run_module
 
 IMAGES = "/var/lib/libvirt/images"
 TEST_DIR = IMAGES + "/lab-test-disk"          # made by disk_image itself (parent dir creation)
@@ -85,11 +85,18 @@ def purge(host: str, paths: list[str], entries: list[str] = ()) -> None:
             os.replace(mf + ".tmp", mf)
 
 
-def disk_image(host: str, check_mode: bool = False, diff: bool = False, **args) -> dict:
-    """The module on ``host``; the lab's images directory is no libvirt pool, so
-    ``allow_outside_pools`` is on unless a test sets it."""
-    args.setdefault("allow_outside_pools", True)
-    return run_module(host, "kvmops.migration.disk_image", args, check_mode=check_mode, diff=diff)
+@pytest.fixture
+def disk_image(ansible_adhoc):
+    """``disk_image(host, check_mode=False, diff=False, **args)``: the module on ``host``, through
+    pytest-ansible's ``ansible_adhoc``, or ansible-playbook (``run_module``) in check mode or
+    with diff, which pytest-ansible cannot give a call. The lab's images directory is no libvirt
+    pool, so ``allow_outside_pools`` is on unless a test sets it."""
+    def call(host: str, check_mode: bool = False, diff: bool = False, **args) -> dict:
+        args.setdefault("allow_outside_pools", True)
+        if check_mode or diff:
+            return run_module(host, "kvmops.migration.disk_image", args, check_mode=check_mode, diff=diff)
+        return adhoc_module(ansible_adhoc, host, "kvmops.migration.disk_image", args)
+    return call
 
 
 def assert_ok(res: dict) -> dict:
@@ -118,7 +125,7 @@ def guest_host() -> str:
     ("qcow2", 5 * GIB, None, "1.1"),
     ("qcow2", 2 * GIB + 64 * 1024, 2 * MIB, "0.10"),
 ], ids=["raw", "qcow2-default-cluster", "qcow2-2M-compat0.10"])
-def test_disk_image_four_way_on_hostb(lab_up, fmt, size, cluster, compat):
+def test_disk_image_four_way_on_hostb(lab_up, fmt, size, cluster, compat, disk_image):
     path = "%s/four-way.%s" % (TEST_DIR, fmt)
     args = {"path": path, "format": fmt, "virtual_size": size}
     if cluster:
@@ -185,14 +192,14 @@ def test_disk_image_four_way_on_hostb(lab_up, fmt, size, cluster, compat):
 
 # --------------------------------------------------------------------------- disk_info
 
-def _guest_disks() -> tuple[str, dict]:
+def _guest_disks(ansible_adhoc) -> tuple[str, dict]:
     host = guest_host()
-    res = assert_ok(run_module(host, "kvmops.migration.disk_info", {"domain": lab.GUEST}))
+    res = assert_ok(adhoc_module(ansible_adhoc, host, "kvmops.migration.disk_info", {"domain": lab.GUEST}))
     return host, res
 
 
-def test_disk_info_running_guest(lab_up):
-    host, res = _guest_disks()
+def test_disk_info_running_guest(lab_up, ansible_adhoc):
+    host, res = _guest_disks(ansible_adhoc)
     assert res["changed"] is False
     assert res["domain"]["name"] == lab.GUEST and res["domain"]["active"] is True
     disks = {d["target"]: d for d in res["disks"]}
@@ -212,10 +219,10 @@ def test_disk_info_running_guest(lab_up):
     assert res["copy_set"] == ["vda", "vdb"]
 
 
-def test_guest_disks_reproduced_on_hostb_sparse(lab_up):
+def test_guest_disks_reproduced_on_hostb_sparse(lab_up, disk_image, ansible_adhoc):
     """C01: the running guest's disks, recreated on hostb with the geometry disk_info returned
     (under other names, so that migrations of the demo guest are not disturbed)."""
-    src_host, res = _guest_disks()
+    src_host, res = _guest_disks(ansible_adhoc)
     dst_host = "hostb" if src_host == "hosta" else "hosta"
     made = []
     try:
@@ -256,7 +263,7 @@ def _write_foreign(host: str, path: str, size: int) -> str:
     return sha256(host, path)
 
 
-def test_foreign_and_wrong_size_files_are_left_untouched(lab_up):
+def test_foreign_and_wrong_size_files_are_left_untouched(lab_up, disk_image):
     path = IMAGES + "/lab-test-foreign.raw"
     size = 1 * MIB
     try:
@@ -285,7 +292,7 @@ def test_foreign_and_wrong_size_files_are_left_untouched(lab_up):
         purge("hostb", [path])
 
 
-def test_our_image_replaced_by_a_foreign_file_is_no_longer_ours(lab_up):
+def test_our_image_replaced_by_a_foreign_file_is_no_longer_ours(lab_up, disk_image):
     """The manifest knows an image by path and inode: after someone replaced it (or after our
     image of the wrong size is asked again), nothing is touched."""
     path = IMAGES + "/lab-test-replaced.raw"
@@ -307,7 +314,7 @@ def test_our_image_replaced_by_a_foreign_file_is_no_longer_ours(lab_up):
         purge("hostb", [path])
 
 
-def test_image_in_use_by_a_domain_is_refused(lab_up):
+def test_image_in_use_by_a_domain_is_refused(lab_up, disk_image):
     """Our image, used by a defined domain: reused only for that domain, never removed."""
     name = "labtestdisk"
     path = "%s/%s.raw" % (IMAGES, name)
@@ -331,7 +338,7 @@ def test_image_in_use_by_a_domain_is_refused(lab_up):
         purge("hostb", [path])
 
 
-def test_absent_leaves_an_image_held_open_by_qemu(lab_up):
+def test_absent_leaves_an_image_held_open_by_qemu(lab_up, disk_image):
     """Ours and used by no domain, but open in a QEMU process outside libvirt (qemu-io here):
     state absent leaves it. Found in the lab: ``qemu-img info`` without -U reads a raw image
     that a QEMU holds open (QEMU 10 shares "consistent read"), so only a probe of QEMU's lock
@@ -390,7 +397,7 @@ def shared_dir(lab_up):
         os.rmdir(backing)
 
 
-def test_shared_storage_is_refused(shared_dir):
+def test_shared_storage_is_refused(shared_dir, disk_image, ansible_adhoc):
     """_storage.shared_storage_reason: the source image visible on the destination with the same
     inode and size (``source_fingerprint`` from disk_info on the source), or a marker file
     written on the source read back with the same token (``shared_marker``)."""
@@ -398,7 +405,7 @@ def test_shared_storage_is_refused(shared_dir):
     try:
         # the "source" image, made on hosta
         assert_ok(disk_image("hosta", path=path, format="raw", virtual_size=16 * MIB))
-        src = assert_ok(run_module("hosta", "kvmops.migration.disk_info", {"paths": [path]}))
+        src = assert_ok(adhoc_module(ansible_adhoc, "hosta", "kvmops.migration.disk_info", {"paths": [path]}))
         fingerprint = src["disks"][0]["fingerprint"]
         assert fingerprint["size"] == 16 * MIB
         digest = sha256("hosta", path)
@@ -444,7 +451,7 @@ def _losetup(host: str, backing: str, size: int) -> str:
     return sh(host, "losetup --find --show %s" % backing).strip()
 
 
-def test_block_device_loop(lab_up):
+def test_block_device_loop(lab_up, disk_image, ansible_adhoc):
     """C04 on a plain block device: exact byte size compared, a device not ours refused unless
     adopted, never written."""
     backing = IMAGES + "/lab-test-loop.img"
@@ -456,7 +463,7 @@ def test_block_device_loop(lab_up):
         dev = _losetup("hostb", backing, size)
         sh("hostb", "head -c 1048576 /dev/urandom | dd of=%s bs=1M conv=notrunc,fsync status=none" % dev)
         digest = sha256("hostb", dev)
-        info = assert_ok(run_module("hostb", "kvmops.migration.disk_info", {"paths": [dev]}))
+        info = assert_ok(adhoc_module(ansible_adhoc, "hostb", "kvmops.migration.disk_info", {"paths": [dev]}))
         d = info["disks"][0]
         assert (d["type"], d["kind"], d["format"], d["virtual_size"], d["lv"]) == ("block", "block", "raw", size, None)
         # exists, right size, not ours: refused unless adopted
@@ -530,7 +537,7 @@ def loop_vg(lab_up):
         assert vg not in remaining
 
 
-def test_lvm_checks_on_a_loop_vg(loop_vg):
+def test_lvm_checks_on_a_loop_vg(loop_vg, disk_image):
     """What needs only the VG metadata: the missing LV is named, sizes that extents cannot hold
     exactly and sizes beyond the VG's free space are refused before anything is created, and
     check mode reports the LV it would create."""
@@ -557,7 +564,7 @@ def test_lvm_checks_on_a_loop_vg(loop_vg):
         assert path not in manifest_paths("hostb")
 
 
-def test_lvm_lv_created_exactly(loop_vg):
+def test_lvm_lv_created_exactly(loop_vg, disk_image):
     """The four-way check of an LV made by the module: exact byte size, active; a wrong-size LV
     not ours is refused; absent removes ours."""
     reason = _dm_missing_reason("hostb")

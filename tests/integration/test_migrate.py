@@ -8,7 +8,7 @@ on the source."""
 from __future__ import annotations
 
 import proof
-from conftest import lab, run_module
+from conftest import adhoc_module, lab, run_module
 
 GUEST = lab.GUEST
 ADDR = lab.HOSTS
@@ -28,15 +28,15 @@ def _images(host: str) -> dict[str, int]:
     return out
 
 
-def _prepare_destination(src: str, dst: str) -> list[str]:
+def _prepare_destination(ansible_adhoc, src: str, dst: str) -> list[str]:
     """Pre-create the destination images with the modules, as the role does."""
-    info = run_module(src, "kvmops.migration.disk_info", {"domain": GUEST})
+    info = adhoc_module(ansible_adhoc, src, "kvmops.migration.disk_info", {"domain": GUEST})
     assert not info.get("failed"), info.get("msg")
     created = []
     for disk in info["disks"]:
         if not disk["copy"]:
             continue
-        res = run_module(dst, "kvmops.migration.disk_image", {
+        res = adhoc_module(ansible_adhoc, dst, "kvmops.migration.disk_image", {
             "path": disk["path"], "format": disk["format"], "virtual_size": disk["virtual_size"],
             # the lab's images directory is no libvirt pool (see lab.write_inventory)
             "for_domain": GUEST, "allow_outside_pools": True})
@@ -57,16 +57,19 @@ def _allowed_loss(stats: dict) -> int:
     return int(stats["downtime_ms"] // 100) + 2
 
 
-def _migrate(src: str, dst: str, **extra) -> dict:
+def _migrate(ansible_adhoc, src: str, dst: str, **extra) -> dict:
+    """The migrate module on ``src``: through pytest-ansible, or with ``_check=True`` in check mode
+    through ansible-playbook (``run_module``), which pytest-ansible cannot do."""
     args = {"domain": GUEST, "dest_host": ADDR[dst], "max_downtime_ms": MAX_DOWNTIME_MS}
     args.update(extra)
-    check_mode = args.pop("_check", False)
-    return run_module(src, "kvmops.migration.migrate", args, check_mode=check_mode)
+    if args.pop("_check", False):
+        return run_module(src, "kvmops.migration.migrate", args, check_mode=True)
+    return adhoc_module(ansible_adhoc, src, "kvmops.migration.migrate", args)
 
 
-def test_check_mode_returns_plan_and_changes_nothing(guest_on_hosta):
+def test_check_mode_returns_plan_and_changes_nothing(guest_on_hosta, ansible_adhoc):
     before = (proof.domain_state("hosta"), proof.domain_state("hostb"), _images("hostb"))
-    res = _migrate("hosta", "hostb", _check=True)
+    res = _migrate(ansible_adhoc, "hosta", "hostb", _check=True)
     assert not res.get("failed"), res.get("msg")
     assert res["changed"] is True
     plan = res["plan"]
@@ -77,17 +80,17 @@ def test_check_mode_returns_plan_and_changes_nothing(guest_on_hosta):
     assert (proof.domain_state("hosta"), proof.domain_state("hostb"), _images("hostb")) == before
 
 
-def test_move_there_and_back_guest_does_not_notice(guest_on_hosta):
+def test_move_there_and_back_guest_does_not_notice(guest_on_hosta, ansible_adhoc):
     src_digest = proof.region_digest("hosta", "%s.raw" % GUEST)
     src_alloc = _images("hosta")
-    created = _prepare_destination("hosta", "hostb")
+    created = _prepare_destination(ansible_adhoc, "hosta", "hostb")
     assert sorted(created) == ["/var/lib/libvirt/images/%s.raw" % GUEST, "/var/lib/libvirt/images/%s.swap" % GUEST]
     # a fresh sparse image on the destination before the copy
     assert all(a < 1024 * 1024 for a in _images("hostb").values()), _images("hostb")
 
     first_tick = proof.last_tick()
     with proof.PingMonitor() as ping:
-        res = _migrate("hosta", "hostb")
+        res = _migrate(ansible_adhoc, "hosta", "hostb")
     assert not res.get("failed"), res.get("msg")
     assert res["changed"] is True and res["now_on"]
     stats = res["stats"]
@@ -111,18 +114,18 @@ def test_move_there_and_back_guest_does_not_notice(guest_on_hosta):
     assert dst_alloc["%s.swap" % GUEST] <= 16 * 1024 * 1024, (src_alloc, dst_alloc)
 
     # idempotent: the guest already runs on hostb and is gone from hosta
-    again = _migrate("hosta", "hostb")
+    again = _migrate(ansible_adhoc, "hosta", "hostb")
     assert not again.get("failed"), again.get("msg")
     assert again["changed"] is False
-    again_check = _migrate("hosta", "hostb", _check=True)  # the fourth way: rerun in check mode
+    again_check = _migrate(ansible_adhoc, "hosta", "hostb", _check=True)  # the fourth way: rerun in check mode
     assert not again_check.get("failed") and again_check["changed"] is False, again_check.get("msg")
 
     # and back: hosta still holds the old images, which the operator removes first
     _remove_stale_source_images("hosta")
-    _prepare_destination("hostb", "hosta")
+    _prepare_destination(ansible_adhoc, "hostb", "hosta")
     first_tick = proof.last_tick()
     with proof.PingMonitor() as ping:
-        back = _migrate("hostb", "hosta")
+        back = _migrate(ansible_adhoc, "hostb", "hosta")
     assert not back.get("failed"), back.get("msg")
     assert back["changed"] is True
     assert proof.domain_state("hosta") == "running" and proof.domain_state("hostb") is None
@@ -134,17 +137,17 @@ def test_move_there_and_back_guest_does_not_notice(guest_on_hosta):
     assert proof.region_digest("hosta", "%s.raw" % GUEST) == src_digest
 
 
-def test_short_timeout_aborts_cleanly(guest_on_hosta):
+def test_short_timeout_aborts_cleanly(guest_on_hosta, ansible_adhoc):
     where = "hosta" if proof.domain_state("hosta") == "running" else "hostb"
     other = "hostb" if where == "hosta" else "hosta"
     if _images(other):
         for ext in ("raw", "swap"):
             lab.in_host(other, ["rm", "-f", "/var/lib/libvirt/images/%s.%s" % (GUEST, ext)])
         lab.in_host(other, ["rm", "-f", lab.MANIFEST_DIR + "/manifest.json"])
-    _prepare_destination(where, other)
+    _prepare_destination(ansible_adhoc, where, other)
     digest = proof.region_digest(where, "%s.raw" % GUEST)
     # 1 MiB/s cannot move 256 MiB of memory and 256 MiB of disk in 5 s
-    res = _migrate(where, other, bandwidth_mibps=1, timeout_min_s=5, timeout_s_per_gib=0.001,
+    res = _migrate(ansible_adhoc, where, other, bandwidth_mibps=1, timeout_min_s=5, timeout_s_per_gib=0.001,
                    abort_grace_s=60)
     assert res.get("failed"), res
     assert "timeout" in res["msg"].lower() or "timed out" in res["msg"].lower(), res["msg"]

@@ -9,28 +9,29 @@ import os
 
 
 import proof
-from conftest import lab, run_module
+from conftest import adhoc_module, lab
 
 GUEST = lab.GUEST
 DEST = "hostb"
 
 
-def _dest_facts() -> dict:
+def _dest_facts(ansible_adhoc) -> dict:
     """What the role hands the pre-flight about the destination: host_info with ``guest`` on
     the source gives the guest's disks and the other files it needs, host_info with ``paths``
-    on the destination reads them there with its filesystems, interfaces and manifest."""
-    src = run_module("hosta", "kvmops.migration.host_info", {"guest": GUEST, "domains": False})
+    on the destination reads them there with its filesystems, interfaces and manifest (the
+    modules called through pytest-ansible's ``ansible_adhoc``, as is the pre-flight)."""
+    src = adhoc_module(ansible_adhoc, "hosta", "kvmops.migration.host_info", {"guest": GUEST, "domains": False})
     assert src.get("guest_disks") and src.get("guest_error") is None, src.get("msg") or src.get("guest_error")
     paths = [d["path"] for d in src["guest_disks"] if d.get("path")] + src["guest_paths"]
-    dest = run_module(DEST, "kvmops.migration.host_info", {"domains": False, "paths": paths})
+    dest = adhoc_module(ansible_adhoc, DEST, "kvmops.migration.host_info", {"domains": False, "paths": paths})
     return {"dest_disks": dest["paths"], "dest_mounts": dest["mounts"],
             "dest_interfaces": dest["interfaces"], "dest_manifest": dest["manifest"]}
 
 
-def _preflight(**extra) -> dict:
+def _preflight(ansible_adhoc, **extra) -> dict:
     args = {"domain": GUEST, "dest_host": lab.HOSTS[DEST], "fail_on_error": False}
     args.update(extra)
-    res = run_module("hosta", "kvmops.migration.preflight", args)
+    res = adhoc_module(ansible_adhoc, "hosta", "kvmops.migration.preflight", args)
     assert "report" in res, res.get("msg")
     return res
 
@@ -53,9 +54,9 @@ def unchanged():
     assert proof.host_snapshot() == before, "the pre-flight changed something on a host"
 
 
-def test_clean_lab_has_no_error(guest_on_hosta):
+def test_clean_lab_has_no_error(guest_on_hosta, ansible_adhoc):
     with unchanged():
-        res = _preflight(**_dest_facts())
+        res = _preflight(ansible_adhoc, **_dest_facts(ansible_adhoc))
     errors = _findings(res, "error")
     assert res["report"]["ok"] is True, errors
     checks = {f["check"] for f in res["report"]["findings"]}
@@ -64,14 +65,14 @@ def test_clean_lab_has_no_error(guest_on_hosta):
         assert any(name in c for c in checks), (name, sorted(checks))
 
 
-def test_missing_bridge_on_destination(guest_on_hosta):
+def test_missing_bridge_on_destination(guest_on_hosta, ansible_adhoc):
     # hostb's own address lives on br-vm: move it to eth0 first, so that hostb stays reachable
     # and only the guests' bridge is missing
     addr = "%s/%d" % (lab.HOSTS[DEST], lab.PREFIX)
     lab.in_host(DEST, "ip link set eth0 nomaster && ip addr add %s dev eth0 && ip link del br-vm" % addr)
     try:
         with unchanged():
-            res = _preflight(**_dest_facts())
+            res = _preflight(ansible_adhoc, **_dest_facts(ansible_adhoc))
         f = _one(res, "network")
         assert "br-vm" in f["msg"] and "52:54:00:6b:01:10" in f["msg"], f["msg"]
         assert res["report"]["ok"] is False
@@ -81,7 +82,7 @@ def test_missing_bridge_on_destination(guest_on_hosta):
         lab.wait_for(lambda: lab.ssh_ok(lab.HOSTS[DEST]), "hostb back on the lab link", 30)
 
 
-def test_destination_filesystem_too_small(guest_on_hosta):
+def test_destination_filesystem_too_small(guest_on_hosta, ansible_adhoc):
     img = lab.hdir(DEST, "small-fs.img")
     with open(img, "wb") as f:
         f.truncate(64 * 1024 * 1024)
@@ -89,7 +90,7 @@ def test_destination_filesystem_too_small(guest_on_hosta):
     lab.in_host(DEST, ["mount", "-o", "loop", img, "/var/lib/libvirt/images"])
     try:
         with unchanged():
-            res = _preflight(**_dest_facts())
+            res = _preflight(ansible_adhoc, **_dest_facts(ansible_adhoc))
         f = _one(res, "free_space")
         assert "/var/lib/libvirt/images" in f["msg"], f["msg"]
         assert f["values"]["needed_bytes"] > f["values"]["free_bytes"], f["values"]
@@ -98,7 +99,7 @@ def test_destination_filesystem_too_small(guest_on_hosta):
         os.unlink(img)
 
 
-def test_conflicting_domain_on_destination(guest_on_hosta):
+def test_conflicting_domain_on_destination(guest_on_hosta, ansible_adhoc):
     xml = lab.guest_xml("qemu")
     path = lab.hdir(DEST, "conflict.xml")
     with open(path, "w") as f:
@@ -106,7 +107,7 @@ def test_conflicting_domain_on_destination(guest_on_hosta):
     lab.in_host(DEST, ["virsh", "-q", "define", path], capture=True)
     try:
         with unchanged():
-            res = _preflight(**_dest_facts())
+            res = _preflight(ansible_adhoc, **_dest_facts(ansible_adhoc))
         f = _one(res, "destination_domain")
         assert GUEST in f["msg"], f["msg"]
     finally:
@@ -114,11 +115,11 @@ def test_conflicting_domain_on_destination(guest_on_hosta):
         os.unlink(path)
 
 
-def test_destination_libvirtd_stopped(guest_on_hosta):
+def test_destination_libvirtd_stopped(guest_on_hosta, ansible_adhoc):
     before = proof.host_snapshot()
     lab.stop_libvirtd(DEST)  # systemctl stop, its sockets too
     try:
-        res = _preflight()
+        res = _preflight(ansible_adhoc)
         f = _one(res, "dest_connection")
         assert lab.HOSTS[DEST] in f["msg"], f["msg"]
         assert res["report"]["ok"] is False

@@ -13,14 +13,14 @@ hotplugging"); the unit tests (test_safety.py) cover it.
 
 from __future__ import annotations
 
-from conftest import lab, lab_cmd, run_module
+from conftest import adhoc_module, lab, lab_cmd, run_module
 
 GUEST = lab.GUEST
 ADDR = lab.HOSTS
 
 
-def _checked() -> dict:
-    res = run_module("hosta", "kvmops.migration.preflight", {
+def _checked(ansible_adhoc) -> dict:
+    res = adhoc_module(ansible_adhoc, "hosta", "kvmops.migration.preflight", {
         "domain": GUEST, "dest_host": ADDR["hostb"], "fail_on_error": False})
     assert "checked" in res, res.get("msg")
     assert res["checked"]["disks"] and res["checked"]["cpu"], res["checked"]
@@ -36,19 +36,22 @@ def _assert_untouched() -> None:
     assert "None" in job or not job.strip(), job
 
 
-def _migrate(checked: dict, check_mode: bool = False) -> dict:
-    return run_module("hosta", "kvmops.migration.migrate", {
-        "domain": GUEST, "dest_host": ADDR["hostb"],
-        "expect_disks": checked["disks"], "expect_cpu": checked["cpu"]}, check_mode=check_mode)
+def _migrate(ansible_adhoc, checked: dict, check_mode: bool = False) -> dict:
+    """The migrate module on hosta with the pre-flight's ``checked``: through pytest-ansible, or
+    in check mode through ansible-playbook (``run_module``), which pytest-ansible cannot do."""
+    args = {"domain": GUEST, "dest_host": ADDR["hostb"], "expect_disks": checked["disks"], "expect_cpu": checked["cpu"]}
+    if check_mode:
+        return run_module("hosta", "kvmops.migration.migrate", args, check_mode=True)
+    return adhoc_module(ansible_adhoc, "hosta", "kvmops.migration.migrate", args)
 
 
-def test_resized_disk_after_the_preflight_is_refused(guest_on_hosta):
-    checked = _checked()
+def test_resized_disk_after_the_preflight_is_refused(guest_on_hosta, ansible_adhoc):
+    checked = _checked(ansible_adhoc)
     disk = checked["disks"][-1]
     bigger = int(disk["virtual_size"]) + 64 * 1024 * 1024
     lab.in_host("hosta", ["virsh", "blockresize", GUEST, disk["target"], "%dB" % bigger])
     try:
-        res = _migrate(checked)
+        res = _migrate(ansible_adhoc, checked)
         assert res.get("failed"), res
         assert "disk %s was resized from %d to %d bytes" % (disk["target"], disk["virtual_size"], bigger) in res["msg"]
         _assert_untouched()
@@ -56,8 +59,8 @@ def test_resized_disk_after_the_preflight_is_refused(guest_on_hosta):
         _recreate()
 
 
-def test_unchanged_guest_passes_the_comparison_in_check_mode(guest_on_hosta):
-    res = _migrate(_checked(), check_mode=True)
+def test_unchanged_guest_passes_the_comparison_in_check_mode(guest_on_hosta, ansible_adhoc):
+    res = _migrate(ansible_adhoc, _checked(ansible_adhoc), check_mode=True)
     assert not res.get("failed"), res.get("msg")
     assert res["state"] == "planned"
 

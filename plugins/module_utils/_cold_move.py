@@ -291,6 +291,26 @@ def _wait_running(dom: t.Any, name: str, host: str, timeout_s: float, lv: t.Any,
         sleep(0.2)
 
 
+def chain_refusal(disks: t.Sequence[dict[str, t.Any]]) -> str | None:
+    """Why the cold move cannot copy these disks, or None. A cold move copies each image file as
+    it is (its bytes, holes kept) into the image pre-created on the destination; a qcow2 layer
+    with a backing file would arrive pointing at a base the copy does not carry (missing there,
+    or another file of the same path: the guest would read foreign data). Such disks are refused
+    before the guest is touched, naming the fix.
+
+    :param disks: ``[{target, path, backing_file?, backing?: [{path}]}]`` (``disk_info`` disks).
+    """
+    chained = ["%s (%s, backed by %s)" % (d.get("target") or "?", d.get("path"),
+                                          d.get("backing_file") or (d.get("backing") or [{}])[0].get("path") or "?")
+               for d in disks if d.get("backing_file") or d.get("backing")]
+    if not chained:
+        return None
+    return ("A cold move copies image files as they are, and %s %s a backing chain whose base it would not carry: "
+            "flatten %s on the source first (virsh blockpull DOMAIN TARGET --wait, while the guest runs), "
+            "then run the move again." % (", ".join(chained), "has" if len(chained) == 1 else "have",
+                                           "it" if len(chained) == 1 else "them"))
+
+
 def plan(name: str, src: str, dest: str, active: bool, disks: t.Sequence[dict[str, t.Any]],
          timeout_s: float, force_off: bool) -> list[str]:
     """The steps of a cold move, in words (check mode and the result)."""
@@ -321,7 +341,8 @@ def run_cold_move(params: dict[str, t.Any], check_mode: bool = False,
         stats: {time_ms, downtime_ms, shutdown_ms, copy_ms, start_ms, disk_bytes, disk_allocated_bytes},
         warnings}``. ``downtime_ms``: from the ACPI request until the guest runs on the destination
         (its OS boots after that).
-    :raises KvmopsError: the guest is not where it should be, defined on both hosts, transient; the
+    :raises KvmopsError: the guest is not where it should be, defined on both hosts, transient; a
+        disk has a backing chain (:func:`chain_refusal`, before anything is touched, check mode too); the
         shutdown timed out (nothing moved); a copy, define or start failed (then the definition
         this run made on the destination is removed and the guest started again on the source if
         this run shut it down; the message says so).
@@ -358,6 +379,9 @@ def run_cold_move(params: dict[str, t.Any], check_mode: bool = False,
         if not sinfo["persistent"]:
             raise KvmopsError("Guest %s is transient on the source: a cold move needs a persistent definition "
                               "to carry over (virsh dumpxml %s > %s.xml; virsh define %s.xml)." % (name, name, name, name))
+        refusal = chain_refusal(disks)
+        if refusal:
+            raise KvmopsError("%s is not moved, nothing was changed by the cold move: %s" % (name, refusal))
         active = bool(sinfo["active"])
         result["was_running"] = active
         result["plan"] = plan(name, src, dest, active, disks, timeout_s, force_off)

@@ -23,6 +23,8 @@ description:
     destination from its persistent definition, starts it there and waits until it runs, then removes the
     definition from the source. The source images are kept.
   - A shut-off guest is moved the same way without the shutdown and stays shut off on the destination.
+  - Image files are copied as they are, so a disk with a backing chain is refused before the guest is touched (its base
+    would not come along); flatten it first (C(virsh blockpull)) or move the guest live.
   - On a failure before the guest runs on the destination the definition this run made there is removed and the
     guest is started again on the source if this run shut it down; the message says what was undone.
   - Downtime (RV(stats.downtime_ms)) is the time from the ACPI request until the guest runs on the destination; its

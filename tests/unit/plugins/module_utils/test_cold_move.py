@@ -311,3 +311,17 @@ def test_summary_of_a_planned_cold_move():
     result = {"mode": "cold", "state": "planned", "changed": True, "plan": ["shut vm1 down", "copy vda"]}
     s = _report.migration_summary("vm1", "hostb", "hosta", result, {}, [], check_mode=True)
     assert s["lines"][0] == "PLAN (check mode): vm1 would move COLD hostb -> hosta: shut vm1 down; copy vda."
+
+
+def test_chain_refusal_names_each_chained_disk_and_the_fix():
+    flat = {"target": "vda", "path": "/img/vm1.raw", "backing_file": None, "backing": []}
+    overlay = {"target": "vdb", "path": "/img/vm1-data.qcow2", "backing_file": "/img/base.qcow2",
+               "backing": [{"path": "/img/base.qcow2"}]}
+    listed_only = {"target": "vdc", "path": "/img/vm1-c.qcow2", "backing": [{"path": "/img/base-c.qcow2"}]}
+    assert c.chain_refusal([flat]) is None
+    assert c.chain_refusal([]) is None
+    one = c.chain_refusal([flat, overlay])
+    assert "vdb (/img/vm1-data.qcow2, backed by /img/base.qcow2) has a backing chain" in one
+    assert "virsh blockpull DOMAIN TARGET --wait" in one and "vda" not in one
+    two = c.chain_refusal([overlay, listed_only])
+    assert "vdc (/img/vm1-c.qcow2, backed by /img/base-c.qcow2)" in two and " have a backing chain" in two

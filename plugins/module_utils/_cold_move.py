@@ -305,10 +305,10 @@ def chain_refusal(disks: t.Sequence[dict[str, t.Any]]) -> str | None:
                for d in disks if d.get("backing_file") or d.get("backing")]
     if not chained:
         return None
+    one = len(chained) == 1
     return ("A cold move copies image files as they are, and %s %s a backing chain whose base it would not carry: "
             "flatten %s on the source first (virsh blockpull DOMAIN TARGET --wait, while the guest runs), "
-            "then run the move again." % (", ".join(chained), "has" if len(chained) == 1 else "have",
-                                           "it" if len(chained) == 1 else "them"))
+            "then run the move again." % (", ".join(chained), "has" if one else "have", "it" if one else "them"))
 
 
 def plan(name: str, src: str, dest: str, active: bool, disks: t.Sequence[dict[str, t.Any]],

@@ -15,28 +15,15 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
+from ansible_collections.kvmops.migration.plugins.module_utils._migration_monitor import progress_text
+
 display = Display()
-MIB = 1024 ** 2
 
 
 def progress_line(label, sample):
-    """One line for a person from a progress sample of the migrate module."""
-    remaining = sample.get("data_remaining_bytes")
-    total = sample.get("data_total_bytes")
-    percent = sample.get("percent")
-    parts = ["%s: %s" % (label, sample.get("phase") or "?")]
-    parts.append("%5.1f%%" % percent if isinstance(percent, (int, float)) else "  ?  %")
-    if remaining is not None:
-        parts.append("%.1f MiB remaining" % (remaining / MIB))
-    if total:
-        parts.append("of %.1f MiB" % (total / MIB))
-    if sample.get("memory_iteration"):
-        parts.append("pass %s" % sample["memory_iteration"])
-    if sample.get("dirty_rate_bytes_per_s"):
-        parts.append("dirty %.1f MiB/s" % (sample["dirty_rate_bytes_per_s"] / MIB))
-    if sample.get("elapsed_s") is not None:
-        parts.append("(%ss)" % sample["elapsed_s"])
-    return " ".join(parts)
+    """One line for a person from a progress sample of the migrate module
+    (:func:`_migration_monitor.progress_text`, the one wording of progress)."""
+    return "%s: %s" % (label, progress_text(sample))
 
 
 def last_sample(text):

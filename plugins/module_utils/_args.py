@@ -97,6 +97,7 @@ _PREFLIGHT_ONLY: dict[str, dict[str, t.Any]] = {
     "insecure_var": dict(type="str", default="allow_insecure_transport"),
     "cold_move_var": dict(type="str"),
     "cold_move_allowed": dict(type="bool", default=False),
+    "images_created_next": dict(type="bool", default=False),
     "ports": dict(type="dict", default={}, options=dict(
         migrate=dict(type="int", default=49152),
         disks=dict(type="int", default=49153),

@@ -288,14 +288,41 @@ class DestFiles:
         return None
 
 
+def _removal_advice(path: str, host: str, disk: dict[str, t.Any], seen: dict[str, t.Any],
+                    users: t.Sequence[str] | None, advice: str) -> str:
+    """What to say about an existing destination file that is in the way: ``advice`` (remove or
+    rename it) only when nothing shows it is data in use. Never removal when a domain on ``host``
+    uses the path (``users``), or when it is the source's own disk seen through shared storage
+    (same path, inode and size: :func:`_storage.same_file`); when either cannot be told
+    (``users`` None: the destination's domains could not be read; no fingerprint on one side),
+    the advice says what to check first."""
+    if users:
+        return ("It is used by domain %s on %s: never remove it. Give this guest's disk another path on %s, "
+                "or move that guest first." % (", ".join(users), host, host))
+    if _storage.same_file(disk.get("fingerprint"), seen.get("fingerprint")):
+        return ("It has the path, inode and size of the source's own disk: it is that disk seen through storage "
+                "shared with %s, so never remove it; declare the disk shared (shared_disks) instead." % host)
+    checks = []
+    if users is None:
+        checks.append("that no guest on %s uses it (virsh domblklist)" % host)
+    if not disk.get("fingerprint") or not seen.get("fingerprint"):
+        checks.append("that it is not the source's own disk seen through shared storage (compare stat -c '%%i %%s' "
+                      "%s on both hosts)" % path)
+    return advice + ((" First check " + " and ".join(checks) + ".") if checks else "")
+
+
 def check_dest_image(disk: dict[str, t.Any], dest: DestFiles, host: str,
-                     for_domain: str | None = None) -> dict[str, t.Any]:
+                     for_domain: str | None = None, users: t.Sequence[str] | None = (),
+                     created_next: bool = False) -> dict[str, t.Any]:
     """State of the destination path of one copied disk (cases C01, C03, C04).
 
     absent -> warning: it must be created first (``disk_image``) unless a libvirt pool covers the
-    directory (then libvirt pre-creates it: ok); exists, recorded in the manifest as ours and
-    same format and size -> ok (reused); exists and not ours, or another format/size -> error
-    naming both geometries; unknown (no facts) -> warning "not verified".
+    directory (then libvirt pre-creates it: ok) or the caller creates it next (``created_next``,
+    the ``migrate_guest`` role: ok); exists, recorded in the manifest as ours and same format and
+    size -> ok (reused); exists and not ours, or another format/size -> error naming both
+    geometries, with removal advice only when nothing shows the file is data in use
+    (:func:`_removal_advice`; ``users``: domains on ``host`` using the path, None when unknown);
+    unknown (no facts) -> warning "not verified".
     """
     path = disk.get("path")
     want_fmt, want_size = disk.get("format"), disk.get("virtual_size")
@@ -315,6 +342,11 @@ def check_dest_image(disk: dict[str, t.Any], dest: DestFiles, host: str,
                            % (path, os.path.dirname(path), host), **values)
         kind = "LV of exactly %s bytes" % want_size if _image_geometry.is_block_path(path) else \
             "%s image of exactly %s bytes (sparse)" % (want_fmt, want_size)
+        if created_next:
+            return finding("dest_image", "ok", host,
+                           "Destination image %s (disk %s) is absent on %s: it is created next, a %s "
+                           "(kvmops.migration.disk_image, recorded as ours)." % (path, disk.get("target"), host, kind),
+                           **values)
         return finding("dest_image", "warning", host,
                        "Destination image %s (disk %s) is absent on %s and no libvirt pool covers "
                        "its directory: create a %s there before migrating "
@@ -332,9 +364,9 @@ def check_dest_image(disk: dict[str, t.Any], dest: DestFiles, host: str,
                 % (path, fmt, size, want_fmt, want_size))
     matches = size == want_size and (fmt == want_fmt or seen.get("kind") == "block")
     if not matches:
-        return finding("dest_image", "error", host,
-                       "%s. Never overwritten: remove or rename it on %s if it is stale, or fix "
-                       "the size (sizes are bytes, never rounded)." % (geometry, host), **values)
+        return finding("dest_image", "error", host, "%s. Never overwritten. %s" % (geometry, _removal_advice(
+            path, host, disk, seen, users, "Remove or rename it on %s if it is stale, or fix the size (sizes are "
+            "bytes, never rounded)." % host)), **values)
     if ours:
         return finding("dest_image", "ok", host, "Destination image %s exists, created by kvmops "
                        "for this guest, format and size match: reused." % path, **values)
@@ -345,9 +377,10 @@ def check_dest_image(disk: dict[str, t.Any], dest: DestFiles, host: str,
                        "it recorded." % path, **values)
     return finding("dest_image", "error", host,
                    "%s, but kvmops did not create it (not in the manifest): it may be another "
-                   "guest's data and is never overwritten. Remove it on %s after checking, or "
-                   "migrate to another path." % (geometry.replace("; expected", ", as expected"), host),
-                   **values)
+                   "guest's data and is never overwritten. %s" % (
+                       geometry.replace("; expected", ", as expected"), _removal_advice(
+                           path, host, disk, seen, users, "Remove it on %s after checking, or migrate to another "
+                           "path." % host)), **values)
 
 
 def check_backing(disk: dict[str, t.Any], dest: DestFiles, host: str) -> list[dict[str, t.Any]]:
@@ -421,9 +454,15 @@ def check_free_space(disks: list[dict[str, t.Any]], dest: DestFiles, host: str,
     return out
 
 
-def check_required_files(files: list[dict[str, t.Any]], dest: DestFiles, host: str
+def check_required_files(files: list[dict[str, t.Any]], dest: DestFiles, host: str, live: bool = False
                          ) -> list[dict[str, t.Any]]:
-    """Each path of ``_domain_xml.required_files`` exists on the destination (case C13)."""
+    """Each path of ``_domain_xml.required_files`` exists on the destination (case C13).
+
+    An NVRAM file (UEFI variables) absent there is ``ok`` for a live move (``live``): libvirt
+    creates it from the firmware's template for the incoming QEMU, and QEMU's pflash device,
+    whose contents move with the guest's memory, writes them into that file when the guest runs
+    there (``pflash_post_load``). For a guest that is shut off it is a warning: nothing carries
+    the variables, the new file starts from the template."""
     out = []
     for item in files:
         seen, _src = dest.lookup(item["path"])
@@ -433,6 +472,11 @@ def check_required_files(files: list[dict[str, t.Any]], dest: DestFiles, host: s
                                "%s %s not verified on %s: it is not copied by the migration; pass "
                                "dest_disks (disk_info with paths on %s)." % (
                                    item["what"], item["path"], host, host), **values))
+        elif not seen.get("exists") and item["what"] == "nvram" and live:
+            out.append(finding("required_file", "ok", host,
+                               "nvram %s is absent on %s: libvirt creates it there, and the guest's UEFI "
+                               "variables, which move with its memory (the flash device's contents), are "
+                               "written into it when the guest runs there." % (item["path"], host), **values))
         elif not seen.get("exists") and item["what"] == "nvram":
             out.append(finding("required_file", "warning", host,
                                "nvram %s is missing on %s: libvirt creates it from the firmware's "

@@ -37,6 +37,7 @@ import typing as t
 import uuid
 from xml.sax.saxutils import escape
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
@@ -291,6 +292,20 @@ def _wait_running(dom: t.Any, name: str, host: str, timeout_s: float, lv: t.Any,
         sleep(0.2)
 
 
+def nvram_warning(name: str, xml: str, dest: str) -> str | None:
+    """What the operator must know when the guest keeps UEFI variables in an NVRAM file: a cold
+    move does not carry them (a live move does, with the memory), so libvirt makes the file on
+    ``dest`` from the firmware's template: boot entries set in the guest are reset. None when the
+    definition names no NVRAM file. ``xml``: the persistent definition (hostile input: parsed with
+    the hardened parser)."""
+    path = _domain_xml.domain_facts(xml).get("nvram")
+    if not path:
+        return None
+    return ("%s keeps its UEFI variables in %s: a cold move does not copy that file, so libvirt creates it on %s from "
+            "the firmware's template (boot entries set in the guest are reset; the source's file is kept: copy it to "
+            "%s while the guest is shut off to keep them)." % (name, path, dest, dest))
+
+
 def chain_refusal(disks: t.Sequence[dict[str, t.Any]]) -> str | None:
     """Why the cold move cannot copy these disks, or None. A cold move copies each image file as
     it is (its bytes, holes kept) into the image pre-created on the destination; a qcow2 layer
@@ -407,6 +422,9 @@ def run_cold_move(params: dict[str, t.Any], check_mode: bool = False,
             with _libvirt.libvirt_errors("read the persistent definition of %s" % name, host=src):
                 xml = sdom.XMLDesc(_lv_flag(lv, "VIR_DOMAIN_XML_INACTIVE") | _lv_flag(lv, "VIR_DOMAIN_XML_SECURE")
                                    | _lv_flag(lv, "VIR_DOMAIN_XML_MIGRATABLE"))
+            nvram = nvram_warning(name, xml, dest)
+            if nvram:
+                result["warnings"].append(nvram)
             with _libvirt.libvirt_errors("define %s" % name, host=dest):
                 new = dconn.defineXML(xml)
                 defined = True

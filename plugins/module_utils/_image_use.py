@@ -32,10 +32,15 @@ except ImportError:  # pragma: no cover - not on Linux
 QEMU_LOCK_RANGES = ((100, 64), (200, 64))
 
 
-def paths_in_use(conn: t.Any) -> dict[str, list[str]]:
+def paths_in_use(conn: t.Any, resolve: bool = True) -> dict[str, list[str]]:
     """Every storage path used by a libvirt domain on ``conn`` -> domain names.
 
-    Reads the live and the inactive XML of every domain (running or defined).
+    Reads the live and the inactive XML of every domain (running or defined):
+    ``virConnectListAllDomains``, ``virDomainGetXMLDesc``. ``resolve``: paths are resolved with
+    ``os.path.realpath`` on this host (right for a local connection; give False for another
+    host's, whose links this host cannot see).
+
+    :raises libvirt.libvirtError: the domains or a live XML could not be read.
     """
     used: dict[str, list[str]] = {}
     for dom in conn.listAllDomains(0):
@@ -48,7 +53,7 @@ def paths_in_use(conn: t.Any) -> dict[str, list[str]]:
                     raise
                 continue
             for path in _domain_xml.referenced_paths(xml):
-                names = used.setdefault(os.path.realpath(path), [])
+                names = used.setdefault(os.path.realpath(path) if resolve else path, [])
                 if name not in names:
                     names.append(name)
     return used

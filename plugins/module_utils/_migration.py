@@ -65,7 +65,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 from ansible_collections.kvmops.migration.plugins.module_utils import _sockets
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
-from ansible_collections.kvmops.migration.plugins.module_utils._migration_monitor import MigrationMonitor, completed_summary, timing, wait_for
+from ansible_collections.kvmops.migration.plugins.module_utils._migration_monitor import MigrationMonitor, completed_summary, progress_text, timing, wait_for
 from ansible_collections.kvmops.migration.plugins.module_utils._migration_plan import (
     RUNNING_STATES, MigrationOptions, MigrationPlan, build_dest_uri, build_plan, check_unchanged, classify_destination)
 
@@ -444,7 +444,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             recovery = [lingering] + list(recovery)
         raise KvmopsError(
             "Migration of %s from %s to %s failed (%s; last progress: %s). %s"
-            % (source["name"], src_where, opts.dest_host, why, _brief(monitor.last), " ".join(recovery)),
+            % (source["name"], src_where, opts.dest_host, why, progress_text(monitor.last), " ".join(recovery)),
             detail=_libvirt.libvirt_error_detail(err) if not isinstance(err, KvmopsError) else str(err),
             values={"progress": monitor.last, "plan": plan.as_result(), "notes": notes})
 
@@ -569,13 +569,6 @@ def _wait_source_job_ended(dom: t.Any, plan: "MigrationPlan", opts: MigrationOpt
         return None
     return ("The migration job on the source had not ended %d s after the failure: check 'virsh "
             "domjobinfo %s' there; the guest keeps running on its own disks." % (opts.abort_grace_s, name))
-
-
-def _brief(sample: dict[str, t.Any] | None) -> str:
-    if not sample:
-        return "none"
-    return "%s, %s%%, %s bytes remaining" % (sample["phase"], sample["percent"],
-                                             sample["data_remaining_bytes"])
 
 
 def _sever(plan: "MigrationPlan", opts: MigrationOptions, name: str, rt: Runtime,

@@ -29,6 +29,39 @@ def _stat(stats: dict[str, t.Any], lv: t.Any, name: str) -> t.Any:
     return stats.get(key) if key is not None else None
 
 
+def progress_text(sample: dict[str, t.Any] | None) -> str:
+    """One sample of :func:`progress_from_stats` in words, the one wording of the progress lines
+    (``migration_wait``) and of a failure's "last progress": the phase (``setup``, ``storage``,
+    ``memory``), the percent of all data (memory + disks, libvirt's ``data_*`` figures), MiB left
+    of MiB in all, what is left of disks and of memory where libvirt tells them apart, the memory
+    pass, the dirty rate and the time since the start. A sample without any figure (no job yet, or
+    none) is "no progress reported yet"; never "None"."""
+    if not sample or (sample.get("phase") in (None, "none") and sample.get("percent") is None
+                      and sample.get("data_remaining_bytes") is None):
+        return "no progress reported yet"
+    mib = 1024.0 ** 2
+    percent = sample.get("percent")
+    text = "%s %s of memory + disks" % (sample.get("phase") or "?",
+                                        "%5.1f%%" % percent if isinstance(percent, (int, float)) else "  ?  %")
+    remaining, total = sample.get("data_remaining_bytes"), sample.get("data_total_bytes")
+    if remaining is not None:
+        text += ", %.1f MiB%s left" % (remaining / mib, " of %.1f MiB" % (total / mib) if total else "")
+    elif total:
+        text += ", %.1f MiB in all" % (total / mib)
+    split = ["%s %.1f MiB" % (what, sample[key] / mib)
+             for what, key in (("disks", "disk_remaining_bytes"), ("memory", "memory_remaining_bytes"))
+             if sample.get(key) is not None]
+    if split and remaining is not None:
+        text += " (%s)" % ", ".join(split)
+    if sample.get("memory_iteration"):
+        text += ", memory pass %s" % sample["memory_iteration"]
+    if sample.get("dirty_rate_bytes_per_s"):
+        text += ", dirty %.1f MiB/s" % (sample["dirty_rate_bytes_per_s"] / mib)
+    if sample.get("elapsed_s") is not None:
+        text += " (%ss)" % sample["elapsed_s"]
+    return text
+
+
 def progress_from_stats(stats: dict[str, t.Any], elapsed_s: float, lv: t.Any = None) -> dict[str, t.Any]:
     """One progress sample from ``dom.jobStats()``.
 

@@ -59,6 +59,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _disk_info
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
 from ansible_collections.kvmops.migration.plugins.module_utils import _findings
 from ansible_collections.kvmops.migration.plugins.module_utils import _host
+from ansible_collections.kvmops.migration.plugins.module_utils import _image_use
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
@@ -156,6 +157,9 @@ class PreflightOptions:
     cold_move_var: str | None = _args.spec_field("preflight", "cold_move_var")
     #: that setting is true: the CPU errors say a cold move will fix them
     cold_move_allowed: bool = _args.spec_field("preflight", "cold_move_allowed")
+    #: the caller creates absent destination images right after the pre-flight (the
+    #: migrate_guest role, with disk_image): an absent image is then ok, not a warning
+    images_created_next: bool = _args.spec_field("preflight", "images_created_next")
 
     def validate(self) -> None:
         """:raises KvmopsError: an option out of range, named."""
@@ -463,12 +467,29 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         copy_disks = [d for d in disks if d["target"] in copied]
         result["checked"]["disks"] = [{k: d.get(k) for k in ("target", "path", "format", "virtual_size")}
                                       for d in copy_disks]
+        users_by_path: list[dict[str, list[str]] | None] = []
+
+        def users_of(path: str) -> list[str] | None:
+            """Domains on the destination that use ``path``; None when they cannot be read."""
+            if not users_by_path:
+                try:
+                    users_by_path.append(_image_use.paths_in_use(dconn, resolve=False) if dconn is not None else None)
+                except Exception as err:  # a libvirt error: the users stay unknown (None), others propagate
+                    if not _libvirt.is_libvirt_error(err, lv):
+                        raise
+                    users_by_path.append(None)
+            used = users_by_path[0]
+            return None if used is None else used.get(path, [])
+
         for disk in copy_disks:
-            findings.append(_checks_storage.check_dest_image(disk, dest_files, dest, info["name"]))
+            seen, _src = dest_files.lookup(disk.get("path") or "")
+            users = users_of(disk["path"]) if seen and seen.get("exists") and disk.get("path") else []
+            findings.append(_checks_storage.check_dest_image(disk, dest_files, dest, info["name"], users=users,
+                                                             created_next=opts.images_created_next))
             if opts.copy_storage == "incremental":
                 findings.extend(_checks_storage.check_backing(disk, dest_files, dest))
         findings.extend(_checks_storage.check_free_space(copy_disks, dest_files, dest))
-        findings.extend(_checks_storage.check_required_files(req, dest_files, dest))
+        findings.extend(_checks_storage.check_required_files(req, dest_files, dest, live=active))
 
         # Networks
         lookup = _checks_network.libvirt_network_lookup(dconn, lv, opts.dest_interfaces)

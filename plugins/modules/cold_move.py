@@ -14,7 +14,7 @@ version_added: 0.1.0
 description:
   - The move for a running guest whose CPU no destination can provide (a live migration cannot change the CPU).
     Normalise its persistent CPU first (M(kvmops.migration.domain_cpu)) and pre-create the destination images
-    (M(kvmops.migration.disk_image)); the M(kvmops.migration.migrate_guest) role does both with
+    (M(kvmops.migration.disk_image)); the C(kvmops.migration.migrate_guest) role does both with
     C(migrate_guest_allow_cold_move=true).
   - Runs on the source. Presses the guest's ACPI power button and waits O(shutdown_timeout_s) for it to power off
     (then powers it off hard only with O(force_off=true)), copies each image of O(disks) into the image of the same

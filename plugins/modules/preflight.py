@@ -135,6 +135,13 @@ options:
     description: The setting O(cold_move_var) is true - the CPU errors then say that a cold move will fix them.
     type: bool
     default: false
+  images_created_next:
+    description:
+      - The caller creates the absent destination images of the copied disks right after this check, as the
+        C(kvmops.migration.migrate_guest) role does with M(kvmops.migration.disk_image). An absent image is then reported
+        as C(ok) (created next) instead of a warning that asks to create it.
+    type: bool
+    default: false
   ports:
     description: Ports probed on O(dest_host) from the source.
     type: dict

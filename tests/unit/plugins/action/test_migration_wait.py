@@ -28,10 +28,16 @@ def test_progress_line():
               "data_total_bytes": 260 * MIB, "memory_iteration": 0, "dirty_rate_bytes_per_s": None,
               "elapsed_s": 3.0}
     assert w.progress_line("vm1 [hosta]", sample) == \
-        "vm1 [hosta]: storage  42.5% 150.0 MiB remaining of 260.0 MiB (3.0s)"
-    sample.update(phase="memory", memory_iteration=2, dirty_rate_bytes_per_s=2 * MIB, percent=None)
+        "vm1 [hosta]: storage  42.5% of memory + disks, 150.0 MiB of 260.0 MiB left (3.0s)"
+    sample.update(phase="memory", memory_iteration=2, dirty_rate_bytes_per_s=2 * MIB, percent=None,
+                  disk_remaining_bytes=0, memory_remaining_bytes=150 * MIB)
     assert w.progress_line("vm1", sample) == \
-        "vm1: memory   ?  % 150.0 MiB remaining of 260.0 MiB pass 2 dirty 2.0 MiB/s (3.0s)"
+        "vm1: memory   ?  % of memory + disks, 150.0 MiB of 260.0 MiB left (disks 0.0 MiB, memory 150.0 MiB), " \
+        "memory pass 2, dirty 2.0 MiB/s (3.0s)"
+    # no figure at all (no job yet): said so, never "None"
+    assert w.progress_line("vm1", {"phase": "none", "percent": None, "data_remaining_bytes": None}) == \
+        "vm1: no progress reported yet"
+    assert w.progress_line("vm1", None) == "vm1: no progress reported yet"
 
 
 # The poll's shell command, run by a real /bin/sh against real files (it is what runs on the host)

@@ -325,3 +325,12 @@ def test_chain_refusal_names_each_chained_disk_and_the_fix():
     assert "virsh blockpull DOMAIN TARGET --wait" in one and "vda" not in one
     two = c.chain_refusal([overlay, listed_only])
     assert "vdc (/img/vm1-c.qcow2, backed by /img/base-c.qcow2)" in two and " have a backing chain" in two
+
+
+def test_nvram_warning_says_the_variables_are_not_carried():
+    xml = ("<domain type='qemu'><name>vm1</name><memory unit='MiB'>64</memory><os><type>hvm</type>"
+           "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"
+           "<nvram>/var/lib/libvirt/qemu/nvram/vm1_VARS.fd</nvram></os></domain>")
+    text = c.nvram_warning("vm1", xml, "hostb")
+    assert "/var/lib/libvirt/qemu/nvram/vm1_VARS.fd" in text and "does not copy" in text and "hostb" in text
+    assert c.nvram_warning("vm1", xml.replace("<nvram>/var/lib/libvirt/qemu/nvram/vm1_VARS.fd</nvram>", ""), "hostb") is None

@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import re
 import tempfile
 
 import pytest
@@ -306,6 +307,46 @@ def test_c03_matching_image_reused_only_when_ours():
     assert _checks_storage.check_dest_image(QCOW, unknown, DST, "vm1")["status"] == "warning"
 
 
+def test_c01_absent_image_the_caller_creates_next_is_ok_without_advice_to_create_it():
+    dest = _checks_storage.DestFiles(disks={QCOW["path"]: {"path": QCOW["path"], "exists": False}})
+    f = _checks_storage.check_dest_image(QCOW, dest, DST, created_next=True)
+    assert f["status"] == "ok" and "created next" in f["msg"] and "before migrating" not in f["msg"]
+    assert "21474836480 bytes" in f["msg"]
+
+
+FOREIGN_SEEN = {"exists": True, "format": "qcow2", "virtual_size": 21474836480,
+                "fingerprint": {"path": QCOW["path"], "inode": 99, "size": 196616, "kvmops_id": None}}
+SOURCE_FP = {"path": QCOW["path"], "inode": 12, "size": 5 * GIB, "kvmops_id": None}
+
+
+@pytest.mark.parametrize("size", [21474836480, 22011707392])  # a foreign file of the right size, and of another
+def test_removal_advice_only_when_no_guest_uses_the_file(size):
+    disk = dict(QCOW, fingerprint=SOURCE_FP)
+    dest = _checks_storage.DestFiles(disks={QCOW["path"]: dict(FOREIGN_SEEN, virtual_size=size)}, manifest=[])
+    free = _checks_storage.check_dest_image(disk, dest, DST, "vm1", users=[])
+    assert free["status"] == "error" and re.search(r"\bRemove", free["msg"]) and "First check" not in free["msg"]
+    # a domain of the destination uses it: never removal
+    used = _checks_storage.check_dest_image(disk, dest, DST, "vm1", users=["db1"])
+    assert used["status"] == "error" and "used by domain db1 on %s: never remove it" % DST in used["msg"]
+    assert not re.search(r"\bRemove|remove or rename|after checking", used["msg"])
+    # the destination's domains could not be read: say what to check before removing
+    unknown = _checks_storage.check_dest_image(disk, dest, DST, "vm1", users=None)
+    assert "First check that no guest on %s uses it (virsh domblklist)" % DST in unknown["msg"]
+
+
+def test_removal_advice_never_for_the_source_disk_seen_through_shared_storage():
+    same = dict(FOREIGN_SEEN, fingerprint=dict(SOURCE_FP))
+    disk = dict(QCOW, fingerprint=SOURCE_FP)
+    f = _checks_storage.check_dest_image(disk, _checks_storage.DestFiles(disks={QCOW["path"]: same}, manifest=[]),
+                                         DST, "vm1", users=[])
+    assert f["status"] == "error" and "source's own disk" in f["msg"] and "never remove it" in f["msg"]
+    assert not re.search(r"\bRemove", f["msg"])
+    # no fingerprint on the source side: the advice asks to compare both files first
+    f = _checks_storage.check_dest_image(QCOW, _checks_storage.DestFiles(disks={QCOW["path"]: same}, manifest=[]),
+                                         DST, "vm1", users=[])
+    assert "not the source's own disk seen through shared storage (compare stat" in f["msg"]
+
+
 def test_c04_block_target_compares_bytes():
     disk = {"target": "vdb", "path": "/dev/vg0/vm1-data", "format": "raw", "virtual_size": 10 * GIB}
     dest = _checks_storage.DestFiles(disks={disk["path"]: {"exists": True, "kind": "block", "format": "raw",
@@ -373,6 +414,14 @@ def test_missing_nvram_is_a_warning_about_lost_uefi_variables():
             "virtual_size": None}]
     f = _checks_storage.check_required_files(req, _checks_storage.DestFiles(disks={req[0]["path"]: {"exists": False}}), DST)[0]
     assert f["status"] == "warning" and "UEFI" in f["msg"]
+
+
+def test_absent_nvram_of_a_live_move_is_ok_its_variables_move_with_the_memory():
+    req = [{"what": "nvram", "path": "/var/lib/libvirt/qemu/nvram/vm1_VARS.fd", "target": None,
+            "virtual_size": None}]
+    dest = _checks_storage.DestFiles(disks={req[0]["path"]: {"exists": False}})
+    f = _checks_storage.check_required_files(req, dest, DST, live=True)[0]
+    assert f["status"] == "ok" and "UEFI variables" in f["msg"] and "lost" not in f["msg"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -638,6 +687,30 @@ def test_run_all_checks_pass_and_touch_nothing(tmp_path):
     assert res["copy_set"] == ["vda"]
     assert only(res["findings"], "dest_image")["values"]["state"] == "absent"
     assert only(res["findings"], "free_space")["values"]["data_bytes"] >= 0
+
+
+def test_run_destination_file_used_by_a_destination_guest_is_never_to_be_removed(tmp_path):
+    xml, image, kernel = run_xml(tmp_path)
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [dom(xml)])
+    # another guest on the destination has the same path as its disk (the file there is its data)
+    other = xml.replace(UUID, "11111111-2222-3333-4444-555555555555").replace("<name>vm1</name>", "<name>db1</name>")
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb", [dom(other)])
+    there = {"path": image, "exists": True, "format": "raw", "virtual_size": 1024 ** 3,
+             "fingerprint": {"path": image, "inode": 424242, "size": 1024 ** 3}}
+    res = pf.run_preflight(opts_for(image, kernel, dest_disks=[there, {"path": kernel, "exists": True}]),
+                           probes({"qemu:///system": src, DEST_URI: dst}))
+    f = only(res["findings"], "dest_image")
+    assert f["status"] == "error" and "used by domain db1 on %s: never remove it" % DST in f["msg"], f["msg"]
+    assert "Remove" not in f["msg"]
+    # nobody uses it there: the advice to remove it after checking is given
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    res = pf.run_preflight(opts_for(image, kernel, dest_disks=[there, {"path": kernel, "exists": True}]),
+                           probes({"qemu:///system": src, DEST_URI: dst}))
+    assert "Remove it on %s after checking" % DST in only(res["findings"], "dest_image")["msg"]
+    # absent and created next by the caller (the role): ok
+    res = pf.run_preflight(opts_for(image, kernel, images_created_next=True), probes({"qemu:///system": src, DEST_URI: dst}))
+    f = only(res["findings"], "dest_image")
+    assert f["status"] == "ok" and "created next" in f["msg"]
 
 
 def test_run_c08_c10_c11_together(tmp_path):

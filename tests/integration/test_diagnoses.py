@@ -7,7 +7,9 @@ as they were.
   authorised on hostb;
 - the same directory seen by both hosts (a bind mount of one directory of the machine): reported
   shared, not copied, and libvirt's 'unsafe' refusal predicted until qemu.conf declares it;
-- a post-copy move: the summary shows real duration, downtime and bytes.
+- a post-copy move: the summary shows real duration, downtime and bytes;
+- a file at the destination path that another guest of hostb uses: the advice names that guest
+  and never says to remove the file (item 4).
 """
 
 from __future__ import annotations
@@ -235,3 +237,36 @@ def test_postcopy_move_summary_has_real_figures(lab_up):
             lab.in_host(host, ["virsh", "-q", "destroy", POSTCOPY_GUEST], check=False, capture=True)
             lab.in_host(host, ["virsh", "-q", "undefine", POSTCOPY_GUEST], check=False, capture=True)
         os.unlink(path)
+
+
+USER_GUEST = "labuser"
+
+
+def test_destination_file_of_another_guest_is_never_to_be_removed(guest_on_hosta, ansible_adhoc):
+    """Issue 16 item 4: the destination path of the guest's disk holds a file that a guest
+    defined on hostb uses as its disk. The pre-flight stops the run and its advice must not be
+    to remove that file: it names the guest that uses it. Nothing changes on either host."""
+    path = [p for p in _guest_paths(ansible_adhoc) if p.endswith("/%s.raw" % GUEST)][0]
+    assert lab.in_host(DEST, ["test", "-e", path], check=False).returncode != 0, "%s already on %s" % (path, DEST)
+    xml = lab.guest_xml("qemu", name=USER_GUEST, ip="198.18.0.26", mac_suffix=0x26)
+    xml = xml.replace("/var/lib/libvirt/images/%s.raw" % USER_GUEST, path)
+    assert path in xml
+    lab.in_host(DEST, ["truncate", "-s", "4M", path])  # the other guest's data (made by this test)
+    definition = lab.hdir(DEST, "%s.xml" % USER_GUEST)  # seen at the same path inside the host
+    lab.write(definition, xml)
+    try:
+        lab.in_host(DEST, ["virsh", "-q", "define", definition], capture=True)
+        before = proof.host_snapshot()
+        run = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % DEST)
+        text = re.sub(r"\s+", " ", run.stdout)
+        assert run.returncode != 0, run.stdout[-4000:]
+        assert "used by domain %s on %s: never remove it" % (USER_GUEST, lab.HOSTS[DEST]) in text, text[-4000:]
+        assert "Remove it on" not in text and "remove or rename" not in text.lower(), text[-4000:]
+        assert "Traceback" not in run.stdout
+        assert proof.host_snapshot() == before
+        assert lab.domain_hosts(GUEST) == {SRC: "running"}
+    finally:
+        lab.in_host(DEST, ["virsh", "-q", "undefine", USER_GUEST], check=False, capture=True)
+        lab.in_host(DEST, ["rm", "-f", path], check=False)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(definition)

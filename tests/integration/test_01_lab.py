@@ -11,6 +11,21 @@ import subprocess
 from conftest import lab, lab_cmd, lab_status
 
 
+def _this_process_and_its_parents() -> set[int]:
+    """This test's process and its ancestors (pytest, the shell and make that started it): their
+    command lines may name the lab's state directory (``--inventory .../inventory.yml``) but they
+    are not the lab's."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
 def _leftovers() -> list[str]:
     """Everything of the lab that may exist outside its state directory."""
     found = []
@@ -24,8 +39,9 @@ def _leftovers() -> list[str]:
             found.append("link %s" % name)
     with open("/proc/mounts") as f:
         found += ["mount %s" % line.split()[1] for line in f if lab.STATE in line]
+    mine = _this_process_and_its_parents()  # pytest's own command line names the lab inventory
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+        if not pid.isdigit() or int(pid) in mine:
             continue
         try:
             with open("/proc/%s/cmdline" % pid, "rb") as f:

@@ -221,6 +221,20 @@ def _open(stack: contextlib.ExitStack, probes: Probes, uri: str) -> tuple[t.Any,
         return None, str(err)
 
 
+def _dest_users(dconn: t.Any, lv: t.Any) -> dict[str, list[str]] | None:
+    """Path -> domains on the destination that use it (:func:`_image_use.paths_in_use`, paths
+    as the destination names them); None when there is no connection or libvirt could not list
+    them (the advice about a file there then says what to check first)."""
+    if dconn is None:
+        return None
+    try:
+        return _image_use.paths_in_use(dconn, resolve=False)
+    except Exception as err:  # a libvirt error: the users stay unknown, others propagate
+        if not _libvirt.is_libvirt_error(err, lv):
+            raise
+        return None
+
+
 def _host_facts(conn: t.Any, uri: str) -> dict[str, t.Any]:
     with _libvirt.libvirt_errors("read the host facts", host=uri):
         caps = _cpu.parse_capabilities(conn.getCapabilities())
@@ -467,23 +481,11 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         copy_disks = [d for d in disks if d["target"] in copied]
         result["checked"]["disks"] = [{k: d.get(k) for k in ("target", "path", "format", "virtual_size")}
                                       for d in copy_disks]
-        users_by_path: list[dict[str, list[str]] | None] = []
-
-        def users_of(path: str) -> list[str] | None:
-            """Domains on the destination that use ``path``; None when they cannot be read."""
-            if not users_by_path:
-                try:
-                    users_by_path.append(_image_use.paths_in_use(dconn, resolve=False) if dconn is not None else None)
-                except Exception as err:  # a libvirt error: the users stay unknown (None), others propagate
-                    if not _libvirt.is_libvirt_error(err, lv):
-                        raise
-                    users_by_path.append(None)
-            used = users_by_path[0]
-            return None if used is None else used.get(path, [])
-
+        # the destination's domains are read only when a copied disk's path is taken there
+        taken = [d["path"] for d in copy_disks if d.get("path") and (dest_files.lookup(d["path"])[0] or {}).get("exists")]
+        used = _dest_users(dconn, lv) if taken else {}
         for disk in copy_disks:
-            seen, _src = dest_files.lookup(disk.get("path") or "")
-            users = users_of(disk["path"]) if seen and seen.get("exists") and disk.get("path") else []
+            users = (None if used is None else used.get(disk["path"], [])) if disk.get("path") in taken else []
             findings.append(_checks_storage.check_dest_image(disk, dest_files, dest, info["name"], users=users,
                                                              created_next=opts.images_created_next))
             if opts.copy_storage == "incremental":

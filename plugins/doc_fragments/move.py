@@ -128,3 +128,46 @@ attributes:
     membership:
       - kvmops.migration.move
 """
+
+    HEALTH = r"""
+options:
+  health:
+    description:
+      - What is checked on the destination once the guest has moved (the destination's libvirt
+        connection the move already holds; no extra remote call). An unhealthy guest is returned with
+        RV(health.healthy=false) and the reasons in RV(health.problems); it stays on the destination.
+      - The domain must keep running for O(health.window_s) seconds from the switch-over, and no guest
+        panic may be reported (a C(<panic>) device such as pvpanic makes QEMU tell libvirt; the lifecycle
+        event is watched from before the switch-over, the domain state and its reason after it).
+      - When the QEMU guest agent ran in the guest before the move (its channel
+        C(org.qemu.guest_agent.0) was connected), C(guest-ping) must answer within
+        O(health.agent_timeout_s) seconds; then the guest clock's offset is read and re-synced
+        (O(health.sync_clock)), and the file systems are trimmed when O(health.fstrim) is set.
+    type: dict
+    default: {}
+    suboptions:
+      enabled:
+        description: Check the guest's health after the move.
+        type: bool
+        default: true
+      window_s:
+        description: Seconds from the switch-over during which the domain must keep running without a panic.
+        type: float
+        default: 2
+      agent_timeout_s:
+        description:
+          - Seconds from the switch-over within which a guest agent that ran before the move must answer C(guest-ping).
+          - A cold move (M(kvmops.migration.cold_move)) adds its C(start_timeout_s) for the boot.
+        type: float
+        default: 15
+      sync_clock:
+        description:
+          - Re-sync the guest's clock from the destination's RTC through the agent (C(virDomainSetTime) with
+            C(VIR_DOMAIN_TIME_SYNC)) after the move, and report the offset before and after.
+        type: bool
+        default: true
+      fstrim:
+        description: Trim the guest's mounted file systems through the agent (C(virDomainFSTrim)) after the move.
+        type: bool
+        default: false
+"""

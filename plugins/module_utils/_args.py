@@ -58,6 +58,16 @@ _MOVE: dict[str, dict[str, t.Any]] = {
     "cleanup_leftover": dict(type="bool", default=False),
 }
 
+#: the suboptions of ``health`` (``migrate``, ``cold_move``): what is checked on the destination
+#: after the switch-over (``_health.HealthOptions``)
+_HEALTH: dict[str, dict[str, t.Any]] = {
+    "enabled": dict(type="bool", default=True),
+    "window_s": dict(type="float", default=2),
+    "agent_timeout_s": dict(type="float", default=15),
+    "sync_clock": dict(type="bool", default=True),
+    "fstrim": dict(type="bool", default=False),
+}
+
 #: the options only ``migrate`` has (its backend is ``_migration_plan.MigrationOptions``)
 _MIGRATE_ONLY: dict[str, dict[str, t.Any]] = {
     "migrate_port": dict(type="int"),
@@ -82,6 +92,7 @@ _MIGRATE_ONLY: dict[str, dict[str, t.Any]] = {
     "unsafe": dict(type="bool", default=False),
     "expect_disks": dict(type="list", elements="dict"),
     "expect_cpu": dict(type="str"),
+    "health": dict(type="dict", default={}, options=_HEALTH),
 }
 
 #: the options only ``preflight`` has (its backend is ``_preflight.PreflightOptions``; ``ports``
@@ -123,6 +134,7 @@ _SPECS: dict[str, dict[str, dict[str, t.Any]]] = {
     "move": _MOVE,
     "migrate": dict(_MOVE, **_MIGRATE_ONLY),
     "preflight": dict(_MOVE, **_PREFLIGHT_ONLY),
+    "health": _HEALTH,
 }
 
 #: the key of a dataclass field's metadata that names the option its default comes from
@@ -150,6 +162,11 @@ def move_spec() -> dict[str, dict[str, t.Any]]:
 def migrate_spec() -> dict[str, dict[str, t.Any]]:
     """A fresh copy of the backend options of ``migrate``: the move's and its own."""
     return copy.deepcopy(_SPECS["migrate"])
+
+
+def health_spec() -> dict[str, dict[str, t.Any]]:
+    """A fresh copy of the ``health`` option (``migrate`` and ``cold_move``)."""
+    return {"health": copy.deepcopy(_MIGRATE_ONLY["health"])}
 
 
 def preflight_spec() -> dict[str, dict[str, t.Any]]:

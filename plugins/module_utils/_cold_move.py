@@ -31,6 +31,7 @@ the disks, ``virStorageVolLookupByPath``, ``virStoragePoolRefresh``,
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import typing as t
@@ -38,6 +39,7 @@ import uuid
 from xml.sax.saxutils import escape
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _health
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan
@@ -400,6 +402,12 @@ def run_cold_move(params: dict[str, t.Any], check_mode: bool = False,
         active = bool(sinfo["active"])
         result["was_running"] = active
         result["plan"] = plan(name, src, dest, active, disks, timeout_s, force_off)
+        health_opts = _health.HealthOptions.from_params(params.get("health"))
+        agent = None
+        if active:
+            with _libvirt.libvirt_errors("read the live definition of %s" % name, host=src):
+                agent = _domain_xml.agent_channel_state(sdom.XMLDesc(0))
+            result["plan"].append(_health.plan_words(health_opts, agent))
         if check_mode:
             return dict(result, changed=True, state="planned")
         result["changed"] = True
@@ -435,6 +443,8 @@ def run_cold_move(params: dict[str, t.Any], check_mode: bool = False,
                 _wait_running(new, name, dest, float(params.get("start_timeout_s") or 60), lv, clock, sleep)
                 timings["start_ms"] = int((clock() - boot_start) * 1000)
             end = clock()
+            if not active:
+                boot_start = end
         except KvmopsError as err:
             undo = _undo(sdom, new, name, src, dest, shut, defined, lv)
             result["restarted_source"] = undo["restarted_source"]
@@ -451,6 +461,13 @@ def run_cold_move(params: dict[str, t.Any], check_mode: bool = False,
                     "%s runs on %s, but its shut-off definition on the source could not be removed (%s): "
                     "undefine it there (virsh undefine %s) so that it is defined once." % (
                         name, dest, _libvirt.libvirt_error_detail(err), name))
+        result["health"] = _health.disabled()
+        if active and new is not None and health_opts.enabled:
+            # the guest boots: its agent gets the boot time (start_timeout_s) on top of agent_timeout_s
+            boot_opts = dataclasses.replace(health_opts, agent_timeout_s=health_opts.agent_timeout_s
+                                            + float(params.get("start_timeout_s") or 60))
+            result["health"] = _health.check_health(new, opts=boot_opts, since=end, agent=agent, where=dest, lv=lv,
+                                                    clock=clock, sleep=sleep)
     total = sum(c["data_bytes"] + c["hole_bytes"] for c in result["copies"])
     result.update(state="migrated", stats={
         "time_ms": int((end - start) * 1000),

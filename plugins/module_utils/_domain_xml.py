@@ -11,7 +11,8 @@ Relies on the libvirt domain XML format, https://libvirt.org/formatdomain.html :
 |protocol+name>``, ``<backingStore>``, ``<target dev bus>``, ``<readonly/>``, ``<shareable/>``;
 ``<interface type>`` with ``<mac address>``, ``<source bridge|network|dev>``, ``<model type>``;
 ``<memory unit>`` (default KiB), ``<vcpu>``, ``<os><type arch machine>``, ``<loader>``,
-``<nvram>``, ``<kernel>``, ``<initrd>``, ``<dtb>``, ``<devices><emulator>``.
+``<nvram>``, ``<kernel>``, ``<initrd>``, ``<dtb>``, ``<devices><emulator>``, the guest agent's
+``<channel>``.
 
 And on libvirt's default disk selection for ``--copy-storage-*`` (qemu_migration.c,
 ``qemuMigrationAnyCopyDisk``): disks that are not shared, not read-only and have a source;
@@ -318,6 +319,25 @@ def interfaces(xml_or_root: t.Any) -> list[dict[str, t.Any]]:
         out.append({"type": nic_type, "source": source, "mac": _attr(nic, "mac", "address"),
                     "model": _attr(nic, "model", "type"), "target": _attr(nic, "target", "dev")})
     return out
+
+
+#: the name of the QEMU guest agent's virtio-serial port (formatdomain.html#channel)
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+def agent_channel_state(xml_or_root: t.Any) -> str | None:
+    """The state of the guest agent's channel (``<channel><target type='virtio'
+    name='org.qemu.guest_agent.0' state=.../>``; the live XML of a running domain carries
+    ``state``): ``connected`` (the agent has the port open), ``disconnected``, ``unknown`` (a
+    channel without a state, e.g. in an inactive definition), or None when there is no such
+    channel.
+    """
+    root = _root(xml_or_root)
+    for target in root.findall("devices/channel/target"):
+        if target.get("type") == "virtio" and target.get("name") == AGENT_CHANNEL:
+            state = (target.get("state") or "").strip()
+            return state if state in ("connected", "disconnected") else "unknown"
+    return None
 
 
 def domain_facts(xml_or_root: t.Any) -> dict[str, t.Any]:

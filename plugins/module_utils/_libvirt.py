@@ -22,6 +22,7 @@ Relies on: libvirt-python ``libvirt.open`` (virConnectOpen), ``lookupByName``/
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import threading
 import typing as t
@@ -277,6 +278,22 @@ def looks_like_uuid(text: str) -> bool:
     parts = text.split("-")
     return len(text) == 36 and [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(
         c in "0123456789abcdefABCDEF" for c in text.replace("-", ""))
+
+
+def agent_command(dom: t.Any, command: dict[str, t.Any], timeout_s: int, lv: t.Any = None) -> str:
+    """Send one command to the QEMU guest agent of ``dom`` (``virDomainQemuAgentCommand``, in
+    libvirt-python's ``libvirt_qemu`` module; a fake namespace ``lv`` may carry its own
+    ``qemuAgentCommand``) and return the reply text unparsed: the guest writes it (hostile input).
+
+    :param command: the agent command, e.g. ``{"execute": "guest-ping"}``.
+    :param timeout_s: seconds to wait for the answer.
+    :raises libvirtError: no agent channel, the agent is not connected or did not answer.
+    """
+    send = getattr(lv, "qemuAgentCommand", None)
+    if send is None:
+        import libvirt_qemu  # type: ignore[import-not-found]  # pylint: disable=import-outside-toplevel
+        send = libvirt_qemu.qemuAgentCommand
+    return str(send(dom, json.dumps(command, separators=(",", ":")), int(timeout_s), 0) or "")
 
 
 # --------------------------------------------------------------------------------------------

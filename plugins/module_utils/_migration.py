@@ -60,6 +60,7 @@ import typing as t
 import uuid as uuidlib
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _health
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 from ansible_collections.kvmops.migration.plugins.module_utils import _sockets
@@ -168,6 +169,8 @@ def source_facts(dom: t.Any, lv: t.Any, where: str = "the source") -> dict[str, 
         info["migratable_xml"] = _call(lv, action, where, dom.XMLDesc, flags)
     disk_list = _domain_xml.disks(xml)
     info["disks"] = disk_list
+    # the guest agent's channel state before the move: an agent that ran must answer after it
+    info["agent"] = _domain_xml.agent_channel_state(xml) if info["active"] else None
     info["cpu_fingerprint"] = _domain_xml.cpu_fingerprint(info.get("migratable_xml") or xml)
     info["memory_bytes"] = int(_call(lv, action, where, dom.info)[1]) * 1024
     sizes: dict[str, int] = {}
@@ -192,17 +195,22 @@ def source_facts(dom: t.Any, lv: t.Any, where: str = "the source") -> dict[str, 
 class _Worker(threading.Thread):
     """Runs ``dom.migrate3(dconn, params, flags)``; keeps the result or the exception."""
 
-    def __init__(self, dom: t.Any, dconn: t.Any, params: dict[str, t.Any], flags: int) -> None:
+    def __init__(self, dom: t.Any, dconn: t.Any, params: dict[str, t.Any], flags: int,
+                 clock: t.Callable[[], float] = time.monotonic) -> None:
         super().__init__(name="kvmops-migrate3", daemon=True)
-        self.dom, self.dconn, self.params, self.flags = dom, dconn, params, flags
+        self.dom, self.dconn, self.params, self.flags, self.clock = dom, dconn, params, flags, clock
         self.result: t.Any = None
         self.error: BaseException | None = None
+        #: ``clock`` when ``migrate3`` returned (the switch-over, to within libvirt's Finish/Confirm)
+        self.ended: float | None = None
 
     def run(self) -> None:
         try:
             self.result = self.dom.migrate3(self.dconn, self.params, self.flags)
         except BaseException as err:  # handed to the main thread, which reports it
             self.error = err
+        finally:
+            self.ended = self.clock()
 
 
 @dataclasses.dataclass
@@ -310,6 +318,9 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
                                                   if item[0] == "warning"])
     if decision.action == "cleanup_then_migrate":
         result["warnings"].append(decision.msg)
+    health_opts = _health.HealthOptions.from_params(opts.health)
+    if source["active"]:
+        result["plan"]["health"] = _health.plan_words(health_opts, source.get("agent"))
     if check_mode:
         return dict(result, changed=True, state="planned", now_on=src_where,
                     msg="Would migrate %s to %s (%s)." % (
@@ -328,9 +339,28 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     rt.log("kvmops.migration: migrating %s to %s flags=%s params=%s" % (
         source["name"], plan.dest_uri, ",".join(plan.flag_names), sorted(plan.params)))
 
+    # registered before the switch-over, so a panic right after it is seen (the incoming domain's
+    # events arrive on the destination connection)
+    watch = (_health.PanicWatch(rt.clock).start(dconn, source["uuid"], lv)
+             if source["active"] and health_opts.enabled else None)
+    try:
+        return _migrate_and_check(opts, sconn, dconn, dom, source, plan, result, rt, lv, watch, health_opts,
+                                  dest_existed=dest_existed, was_running=was_running, src_where=src_where)
+    finally:
+        if watch is not None:
+            watch.stop()
+
+
+def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: t.Any, source: dict[str, t.Any],
+                       plan: MigrationPlan, result: dict[str, t.Any], rt: Runtime, lv: t.Any,
+                       watch: _health.PanicWatch | None, health_opts: _health.HealthOptions, *,
+                       dest_existed: bool, was_running: bool, src_where: str) -> dict[str, t.Any]:
+    """The part of :func:`migrate_domain` from ``migrate3`` on: run and watch the job, recover
+    after a failure, read the result and check the guest's health on the destination."""
+    dest_label = opts.dest_host
     monitor = MigrationMonitor(plan.timeout_s, plan.timeout_action, plan.max_downtime_ms,
                                opts.abort_grace_s, lv)
-    worker = _Worker(dom, dconn, plan.params, plan.flags)
+    worker = _Worker(dom, dconn, plan.params, plan.flags, rt.clock)
     worker.start()
     notes: list[str] = []
     severed: list[dict[str, t.Any]] = []  # at most one entry: what closing the data connections did
@@ -469,12 +499,23 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
         summary["disk_bytes"] = monitor.disk_total_bytes or None
     if summary:
         summary["disk_allocated_bytes"] = sum(int(source["disk_bytes"].get(d) or 0) for d in plan.disks)
+    health = _health.disabled()
+    if ddom is not None and source["active"] and health_opts.enabled:
+        health = _health.check_health(
+            ddom, opts=health_opts, since=worker.ended if worker.ended is not None else rt.clock(),
+            expect="running" if was_running else "paused", agent=source.get("agent"), watch=watch,
+            where=dest_label, lv=lv, clock=rt.clock, sleep=rt.sleep, now=rt.now)
+        if watch is not None and watch.error and not health["panicked"]:
+            notes.append("guest panics were watched through the domain state only (no lifecycle events: %s)"
+                         % watch.error)
+    msg = "Migrated %s to %s in %s ms (downtime %s ms)." % (
+        source["name"], opts.dest_host, summary.get("time_ms"), summary.get("downtime_ms"))
+    if health["healthy"] is False:
+        msg += " BUT the guest is not healthy there: %s." % "; ".join(health["problems"])
     return dict(result, changed=True, state="migrated", now_on=opts.dest_host,
                 dest_state=dest_info["state"] if dest_info else None, stats=summary,
-                progress=monitor.last, escalation=monitor.reason,
-                warnings=result["warnings"] + notes,
-                msg="Migrated %s to %s in %s ms (downtime %s ms)." % (
-                    source["name"], opts.dest_host, summary.get("time_ms"), summary.get("downtime_ms")))
+                progress=monitor.last, escalation=monitor.reason, health=health,
+                warnings=result["warnings"] + notes, msg=msg)
 
 
 def explain_failure(detail: str, dest: str, guest: str) -> str:

@@ -122,6 +122,8 @@ class MigrationOptions:
     expect_disks: list[dict[str, t.Any]] | None = _args.spec_field("migrate", "expect_disks")
     #: ``_domain_xml.cpu_fingerprint`` of the CPU the pre-flight checked; None: not compared
     expect_cpu: str | None = _args.spec_field("migrate", "expect_cpu")
+    #: what is checked on the destination after the switch-over (``_health.HealthOptions``)
+    health: dict[str, t.Any] = _args.spec_field("migrate", "health")
 
     def validate(self) -> None:
         """Refuse contradictory options before anything is opened.

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import typing as t
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _health
+
 MIB = 1024 ** 2
 
 
@@ -121,6 +123,10 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
         "flags": None if cold else (result.get("plan") or {}).get("flags"),
         "transport": result.get("transport"),
         "warnings": list(result.get("warnings") or []),
+        # the guest itself on the destination after the move (_health.check_health)
+        "health": result.get("health"),
+        "time_to_healthy_ms": (result.get("health") or {}).get("time_to_healthy_ms"),
+        "clock": (result.get("health") or {}).get("clock"),
     }
     if state == "already_migrated":
         head = "%s already runs on %s: nothing to do." % (guest, dest)
@@ -162,6 +168,10 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
             "protected" if state == "migrated" else "to be protected",
             _STREAM_WORDS.get(transport.get("memory"), transport.get("memory")),
             _STREAM_WORDS.get(transport.get("disks"), transport.get("disks")), transport.get("control")))
+    if state == "planned" and not cold and (result.get("plan") or {}).get("health"):
+        lines.append(result["plan"]["health"])
+    if state == "migrated" and summary["health"] is not None:
+        lines.append("guest on %s: %s" % (dest, _health.words(summary["health"])))
     verb = "would be created" if state == "planned" else "created"
     lines.append("images %s on %s: %s" % (verb, dest, ", ".join(summary["images_created"]) or "none"))
     for img in summary["images"]:

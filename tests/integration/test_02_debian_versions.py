@@ -173,6 +173,11 @@ def test_cold_move_with_the_variable_moves_it_and_reports_the_downtime(newer_cpu
     assert m, text[-6000:]
     downtime_s, shutdown_s, copy_s, start_s = int(m.group(2)) / 1000.0, float(m.group(3)), float(m.group(4)), float(m.group(5))
     assert downtime_s >= shutdown_s + copy_s + start_s - 0.3, m.group(0)
+    # issue 20: the started guest is watched, and its agent (it ran before the shutdown) answers after the boot
+    health = re.search(r"guest on %s: healthy ([\d.]+) s after the switch-over, watched ([\d.]+) s \(agent answered "
+                       r"guest-ping; clock offset ([-+][\d.]+) s -> ([-+][\d.]+) s \(re-synced\)\)" % OLD, text)
+    assert health, text[-6000:]
+    assert abs(float(health.group(4))) < 2.0, health.group(0)
     print("\n".join(line for line in res.stdout.splitlines() if "COLD" in line or "moved:" in line or "images created" in line))
     # shut down by its own OS on the ACPI button (not forced), running on hosta only, answering ping
     console = open(lab.hdir(NEW, "var-log-libvirt", "qemu", "%s-console.log" % COLD)).read()

@@ -91,6 +91,10 @@ CONSTANTS: dict[str, t.Any] = {
     "VIR_DOMAIN_PMSUSPENDED": 7, "VIR_DOMAIN_PAUSED_MIGRATION": 2,
     "VIR_DOMAIN_METADATA_ELEMENT": 2, "VIR_DOMAIN_AFFECT_LIVE": 1,
     "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM": 8, "VIR_ERR_NO_DOMAIN": 42, "VIR_ERR_NO_DOMAIN_METADATA": 80,
+    "VIR_DOMAIN_EVENT_ID_LIFECYCLE": 0, "VIR_DOMAIN_EVENT_STOPPED": 5, "VIR_DOMAIN_EVENT_CRASHED": 8,
+    "VIR_DOMAIN_EVENT_CRASHED_PANICKED": 0, "VIR_DOMAIN_EVENT_CRASHED_CRASHLOADED": 1,
+    "VIR_DOMAIN_EVENT_STOPPED_CRASHED": 2, "VIR_DOMAIN_SHUTOFF_CRASHED": 3, "VIR_DOMAIN_PAUSED_CRASHED": 10,
+    "VIR_DOMAIN_RUNNING_CRASHED": 9, "VIR_DOMAIN_TIME_SYNC": 1,
 }
 
 #: Constants only the fakes use (error codes and flags they raise or check; never in a
@@ -101,7 +105,7 @@ FAKE_ONLY: dict[str, int] = {
     "VIR_ERR_NO_INTERFACE": 57, "VIR_ERR_OPERATION_TIMEOUT": 68, "VIR_ERR_CPU_INCOMPATIBLE": 91,
     "VIR_DOMAIN_XML_SECURE": 1, "VIR_DOMAIN_XML_INACTIVE": 2, "VIR_DOMAIN_XML_MIGRATABLE": 8,
     "VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE": 1, "VIR_CONNECT_BASELINE_CPU_MIGRATABLE": 2,
-    "VIR_CPU_COMPARE_SUPERSET": 2,
+    "VIR_CPU_COMPARE_SUPERSET": 2, "VIR_ERR_AGENT_UNRESPONSIVE": 86, "VIR_ERR_OPERATION_UNSUPPORTED": 84,
 }
 
 #: Added after libvirt 9.0 (libvirt-go-module's version table: 9.4, 9.4, 10.9, 11.1).
@@ -141,7 +145,28 @@ def namespace(version: int = 11003000, missing: t.Iterable[str] = ()) -> types.S
     :data:`CONSTANTS` without ``missing``, :class:`LibvirtError` and ``getVersion()``."""
     skip = set(missing)
     consts = {k: v for k, v in CONSTANTS.items() if k not in skip}
-    return types.SimpleNamespace(libvirtError=LibvirtError, getVersion=lambda: version, **consts)
+    return types.SimpleNamespace(libvirtError=LibvirtError, getVersion=lambda: version,
+                                 qemuAgentCommand=_agent_command, **consts)
+
+
+def _agent_command(dom: "Domain", command: str, timeout: int, flags: int) -> str:
+    """libvirt_qemu.qemuAgentCommand of a fake namespace: the domain's :meth:`Domain.agent`."""
+    return dom.agent(command, timeout)
+
+
+class FakeClock:
+    """A clock (``clock()``) whose ``sleep(s)`` advances it by ``s`` at once (it yields to other
+    threads for 2 ms, so a migrate3 worker runs)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        threading.Event().wait(0.002)
 
 
 LV_11_3 = namespace(11003000)
@@ -197,6 +222,12 @@ class Domain:
         self.migrate3_returned = False
         # completed statistics read as "no job" this many times before they are there
         self.completed_late = 0
+        # the guest agent: None (none runs), else a callable telling whether it answers now
+        self.agent_up: t.Callable[[], bool] | None = None
+        self.agent_commands: list[str] = []
+        # the guest's clock minus the host's, in seconds (guest-get-time through the agent)
+        self.clock_offset_s = 0.0
+        self.wall: t.Callable[[], float] = lambda: 1_700_000_000.0
 
     def _change(self, call: t.Any) -> None:
         if self.readonly:
@@ -233,6 +264,39 @@ class Domain:
 
     def blockInfo(self, target: str) -> list[int]:  # noqa: N802
         return [10 * GIB, 128 * 1024 * 1024, 10 * GIB]
+
+    # --- the guest agent -------------------------------------------------------------------
+    def agent(self, command: str, timeout: int) -> str:
+        """A command to the guest agent (JSON text): the reply text, or libvirt's error."""
+        self.agent_commands.append(command)
+        if self.agent_up is None or not self.agent_up():
+            raise LibvirtError("Guest agent is not responding: QEMU guest agent is not connected",
+                               _C["VIR_ERR_AGENT_UNRESPONSIVE"])
+        return '{"return":{}}'
+
+    def getTime(self, flags: int = 0) -> dict[str, int]:  # noqa: N802
+        self.agent('{"execute":"guest-get-time"}', 5)
+        guest = self.wall() + self.clock_offset_s
+        return {"seconds": int(guest), "nseconds": int(round((guest - int(guest)) * 1e9))}
+
+    def setTime(self, time: dict[str, int] | None = None, flags: int = 0) -> int:  # noqa: N802 # pylint: disable=redefined-outer-name
+        self._change(("setTime", dict(time or {}), flags))
+        self.agent('{"execute":"guest-set-time"}', 5)
+        if flags & _C["VIR_DOMAIN_TIME_SYNC"]:
+            self.clock_offset_s = 0.0
+        return 0
+
+    def fSTrim(self, mountpoint: str | None, minimum: int, flags: int = 0) -> int:  # noqa: N802
+        self._change(("fSTrim", mountpoint, minimum))
+        self.agent('{"execute":"guest-fstrim"}', 5)
+        return 0
+
+    def crash(self, state: str = "shutoff", reason: int = _C["VIR_DOMAIN_SHUTOFF_CRASHED"]) -> None:
+        """A guest panic as libvirt shows it with ``<on_crash>destroy``: the crashed event, then
+        the domain shut off with reason crashed (events on its connection)."""
+        if self.conn is not None:
+            self.conn.emit(self, _C["VIR_DOMAIN_EVENT_CRASHED"], _C["VIR_DOMAIN_EVENT_CRASHED_PANICKED"])
+        self._state, self.reason = state, reason
 
     def metadata(self, kind: int, uri: str, flags: int = 0) -> str:
         if self.metadata_xml is None:
@@ -415,8 +479,26 @@ class Connection:
         self.defined: list[str] = []  # every defineXML
         self.calls: list[tuple[t.Any, ...]] = []  # the CPU queries
         self.domains: list[Domain] = []
+        # lifecycle callbacks (domainEventRegisterAny); events=False: no event loop is registered
+        self.events = True
+        self.callbacks: dict[int, t.Any] = {}
         for dom in (domains.values() if isinstance(domains, dict) else domains):
             self.add(dom)
+
+    def domainEventRegisterAny(self, dom: t.Any, event_id: int, callback: t.Any, opaque: t.Any) -> int:  # noqa: N802
+        if not self.events:
+            raise LibvirtError("internal error: could not initialize domain event timer")
+        cid = len(self.callbacks) + 1
+        self.callbacks[cid] = (callback, opaque)
+        return cid
+
+    def domainEventDeregisterAny(self, cid: int) -> None:  # noqa: N802
+        self.callbacks.pop(cid, None)
+
+    def emit(self, dom: "Domain", event: int, detail: int) -> None:
+        """A lifecycle event of ``dom``, delivered to every registered callback."""
+        for callback, opaque in list(self.callbacks.values()):
+            callback(self, dom, event, detail, opaque)
 
     def add(self, dom: Domain) -> None:
         dom.conn = self

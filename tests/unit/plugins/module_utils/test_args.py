@@ -88,7 +88,7 @@ def test_cold_move_takes_the_destination_spec_and_its_fragment():
     for name, option in _args.destination_spec().items():
         assert full[name] == option == _args.move_spec()[name], name
     doc = yaml.safe_load(mod.DOCUMENTATION)
-    assert doc["extends_documentation_fragment"] == ["kvmops.migration.move.destination"]
+    assert doc["extends_documentation_fragment"] == ["kvmops.migration.move.destination", "kvmops.migration.move.health"]
     for module in ("migrate", "preflight"):
         assert "kvmops.migration.move.destination" in yaml.safe_load(
             importlib.import_module(MODULES % module).DOCUMENTATION)["extends_documentation_fragment"]
@@ -138,3 +138,17 @@ def test_every_module_with_a_shared_fragment_is_in_its_action_group():
             members["move"].append(name)
     assert {k: sorted(v) for k, v in groups.items()} == members
     assert len(names) >= 8
+
+
+@pytest.mark.parametrize("module", ["migrate", "cold_move"])
+def test_health_option_is_one_spec_and_one_fragment(module):
+    mod = importlib.import_module(MODULES % module)
+    assert mod.argument_spec()["health"] == _args.health_spec()["health"]
+    assert "kvmops.migration.move.health" in yaml.safe_load(mod.DOCUMENTATION)["extends_documentation_fragment"]
+    doc = _fragment("move", "HEALTH")["options"]["health"]
+    spec = _args.health_spec()["health"]
+    assert doc["type"] == spec["type"] and doc["default"] == spec["default"]
+    assert set(doc["suboptions"]) == set(spec["options"])
+    for name, values in spec["options"].items():
+        assert doc["suboptions"][name]["type"] == values["type"], name
+        assert doc["suboptions"][name].get("default") == values.get("default"), name

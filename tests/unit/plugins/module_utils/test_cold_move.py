@@ -17,7 +17,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _evacuatio
 from ansible_collections.kvmops.migration.plugins.module_utils import _locate
 from ansible_collections.kvmops.migration.plugins.module_utils import _report
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
-from test_migration import FakeClock  # the fake clock of the migration driver's tests
+from fake_libvirt import FakeClock
 
 GIB = 1024 ** 3
 VAR = "migrate_guest_allow_cold_move"

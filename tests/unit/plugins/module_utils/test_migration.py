@@ -19,7 +19,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _migration
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan as mp
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
-from fake_libvirt import LV_6_0, LV_9_0, LV_11_3, NEWER_THAN_9_0, Connection, Domain, LibvirtError, namespace
+from fake_libvirt import LV_6_0, LV_9_0, LV_11_3, NEWER_THAN_9_0, Connection, Domain, FakeClock, LibvirtError, namespace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "..", "fixtures", "migration")
@@ -482,18 +482,6 @@ def test_c11_paused_on_destination_absent_on_source_is_not_touched():
 # ------------------------------------------------------------------------------------------
 # The whole run against fakes
 # ------------------------------------------------------------------------------------------
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-        threading.Event().wait(0.002)  # let the worker thread run
-
 
 def setup_run(lv, fixture, **kw):
     fx = load(fixture)
@@ -1050,3 +1038,37 @@ def test_the_wait_on_migrate3_returns_when_the_call_returns_not_at_the_next_poll
     assert time.monotonic() - start < 10.0 and not worker.is_alive()
     clock = FakeClock()
     assert m.Runtime(clock=clock, sleep=clock.sleep).pause(worker) == clock.sleep  # fakes keep theirs
+
+
+@BOTH
+def test_successful_run_checks_the_guest_health_on_the_destination(lv):
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_converging.json", health={"window_s": 1})
+    sdom.finish_after_samples = True
+    res = m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert res["health"]["healthy"] is True and res["health"]["agent"] == "none"
+    assert res["health"]["watched_ms"] >= 1000 and "BUT" not in res["msg"]
+    assert dconn.callbacks == {}  # the panic watch is deregistered
+
+
+def test_guest_that_panics_after_the_switch_over_is_migrated_but_not_healthy():
+    sdom, sconn, dconn, rt, _p, o = setup_run(LV_11_3, "jobstats_converging.json")
+    sdom.finish_after_samples = True
+    plain_sleep = rt.sleep
+
+    def sleep(seconds):
+        plain_sleep(seconds)
+        moved = [d for d in dconn.domains if d.isActive()]
+        if sdom.migrate3_returned and moved and moved[0].persistent:
+            moved[0].crash()  # pvpanic -> libvirt's crashed event, on_crash=destroy
+    rt.sleep = sleep
+    res = m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert res["state"] == "migrated" and res["health"]["healthy"] is False
+    assert res["health"]["panic"]["how"] == "panicked"
+    assert "BUT the guest is not healthy there: the guest panicked" in res["msg"]
+
+
+def test_check_mode_plan_says_what_health_check_follows():
+    sdom, sconn, dconn, rt, _p, o = setup_run(LV_11_3, "jobstats_converging.json")
+    res = m.migrate_domain(o, sconn, dconn, check_mode=True, rt=rt)
+    assert res["plan"]["health"].startswith("health after the move: running for 2 s after the switch-over")
+    assert sdom.calls == [] and dconn.callbacks == {}

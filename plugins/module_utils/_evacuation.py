@@ -88,8 +88,8 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
 
     :param results: guest -> the ``migrate_guest_result`` of each attempted move (``{ok, msg,
         state, duration_s, downtime_ms, ...}``; a nested ``summary`` is read too).
-    :returns: ``{source, moved: [{guest, to, state, downtime_ms, duration_s}], failed: [{guest, to,
-        reason}], not_moved: [{guest, reason}], lines: [str], ok}``.
+    :returns: ``{source, moved: [{guest, to, state, downtime_ms, duration_s, time_to_healthy_ms}],
+        failed: [{guest, to, reason}], not_moved: [{guest, reason}], lines: [str], ok}``.
     """
     moved, failed = [], []
     for move in plan.get("moves", []):
@@ -100,7 +100,8 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
             summary = res.get("summary") or res
             moved.append({"guest": move["guest"], "to": move["to"], "state": summary.get("state"),
                           "downtime_ms": summary.get("downtime_ms"),
-                          "duration_s": summary.get("duration_s")})
+                          "duration_s": summary.get("duration_s"),
+                          "time_to_healthy_ms": summary.get("time_to_healthy_ms")})
         else:
             failed.append({"guest": move["guest"], "to": move["to"], "reason": res.get("msg")})
     not_moved = list(plan.get("unplaced", [])) + list(skipped or [])
@@ -110,8 +111,10 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
         if m.get("state") == "planned":
             lines.append("  plan   %s -> %s" % (m["guest"], m["to"]))
         else:
-            lines.append("  moved  %s -> %s (%s s, downtime %s ms)" % (
-                m["guest"], m["to"], m["duration_s"], m["downtime_ms"]))
+            healthy = ("" if m.get("time_to_healthy_ms") is None
+                       else ", healthy %.1f s after the switch-over" % (m["time_to_healthy_ms"] / 1000.0))
+            lines.append("  moved  %s -> %s (%s s, downtime %s ms%s)" % (
+                m["guest"], m["to"], m["duration_s"], m["downtime_ms"], healthy))
     lines += ["  FAILED %s -> %s: %s" % (f["guest"], f["to"], f["reason"]) for f in failed]
     lines += ["  stays  %s: %s" % (n["guest"], n["reason"]) for n in not_moved]
     return {"source": source, "moved": moved, "failed": failed, "not_moved": not_moved,

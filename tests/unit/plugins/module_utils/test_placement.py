@@ -166,6 +166,9 @@ def test_evacuation_summary():
             "unplaced": [{"guest": "g4", "reason": "no host can take it"}]}
     results = {"g1": {"ok": True, "state": "migrated", "duration_s": 3.2, "downtime_ms": 40},
                "g2": {"ok": False, "msg": "pre-flight failed"}}
+    healthy = _evacuation.evacuation_summary("a", {"moves": [{"guest": "g1", "to": "b"}]},
+                                             {"g1": dict(results["g1"], time_to_healthy_ms=420)})
+    assert healthy["lines"][1] == "  moved  g1 -> b (3.2 s, downtime 40 ms, healthy 0.4 s after the switch-over)"
     out = _evacuation.evacuation_summary("a", plan, results, [{"guest": "off", "reason": "not running (shutoff)"}])
     assert [m["guest"] for m in out["moved"]] == ["g1"]
     assert {f["guest"]: f["reason"] for f in out["failed"]} == {"g2": "pre-flight failed", "g3": "not attempted"}

@@ -135,7 +135,7 @@ options:
     description:
       - What is checked on the destination once the guest has moved (the destination's libvirt
         connection the move already holds; no extra remote call). An unhealthy guest is returned with
-        RV(health.healthy=false) and the reasons in RV(health.problems); it stays on the destination.
+        C(health.healthy=false) and the reasons in C(health.problems); it stays on the destination.
       - The domain must keep running for O(health.window_s) seconds from the switch-over, and no guest
         panic may be reported (a C(<panic>) device such as pvpanic makes QEMU tell libvirt; the lifecycle
         event is watched from before the switch-over, the domain state and its reason after it).

@@ -114,47 +114,10 @@ copies:
   elements: dict
 health:
   description:
-    - The guest's health on the destination after the move (see O(health)); C(healthy) is null when the
-      check is off or the guest was not running.
+    - The started guest's health on the destination (see O(health)), with the keys M(kvmops.migration.migrate) returns
+      in its RV(kvmops.migration.migrate#module:health); the window and the agent's timeout count from the start.
   returned: when migrated
   type: dict
-  contains:
-    healthy:
-      description: Whether every check held.
-      type: bool
-    problems:
-      description: Why the guest is not healthy, one line each.
-      type: list
-      elements: str
-    state:
-      description: The domain's state on the destination at the end of the watch.
-      type: str
-    panicked:
-      description: Whether a guest panic (crash) was seen.
-      type: bool
-    panic:
-      description: C(after_ms) (since the switch-over) and C(how) of the panic, or null.
-      type: dict
-    agent:
-      description: C(answered), C(no answer), C(none) (no agent ran before the move) or C(not checked).
-      type: str
-    agent_ms:
-      description: Milliseconds from the switch-over until the agent answered C(guest-ping).
-      type: int
-    clock:
-      description:
-        - C(offset_before_ms) and C(offset_after_ms) (the guest's clock minus the host's, in milliseconds, before and
-          after the re-sync), C(synced) and a C(note); null without an answering agent.
-      type: dict
-    fstrim:
-      description: C(not asked), C(done) or C(failed) with the reason.
-      type: str
-    time_to_healthy_ms:
-      description: Milliseconds from the switch-over until every check held (null when unhealthy).
-      type: int
-    watched_ms:
-      description: Milliseconds the guest was watched.
-      type: int
 stats:
   description: Timings and bytes of the move.
   returned: when migrated

@@ -5,7 +5,12 @@
 # - serves a command shell on eth1 port 2323 for the tests (lab only);
 # - /bin/recwriter writes numbered, checksummed 512-byte records to /dev/vdb;
 # - the ACPI power button (virsh shutdown --mode acpi) powers the guest off cleanly, as a real
-#   OS does: busybox acpid runs /etc/acpi/PWRF/00000080 on the button's key event (evdev).
+#   OS does: busybox acpid runs /etc/acpi/PWRF/00000080 on the button's key event (evdev);
+# - with kvmops.agent=1: the guest agent (Debian's qemu-ga) on the virtio-serial port
+#   org.qemu.guest_agent.0 (guest-set-time without a time runs /sbin/hwclock -s: busybox's);
+# - booted under UEFI: efivarfs at /sys/firmware/efi/efivars (the EFI variables, writable);
+# - a kernel panic (echo c > /proc/sysrq-trigger through the shell) reaches the host through the
+#   pvpanic device (pvpanic-mmio driver).
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -17,9 +22,34 @@ for arg in $cmdline; do  # words of the kernel command line
   case "$arg" in
     kvmops.probe=1) echo KVMOPS-PROBE-OK; sync; poweroff -f ;;
     kvmops.ip=*) IPADDR="${arg#kvmops.ip=}" ;;
+    kvmops.agent=1) AGENT=1 ;;
   esac
 done
 while read -r mod; do insmod "/lib/modules/$mod" 2>/dev/null; done < /etc/modules.order
+if [ -d /sys/firmware/efi ]; then
+  mount -t efivarfs efivarfs /sys/firmware/efi/efivars || echo "kvmops guest: efivarfs not mounted"
+fi
+if [ "$AGENT" = 1 ]; then
+  # no udev: the port's /dev/virtio-ports/NAME link, from sysfs (the host announces its ports
+  # after the driver loads: wait for it a little)
+  port=/dev/virtio-ports/org.qemu.guest_agent.0
+  mkdir -p /dev/virtio-ports
+  i=0
+  while [ ! -e "$port" ] && [ "$i" -lt 50 ]; do
+    for p in /sys/class/virtio-ports/*; do
+      [ -r "$p/name" ] || continue
+      read -r pname < "$p/name"
+      [ -n "$pname" ] && ln -sf "../${p##*/}" "/dev/virtio-ports/$pname"
+    done
+    [ -e "$port" ] || sleep 0.1
+    i=$((i + 1))
+  done
+  if [ -e "$port" ]; then
+    qemu-ga -m virtio-serial -p "$port" -l /var/log/qemu-ga.log -d || echo "kvmops guest: qemu-ga failed to start"
+  else
+    echo "kvmops guest: no virtio-serial port org.qemu.guest_agent.0: qemu-ga not started"
+  fi
+fi
 mkdir -p /etc/acpi/PWRF
 cat > /etc/acpi/PWRF/00000080 <<'PWR'
 #!/bin/sh
@@ -48,7 +78,7 @@ done
 REC
 chmod +x /bin/recwriter
 ( while :; do nc -l -p 2323 -e /bin/sh; done ) </dev/null >/dev/null 2>&1 &
-echo "kvmops guest up: eth1 ${IPADDR:-unconfigured}"
+echo "kvmops guest up: eth1 ${IPADDR:-unconfigured}${AGENT:+, guest agent}"
 n=0
 while :; do
   n=$((n + 1))

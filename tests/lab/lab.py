@@ -18,7 +18,7 @@ the host only).
 Everything lives in the state directory (``$KVMOPS_LAB_DIR``, default /var/lib/kvmops-lab);
 ``down`` leaves nothing else behind: no processes, mounts, links or namespaces.
 
-Usage: lab.py up [--no-guest] | down [--purge] | status | guest [--recreate] |
+Usage: lab.py up [--no-guest] | down [--purge] | status | guest [--recreate] [--no-agent] [--uefi] |
        exec HOST -- CMD... | inventory
 """
 
@@ -68,8 +68,24 @@ PRIVATE_DIRS = {
     "/root/.ssh": "root-ssh",
     MANIFEST_DIR: "var-lib-kvmops-migration",
 }
-# button and evdev: the ACPI power button reaches the guest's acpid (virsh shutdown --mode acpi)
-KERNEL_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "button", "evdev"]
+# button and evdev: the ACPI power button reaches the guest's acpid (virsh shutdown --mode acpi);
+# virtio_console: the guest agent's virtio-serial port; pvpanic_mmio: the driver of the ISA pvpanic
+# device (ACPI QEMU0001, I/O port 0x505; with its core module pvpanic); efivarfs: the EFI variables
+# of a UEFI guest. The RTC (rtc_cmos, hwclock) is built into the Debian cloud kernel.
+KERNEL_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "button", "evdev", "virtio_console",
+                  "pvpanic_mmio", "efivarfs"]
+# bump when build_guest_artifacts() builds a different initramfs: a cached one is then rebuilt
+GUEST_RECIPE = 2
+# the guest agent (Debian's qemu-guest-agent, its binary and libraries in the initramfs) on this
+# virtio-serial port; started by the guest's init only with kvmops.agent=1 on its command line
+AGENT_PACKAGE = "qemu-guest-agent"
+AGENT_PORT = "org.qemu.guest_agent.0"
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+# a UEFI guest (``guest --uefi``): Debian's OVMF (package ovmf, installed by the kvm_host role), its
+# variables in an NVRAM file per guest, made by libvirt from the template at the first start
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -152,7 +168,9 @@ def build_guest_artifacts() -> dict[str, str]:
     initrd = os.path.join(gdir, "initrd.gz")
     init_src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest-init.sh")
     stamp = os.path.join(gdir, "init.sha")
-    init_hash = out(["sha256sum", init_src]).split()[0]
+    # what the initramfs is made of: guest-init.sh, the recipe's version and the module list
+    init_hash = "%s recipe %d modules %s" % (
+        out(["sha256sum", init_src]).split()[0], GUEST_RECIPE, ",".join(KERNEL_MODULES))
     if os.path.exists(kernel) and os.path.exists(initrd) and _read(stamp) == init_hash:
         return {"kernel": kernel, "initrd": initrd}
     os.makedirs(gdir, exist_ok=True)
@@ -164,9 +182,11 @@ def build_guest_artifacts() -> dict[str, str]:
         vmlinuz = [f for f in os.listdir(os.path.join(kroot, "boot")) if f.startswith("vmlinuz-")][0]
         kver = vmlinuz[len("vmlinuz-"):]
         rootfs = os.path.join(work, "rootfs")
-        for d in ("bin", "dev", "proc", "sys", "tmp", "mnt", "lib/modules", "etc"):
+        for d in ("bin", "dev", "proc", "sys", "tmp", "mnt", "lib/modules", "etc", "run", "var/log", "usr/sbin"):
             os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+        os.symlink("../run", os.path.join(rootfs, "var", "run"))
         shutil.copy2("/bin/busybox", os.path.join(rootfs, "bin", "busybox"))
+        agent = _install_agent(work, rootfs)
         with open(init_src) as src, open(os.path.join(rootfs, "init"), "w") as dst:
             dst.write("#!/bin/busybox sh\n" + src.read())
         os.chmod(os.path.join(rootfs, "init"), 0o755)
@@ -186,7 +206,7 @@ def build_guest_artifacts() -> dict[str, str]:
         os.replace(kernel + ".tmp", kernel)
         os.replace(initrd + ".tmp", initrd)
         write(stamp, init_hash)
-        log("guest kernel %s and busybox initramfs built" % kver)
+        log("guest kernel %s and busybox initramfs built (with %s)" % (kver, agent))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"kernel": kernel, "initrd": initrd}
@@ -198,6 +218,77 @@ def _read(path: str) -> str | None:
             return f.read().strip()
     except OSError:
         return None
+
+
+def _install_agent(work: str, rootfs: str) -> str:
+    """Debian's qemu-ga (the machine's apt candidate of qemu-guest-agent) into ``rootfs`` as
+    /usr/sbin/qemu-ga, with every shared library ``ldd`` names (the machine's own; a library the
+    machine lacks from the Debian packages qemu-guest-agent depends on) and the loader. Returns
+    "qemu-guest-agent VERSION"."""
+    deb = _apt_download(AGENT_PACKAGE, os.path.join(work, "agent-deb"))
+    root = os.path.join(work, "agent")
+    run(["dpkg-deb", "-x", deb, root])
+    version = out(["dpkg-deb", "-f", deb, "Version"])
+    binary = os.path.join(root, "usr", "sbin", "qemu-ga")
+    shutil.copy2(binary, os.path.join(rootfs, "usr", "sbin", "qemu-ga"))
+    for name, src in _shared_libs(binary, work).items():
+        dst = os.path.join(rootfs, LOADER.lstrip("/") if name == LOADER else os.path.join("lib", "x86_64-linux-gnu", name))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy2(os.path.realpath(src), dst)
+    return "%s %s" % (AGENT_PACKAGE, version)
+
+
+def _shared_libs(binary: str, work: str) -> dict[str, str]:
+    """{soname (the loader: its path): file} of what ``binary`` loads, from ``ldd``: the machine's
+    libraries; when one is missing, the library packages qemu-guest-agent depends on
+    (recursively, but not libc6: the machine's C library goes with its loader) are downloaded into
+    a sysroot under ``work`` for what the machine lacks."""
+    sysroot = os.path.join(work, "sysroot")
+    fetched = False
+    machine: dict[str, str] = {}
+    while True:
+        env = dict(os.environ)
+        if fetched:
+            env["LD_LIBRARY_PATH"] = ":".join(os.path.join(sysroot, d) for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"))
+        res = subprocess.run(["ldd", binary], env=env, text=True, capture_output=True, check=False)
+        libs: dict[str, str] = {}
+        missing = []
+        for line in res.stdout.splitlines():
+            name, arrow, rest = line.strip().partition(" => ")
+            if arrow and rest.startswith("not found"):
+                missing.append(name)
+            elif arrow and rest.startswith("/"):
+                libs[name] = rest.split(" (", 1)[0]
+            elif name.startswith("/"):
+                libs[LOADER if os.path.basename(name.split(" (", 1)[0]) == os.path.basename(LOADER) else name] = name.split(" (", 1)[0]
+        if res.returncode == 0 and not missing and LOADER in libs:
+            return {**libs, **machine}
+        if fetched or res.returncode:
+            raise SystemExit("lab: the guest agent %s needs libraries found neither on this machine nor in the Debian "
+                             "packages it depends on: %s (ldd: %s)" % (binary, ", ".join(missing) or "?", res.stderr.strip()))
+        deps = out(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+                    "--no-breaks", "--no-replaces", "--no-enhances", "--no-pre-depends", AGENT_PACKAGE])
+        machine = libs
+        for pkg in sorted({line.strip() for line in deps.splitlines() if line[:1] != " " and line.startswith("lib")} - {"libc6"}):
+            run(["dpkg-deb", "-x", _apt_download(pkg, os.path.join(work, "libs-deb", pkg)), sysroot])
+        log("the guest agent's libraries %s are not on this machine: taken from their Debian packages" % ", ".join(missing))
+        fetched = True
+
+
+def _apt_download(name: str, work: str) -> str:
+    """``apt-get download`` package ``name`` (the apt candidate) into the new directory ``work``
+    (an ``apt-get update`` and a retry when it fails); the .deb's path."""
+    os.makedirs(work, exist_ok=True)
+    res = subprocess.run(["apt-get", "download", "-q", name], cwd=work, text=True, check=False,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if res.returncode:
+        run(["apt-get", "update", "-q"])
+        res = subprocess.run(["apt-get", "download", "-q", name], cwd=work, text=True, check=False,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    debs = [f for f in os.listdir(work) if f.endswith(".deb")]
+    if res.returncode or not debs:
+        raise SystemExit("lab: apt-get download %s failed: %s" % (name, res.stdout))
+    return os.path.join(work, debs[0])
 
 
 def _download_kernel(work: str) -> str:
@@ -215,16 +306,7 @@ def _download_kernel(work: str) -> str:
         name = pkgname()
     if name is None:
         raise SystemExit("lab: no linux-image-cloud-amd64 in the apt sources")
-    res = subprocess.run(["apt-get", "download", "-q", name], cwd=work, text=True, check=False,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if res.returncode:
-        run(["apt-get", "update", "-q"])
-        res = subprocess.run(["apt-get", "download", "-q", name], cwd=work, text=True, check=False,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    debs = [f for f in os.listdir(work) if f.endswith(".deb")]
-    if res.returncode or not debs:
-        raise SystemExit("lab: apt-get download %s failed: %s" % (name, res.stdout))
-    return os.path.join(work, debs[0])
+    return _apt_download(name, os.path.join(work, "kernel-deb"))
 
 
 def _module_order(moddir: str, wanted: list[str]) -> list[str]:
@@ -696,13 +778,28 @@ def wait_for(check, what: str, timeout: float) -> None:
 
 # --------------------------------------------------------------------------- the demo guest
 
+def nvram_path(name: str) -> str:
+    """The NVRAM file (EFI variables) of the UEFI lab guest ``name``, inside a host."""
+    return "%s/%s_VARS.fd" % (NVRAM_DIR, name)
+
+
 def guest_xml(accel: str, name: str = GUEST, ip: str = GUEST_IP, mac_suffix: int = 0x10,
               memory_mib: int = GUEST_MEMORY_MIB, disk_format: str = "raw", machine: str = "pc",
-              cpu_model: str = "qemu64") -> str:
+              cpu_model: str = "qemu64", agent: bool = True, uefi: bool = False) -> str:
     """``machine``: the machine type as given (libvirt expands ``pc`` to the host QEMU's newest
     i440fx); ``cpu_model``: the custom CPU model (``check='none'``: QEMU starts it with what the
-    accelerator can provide)."""
+    accelerator can provide); ``agent``: a virtio-serial channel for the guest agent (libvirt
+    picks its socket) and ``kvmops.agent=1``, which starts qemu-ga in the guest; ``uefi``: OVMF
+    (pflash, read-only code, variables in :func:`nvram_path` made from the template), still
+    direct kernel boot (OVMF loads the kernel's EFI stub through fw_cfg)."""
     cpu = "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>%s</model></cpu>" % cpu_model
+    firmware = ""
+    if uefi:
+        firmware = ("<loader readonly='yes' type='pflash'>%s</loader>\n"
+                    "            <nvram template='%s'>%s</nvram>\n            " % (OVMF_CODE, OVMF_VARS, nvram_path(name)))
+    channel = ""
+    if agent:
+        channel = "<channel type='unix'><target type='virtio' name='%s'/></channel>\n            " % AGENT_PORT
     return textwrap.dedent("""\
         <domain type='%(accel)s'>
           <name>%(name)s</name>
@@ -710,9 +807,9 @@ def guest_xml(accel: str, name: str = GUEST, ip: str = GUEST_IP, mac_suffix: int
           <vcpu>1</vcpu>
           <os>
             <type arch='x86_64' machine='%(machine)s'>hvm</type>
-            <kernel>/var/lib/libvirt/boot/kvmops-guest-vmlinuz</kernel>
+            %(firmware)s<kernel>/var/lib/libvirt/boot/kvmops-guest-vmlinuz</kernel>
             <initrd>/var/lib/libvirt/boot/kvmops-guest-initrd.gz</initrd>
-            <cmdline>console=ttyS0 panic=-1 kvmops.ip=%(ip)s/%(prefix)d</cmdline>
+            <cmdline>console=ttyS0 panic=-1 kvmops.ip=%(ip)s/%(prefix)d%(agent)s</cmdline>
           </os>
           <features><acpi/></features>
           %(cpu)s
@@ -746,12 +843,13 @@ def guest_xml(accel: str, name: str = GUEST, ip: str = GUEST_IP, mac_suffix: int
               <target port='0'/>
             </serial>
             <console type='pty'><target type='serial' port='0'/></console>
-            <panic model='isa'><address type='isa' iobase='0x505'/></panic>
+            %(channel)s<panic model='isa'><address type='isa' iobase='0x505'/></panic>
             <memballoon model='none'/>
           </devices>
         </domain>
         """) % {"accel": accel, "name": name, "mem": memory_mib, "ip": ip, "prefix": PREFIX, "fmt": disk_format,
-                "cpu": cpu, "mac": mac_suffix, "machine": machine}
+                "cpu": cpu, "mac": mac_suffix, "machine": machine, "firmware": firmware, "channel": channel,
+                "agent": " kvmops.agent=1" if agent else ""}
 
 
 def domain_hosts(name: str) -> dict[str, str]:
@@ -789,11 +887,13 @@ def written_regions(written_mib: int) -> list[tuple[int, int]]:
 
 def create_guest(name: str = GUEST, host: str = "hosta", ip: str = GUEST_IP, mac_suffix: int = 0x10,
                  recreate: bool = False, memory_mib: int = GUEST_MEMORY_MIB, written_mib: int = 256,
-                 disk_format: str = "raw", machine: str = "pc", cpu_model: str = "qemu64") -> None:
+                 disk_format: str = "raw", machine: str = "pc", cpu_model: str = "qemu64", agent: bool = True,
+                 uefi: bool = False) -> None:
     """Define and start a lab guest on ``host`` unless it already exists in the lab.
 
     Two 10 GiB disks: the system disk ``NAME.raw`` (or ``NAME.qcow2``) with ``written_mib`` MiB of
-    random data written at a few places (sparse), and the empty ``NAME.swap`` (raw).
+    random data written at a few places (sparse), and the empty ``NAME.swap`` (raw). ``agent``
+    and ``uefi``: see :func:`guest_xml` (a new UEFI guest starts with the template's variables).
     """
     art = build_guest_artifacts()
     accel = probe_accelerator(art)
@@ -819,7 +919,8 @@ def create_guest(name: str = GUEST, host: str = "hosta", ip: str = GUEST_IP, mac
     images = hdir(host, "var-lib-libvirt", "images")
     system = os.path.join(images, "%s.%s" % (name, disk_format))
     swap = os.path.join(images, "%s.swap" % name)
-    for path in (system, swap, system + ".tmp"):
+    nvram = hdir(host, "var-lib-libvirt", nvram_path(name)[len("/var/lib/libvirt/"):])
+    for path in (system, swap, system + ".tmp", nvram):
         if os.path.exists(path):
             os.unlink(path)  # lab-owned leftovers of a guest that is defined nowhere
     raw = system if disk_format == "raw" else system + ".tmp"
@@ -835,19 +936,22 @@ def create_guest(name: str = GUEST, host: str = "hosta", ip: str = GUEST_IP, mac
     with open(swap, "wb") as f:
         f.truncate(GUEST_DISK_BYTES)
     xml = hdir(host, "%s.xml" % name)
-    write(xml, guest_xml(accel, name, ip, mac_suffix, memory_mib, disk_format, machine, cpu_model))
+    write(xml, guest_xml(accel, name, ip, mac_suffix, memory_mib, disk_format, machine, cpu_model, agent, uefi))
     in_host(host, ["virsh", "-q", "define", xml], capture=True)
     in_host(host, ["virsh", "-q", "start", name], capture=True)
-    log("guest %s (%s, machine %s, CPU %s, %d MiB, 10 GiB %s disk with %d MiB written, 10 GiB empty raw disk) "
-        "started on %s" % (name, accel, machine, cpu_model, memory_mib, disk_format, written_mib, host))
+    log("guest %s (%s, machine %s, CPU %s, %s, %s, %d MiB, 10 GiB %s disk with %d MiB written, 10 GiB empty raw "
+        "disk) started on %s" % (name, accel, machine, cpu_model, "UEFI (OVMF)" if uefi else "BIOS",
+                                 "guest agent" if agent else "no guest agent", memory_mib, disk_format, written_mib, host))
 
 
 def remove_guest(host: str, name: str) -> None:
-    """Destroy and undefine ``name`` on ``host`` if it is there; remove its lab images there."""
+    """Destroy and undefine ``name`` on ``host`` if it is there; remove its lab images and its
+    NVRAM file (a UEFI guest's variables) there."""
     in_host(host, ["virsh", "-q", "destroy", name], check=False, capture=True)
-    in_host(host, ["virsh", "-q", "undefine", name], check=False, capture=True)
-    for ext in ("raw", "qcow2", "swap"):
-        path = hdir(host, "var-lib-libvirt", "images", "%s.%s" % (name, ext))
+    in_host(host, ["virsh", "-q", "undefine", "--nvram", name], check=False, capture=True)
+    paths = [hdir(host, "var-lib-libvirt", "images", "%s.%s" % (name, ext)) for ext in ("raw", "qcow2", "swap")]
+    paths.append(hdir(host, "var-lib-libvirt", nvram_path(name)[len("/var/lib/libvirt/"):]))
+    for path in paths:
         if os.path.exists(path):
             os.unlink(path)
 
@@ -1102,7 +1206,7 @@ def cmd_status(args) -> None:
 def cmd_guest(args) -> None:
     create_guest(name=args.name, host=args.host, ip=args.ip, mac_suffix=args.mac, recreate=args.recreate,
                  memory_mib=args.memory_mib, written_mib=args.written_mib, disk_format=args.format,
-                 machine=args.machine, cpu_model=args.cpu_model)
+                 machine=args.machine, cpu_model=args.cpu_model, agent=not args.no_agent, uefi=args.uefi)
     if args.wait:
         log("guest %s answers ping (%.1f s)" % (args.name, wait_guest_ping(args.ip)))
 
@@ -1163,6 +1267,10 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--format", default="raw", choices=["raw", "qcow2"], help="format of the system disk")
     g.add_argument("--machine", default="pc", help="machine type (default pc: the host QEMU's newest i440fx)")
     g.add_argument("--cpu-model", default="qemu64", help="custom CPU model of the guest")
+    g.add_argument("--no-agent", action="store_true",
+                   help="no guest agent (no virtio-serial channel, qemu-ga not started in the guest)")
+    g.add_argument("--uefi", action="store_true",
+                   help="UEFI firmware (OVMF, package ovmf on the hosts) with an NVRAM file of the guest's own")
     g.add_argument("--wait", action="store_true")
     g.set_defaults(func=cmd_guest)
     sh = sub.add_parser("shape", help="shape the lab link (tc) like a direct Gigabit link")

@@ -466,8 +466,10 @@ def run_cold_move(params: dict[str, t.Any], check_mode: bool = False,
             # the guest boots: its agent gets the boot time (start_timeout_s) on top of agent_timeout_s
             boot_opts = dataclasses.replace(health_opts, agent_timeout_s=health_opts.agent_timeout_s
                                             + float(params.get("start_timeout_s") or 60))
-            result["health"] = _health.check_health(new, opts=boot_opts, since=end, agent=agent, where=dest, lv=lv,
-                                                    clock=clock, sleep=sleep)
+            result["health"] = _health.guarded_check(new, opts=boot_opts, since=end, agent=agent, where=dest, lv=lv,
+                                                     clock=clock, sleep=sleep)
+            if result["health"].get("error"):
+                result["warnings"].append(result["health"]["error"])
     total = sum(c["data_bytes"] + c["hole_bytes"] for c in result["copies"])
     result.update(state="migrated", stats={
         "time_ms": int((end - start) * 1000),

@@ -501,10 +501,12 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
         summary["disk_allocated_bytes"] = sum(int(source["disk_bytes"].get(d) or 0) for d in plan.disks)
     health = _health.disabled()
     if ddom is not None and source["active"] and health_opts.enabled:
-        health = _health.check_health(
+        health = _health.guarded_check(
             ddom, opts=health_opts, since=worker.ended if worker.ended is not None else rt.clock(),
             expect="running" if was_running else "paused", agent=source.get("agent"), watch=watch,
             where=dest_label, lv=lv, clock=rt.clock, sleep=rt.sleep, now=rt.now)
+        if health.get("error"):
+            notes.append(health["error"])
         if watch is not None and watch.error and not health["panicked"]:
             notes.append("guest panics were watched through the domain state only (no lifecycle events: %s)"
                          % watch.error)

@@ -66,7 +66,7 @@ def fresh_guest(lab_up):
 
 def test_agent_guest_is_healthy_and_its_clock_resynced(fresh_guest):
     fresh_guest()
-    lab.wait_for(lambda: lab.in_host(lab.HOSTS[0], ["virsh", "qemu-agent-command", GUEST, '{"execute":"guest-ping"}'],
+    lab.wait_for(lambda: lab.in_host("hosta", ["virsh", "qemu-agent-command", GUEST, '{"execute":"guest-ping"}'],
                                      check=False, capture=True).returncode == 0, "the guest agent to answer", 60)
     guest_shell("date -s @$(( $(date +%s) + 3600 ))")
     assert guest_offset_s("hosta") > 3500
@@ -99,7 +99,7 @@ def test_guest_without_agent_is_healthy_with_no_agent_to_ask(fresh_guest):
 
 def test_guest_that_panics_after_the_switch_over_fails_the_move(fresh_guest):
     fresh_guest()
-    lab.wait_for(lambda: lab.in_host(lab.HOSTS[0], ["virsh", "qemu-agent-command", GUEST, '{"execute":"guest-ping"}'],
+    lab.wait_for(lambda: lab.in_host("hosta", ["virsh", "qemu-agent-command", GUEST, '{"execute":"guest-ping"}'],
                                      check=False, capture=True).returncode == 0, "the guest agent to answer", 60)
     source_images = {ext: lab.hdir("hosta", "var-lib-libvirt", "images", "%s.%s" % (GUEST, ext)) for ext in ("raw", "swap")}
     fired: list[float] = []

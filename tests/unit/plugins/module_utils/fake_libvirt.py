@@ -280,7 +280,9 @@ class Domain:
         return {"seconds": int(guest), "nseconds": int(round((guest - int(guest)) * 1e9))}
 
     def setTime(self, time: dict[str, int] | None = None, flags: int = 0) -> int:  # noqa: N802 # pylint: disable=redefined-outer-name
-        self._change(("setTime", dict(time or {}), flags))
+        if not isinstance(time, dict) or "seconds" not in time:  # as libvirt-python 11.3 refuses it
+            raise TypeError("Dictionary must contains 'seconds'")
+        self._change(("setTime", dict(time), flags))
         self.agent('{"execute":"guest-set-time"}', 5)
         if flags & _C["VIR_DOMAIN_TIME_SYNC"]:
             self.clock_offset_s = 0.0

@@ -73,7 +73,7 @@ def test_agent_that_answers_late_sets_time_to_healthy_and_syncs_the_clock():
     assert 800 <= got["agent_ms"] <= 1000 and got["time_to_healthy_ms"] == got["agent_ms"]
     assert got["clock"]["offset_before_ms"] == pytest.approx(3_600_000, abs=1)
     assert got["clock"]["offset_after_ms"] == pytest.approx(0, abs=1) and got["clock"]["synced"] is True
-    assert ("setTime", {}, 1) in dom.calls
+    assert ("setTime", {"seconds": 0, "nseconds": 0}, 1) in dom.calls
     assert '"guest-ping"' in dom.agent_commands[0]
 
 
@@ -180,3 +180,22 @@ def test_plan_words():
         "health after the move: running for 2 s after the switch-over, no panic, guest-ping within 15 s, clock re-synced")
     assert "no guest agent to ask (its channel is absent)" in h.plan_words(h.HealthOptions(), None)
     assert h.plan_words(h.HealthOptions(enabled=False), None).startswith("no health check")
+
+
+def test_a_failing_binding_is_a_clock_note_and_a_broken_check_never_raises():
+    dom = Domain("vm1", state="running")
+    dom.agent_up = lambda: True
+
+    def refuse(time=None, flags=0):
+        raise TypeError("Dictionary must contains 'seconds'")
+    dom.setTime = refuse
+    got = run(dom, agent="connected")
+    assert got["healthy"] is True and got["clock"]["synced"] is False
+    assert got["clock"]["note"] == "the guest agent could not sync the clock: TypeError: Dictionary must contains 'seconds'"
+
+    def broken():
+        raise RuntimeError("bug")
+    dom.state = broken
+    clock = FakeClock(100.0)
+    got = h.guarded_check(dom, opts=h.HealthOptions(), since=100.0, where="hostb", lv=C, clock=clock, sleep=clock.sleep)
+    assert got["healthy"] is None and got["error"].startswith("the guest's health on hostb could not be checked (RuntimeError: bug)")

@@ -85,6 +85,7 @@ def test_agent_guest_is_healthy_and_its_clock_resynced(fresh_guest):
     assert lab.domain_hosts(GUEST) == {"hostb": "running"}
     line = [ln for ln in out.splitlines() if "guest on hostb: healthy" in ln]
     assert line and "agent answered guest-ping" in line[0] and "(re-synced)" in line[0], out[-4000:]
+    print(line[0].strip())
 
 
 def test_guest_without_agent_is_healthy_with_no_agent_to_ask(fresh_guest):

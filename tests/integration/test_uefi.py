@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import pytest
 
@@ -39,11 +40,17 @@ def sha256(path: str) -> str:
         return hashlib.sha256(handle.read()).hexdigest()
 
 
-def guest_shell(command: str) -> str:
-    """Run a command in the guest through its lab command port (eth1, 2323) and return its output."""
-    res = lab.run(["ip", "netns", "exec", lab.OBSERVER[0], "busybox", "nc", "-w", "3", IP, "2323"],
-                  input=command + "\n", check=False, capture=True, timeout=30)
-    return res.stdout
+def guest_shell(command: str, tries: int = 20) -> str:
+    """Run a command in the guest through its lab command port (eth1, 2323) and return its output.
+    The guest's listener takes a moment to listen again after a connection: a refused connection
+    is tried again."""
+    for _ in range(tries):
+        res = lab.run(["ip", "netns", "exec", lab.OBSERVER[0], "busybox", "nc", "-w", "3", IP, "2323"],
+                      input=command + "\n", check=False, capture=True, timeout=30)
+        if "can't connect" not in res.stderr:
+            return res.stdout
+        time.sleep(0.5)
+    raise AssertionError("the guest's shell (%s port 2323) refused %d connections: %s" % (IP, tries, res.stderr))
 
 
 def read_variable() -> str:

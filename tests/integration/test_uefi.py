@@ -76,7 +76,9 @@ def changed_count(recap: dict) -> int:
 
 @pytest.fixture
 def uefi_guest(lab_up):
-    lab_cmd("guest", "--name", GUEST, "--ip", IP, "--mac", MAC, "--recreate", "--wait", "--written-mib", "16", "--uefi")
+    # no guest agent: this test is about the UEFI variables, not the agent's clock re-sync (test_health)
+    lab_cmd("guest", "--name", GUEST, "--ip", IP, "--mac", MAC, "--recreate", "--wait", "--written-mib", "16", "--uefi",
+            "--no-agent")
     yield
     for host in lab.HOSTS:
         lab.remove_guest(host, GUEST)

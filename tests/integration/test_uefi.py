@@ -128,3 +128,34 @@ def test_uefi_guest_moves_with_its_variables_and_boots_again_there(uefi_guest):
     lab.wait_guest_ping(IP, timeout=120)
     lab.wait_for(lambda: "END" in guest_shell("echo END"), "the guest's shell on hostb", 60)
     assert VALUE in read_variable(), read_variable()
+
+
+def test_missing_nvram_template_on_the_destination_stops_the_move_before_anything_changes(uefi_guest):
+    """The guest's NVRAM file is made from a template that only hosta has: the pre-flight to hostb,
+    where the NVRAM file is absent too, stops with the template, the NVRAM file and the fix named;
+    nothing changes on either host."""
+    template = "/var/lib/kvmops-uefi-test/VARS_4M.fd"
+    try:
+        lab.in_host("hosta", "mkdir -p /var/lib/kvmops-uefi-test && cp /usr/share/OVMF/OVMF_VARS_4M.fd %s" % template,
+                    capture=True)
+        xml = lab.in_host_out("hosta", ["virsh", "dumpxml", "--inactive", GUEST])
+        assert "template='/usr/share/OVMF/OVMF_VARS_4M.fd'" in xml, xml
+        lab.in_host("hosta", ["virsh", "-q", "destroy", GUEST], capture=True)
+        lab.in_host("hosta", "cat > /tmp/%s.xml" % GUEST, input=xml.replace(
+            "template='/usr/share/OVMF/OVMF_VARS_4M.fd'", "template='%s'" % template), capture=True)
+        lab.in_host("hosta", ["virsh", "-q", "define", "/tmp/%s.xml" % GUEST], capture=True)
+        lab.in_host("hosta", ["rm", "-f", "/var/lib/libvirt/qemu/nvram/%s_VARS.fd" % GUEST], capture=True)
+        lab.in_host("hosta", ["virsh", "-q", "start", GUEST], capture=True)  # its NVRAM file made from that template
+        lab.wait_guest_ping(IP, timeout=120)
+        before = proof.host_snapshot()
+        res, stats, out, _recap = play_json("-e", "dest=hostb")
+        assert res.returncode != 0, out[-6000:]
+        text = " ".join(out.replace("\\n", " ").split())
+        assert ("nvram template %s is missing on hostb, and so is the guest's NVRAM file "
+                "/var/lib/libvirt/qemu/nvram/%s_VARS.fd" % (template, GUEST)) in text, text[-6000:]
+        assert "package ovmf" in text and "kvm_host role" in text, text[-6000:]
+        assert "Traceback" not in out
+        assert proof.host_snapshot() == before
+        assert lab.domain_hosts(GUEST) == {"hosta": "running"}
+    finally:
+        lab.in_host("hosta", ["rm", "-rf", "/var/lib/kvmops-uefi-test", "/tmp/%s.xml" % GUEST], check=False, capture=True)

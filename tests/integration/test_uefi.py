@@ -44,7 +44,7 @@ def guest_shell(command: str, tries: int = 20) -> str:
     """Run a command in the guest through its lab command port (eth1, 2323) and return its output.
     The guest's listener takes a moment to listen again after a connection: a refused connection
     is tried again."""
-    for _ in range(tries):
+    for _attempt in range(tries):
         res = lab.run(["ip", "netns", "exec", lab.OBSERVER[0], "busybox", "nc", "-w", "3", IP, "2323"],
                       input=command + "\n", check=False, capture=True, timeout=30)
         if "can't connect" not in res.stderr:

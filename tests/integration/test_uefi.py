@@ -146,10 +146,12 @@ def test_firmware_missing_on_the_destination_stops_the_move_before_anything_chan
     assert lab.in_host("hostb", ["test", "-e", template], check=False).returncode == 0
     assert res.returncode != 0, out[-6000:]
     text = " ".join(out.replace("\\n", " ").split())
-    assert "loader %s (the guest's firmware) is missing on hostb" % loader in text, text[-6000:]
-    assert ("nvram template %s is missing on hostb, and so is the guest's NVRAM file "
-            "/var/lib/libvirt/qemu/nvram/%s_VARS.fd" % (template, GUEST)) in text, text[-6000:]
-    assert "install the package ovmf (Debian/Ubuntu) on hostb" in text and "kvm_host role" in text, text[-6000:]
+    # the findings name the destination by the address the move would use (hostb's ansible_host)
+    dest = "198.18.0.2"
+    assert "loader %s (the guest's firmware) is missing on %s" % (loader, dest) in text, text[-6000:]
+    assert ("nvram template %s is missing on %s, and so is the guest's NVRAM file "
+            "/var/lib/libvirt/qemu/nvram/%s_VARS.fd" % (template, dest, GUEST)) in text, text[-6000:]
+    assert "install the package ovmf (Debian/Ubuntu) on %s" % dest in text and "kvm_host role" in text, text[-6000:]
     assert "Traceback" not in out
     assert proof.host_snapshot() == before
     assert lab.domain_hosts(GUEST) == {"hosta": "running"}

@@ -454,6 +454,77 @@ def check_free_space(disks: list[dict[str, t.Any]], dest: DestFiles, host: str,
     return out
 
 
+#: where Debian/Ubuntu and Fedora/RHEL install UEFI firmware, and the package that holds it
+FIRMWARE_PACKAGES = (
+    ("/usr/share/OVMF/", "ovmf (Debian/Ubuntu)"),
+    ("/usr/share/AAVMF/", "qemu-efi-aarch64 (Debian/Ubuntu)"),
+    ("/usr/share/qemu-efi-aarch64/", "qemu-efi-aarch64 (Debian/Ubuntu)"),
+    ("/usr/share/edk2/ovmf/", "edk2-ovmf (Fedora/RHEL)"),
+    ("/usr/share/edk2/aarch64/", "edk2-aarch64 (Fedora/RHEL)"),
+)
+
+
+def firmware_fix(path: str, host: str) -> str:
+    """How to get a missing firmware file (loader, NVRAM template) of ``path`` onto ``host``:
+    the package that installs it when the path is a distribution's firmware directory
+    (:data:`FIRMWARE_PACKAGES`), which this collection's ``kvm_host`` role installs for OVMF."""
+    for prefix, package in FIRMWARE_PACKAGES:
+        if path.startswith(prefix):
+            return ("install the package %s on %s (the kvmops.migration kvm_host role, playbooks/prepare_hosts.yml, "
+                    "installs OVMF), or copy the file to the same path there" % (package, host))
+    return ("install the firmware package that provides it on %s (OVMF: package ovmf, which the kvmops.migration "
+            "kvm_host role installs), or copy the file to the same path there" % host)
+
+
+def nvram_template_decision(nvram_seen: dict[str, t.Any] | None, template_seen: dict[str, t.Any] | None
+                            ) -> tuple[str, str]:
+    """Whether the destination needs the NVRAM template, and whether it has it.
+
+    libvirt creates an absent NVRAM file from the template when it starts the guest's QEMU
+    there (for the incoming migration, or the first start after an offline move,
+    ``qemuPrepareNVRAM``); an NVRAM file already there is used as it is and the template is not
+    read. So the template matters only when the NVRAM file is absent there.
+
+    :param nvram_seen: the destination's facts of the NVRAM file (``DestFiles.lookup``), None
+        when unknown.
+    :param template_seen: the same of the template.
+    :returns: ``(status, why)``: ``ok``/``not_needed`` (the NVRAM file is there), ``ok``/``present``
+        (absent NVRAM, template there), ``error``/``missing`` (absent NVRAM and absent template:
+        libvirt fails to start the guest there), ``warning``/``unknown`` (either is not known).
+    """
+    if nvram_seen is not None and nvram_seen.get("exists"):
+        return "ok", "not_needed"
+    if nvram_seen is None or template_seen is None:
+        return "warning", "unknown"
+    if template_seen.get("exists"):
+        return "ok", "present"
+    return "error", "missing"
+
+
+def _template_finding(item: dict[str, t.Any], nvram: dict[str, t.Any] | None, dest: DestFiles,
+                      host: str) -> dict[str, t.Any]:
+    """The finding of the ``nvram template`` of :func:`_domain_xml.required_files`."""
+    nvram_path = (nvram or {}).get("path")
+    nvram_seen = dest.lookup(nvram_path)[0] if nvram_path else None
+    seen, _src = dest.lookup(item["path"])
+    status, why = nvram_template_decision(nvram_seen, seen)
+    values = dict(item, seen=seen, nvram=nvram_path, decision=why)
+    if why == "not_needed":
+        msg = ("nvram template %s is not needed on %s: the guest's NVRAM file %s is there, and libvirt uses it as it is."
+               % (item["path"], host, nvram_path))
+    elif why == "present":
+        msg = ("nvram template %s is present on %s: libvirt creates the guest's NVRAM file %s from it there."
+               % (item["path"], host, nvram_path))
+    elif why == "missing":
+        msg = ("nvram template %s is missing on %s, and so is the guest's NVRAM file %s: libvirt creates that file "
+               "from the template and cannot start the guest there without it; %s." % (
+                   item["path"], host, nvram_path, firmware_fix(item["path"], host)))
+    else:
+        msg = ("nvram template %s not verified on %s (libvirt needs it there when the NVRAM file %s is absent); pass "
+               "dest_disks (disk_info with paths on %s)." % (item["path"], host, nvram_path, host))
+    return finding("required_file", status, host, msg, **values)
+
+
 def check_required_files(files: list[dict[str, t.Any]], dest: DestFiles, host: str, live: bool = False
                          ) -> list[dict[str, t.Any]]:
     """Each path of ``_domain_xml.required_files`` exists on the destination (case C13).
@@ -462,9 +533,15 @@ def check_required_files(files: list[dict[str, t.Any]], dest: DestFiles, host: s
     creates it from the firmware's template for the incoming QEMU, and QEMU's pflash device,
     whose contents move with the guest's memory, writes them into that file when the guest runs
     there (``pflash_post_load``). For a guest that is shut off it is a warning: nothing carries
-    the variables, the new file starts from the template."""
+    the variables, the new file starts from the template. The template itself must then be
+    there (:func:`nvram_template_decision`); a missing loader or template names the firmware
+    package (:func:`firmware_fix`)."""
     out = []
+    nvram = next((item for item in files if item["what"] == "nvram"), None)
     for item in files:
+        if item["what"] == "nvram template":
+            out.append(_template_finding(item, nvram, dest, host))
+            continue
         seen, _src = dest.lookup(item["path"])
         values = dict(item, seen=seen)
         if seen is None:
@@ -483,6 +560,11 @@ def check_required_files(files: list[dict[str, t.Any]], dest: DestFiles, host: s
                                "template, so the guest's UEFI variables (boot entries) are lost; "
                                "copy the file to the same path there first." % (item["path"], host),
                                **values))
+        elif not seen.get("exists") and item["what"] == "loader":
+            out.append(finding("required_file", "error", host,
+                               "loader %s (the guest's firmware) is missing on %s: migration does not copy it, and "
+                               "QEMU cannot start the guest there without it; %s." % (
+                                   item["path"], host, firmware_fix(item["path"], host)), **values))
         elif not seen.get("exists"):
             fix = ("copy it to the same path there and verify size and checksum, or eject the media "
                    "first" if item["target"] else "install or copy it there at the same path")

@@ -11,7 +11,8 @@ Relies on the libvirt domain XML format, https://libvirt.org/formatdomain.html :
 |protocol+name>``, ``<backingStore>``, ``<target dev bus>``, ``<readonly/>``, ``<shareable/>``;
 ``<interface type>`` with ``<mac address>``, ``<source bridge|network|dev>``, ``<model type>``;
 ``<memory unit>`` (default KiB), ``<vcpu>``, ``<os><type arch machine>``, ``<loader>``,
-``<nvram>``, ``<kernel>``, ``<initrd>``, ``<dtb>``, ``<devices><emulator>``, the guest agent's
+``<nvram template format>`` (the path as text, or ``<source file>`` of a ``type='file'`` one),
+``<kernel>``, ``<initrd>``, ``<dtb>``, ``<devices><emulator>``, the guest agent's
 ``<channel>``.
 
 And on libvirt's default disk selection for ``--copy-storage-*`` (qemu_migration.c,
@@ -340,14 +341,41 @@ def agent_channel_state(xml_or_root: t.Any) -> str | None:
     return None
 
 
+def nvram_of(xml_or_root: t.Any) -> dict[str, str | None]:
+    """The guest's NVRAM file (UEFI variables), ``<os><nvram>``: ``{path, template, format}``.
+
+    ``path`` is the element's text, or the ``<source file>`` of a ``type='file'`` one (libvirt
+    8.5), None without an NVRAM file (BIOS guests; a network or block store has no file path);
+    ``template`` the file libvirt creates an absent NVRAM file from (``template`` attribute),
+    None when the definition names none (libvirt then takes the firmware's default);
+    ``format`` the ``format`` attribute (None: raw).
+    """
+    root = _root(xml_or_root)
+    elem = root.find("os/nvram")
+    if elem is None:
+        return {"path": None, "template": None, "format": None}
+    nvram_type = elem.get("type")
+    path = _text(root, "os/nvram") or None
+    if nvram_type not in (None, "file"):
+        path = None
+    elif not path:
+        path = _attr(elem, "source", "file")
+    return {"path": path, "template": (elem.get("template") or "").strip() or None,
+            "format": elem.get("format")}
+
+
 def domain_facts(xml_or_root: t.Any) -> dict[str, t.Any]:
     """The non-CPU facts of a domain definition.
 
     Shape: ``{name, uuid, domain_type, memory_bytes, current_memory_bytes, vcpus, arch,
-    machine, os_type, emulator, loader, nvram, kernel, initrd, dtb, disks: [...],
-    interfaces: [...]}``; memory in bytes.
+    machine, os_type, emulator, loader, nvram, nvram_template, nvram_format, kernel, initrd, dtb,
+    disks: [...], interfaces: [...]}``; memory in bytes. ``nvram_template`` is the file libvirt
+    creates an absent NVRAM file from (``<nvram template=...>``), None when the definition names
+    none (libvirt then takes the firmware's default template); ``nvram_format`` the
+    ``format`` attribute (None: raw).
     """
     root = _root(xml_or_root)
+    nvram = nvram_of(root)
     mem = root.find("memory")
     cur = root.find("currentMemory")
     vcpu = root.find("vcpu")
@@ -363,7 +391,7 @@ def domain_facts(xml_or_root: t.Any) -> dict[str, t.Any]:
         "os_type": _text(root, "os/type"),
         "emulator": _text(root, "devices/emulator"),
         "loader": _text(root, "os/loader"),
-        "nvram": _text(root, "os/nvram") or _attr(root, "os/nvram/source", "file"),
+        "nvram": nvram["path"], "nvram_template": nvram["template"], "nvram_format": nvram["format"],
         "kernel": _text(root, "os/kernel"),
         "initrd": _text(root, "os/initrd"),
         "dtb": _text(root, "os/dtb"),
@@ -393,7 +421,8 @@ def referenced_paths(xml_or_root: t.Any) -> set[str]:
 def required_files(facts: dict[str, t.Any]) -> list[dict[str, t.Any]]:
     """Paths the destination must already have because migration does not copy them
     (case C13, LAB_NOTES): read-only media and cdroms, kernel, initrd, device tree (dtb),
-    loader, nvram.
+    loader, nvram, and the nvram template (``what`` ``nvram template``: needed there only when
+    the NVRAM file is absent, ``_checks_storage.check_required_files`` decides).
 
     :param facts: :func:`domain_facts`, its disks optionally described by
         ``_disk_info.describe_disk`` (then ``virtual_size`` is known).
@@ -409,6 +438,8 @@ def required_files(facts: dict[str, t.Any]) -> list[dict[str, t.Any]]:
     for key in ("kernel", "initrd", "dtb", "loader", "nvram"):
         if facts.get(key):
             out.append({"what": key, "path": facts[key], "target": None, "virtual_size": None})
+    if facts.get("nvram") and facts.get("nvram_template"):
+        out.append({"what": "nvram template", "path": facts["nvram_template"], "target": None, "virtual_size": None})
     return out
 
 

@@ -14,7 +14,10 @@ duplicated host UUIDs (case C10) before anything is touched:
   persistent, current memory in bytes and vCPU count (``virDomainGetInfo``).
 * with ``guest``: where that domain is defined, ``guest_disks`` (the ``disks`` of ``disk_info``,
   by ``_disk_info.describe_domain``) and ``guest_paths`` (the files migration does not copy,
-  ``_domain_xml.required_files``), so that locating a guest also describes it.
+  ``_domain_xml.required_files``), so that locating a guest also describes it; ``guest_nvram``,
+  the size and SHA-256 of its NVRAM file (UEFI variables) on this host (:func:`_nvram.read_nvram`
+  of the path its domain XML names, nothing else), which the role compares after a move with the
+  source's file at the switch-over.
 * with ``paths`` (what the pre-flight needs of a destination, in one call): ``paths`` (the
   ``disks`` of ``disk_info paths=``, by ``_disk_info.describe_paths``), ``mounts`` (the filesystems
   holding them, in the shape of Ansible's ``ansible_mounts``), ``interfaces`` (the names of
@@ -38,7 +41,7 @@ import socket
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _conf, _cpu, _disk_info, _domain_xml, _image_geometry
-from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt, _manifest, _runner, _storage, _tls
+from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt, _manifest, _nvram, _runner, _storage, _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
@@ -149,18 +152,22 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
     return result
 
 
-def guest_facts(conn: t.Any, guest: str, uri: str, runner: _runner.Runner) -> dict[str, t.Any]:
+def guest_facts(conn: t.Any, guest: str, uri: str, runner: _runner.Runner,
+                read_nvram: t.Callable[..., dict[str, t.Any] | None] = _nvram.read_nvram) -> dict[str, t.Any]:
     """What the roles need of one guest on the host that defines it, read with ``conn``.
 
-    :returns: ``{guest_disks, guest_paths, guest_error}``: the disks as ``disk_info domain=``
-        returns them (:func:`_disk_info.describe_domain`), the paths of
+    :param read_nvram: :func:`_nvram.read_nvram` (tests inject another).
+    :returns: ``{guest_disks, guest_paths, guest_nvram, guest_error}``: the disks as ``disk_info
+        domain=`` returns them (:func:`_disk_info.describe_domain`), the paths of
         :func:`_domain_xml.required_files` (read-only media, kernel, initrd, dtb, loader,
-        nvram) and no error; empty lists when the guest is not defined here. A failure to read
-        the guest (its XML, an image qemu-img cannot read) is ``guest_error`` with empty lists,
-        so that the host's other facts (where the guest is) still come back; the role stops on
-        it.
+        nvram, nvram template), the NVRAM file of the current XML read on this host
+        (:func:`_nvram.read_nvram`: ``{path, format, exists, size, sha256, error}``, None
+        without one) and no error; empty lists and None when the guest is not defined here. A
+        failure to read the guest (its XML, an image qemu-img cannot read) is ``guest_error``
+        with empty lists, so that the host's other facts (where the guest is) still come back;
+        the role stops on it. An unreadable NVRAM file is its ``error``, never a failure.
     """
-    out: dict[str, t.Any] = {"guest_disks": [], "guest_paths": [], "guest_error": None}
+    out: dict[str, t.Any] = {"guest_disks": [], "guest_paths": [], "guest_nvram": None, "guest_error": None}
     try:
         dom = _libvirt.lookup_domain(conn, guest, required=False)
         if dom is None:
@@ -171,6 +178,7 @@ def guest_facts(conn: t.Any, guest: str, uri: str, runner: _runner.Runner) -> di
         return out
     out["guest_disks"] = described["disks"]
     out["guest_paths"] = [f["path"] for f in _domain_xml.required_files(described["facts"])]
+    out["guest_nvram"] = read_nvram(described["facts"].get("nvram"), described["facts"].get("nvram_format"))
     return out
 
 

@@ -62,6 +62,7 @@ import uuid as uuidlib
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
 from ansible_collections.kvmops.migration.plugins.module_utils import _health
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+from ansible_collections.kvmops.migration.plugins.module_utils import _nvram
 from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 from ansible_collections.kvmops.migration.plugins.module_utils import _sockets
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
@@ -158,7 +159,8 @@ def source_facts(dom: t.Any, lv: t.Any, where: str = "the source") -> dict[str, 
     allocation and ``disk_capacity`` the virtual size (None: unreadable) of each copy candidate
     (``virDomainGetBlockInfo``), only for an active guest; ``cpu_fingerprint`` that of the
     ``<cpu>`` the destination receives (:func:`_domain_xml.cpu_fingerprint` of the migratable
-    live XML, of the persistent one for a shut-off guest).
+    live XML, of the persistent one for a shut-off guest); ``nvram`` the NVRAM file its XML names
+    (:func:`_domain_xml.nvram_of`: ``{path, template, format}``).
     """
     info = describe(dom, lv, where)
     action = "read domain %s" % info["name"]
@@ -172,6 +174,7 @@ def source_facts(dom: t.Any, lv: t.Any, where: str = "the source") -> dict[str, 
     # the guest agent's channel state before the move: an agent that ran must answer after it
     info["agent"] = _domain_xml.agent_channel_state(xml) if info["active"] else None
     info["cpu_fingerprint"] = _domain_xml.cpu_fingerprint(info.get("migratable_xml") or xml)
+    info["nvram"] = _domain_xml.nvram_of(xml)
     info["memory_bytes"] = int(_call(lv, action, where, dom.info)[1]) * 1024
     sizes: dict[str, int] = {}
     capacity: dict[str, int | None] = {}
@@ -227,6 +230,8 @@ class Runtime:
     now: t.Callable[[], float] = time.time
     #: this host's TLS material (:func:`_tls.read_host_tls`)
     tls_material: t.Callable[[], dict[str, t.Any]] = _tls.read_host_tls
+    #: size and SHA-256 of a file on this host (:func:`_nvram.read_nvram`)
+    read_nvram: t.Callable[..., dict[str, t.Any] | None] = _nvram.read_nvram
 
     def pause(self, worker: threading.Thread) -> t.Callable[[float], None]:
         """The sleep of the waits while ``worker`` runs ``migrate3``: with the real clock it is
@@ -479,6 +484,9 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
             values={"progress": monitor.last, "plan": plan.as_result(), "notes": notes})
 
     ddom = worker.result
+    # first, before anything else can take time: the source's QEMU has stopped, so its NVRAM
+    # file holds the UEFI variables as they were at the switch-over
+    nvram = source_nvram(source, src_where, rt) if source["active"] else None
     stats = _completed_stats(ddom, dom, lv, notes, rt)
     dest_info = None
     if ddom is not None:
@@ -516,8 +524,24 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
         msg += " BUT the guest is not healthy there: %s." % "; ".join(health["problems"])
     return dict(result, changed=True, state="migrated", now_on=opts.dest_host,
                 dest_state=dest_info["state"] if dest_info else None, stats=summary,
-                progress=monitor.last, escalation=monitor.reason, health=health,
+                progress=monitor.last, escalation=monitor.reason, health=health, nvram=nvram,
                 warnings=result["warnings"] + notes, msg=msg)
+
+
+def source_nvram(source: dict[str, t.Any], src_where: str, rt: Runtime) -> dict[str, t.Any] | None:
+    """The source's NVRAM file right after the switch-over (:func:`_nvram.read_nvram`, by
+    ``rt.read_nvram``): the path of the source's domain XML (``source['nvram']``), read on this
+    host, which is the source's only when the source URI is local (the ``migrate`` module runs
+    there); with a remote source URI it is not read and ``error`` says why. None without an
+    NVRAM file."""
+    nvram = source.get("nvram") or {}
+    if not nvram.get("path"):
+        return None
+    if _libvirt.is_remote_uri(src_where):
+        return {"path": nvram["path"], "format": nvram.get("format") or "raw", "exists": None, "size": None,
+                "sha256": None, "error": "not read: the source's libvirt (%s) is not on the host this module runs on"
+                % src_where}
+    return rt.read_nvram(nvram["path"], nvram.get("format"))
 
 
 def explain_failure(detail: str, dest: str, guest: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _health
+from ansible_collections.kvmops.migration.plugins.module_utils import _nvram
 
 MIB = 1024 ** 2
 
@@ -94,12 +95,17 @@ def _cold_words(stats: dict[str, t.Any], forced: bool) -> str:
 
 def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.Any] | None,
                       images: dict[str, t.Any] | None = None, created: t.Sequence[str] = (),
-                      check_mode: bool = False) -> dict[str, t.Any]:
+                      check_mode: bool = False, dest_nvram: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
     """The one summary of a migration: guest, from, to, duration, downtime, memory and disk bytes
-    moved, images created, source/destination allocation of each image; ``lines`` for people.
+    moved, images created, source/destination allocation of each image, the UEFI variables
+    (``nvram``); ``lines`` for people.
 
-    :param result: the ``migrate`` module's result (``state``, ``stats``, ``plan``), or the
-        ``cold_move`` module's (``mode: cold``, ``plan`` a list of steps, ``forced``).
+    :param result: the ``migrate`` module's result (``state``, ``stats``, ``plan``, ``nvram``: the
+        source's NVRAM file at the switch-over), or the ``cold_move`` module's (``mode: cold``,
+        ``plan`` a list of steps, ``forced``).
+    :param dest_nvram: the guest's NVRAM file on the destination after the move (``host_info``'s
+        ``guest_nvram`` there); compared with the source's by :func:`_nvram.compare` into
+        ``nvram`` (None when the move read no NVRAM file) and one line, a warning when they differ.
     """
     result = result or {}
     cold = result.get("mode") == "cold"
@@ -127,6 +133,8 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
         "health": result.get("health"),
         "time_to_healthy_ms": (result.get("health") or {}).get("time_to_healthy_ms"),
         "clock": (result.get("health") or {}).get("clock"),
+        # the UEFI variables: the source's NVRAM file at the switch-over against the destination's
+        "nvram": _nvram.compare(result.get("nvram"), dest_nvram, dest) if state == "migrated" and not cold else None,
     }
     if state == "already_migrated":
         head = "%s already runs on %s: nothing to do." % (guest, dest)
@@ -172,6 +180,8 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
         lines.append(result["plan"]["health"])
     if state == "migrated" and summary["health"] is not None:
         lines.append("guest on %s: %s" % (dest, _health.words(summary["health"])))
+    if summary["nvram"] is not None:
+        lines.append(summary["nvram"]["words"])
     verb = "would be created" if state == "planned" else "created"
     lines.append("images %s on %s: %s" % (verb, dest, ", ".join(summary["images_created"]) or "none"))
     for img in summary["images"]:

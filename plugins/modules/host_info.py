@@ -20,9 +20,10 @@ description:
   - "Domains: every domain defined or running on the host, with name, UUID, state, active,
     persistent, memory in bytes and vCPU count."
   - "With O(guest), on the host that defines that guest: its disks as
-    M(kvmops.migration.disk_info) describes them (RV(guest_disks)) and the other host files it
-    refers to that a migration does not copy (RV(guest_paths)). Locating a guest thus also
-    describes it, in the same call."
+    M(kvmops.migration.disk_info) describes them (RV(guest_disks)), the other host files it
+    refers to that a migration does not copy (RV(guest_paths)) and the size and SHA-256 of its
+    NVRAM file, the UEFI variables (RV(guest_nvram)). Locating a guest thus also describes it, in
+    the same call."
   - "With O(paths), what M(kvmops.migration.preflight) needs to know of a destination, in one
     call: the paths as M(kvmops.migration.disk_info) describes them (RV(paths)), the filesystems
     that hold them (RV(mounts)), the network interfaces (RV(interfaces)) and the entries of the
@@ -52,7 +53,7 @@ options:
   guest:
     description:
       - Name or UUID of a guest to describe where it is defined (RV(guest_disks),
-        RV(guest_paths), RV(guest_error)). On the other hosts these are empty.
+        RV(guest_paths), RV(guest_nvram), RV(guest_error)). On the other hosts these are empty.
       - Its images are read with C(qemu-img info -U -f FORMAT) (force-share), so a running guest's
         images can be read, each as the format its domain XML declares (never probed; see
         M(kvmops.migration.disk_info)).
@@ -210,13 +211,25 @@ guest_paths:
   description:
     - Other host files O(guest) refers to that a migration does not copy, so they must already be
       on a destination at the same path (case C13), as the pre-flight checks them - read-only
-      media (cdrom, read-only floppy or disk), kernel, initrd, device tree (dtb), firmware loader
-      and nvram.
+      media (cdrom, read-only floppy or disk), kernel, initrd, device tree (dtb), firmware loader,
+      nvram and the nvram template (C(<nvram template=...>), which libvirt creates an absent nvram
+      file from).
     - Empty when the guest is not defined here.
   returned: when O(guest) is set
   type: list
   elements: str
   sample: [/var/lib/libvirt/isos/seed.iso, /var/lib/libvirt/boot/vmlinuz]
+guest_nvram:
+  description:
+    - The NVRAM file (UEFI variables) of O(guest) on this host, the path its current domain XML names (nothing else is
+      read) - C(path), C(format), C(exists), C(size) (bytes), C(sha256) (hex) and C(error) (why it was not read, for
+      example a missing file; never a failure), as RV(kvmops.migration.migrate#module:nvram) of
+      M(kvmops.migration.migrate) reads the source's at the switch-over.
+    - Null when the guest has no NVRAM file or is not defined here.
+  returned: when O(guest) is set
+  type: dict
+  sample: {path: /var/lib/libvirt/qemu/nvram/vm1_VARS.fd, format: raw, exists: true, size: 540672,
+           sha256: 6f1ed002ab5595859014ebf0951522d9d2ee3ae8f8f7a7c6b9b3f4a2e8f4a1b0, error: null}
 guest_error:
   description:
     - Why O(guest), defined here, could not be described (its XML, or an image qemu-img cannot

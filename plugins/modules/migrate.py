@@ -429,6 +429,36 @@ health:
     watched_ms:
       description: Milliseconds the guest was watched.
       type: int
+nvram:
+  description:
+    - The guest's NVRAM file (its UEFI variables) on the source, read right after the switch-over, when the source's
+      QEMU has stopped and libvirt has kept the file (the path its domain XML names, read on this host; nothing else
+      is read). The C(migrate_guest) role compares it with the file on the destination
+      (RV(kvmops.migration.host_info#module:guest_nvram)).
+    - Null for a guest without an NVRAM file and for an offline move.
+  returned: when migrated
+  type: dict
+  contains:
+    path:
+      description: The C(<nvram>) path of the guest's domain XML.
+      type: str
+    format:
+      description: Its format (C(raw) unless the XML says another; another is not read).
+      type: str
+    exists:
+      description: Whether the file exists (null when it could not be told).
+      type: bool
+    size:
+      description: Its size in bytes, null when not read.
+      type: int
+    sha256:
+      description: The SHA-256 of its content (hex), null when not read.
+      type: str
+    error:
+      description: Why it was not read (missing, not a regular file, unreadable, a remote O(source_uri)), else null.
+      type: str
+  sample: {path: /var/lib/libvirt/qemu/nvram/vm1_VARS.fd, format: raw, exists: true, size: 540672,
+           sha256: 6f1ed002ab5595859014ebf0951522d9d2ee3ae8f8f7a7c6b9b3f4a2e8f4a1b0, error: null}
 progress:
   description: The last progress sample (phase, percent, bytes remaining, dirty rate in bytes per second).
   returned: when migrated

@@ -23,7 +23,8 @@ description:
     be shown shared), cache modes; every destination image path (absent, ours and matching,
     foreign or of another size), free space per destination filesystem, backing images for
     O(copy_storage=incremental); read-only media, kernel, initrd, dtb, loader and nvram present on the
-    destination; every interface's bridge, network (present and active) or direct device, after
+    destination, and the nvram template when the nvram file is absent there (a missing UEFI loader or
+    template names the firmware package to install, such as ovmf); every interface's bridge, network (present and active) or direct device, after
     O(network_map); the destination's libvirt transport port and connection; migration and disk
     ports; names resolve from the source to non-loopback addresses; TLS files; libvirt and QEMU
     versions and the libvirt the chosen options need."
@@ -179,7 +180,7 @@ options:
   dest_disks:
     description:
       - The RV(kvmops.migration.disk_info#module:disks) list that M(kvmops.migration.disk_info) returned
-        on the destination for the guest's image, media, kernel, initrd, dtb, loader and nvram paths,
+        on the destination for the guest's image, media, kernel, initrd, dtb, loader, nvram and nvram template paths,
         or the same list as RV(kvmops.migration.host_info#module:paths) of
         M(kvmops.migration.host_info) run there with O(kvmops.migration.host_info#module:paths).
     type: list

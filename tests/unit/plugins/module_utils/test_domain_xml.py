@@ -135,6 +135,41 @@ def test_required_files_are_read_only_media_and_the_files_of_os():
     assert "/boot/virt.dtb" in dx.referenced_paths(xml)
 
 
+UEFI_OS = ("<domain><name>u</name><os><type arch='x86_64' machine='q35'>hvm</type>"
+           "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>%s</os></domain>")
+
+
+@pytest.mark.parametrize("nvram, expected", [
+    ("<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/var/lib/libvirt/qemu/nvram/u_VARS.fd</nvram>",
+     {"path": "/var/lib/libvirt/qemu/nvram/u_VARS.fd", "template": "/usr/share/OVMF/OVMF_VARS_4M.fd", "format": None}),
+    ("<nvram>/var/lib/libvirt/qemu/nvram/u_VARS.fd</nvram>",
+     {"path": "/var/lib/libvirt/qemu/nvram/u_VARS.fd", "template": None, "format": None}),
+    ("<nvram type='file' format='qcow2' template='/t.qcow2'><source file='/n/u_VARS.qcow2'/></nvram>",
+     {"path": "/n/u_VARS.qcow2", "template": "/t.qcow2", "format": "qcow2"}),
+    ("<nvram type='network'><source protocol='iscsi' name='iqn.x/0'/></nvram>",
+     {"path": None, "template": None, "format": None}),
+    ("<nvram template=' '>/n/u_VARS.fd</nvram>", {"path": "/n/u_VARS.fd", "template": None, "format": None}),
+    ("", {"path": None, "template": None, "format": None}),
+], ids=["template", "no-template", "type-file-qcow2", "network", "blank-template", "bios"])
+def test_nvram_of_reads_path_template_and_format(nvram, expected):
+    assert dx.nvram_of(UEFI_OS % nvram) == expected
+    facts = dx.domain_facts(UEFI_OS % nvram)
+    assert (facts["nvram"], facts["nvram_template"], facts["nvram_format"]) == (
+        expected["path"], expected["template"], expected["format"])
+
+
+def test_required_files_list_the_nvram_template_after_the_nvram_file():
+    facts = dx.domain_facts(UEFI_OS % "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/n/u_VARS.fd</nvram>")
+    assert [(f["what"], f["path"]) for f in dx.required_files(facts)] == [
+        ("loader", "/usr/share/OVMF/OVMF_CODE_4M.fd"), ("nvram", "/n/u_VARS.fd"),
+        ("nvram template", "/usr/share/OVMF/OVMF_VARS_4M.fd")]
+
+
+def test_nvram_template_with_an_entity_is_not_expanded():
+    xml = ("<!DOCTYPE d [<!ENTITY e SYSTEM 'file:///etc/passwd'>]>" + UEFI_OS % "<nvram template='/t'>&e;</nvram>")
+    assert dx.nvram_of(xml)["path"] is None
+
+
 def test_referenced_paths():
     paths = dx.referenced_paths(fixture("domains", "vm1.xml").replace("@DIR@", "/img"))
     assert {"/img/vm1.qcow2", "/img/base.qcow2", "/dev/vg0/vm1-data", "/img/isos/seed.iso",

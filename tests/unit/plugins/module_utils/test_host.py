@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -143,6 +144,26 @@ def test_guest_facts_are_disk_infos_disks_and_the_files_not_copied(tmp_path):
         "seed.iso", "vmlinuz", "initrd.gz", "OVMF_CODE.fd", "vm1_VARS.fd")]
 
 
+def test_guest_facts_read_the_nvram_file_its_xml_names_and_an_absent_one_is_reported(tmp_path):
+    conn = guest_host(tmp_path)
+    out = _host.guest_facts(conn, "vm1", "qemu:///system", real_runner())
+    assert out["guest_nvram"]["path"] == str(tmp_path / "vm1_VARS.fd")
+    assert out["guest_nvram"]["exists"] is False and "does not exist" in out["guest_nvram"]["error"]
+    (tmp_path / "vm1_VARS.fd").write_bytes(b"\x01" * 540672)
+    nvram = _host.guest_facts(conn, "vm1", "qemu:///system", real_runner())["guest_nvram"]
+    assert nvram["exists"] is True and nvram["size"] == 540672 and nvram["error"] is None
+    assert nvram["sha256"] == hashlib.sha256(b"\x01" * 540672).hexdigest()
+
+
+def test_guest_facts_list_the_nvram_template_among_the_files_not_copied(tmp_path):
+    runner = real_runner()
+    runner.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "vm1.qcow2"), str(GIB)])
+    xml = GUEST_XML.replace("@DIR@", str(tmp_path)).replace(
+        "<nvram>", "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>").split("<disk type='volume'", maxsplit=1)[0] + "</devices></domain>"
+    out = _host.guest_facts(guest_conn([Domain("vm1", xml)]), "vm1", "qemu:///system", runner)
+    assert out["guest_paths"][-2:] == [str(tmp_path / "vm1_VARS.fd"), "/usr/share/OVMF/OVMF_VARS_4M.fd"]
+
+
 def test_guest_facts_by_uuid(tmp_path):
     conn = guest_host(tmp_path)
     conn.lookupByUUIDString = lambda u: conn.domains[0]
@@ -152,7 +173,7 @@ def test_guest_facts_by_uuid(tmp_path):
 
 def test_guest_facts_where_the_guest_is_not_defined():
     out = _host.guest_facts(guest_conn([]), "vm1", "qemu:///system", real_runner())
-    assert out == {"guest_disks": [], "guest_paths": [], "guest_error": None}
+    assert out == {"guest_disks": [], "guest_paths": [], "guest_nvram": None, "guest_error": None}
 
 
 def test_an_unreadable_guest_image_is_guest_error_and_the_host_facts_still_come(tmp_path):
@@ -268,7 +289,7 @@ def test_run_host_info_adds_guest_and_path_facts_only_when_asked(tmp_path):
     qcow2 = str(tmp_path / "vm1.qcow2")
     both = _host.run_host_info(params(guest="vm1", paths=[qcow2], formats={qcow2: "qcow2"}),
                                runner=real_runner(), connect=connector(conn), **host)
-    assert set(both) == {"host", "guest_disks", "guest_paths", "guest_error", "paths", "mounts", "interfaces",
+    assert set(both) == {"host", "guest_disks", "guest_paths", "guest_nvram", "guest_error", "paths", "mounts", "interfaces",
                          "manifest"}
     assert both["paths"][0]["virtual_size"] == 2 * GIB and both["manifest"] == []
     # no declared format: read as raw (the file's own size), never probed as qcow2

@@ -1072,3 +1072,74 @@ def test_check_mode_plan_says_what_health_check_follows():
     res = m.migrate_domain(o, sconn, dconn, check_mode=True, rt=rt)
     assert res["plan"]["health"].startswith("health after the move: running for 2 s after the switch-over")
     assert sdom.calls == [] and dconn.callbacks == {}
+
+
+# ------------------------------------------------------------------------------------------
+# UEFI guests: the source's NVRAM file at the switch-over
+# ------------------------------------------------------------------------------------------
+
+def uefi_xml(nvram_path: str) -> str:
+    return XML_C12.replace(
+        "<memory unit='GiB'>1</memory>",
+        "<memory unit='GiB'>1</memory><os><type arch='x86_64' machine='q35'>hvm</type>"
+        "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+        "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>%s</nvram></os>" % nvram_path)
+
+
+def setup_uefi_run(tmp_path, source_uri="qemu:///system"):
+    import hashlib
+    vars_file = tmp_path / "vm12_VARS.fd"
+    vars_file.write_bytes(b"\x01" * 540672)
+    fx = load("jobstats_converging.json")
+    sdom = Domain("vm12", uefi_xml(str(vars_file)), uuid=UUID, samples=fx["samples"], completed=fx["completed"])
+    sdom.finish_after_samples = True
+    sconn = Connection(source_uri, [sdom])
+    dconn = Connection("qemu+ssh://root@198.18.0.2/system")
+    clock = FakeClock()
+    rt = m.Runtime(lv=LV_11_3, clock=clock, sleep=clock.sleep)
+    return vars_file, hashlib.sha256(b"\x01" * 540672).hexdigest(), sdom, sconn, dconn, rt
+
+
+def test_live_move_of_a_uefi_guest_returns_the_source_nvram_read_right_after_the_switch_over(tmp_path):
+    vars_file, digest, sdom, sconn, dconn, rt = setup_uefi_run(tmp_path)
+    plain_sleep = rt.sleep
+    after = []
+
+    def sleep(seconds):
+        # the wait loop sleeps at most once after migrate3 returned before it sees the end; any
+        # later sleep (completed statistics, the health window) is after the read: the guest,
+        # running on the destination, cannot change the source's file, but a change then must
+        # not be what is reported
+        plain_sleep(seconds)
+        if sdom.migrate3_returned:
+            after.append(seconds)
+            if len(after) == 2:
+                vars_file.write_bytes(b"\x02" * 540672)
+    rt.sleep = sleep
+    res = m.migrate_domain(opts(poll_interval_s=0.5, health={"window_s": 1}), sconn, dconn, rt=rt)
+    assert res["state"] == "migrated"
+    assert res["nvram"] == {"path": str(vars_file), "format": "raw", "exists": True, "size": 540672,
+                            "sha256": digest, "error": None}
+    assert len(after) >= 2 and vars_file.read_bytes()[:1] == b"\x02"  # changed later, and not what was read
+
+
+def test_the_source_nvram_is_not_read_through_a_remote_source_uri(tmp_path):
+    vars_file, _digest, _sdom, sconn, dconn, rt = setup_uefi_run(tmp_path, "qemu+ssh://root@198.18.0.1/system")
+    res = m.migrate_domain(opts(poll_interval_s=0.5, source_uri="qemu+ssh://root@198.18.0.1/system"), sconn, dconn,
+                           rt=rt)
+    assert res["nvram"]["path"] == str(vars_file) and res["nvram"]["sha256"] is None
+    assert "not on the host this module runs on" in res["nvram"]["error"]
+
+
+def test_a_missing_source_nvram_is_reported_not_raised(tmp_path):
+    vars_file, _digest, _sdom, sconn, dconn, rt = setup_uefi_run(tmp_path)
+    vars_file.unlink()
+    res = m.migrate_domain(opts(poll_interval_s=0.5), sconn, dconn, rt=rt)
+    assert res["state"] == "migrated" and res["nvram"]["exists"] is False and "does not exist" in res["nvram"]["error"]
+
+
+@BOTH
+def test_a_bios_guest_returns_no_nvram(lv):
+    sdom, sconn, dconn, rt, _p, o = setup_run(lv, "jobstats_converging.json")
+    sdom.finish_after_samples = True
+    assert m.migrate_domain(o, sconn, dconn, rt=rt)["nvram"] is None

@@ -424,6 +424,79 @@ def test_absent_nvram_of_a_live_move_is_ok_its_variables_move_with_the_memory():
     assert f["status"] == "ok" and "UEFI variables" in f["msg"] and "lost" not in f["msg"]
 
 
+NVRAM = "/var/lib/libvirt/qemu/nvram/vm1_VARS.fd"
+TEMPLATE = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+LOADER = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+UEFI_REQ = [{"what": "loader", "path": LOADER, "target": None, "virtual_size": None},
+            {"what": "nvram", "path": NVRAM, "target": None, "virtual_size": None},
+            {"what": "nvram template", "path": TEMPLATE, "target": None, "virtual_size": None}]
+
+
+@pytest.mark.parametrize("nvram, template, expected", [
+    ({"exists": True}, {"exists": False}, ("ok", "not_needed")),
+    ({"exists": True}, None, ("ok", "not_needed")),
+    ({"exists": False}, {"exists": True}, ("ok", "present")),
+    ({"exists": False}, {"exists": False}, ("error", "missing")),
+    ({"exists": False}, None, ("warning", "unknown")),
+    (None, {"exists": True}, ("warning", "unknown")),
+], ids=["nvram-there", "nvram-there-template-unknown", "template-there", "both-missing", "template-unknown",
+        "nvram-unknown"])
+def test_nvram_template_is_needed_only_when_the_nvram_file_is_absent(nvram, template, expected):
+    assert _checks_storage.nvram_template_decision(nvram, template) == expected
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "offline"])
+def test_missing_nvram_template_with_absent_nvram_is_an_error_naming_the_file_and_the_ovmf_package(live):
+    dest = _checks_storage.DestFiles(disks={LOADER: {"exists": True}, NVRAM: {"exists": False},
+                                            TEMPLATE: {"exists": False}})
+    loader, _nvram, template = _checks_storage.check_required_files(UEFI_REQ, dest, DST, live=live)
+    assert loader["status"] == "ok"
+    assert template["status"] == "error" and template["values"]["decision"] == "missing"
+    assert TEMPLATE in template["msg"] and NVRAM in template["msg"] and DST in template["msg"]
+    assert "ovmf" in template["msg"] and "kvm_host role" in template["msg"]
+
+
+def test_present_nvram_template_is_ok_and_an_existing_nvram_file_makes_it_unneeded():
+    dest = _checks_storage.DestFiles(disks={LOADER: {"exists": True}, NVRAM: {"exists": False},
+                                            TEMPLATE: {"exists": True}})
+    template = _checks_storage.check_required_files(UEFI_REQ, dest, DST, live=True)[2]
+    assert template["status"] == "ok" and "creates the guest's NVRAM file" in template["msg"]
+    dest.disks[NVRAM] = {"exists": True}
+    dest.disks[TEMPLATE] = {"exists": False}
+    template = _checks_storage.check_required_files(UEFI_REQ, dest, DST, live=True)[2]
+    assert template["status"] == "ok" and "not needed" in template["msg"]
+
+
+def test_missing_loader_is_an_error_naming_the_firmware_package():
+    dest = _checks_storage.DestFiles(disks={LOADER: {"exists": False}, NVRAM: {"exists": True},
+                                            TEMPLATE: {"exists": True}})
+    loader = _checks_storage.check_required_files(UEFI_REQ, dest, DST, live=True)[0]
+    assert loader["status"] == "error" and LOADER in loader["msg"] and DST in loader["msg"]
+    assert "install the package ovmf (Debian/Ubuntu)" in loader["msg"] and "kvm_host role" in loader["msg"]
+
+
+@pytest.mark.parametrize("path, package", [
+    ("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "ovmf (Debian/Ubuntu)"),
+    ("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64"),
+    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "edk2-ovmf (Fedora/RHEL)"),
+    ("/opt/fw/CODE.fd", "OVMF: package ovmf"),
+])
+def test_firmware_fix_names_the_package_of_the_path(path, package):
+    assert package in _checks_storage.firmware_fix(path, DST)
+
+
+def test_preflight_of_a_uefi_guest_reads_the_template_on_the_destination():
+    facts = _domain_xml.domain_facts(
+        "<domain><name>vm1</name><os><type arch='x86_64' machine='q35'>hvm</type>"
+        "<loader readonly='yes' type='pflash'>%s</loader><nvram template='%s'>%s</nvram></os></domain>"
+        % (LOADER, TEMPLATE, NVRAM))
+    req = _domain_xml.required_files(facts)
+    assert [r["path"] for r in req] == [LOADER, NVRAM, TEMPLATE]
+    dest = _checks_storage.DestFiles(disks={LOADER: {"exists": True}, NVRAM: {"exists": False}})
+    template = _checks_storage.check_required_files(req, dest, DST, live=True)[2]
+    assert template["status"] == "warning" and "not verified" in template["msg"]
+
+
 # ------------------------------------------------------------------------------------------
 # C08 networks
 # ------------------------------------------------------------------------------------------

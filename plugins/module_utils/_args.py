@@ -83,6 +83,8 @@ _MIGRATE_ONLY: dict[str, dict[str, t.Any]] = {
     "auto_converge_increment": dict(type="int"),
     "timeout_s_per_gib": dict(type="float", default=800),
     "timeout_min_s": dict(type="float", default=300),
+    "forecast": dict(type="dict"),
+    "timeout_forecast_multiple": dict(type="float", default=3),
     "timeout_action": dict(type="str", choices=["abort", "postcopy"], default="abort"),
     "abort_grace_s": dict(type="float", default=120),
     "sever_after_s": dict(type="float", default=10),

@@ -120,6 +120,15 @@ _PREFLIGHT_ONLY: dict[str, dict[str, t.Any]] = {
     "dest_mounts": dict(type="list", elements="dict", default=[]),
     "dest_interfaces": dict(type="list", elements="str"),
     "dest_manifest": dict(type="list", elements="dict"),
+    #: the forecast of the move (issue 19, ``_forecast``): measure the guest, forecast time,
+    #: passes, downtime, convergence
+    "forecast": dict(type="dict", default={}, options=dict(
+        enabled=dict(type="bool", default=True),
+        seconds=dict(type="int", default=1),
+        link_mibps=dict(type="float"),
+        bandwidth_mibps=dict(type="int"),
+        max_downtime_ms=dict(type="int"),
+        stream_mibps=dict(type="float"))),
     "dest_probe": dict(type="dict", options=dict(
         probe_id=dict(type="str", required=True),
         ports=dict(type="list", elements="dict", default=[], options=dict(

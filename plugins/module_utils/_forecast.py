@@ -57,6 +57,8 @@ import math
 import time
 import typing as t
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
+
 MIB = 1024 ** 2
 GIB = 1024 ** 3
 
@@ -205,8 +207,8 @@ def forecast(inputs: ForecastInputs) -> dict[str, t.Any]:
         out.update(verdict=VERDICTS[0], converges=True, memory_s=_round(memory_s), downtime_ms=_round(downtime_ms, 0),
                    total_s=_round((storage_s or 0.0) + memory_s + downtime_ms / 1000.0),
                    reason="the guest dirties %.1f MiB/s of memory against %.1f MiB/s sent: %d pass(es), the "
-                          "last remainder within %.0f ms" % (inputs.dirty_bps / MIB, memory_rate / MIB,
-                                                              len(times), downtime_limit_ms))
+                          "last remainder within %.0f ms" % (inputs.dirty_bps / MIB, memory_rate / MIB, len(times),
+                                                             downtime_limit_ms))
         if inputs.disk_bytes and write > WRITE_HEAVY_FRACTION * rate:
             levers.append(_sync_writes())
         out.update(recommendation=levers[0] if levers else {"lever": "none", "msg": "none: it converges as asked"},
@@ -312,8 +314,8 @@ def memory_in_use(dom: t.Any, lv: t.Any) -> tuple[int, str]:
     stats: dict[t.Any, t.Any] = {}
     try:
         stats = dict(dom.memoryStats() or {})
-    except Exception as err:  # pylint: disable=broad-except
-        if not _is_libvirt_error(err, lv):
+    except Exception as err:  # a libvirt error becomes a problem; others propagate
+        if not _libvirt.is_libvirt_error(err, lv):
             raise
     actual = stats.get("actual")
     if actual and stats.get("unused") is not None and int(actual) > int(stats["unused"]):
@@ -321,12 +323,7 @@ def memory_in_use(dom: t.Any, lv: t.Any) -> tuple[int, str]:
     if stats.get("rss"):
         rss = int(stats["rss"])
         return 1024 * (min(rss, int(actual)) if actual else rss), "rss"
-    return 1024 * int(dom.info()[2] or dom.info()[1]), "max_memory"
-
-
-def _is_libvirt_error(err: BaseException, lv: t.Any) -> bool:
-    base = getattr(lv, "libvirtError", None)
-    return isinstance(base, type) and isinstance(err, base)
+    return 1024 * int(dom.info()[1]), "max_memory"
 
 
 def _written(dom: t.Any, targets: t.Sequence[str]) -> dict[str, int]:
@@ -335,62 +332,97 @@ def _written(dom: t.Any, targets: t.Sequence[str]) -> dict[str, int]:
     return {tg: int(dom.blockStats(tg)[3]) for tg in targets}
 
 
-def measure_guest(dom: t.Any, lv: t.Any, targets: t.Sequence[str] = (), seconds: int = 1,
-                  clock: t.Callable[[], float] = time.monotonic,
-                  sleep: t.Callable[[float], None] = time.sleep) -> dict[str, t.Any]:
-    """Measure the running guest ``dom`` for about ``seconds`` (integer, >= 1): read-only.
+@dataclasses.dataclass
+class Measurement:
+    """A measurement of one guest under way (:func:`start_measure`): the window opened at
+    ``started_at`` (monotonic s), the disks' bytes written then, the problems so far."""
 
-    libvirt: ``virDomainStartDirtyRateCalc(seconds, 0)`` (libvirt >= 7.2, QEMU >= 5.2; the
-    default page-sampling mode; it starts QEMU's calculation, changes nothing of the guest), then
-    ``virConnectGetAllDomainStats`` with ``VIR_DOMAIN_STATS_DIRTYRATE`` for this domain
-    (``domainListGetStats``) until ``dirtyrate.calc_status`` is ``VIR_DOMAIN_DIRTYRATE_MEASURED``
-    (waits at most ``seconds + 3``); ``dirtyrate.megabytes_per_second`` is MiB/s (QEMU divides by
-    2^20). ``virDomainBlockStats(target)`` of each copied disk at the start and the end of the
-    same window: ``wr_bytes`` delta over the elapsed time. :func:`memory_in_use`.
+    dom: t.Any
+    lv: t.Any
+    seconds: int
+    started_at: float
+    calc_started: bool
+    written: dict[str, int]
+    problems: list[str]
 
-    :returns: ``{dirty_bps (None when not measured), dirty_source: "libvirt dirtyrate" | None,
-        disk_write_bps, memory_bytes, memory_source, window_s, problems: [str]}``; every failure
-        is a problem in the list, never an exception, so the pre-flight goes on without it.
-    """
-    problems: list[str] = []
+
+def start_measure(dom: t.Any, lv: t.Any, targets: t.Sequence[str] = (), seconds: int = 1,
+                  clock: t.Callable[[], float] = time.monotonic) -> Measurement:
+    """Open the measuring window of the running guest ``dom`` (``seconds``, an integer >= 1):
+    ``virDomainStartDirtyRateCalc(seconds, 0)`` (libvirt >= 7.2, QEMU >= 5.2; the default
+    page-sampling mode, which hashes sampled pages and changes nothing of the guest; it takes
+    libvirt's modify job, so it waits if another job holds the guest) and the first
+    ``virDomainBlockStats`` of each target. The caller may do other work until
+    :func:`finish_measure`, which waits for the rest of the window. Never raises for a libvirt
+    failure: it becomes a problem of the measurement."""
     seconds = max(1, int(seconds))
-    dirty_bps: float | None = None
+    problems: list[str] = []
     started = False
     try:
         dom.startDirtyRateCalc(seconds, 0)
         started = True
     except AttributeError:
         problems.append("this libvirt-python has no virDomainStartDirtyRateCalc (libvirt >= 7.2): dirty rate not measured")
-    except Exception as err:  # pylint: disable=broad-except
-        if not _is_libvirt_error(err, lv):
+    except Exception as err:  # a libvirt error becomes a problem; others propagate
+        if not _libvirt.is_libvirt_error(err, lv):
             raise
         problems.append("the dirty rate could not be measured (virDomainStartDirtyRateCalc: %s)" % err)
-    start = clock()
-    before: dict[str, int] = {}
-    try:
-        before = _written(dom, targets)
-    except Exception as err:  # pylint: disable=broad-except
-        if not _is_libvirt_error(err, lv):
-            raise
-        problems.append("the disks' write rate could not be read (virDomainBlockStats: %s)" % err)
-    sleep(float(seconds))
-    write_bps = 0.0
-    if before:
+    written: dict[str, int] = {}
+    for target in targets:
         try:
-            after = _written(dom, targets)
-            elapsed = max(clock() - start, 1e-3)
-            write_bps = sum(max(0, after[tg] - before[tg]) for tg in before) / elapsed
-        except Exception as err:  # pylint: disable=broad-except
-            if not _is_libvirt_error(err, lv):
+            written.update(_written(dom, [target]))
+        except Exception as err:  # a libvirt error becomes a problem; others propagate
+            if not _libvirt.is_libvirt_error(err, lv):
                 raise
-            problems.append("the disks' write rate could not be read (virDomainBlockStats: %s)" % err)
-    window_s = clock() - start
-    if started:
-        dirty_bps = _read_dirtyrate(dom, lv, seconds, clock, sleep, start, problems)
-    memory, source = memory_in_use(dom, lv)
+            problems.append("the write rate of %s could not be read (virDomainBlockStats: %s)" % (target, err))
+    return Measurement(dom=dom, lv=lv, seconds=seconds, started_at=clock(), calc_started=started,
+                       written=written, problems=problems)
+
+
+def finish_measure(m: Measurement, targets: t.Sequence[str] | None = None,
+                   clock: t.Callable[[], float] = time.monotonic,
+                   sleep: t.Callable[[float], None] = time.sleep) -> dict[str, t.Any]:
+    """Close the window of :func:`start_measure`: sleep what is left of it, read
+    ``virDomainBlockStats`` again (``wr_bytes`` delta of ``targets``, None: every disk sampled, over
+    the elapsed time), then ``virConnectGetAllDomainStats`` with ``VIR_DOMAIN_STATS_DIRTYRATE``
+    for this domain (``domainListGetStats``) until ``dirtyrate.calc_status`` is
+    ``VIR_DOMAIN_DIRTYRATE_MEASURED`` (at most ``seconds + 3`` after the start);
+    ``dirtyrate.megabytes_per_second`` is MiB/s (QEMU divides by 2^20). And
+    :func:`memory_in_use`.
+
+    :returns: ``{dirty_bps (None when not measured), dirty_source: "libvirt dirtyrate" | None,
+        disk_write_bps, memory_bytes, memory_source, window_s, problems: [str]}``; a libvirt
+        failure is a problem in the list, never an exception.
+    """
+    left = m.seconds - (clock() - m.started_at)
+    if left > 0:
+        sleep(left)
+    write_bps = 0.0
+    chosen = [tg for tg in (m.written if targets is None else targets) if tg in m.written]
+    if chosen:
+        try:
+            after = _written(m.dom, chosen)
+            elapsed = max(clock() - m.started_at, 1e-3)
+            write_bps = sum(max(0, after[tg] - m.written[tg]) for tg in chosen) / elapsed
+        except Exception as err:  # a libvirt error becomes a problem; others propagate
+            if not _libvirt.is_libvirt_error(err, m.lv):
+                raise
+            m.problems.append("the disks' write rate could not be read (virDomainBlockStats: %s)" % err)
+    window_s = clock() - m.started_at
+    dirty_bps = _read_dirtyrate(m.dom, m.lv, m.seconds, clock, sleep, m.started_at, m.problems) \
+        if m.calc_started else None
+    memory, source = memory_in_use(m.dom, m.lv)
     return {"dirty_bps": dirty_bps, "dirty_source": "libvirt dirtyrate" if dirty_bps is not None else None,
             "disk_write_bps": round(write_bps, 2), "memory_bytes": int(memory), "memory_source": source,
-            "window_s": round(window_s, 2), "problems": problems}
+            "window_s": round(window_s, 2), "problems": list(m.problems)}
+
+
+def measure_guest(dom: t.Any, lv: t.Any, targets: t.Sequence[str] = (), seconds: int = 1,
+                  clock: t.Callable[[], float] = time.monotonic,
+                  sleep: t.Callable[[float], None] = time.sleep) -> dict[str, t.Any]:
+    """:func:`start_measure` then :func:`finish_measure` of the copied disks ``targets``: the
+    guest measured for about ``seconds``, read-only. Shape of :func:`finish_measure`."""
+    return finish_measure(start_measure(dom, lv, targets, seconds, clock), list(targets), clock, sleep)
 
 
 def _read_dirtyrate(dom: t.Any, lv: t.Any, seconds: int, clock: t.Callable[[], float],
@@ -403,8 +435,8 @@ def _read_dirtyrate(dom: t.Any, lv: t.Any, seconds: int, clock: t.Callable[[], f
     while True:
         try:
             got = conn.domainListGetStats([dom], group, 0)
-        except Exception as err:  # pylint: disable=broad-except
-            if not _is_libvirt_error(err, lv):
+        except Exception as err:  # a libvirt error becomes a problem; others propagate
+            if not _libvirt.is_libvirt_error(err, lv):
                 raise
             problems.append("the dirty rate could not be read (virConnectGetAllDomainStats dirtyrate: %s)" % err)
             return None

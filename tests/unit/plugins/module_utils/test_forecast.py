@@ -36,6 +36,8 @@ import pytest
 from ansible_collections.kvmops.migration.plugins.module_utils import _forecast as fc
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration_plan as mp
 
+import fake_libvirt  # noqa: E402  (tests/unit/plugins/module_utils, as the other tests import it)
+
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fixtures", "migration")
 MIB = fc.MIB
 
@@ -199,3 +201,52 @@ def test_plan_takes_the_timeout_from_a_converging_forecast():
     assert _plan(forecast={"converges": False, "total_s": None}).timeout_basis == "per_gib"
     off = _plan(forecast=converging, timeout_s_per_gib=0)
     assert off.timeout_s is None and off.timeout_basis is None
+
+
+# ------------------------------------------------------------------------------------------
+# measuring the guest (fake libvirt)
+# ------------------------------------------------------------------------------------------
+
+def _guest():
+    guest = fake_libvirt.Domain(name="vm1", memory_kib=524288)
+    fake_libvirt.Connection("qemu:///system", [guest], readonly=True)
+    return fake_libvirt, guest
+
+
+def test_measure_guest_reads_dirty_rate_writes_and_memory():
+    fl, guest = _guest()
+    guest.dirty_rate_mibps, guest.dirty_measuring = 80, 3
+    guest.block_written = {"vda": [0, 20 * MIB], "vdb": [5, 5]}
+    guest.memory_stats = {"actual": 524288, "rss": 300000}
+    clock = fl.FakeClock(10.0)
+    out = fc.measure_guest(guest, fl.LV_11_3, ["vda", "vdb"], 1, clock, clock.sleep)
+    assert out["dirty_bps"] == 80 * MIB and out["dirty_source"] == "libvirt dirtyrate"
+    assert out["disk_write_bps"] == pytest.approx(20 * MIB) and out["window_s"] == 1.0
+    assert out["memory_bytes"] == 300000 * 1024 and out["memory_source"] == "rss"
+    assert out["problems"] == [] and guest.dirty_calcs == [1] and guest.calls == []
+
+
+def test_measure_guest_without_dirty_rate_support_or_memory_stats():
+    fl, guest = _guest()
+    guest.dirty_rate_mibps = None
+    clock = fl.FakeClock()
+    out = fc.measure_guest(guest, fl.LV_11_3, [], 1, clock, clock.sleep)
+    assert out["dirty_bps"] is None and "not supported" in out["problems"][0]
+    assert out["memory_bytes"] == 524288 * 1024 and out["memory_source"] == "max_memory"
+
+
+def test_measure_guest_gives_up_on_a_calculation_that_never_ends():
+    fl, guest = _guest()
+    guest.dirty_measuring = 1000
+    clock = fl.FakeClock()
+    out = fc.measure_guest(guest, fl.LV_11_3, [], 1, clock, clock.sleep)
+    assert out["dirty_bps"] is None and "did not finish within 4 s" in out["problems"][0]
+
+
+def test_start_then_finish_sleeps_only_the_rest_of_the_window():
+    fl, guest = _guest()
+    clock = fl.FakeClock()
+    pending = fc.start_measure(guest, fl.LV_11_3, [], 2, clock)
+    clock.sleep(1.5)  # the other checks
+    out = fc.finish_measure(pending, [], clock, clock.sleep)
+    assert out["window_s"] == 2.0 and out["dirty_bps"] == 0.0

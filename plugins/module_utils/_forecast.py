@@ -128,8 +128,11 @@ def _passes(memory_bytes: float, rate: float, dirty_bps: float, threshold: float
     return times, send, False
 
 
-def _round(value: float | None, digits: int = 2) -> float | None:
-    return None if value is None else round(value, digits)
+def _round(value: float | None, digits: int = 2) -> float | int | None:
+    """``value`` rounded to ``digits`` (an int for 0 digits); None stays None."""
+    if value is None:
+        return None
+    return int(round(value)) if digits == 0 else round(value, digits)
 
 
 def forecast(inputs: ForecastInputs) -> dict[str, t.Any]:
@@ -145,7 +148,7 @@ def forecast(inputs: ForecastInputs) -> dict[str, t.Any]:
         at the first pass's remainder), recommendation: {lever, msg, ...: max_downtime_ms,
         parallel_connections, throttle_percent, bandwidth_mibps}, levers: [every lever that
         would help, gentlest first], link_measured: bool, assumptions: [str], inputs: {...}}``.
-        Every float is rounded to 2 digits.
+        Floats are rounded to 2 digits; the ``_ms`` figures are ints.
     :raises ValueError: a negative input or a link rate of zero (no move can be forecast).
     """
     if inputs.link_bps <= 0:

@@ -250,3 +250,23 @@ def test_start_then_finish_sleeps_only_the_rest_of_the_window():
     clock.sleep(1.5)  # the other checks
     out = fc.finish_measure(pending, [], clock, clock.sleep)
     assert out["window_s"] == 2.0 and out["dirty_bps"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------
+# the summary: forecast beside actual
+# ------------------------------------------------------------------------------------------
+
+def test_summary_shows_the_forecast_beside_the_actual_move():
+    from ansible_collections.kvmops.migration.plugins.module_utils import _report
+    rec = load("jobstats_converging.json")
+    forecast = fc.forecast(inputs_from_recording(rec, False))
+    forecast["msg"] = fc.summary_line(forecast)
+    result = {"state": "migrated", "changed": True, "stats": {"time_ms": 2100, "downtime_ms": 112, "iterations": 3}}
+    s = _report.migration_summary("vm1", "hosta", "hostb", result, forecast=forecast)
+    assert s["forecast"]["total_s"] == forecast["total_s"] and s["forecast"]["actual_s"] == 2.1
+    assert s["forecast"]["error_pct"] == round(100 * (forecast["total_s"] - 2.1) / 2.1, 1)
+    line = [x for x in s["lines"] if x.startswith("forecast beside actual")][0]
+    assert "/ 2.1 s (" in line and "downtime 106 ms / 112 ms" in line
+    planned = _report.migration_summary("vm1", "hosta", "hostb", {}, check_mode=True, forecast=forecast)
+    assert forecast["msg"] in planned["lines"]
+    assert _report.migration_summary("vm1", "hosta", "hostb", result)["forecast"] is None

@@ -310,23 +310,24 @@ def _const(lv: t.Any, name: str, fallback: t.Any) -> t.Any:
 
 def memory_in_use(dom: t.Any, lv: t.Any) -> tuple[int, str]:
     """``(bytes, source)``: the guest's memory in use. ``virDomainMemoryStats``: ``actual -
-    unused`` (the balloon driver's view, needs the guest's virtio-balloon with a stats period),
-    else the QEMU process's ``rss`` capped at ``actual`` (pages the guest touched; an upper bound
-    of the non-zero pages), else ``virDomainGetInfo``'s maximum memory. ``source`` says which:
-    ``balloon``, ``rss`` or ``max_memory``. libvirt reports KiB."""
+    unused`` (the balloon driver's view; needs the guest's virtio-balloon with a stats period),
+    else the QEMU process's ``rss`` capped at the guest's memory (``actual``, else
+    ``virDomainGetInfo``'s maximum): the pages the guest touched plus QEMU's own memory (under
+    TCG its translation cache), so an overestimate; else the maximum memory. ``source`` says
+    which: ``balloon``, ``rss`` or ``max_memory``. libvirt reports KiB."""
     stats: dict[t.Any, t.Any] = {}
     try:
         stats = dict(dom.memoryStats() or {})
-    except Exception as err:  # a libvirt error becomes a problem; others propagate
+    except Exception as err:  # a libvirt error: no statistics, the maximum is taken
         if not _libvirt.is_libvirt_error(err, lv):
             raise
     actual = stats.get("actual")
     if actual and stats.get("unused") is not None and int(actual) > int(stats["unused"]):
         return 1024 * (int(actual) - int(stats["unused"])), "balloon"
+    maximum = int(dom.info()[1])
     if stats.get("rss"):
-        rss = int(stats["rss"])
-        return 1024 * (min(rss, int(actual)) if actual else rss), "rss"
-    return 1024 * int(dom.info()[1]), "max_memory"
+        return 1024 * min(int(stats["rss"]), int(actual or maximum)), "rss"
+    return 1024 * maximum, "max_memory"
 
 
 def _written(dom: t.Any, targets: t.Sequence[str]) -> dict[str, int]:

@@ -270,3 +270,13 @@ def test_summary_shows_the_forecast_beside_the_actual_move():
     planned = _report.migration_summary("vm1", "hosta", "hostb", {}, check_mode=True, forecast=forecast)
     assert forecast["msg"] in planned["lines"]
     assert _report.migration_summary("vm1", "hosta", "hostb", result)["forecast"] is None
+
+
+def test_memory_in_use_caps_rss_at_the_guest_memory():
+    # the lab's TCG guest has no balloon: QEMU's rss (262 MiB) exceeds its 256 MiB
+    _fl, guest = _guest()
+    guest.memory_kib = 262144
+    guest.memory_stats = {"rss": 268544}
+    assert fc.memory_in_use(guest, fake_libvirt.LV_11_3) == (262144 * 1024, "rss")
+    guest.memory_stats = {"actual": 262144, "unused": 200000, "rss": 268544}
+    assert fc.memory_in_use(guest, fake_libvirt.LV_11_3) == ((262144 - 200000) * 1024, "balloon")

@@ -35,7 +35,9 @@ Where the facts come from (the module runs on the source host)
 Relies on: libvirt ``virConnectGetCapabilities``, ``virConnectGetHostname``,
 ``virConnectGetLibVersion``, ``virConnectGetVersion``, ``virNodeGetFreeMemory``,
 ``virNodeGetMemoryStats``, ``virDomainLookupByName``/``virDomainLookupByUUIDString``,
-``virDomainGetXMLDesc``, ``virStorageVolLookupByPath``, ``virConnectListAllStoragePools``;
+``virDomainGetXMLDesc``, ``virStorageVolLookupByPath``, ``virConnectListAllStoragePools``; for the
+forecast of a running guest (:mod:`_forecast`) ``virDomainStartDirtyRateCalc``,
+``virConnectGetAllDomainStats`` (dirtyrate), ``virDomainBlockStats``, ``virDomainMemoryStats``;
 qemu.conf ``default_tls_x509_cert_dir`` (``/etc/pki/qemu``: ``ca-cert.pem``,
 ``client-cert.pem``, ``client-key.pem``, ``server-cert.pem``, ``server-key.pem``) for the
 transport decision (:mod:`_tls`). The checks name the APIs behind their facts.

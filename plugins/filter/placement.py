@@ -85,9 +85,10 @@ def image_report(src_disks, dst_disks, created=None, slack_ratio=0.10, slack_byt
                                 float(slack_ratio), int(slack_bytes), shared or [])
 
 
-def migration_summary(result, guest, source, dest, images=None, created=None, check_mode=False, dest_nvram=None):
+def migration_summary(result, guest, source, dest, images=None, created=None, check_mode=False, dest_nvram=None,
+                      forecast=None):
     return _report.migration_summary(guest, source, dest, result or {}, images or {},
-                                     created or [], bool(check_mode), dest_nvram or None)
+                                     created or [], bool(check_mode), dest_nvram or None, forecast or None)
 
 
 def host_addresses(hosts, hostvars):

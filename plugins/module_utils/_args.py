@@ -83,6 +83,8 @@ _MIGRATE_ONLY: dict[str, dict[str, t.Any]] = {
     "auto_converge_increment": dict(type="int"),
     "timeout_s_per_gib": dict(type="float", default=800),
     "timeout_min_s": dict(type="float", default=300),
+    "forecast": dict(type="dict"),
+    "timeout_forecast_multiple": dict(type="float", default=3),
     "timeout_action": dict(type="str", choices=["abort", "postcopy"], default="abort"),
     "abort_grace_s": dict(type="float", default=120),
     "sever_after_s": dict(type="float", default=10),
@@ -118,6 +120,15 @@ _PREFLIGHT_ONLY: dict[str, dict[str, t.Any]] = {
     "dest_mounts": dict(type="list", elements="dict", default=[]),
     "dest_interfaces": dict(type="list", elements="str"),
     "dest_manifest": dict(type="list", elements="dict"),
+    #: the forecast of the move (issue 19, ``_forecast``): measure the guest, forecast time,
+    #: passes, downtime, convergence
+    "forecast": dict(type="dict", default={}, options=dict(
+        enabled=dict(type="bool", default=True),
+        seconds=dict(type="int", default=1),
+        link_mibps=dict(type="float"),
+        bandwidth_mibps=dict(type="int"),
+        max_downtime_ms=dict(type="int"),
+        stream_mibps=dict(type="float"))),
     "dest_probe": dict(type="dict", options=dict(
         probe_id=dict(type="str", required=True),
         ports=dict(type="list", elements="dict", default=[], options=dict(

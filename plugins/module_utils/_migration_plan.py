@@ -37,6 +37,7 @@ import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _args
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
+from ansible_collections.kvmops.migration.plugins.module_utils import _forecast
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
@@ -108,6 +109,11 @@ class MigrationOptions:
     postcopy: bool = _args.spec_field("migrate", "postcopy")
     timeout_s_per_gib: float = _args.spec_field("migrate", "timeout_s_per_gib")
     timeout_min_s: float = _args.spec_field("migrate", "timeout_min_s")
+    #: the pre-flight's forecast (``_forecast.forecast``); given and converging, the completion
+    #: timeout is ``timeout_forecast_multiple`` times its ``total_s`` (at least timeout_min_s)
+    #: instead of timeout_s_per_gib; None: the per-GiB rule
+    forecast: dict[str, t.Any] | None = _args.spec_field("migrate", "forecast")
+    timeout_forecast_multiple: float = _args.spec_field("migrate", "timeout_forecast_multiple")
     timeout_action: str = _args.spec_field("migrate", "timeout_action")
     abort_grace_s: float = _args.spec_field("migrate", "abort_grace_s")
     sever_after_s: float | None = _args.spec_field("migrate", "sever_after_s")
@@ -251,6 +257,9 @@ class MigrationPlan:
     warnings: list[str]
     #: copied disks given ``discard='unmap'`` in the destination's live XML (keep_sparse)
     sparse_targets: list[str] = dataclasses.field(default_factory=list)
+    #: how ``timeout_s`` was computed: ``per_gib`` (timeout_s_per_gib), ``forecast``
+    #: (timeout_forecast_multiple x the forecast's total_s), None (no timeout)
+    timeout_basis: str | None = None
 
     def as_result(self) -> dict[str, t.Any]:
         """The plan as returned by the module (check mode and real run)."""
@@ -265,7 +274,7 @@ class MigrationPlan:
             "disks": list(self.disks), "offline": self.offline, "data_bytes": self.data_bytes,
             "timeout_s": self.timeout_s, "timeout_action": self.timeout_action,
             "max_downtime_ms": self.max_downtime_ms, "warnings": list(self.warnings),
-            "sparse_targets": list(self.sparse_targets),
+            "sparse_targets": list(self.sparse_targets), "timeout_basis": self.timeout_basis,
         }
 
 
@@ -280,6 +289,20 @@ def completion_timeout_s(data_bytes: int, s_per_gib: float, min_s: float) -> int
     if s_per_gib <= 0:
         return None
     return int(max(float(min_s), math.ceil(s_per_gib * data_bytes / GIB)))
+
+
+def plan_timeout(opts: MigrationOptions, data_bytes: int) -> tuple[int | None, str | None]:
+    """``(timeout_s, basis)`` of a live move: with a converging ``opts.forecast``,
+    :func:`_forecast.completion_timeout_s` (``timeout_forecast_multiple`` x its ``total_s``, at
+    least ``timeout_min_s``; basis ``forecast``); else :func:`completion_timeout_s` of
+    ``data_bytes`` (basis ``per_gib``). ``timeout_s_per_gib <= 0`` disables both: ``(None, None)``.
+    """
+    if opts.timeout_s_per_gib <= 0:
+        return None, None
+    from_forecast = _forecast.completion_timeout_s(opts.forecast, opts.timeout_forecast_multiple, opts.timeout_min_s)
+    if from_forecast is not None:
+        return from_forecast, "forecast"
+    return completion_timeout_s(data_bytes, opts.timeout_s_per_gib, opts.timeout_min_s), "per_gib"
 
 
 def select_disks(disk_list: list[dict[str, t.Any]], copy_storage: str,
@@ -470,8 +493,7 @@ def build_plan(opts: MigrationOptions, source: dict[str, t.Any], lv: t.Any = Non
             params[_need(lv, "VIR_MIGRATE_PARAM_DEST_XML", "Parameter VIR_MIGRATE_PARAM_DEST_XML")] = dest_xml
     disk_bytes = sum(int((source.get("disk_bytes") or {}).get(d) or 0) for d in disks)
     data_bytes = (int(source.get("memory_bytes") or 0) if active else 0) + disk_bytes
-    timeout_s = completion_timeout_s(data_bytes, opts.timeout_s_per_gib, opts.timeout_min_s) \
-        if active else None
+    timeout_s, timeout_basis = plan_timeout(opts, data_bytes) if active else (None, None)
     dest_uri = opts.dest_uri or build_dest_uri(opts.dest_host, opts.transport, opts.dest_user)
     return MigrationPlan(
         domain=source["name"], uuid=source["uuid"], dest_name=dest_name, dest_uri=dest_uri,
@@ -479,7 +501,7 @@ def build_plan(opts: MigrationOptions, source: dict[str, t.Any], lv: t.Any = Non
         params=params, disks=disks, offline=not active, data_bytes=data_bytes,
         timeout_s=timeout_s, timeout_action=opts.timeout_action if active else "abort",
         max_downtime_ms=opts.max_downtime_ms if active else None, warnings=warnings,
-        sparse_targets=sparse_targets)
+        sparse_targets=sparse_targets, timeout_basis=timeout_basis)
 
 
 # --------------------------------------------------------------------------------------------

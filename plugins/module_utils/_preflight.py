@@ -35,7 +35,9 @@ Where the facts come from (the module runs on the source host)
 Relies on: libvirt ``virConnectGetCapabilities``, ``virConnectGetHostname``,
 ``virConnectGetLibVersion``, ``virConnectGetVersion``, ``virNodeGetFreeMemory``,
 ``virNodeGetMemoryStats``, ``virDomainLookupByName``/``virDomainLookupByUUIDString``,
-``virDomainGetXMLDesc``, ``virStorageVolLookupByPath``, ``virConnectListAllStoragePools``;
+``virDomainGetXMLDesc``, ``virStorageVolLookupByPath``, ``virConnectListAllStoragePools``; for the
+forecast of a running guest (:mod:`_forecast`) ``virDomainStartDirtyRateCalc``,
+``virConnectGetAllDomainStats`` (dirtyrate), ``virDomainBlockStats``, ``virDomainMemoryStats``;
 qemu.conf ``default_tls_x509_cert_dir`` (``/etc/pki/qemu``: ``ca-cert.pem``,
 ``client-cert.pem``, ``client-key.pem``, ``server-cert.pem``, ``server-key.pem``) for the
 transport decision (:mod:`_tls`). The checks name the APIs behind their facts.
@@ -58,6 +60,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _cpu
 from ansible_collections.kvmops.migration.plugins.module_utils import _disk_info
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
 from ansible_collections.kvmops.migration.plugins.module_utils import _findings
+from ansible_collections.kvmops.migration.plugins.module_utils import _forecast
 from ansible_collections.kvmops.migration.plugins.module_utils import _host
 from ansible_collections.kvmops.migration.plugins.module_utils import _image_use
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
@@ -160,6 +163,10 @@ class PreflightOptions:
     #: the caller creates absent destination images right after the pre-flight (the
     #: migrate_guest role, with disk_image): an absent image is then ok, not a warning
     images_created_next: bool = _args.spec_field("preflight", "images_created_next")
+    #: the forecast (``{enabled, seconds, link_mibps, bandwidth_mibps, max_downtime_ms,
+    #: stream_mibps}``, missing keys: their defaults): a running guest is measured for ``seconds``
+    #: while the other checks run (:mod:`_forecast`)
+    forecast: dict[str, t.Any] = _args.spec_field("preflight", "forecast")
 
     def validate(self) -> None:
         """:raises KvmopsError: an option out of range, named."""
@@ -210,6 +217,9 @@ class Probes:
     #: the source's own TLS material (:func:`_tls.read_host_tls`) and the wall clock (epoch s)
     tls_material: t.Callable[[], dict[str, t.Any]] = _tls.read_host_tls
     now: t.Callable[[], float] = time.time
+    #: the clock and the sleep of the guest's measurement (monotonic s)
+    monotonic: t.Callable[[], float] = time.monotonic
+    sleep: t.Callable[[float], None] = time.sleep
     runner: t.Any = None
     lv: t.Any = None
 
@@ -310,7 +320,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     result: dict[str, t.Any] = {"domain": opts.domain, "source": src_label, "destination": dest,
                                 "dest_uri": dest_uri, "copy_set": [], "shared_detected": [],
                                 "already_migrated": False, "checked": {"disks": [], "cpu": None},
-                                "transport": None}
+                                "transport": None, "forecast": None}
 
     probe = opts.dest_probe or {}
     probe_id = probe.get("probe_id")
@@ -423,6 +433,11 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             xml = _cpu.domain_xml(dom, migratable=active, inactive=not active)
         facts = _domain_xml.domain_facts(xml)
         result["checked"]["cpu"] = _domain_xml.cpu_fingerprint(xml)
+        fsettings = forecast_settings(opts.forecast)
+        # the guest is measured while the other checks run: finish_measure waits for the rest
+        measuring = _forecast.start_measure(dom, lv, [d["target"] for d in facts["disks"] if d.get("copy")],
+                                            fsettings["seconds"], probes.monotonic) \
+            if active and fsettings["enabled"] else None
         findings.append(_checks_guest.check_distinct_hosts(
             {"host": src_label, "uuid": src_facts["uuid"], "hostname": src_facts["hostname"]},
             {"host": dest, "uuid": dst_facts["uuid"], "hostname": dst_facts["hostname"]},
@@ -516,7 +531,48 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         if copied and getattr(lv, "VIR_MIGRATE_PARAM_DISKS_URI", None) is not None:
             wanted.append("disks_uri")  # _migration_plan.build_params uses it when the binding has it
         findings.extend(_checks_guest.check_versions(src_facts, dst_facts, wanted, dest))
+        if measuring is not None:
+            result["forecast"] = forecast_move(measuring, copy_disks, fsettings, probes)
+            findings.append(forecast_finding(result["forecast"], src_label))
     return done()
+
+
+def forecast_settings(given: dict[str, t.Any] | None) -> dict[str, t.Any]:
+    """The ``forecast`` option with every missing or None key at its default."""
+    out = {k: _args.default("forecast.%s" % k, "preflight") for k in _args.option("preflight", "forecast")["options"]}
+    out.update({k: v for k, v in (given or {}).items() if v is not None})
+    return out
+
+
+def forecast_move(measuring: _forecast.Measurement, copy_disks: list[dict[str, t.Any]], settings: dict[str, t.Any],
+                  probes: Probes) -> dict[str, t.Any]:
+    """:func:`_forecast.forecast` of the move from the guest's measurement and the copied
+    disks' allocation (bytes): the forecast dict plus ``measured`` (what
+    :func:`_forecast.finish_measure` saw)."""
+    measured = _forecast.finish_measure(measuring, [d["target"] for d in copy_disks], probes.monotonic, probes.sleep)
+    disk_bytes = sum(int(d.get("allocation") or d.get("virtual_size") or 0) for d in copy_disks)
+    link = settings.get("link_mibps")
+    stream = settings.get("stream_mibps")
+    inputs = _forecast.inputs_from_measurement(measured, disk_bytes, link_bps=float(link) * _forecast.MIB if link else None,
+                                               bandwidth_mibps=settings.get("bandwidth_mibps") or None,
+                                               max_downtime_ms=settings.get("max_downtime_ms") or None,
+                                               stream_bps=float(stream) * _forecast.MIB if stream else None)
+    out = _forecast.forecast(inputs)
+    out["measured"] = measured
+    out["msg"] = _forecast.summary_line(out)
+    return out
+
+
+def forecast_finding(fc: dict[str, t.Any], host: str) -> dict[str, t.Any]:
+    """The ``forecast`` finding: ok when it converges, a warning when it does not (the move may
+    still finish through its timeout action) or when part of the guest could not be measured."""
+    problems = list((fc.get("measured") or {}).get("problems") or [])
+    msg = fc["msg"] + ("" if not problems else " Not measured: %s." % "; ".join(problems))
+    status = "ok" if fc["converges"] and not problems else "warning"
+    rec = fc.get("recommendation") or {}
+    return finding("forecast", status, host, msg, verdict=fc["verdict"], total_s=fc.get("total_s"),
+                   memory_passes=fc.get("memory_passes"), downtime_ms=fc.get("downtime_ms"),
+                   lever=rec.get("lever"), link_measured=fc.get("link_measured"))
 
 
 def check_transport(opts: PreflightOptions, probes: Probes, *, live: bool, copies_disks: bool, dest_uri: str,

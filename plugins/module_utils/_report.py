@@ -93,12 +93,41 @@ def _cold_words(stats: dict[str, t.Any], forced: bool) -> str:
                                            secs("copy_ms"), secs("start_ms")))
 
 
+def forecast_beside_actual(fc: dict[str, t.Any] | None, summary: dict[str, t.Any]) -> dict[str, t.Any] | None:
+    """The pre-flight's forecast (``_forecast.forecast``) beside what the move did:
+    ``{verdict, total_s, downtime_ms, memory_passes, lever, link_measured, msg, actual_s,
+    actual_downtime_ms, error_pct}``; ``error_pct`` is ``100 * (forecast - actual) / actual`` of the
+    total time (None unless both are known). None without a forecast."""
+    if not fc:
+        return None
+    out = {"verdict": fc.get("verdict"), "total_s": fc.get("total_s"), "downtime_ms": fc.get("downtime_ms"),
+           "memory_passes": fc.get("memory_passes"), "lever": (fc.get("recommendation") or {}).get("lever"),
+           "link_measured": fc.get("link_measured"), "msg": fc.get("msg"),
+           "actual_s": summary.get("duration_s"), "actual_downtime_ms": summary.get("downtime_ms"), "error_pct": None}
+    if out["total_s"] and out["actual_s"]:
+        out["error_pct"] = round(100.0 * (float(out["total_s"]) - float(out["actual_s"])) / float(out["actual_s"]), 1)
+    return out
+
+
+def _forecast_line(fb: dict[str, t.Any], state: str) -> str:
+    if state != "migrated" or fb["actual_s"] is None:
+        return str(fb.get("msg") or "Forecast: %s." % fb["verdict"])
+    if fb["total_s"] is None:
+        return "forecast: does not converge (%s recommended); actual: %s s, downtime %s ms" % (
+            fb.get("lever"), fb["actual_s"], fb["actual_downtime_ms"])
+    return "forecast beside actual: %s s / %s s (%+.0f %%), downtime %s ms / %s ms, %s pass(es)%s" % (
+        fb["total_s"], fb["actual_s"], fb["error_pct"] or 0.0, fb["downtime_ms"], fb["actual_downtime_ms"],
+        fb["memory_passes"], "" if fb.get("link_measured") else " (link rate assumed)")
+
+
 def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.Any] | None,
                       images: dict[str, t.Any] | None = None, created: t.Sequence[str] = (),
-                      check_mode: bool = False, dest_nvram: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+                      check_mode: bool = False, dest_nvram: dict[str, t.Any] | None = None,
+                      forecast: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
     """The one summary of a migration: guest, from, to, duration, downtime, memory and disk bytes
     moved, images created, source/destination allocation of each image, the UEFI variables
-    (``nvram``); ``lines`` for people.
+    (``nvram``), the forecast beside the actual figures (:func:`forecast_beside_actual`); ``lines``
+    for people.
 
     :param result: the ``migrate`` module's result (``state``, ``stats``, ``plan``, ``nvram``: the
         source's NVRAM file at the switch-over), or the ``cold_move`` module's (``mode: cold``,
@@ -106,6 +135,7 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
     :param dest_nvram: the guest's NVRAM file on the destination after the move (``host_info``'s
         ``guest_nvram`` there); compared with the source's by :func:`_nvram.compare` into
         ``nvram`` (None when the move read no NVRAM file) and one line, a warning when they differ.
+    :param forecast: the pre-flight's ``forecast`` (None: none, nothing said about it).
     """
     result = result or {}
     cold = result.get("mode") == "cold"
@@ -136,6 +166,7 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
         # the UEFI variables: the source's NVRAM file at the switch-over against the destination's
         "nvram": _nvram.compare(result.get("nvram"), dest_nvram, dest) if state == "migrated" and not cold else None,
     }
+    summary["forecast"] = forecast_beside_actual(forecast, summary) if not cold else None
     if state == "already_migrated":
         head = "%s already runs on %s: nothing to do." % (guest, dest)
     elif state == "planned" and cold:
@@ -170,6 +201,8 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
             disks = "%s of data (%s of disk walked)" % (human_bytes(summary["disk_allocated_bytes"]), disks)
         lines.append("moved: memory %s, disks %s, %s memory pass(es)" % (
             human_bytes(summary["memory_bytes"]), disks, summary["iterations"]))
+    if summary["forecast"] and state in ("migrated", "planned"):
+        lines.append(_forecast_line(summary["forecast"], state))
     transport = summary["transport"]
     if transport and state in ("migrated", "planned"):
         lines.append("streams %s: memory %s, disks %s (libvirt connection over %s)" % (

@@ -120,6 +120,20 @@ options:
     description: Lower bound of the completion timeout in seconds.
     type: float
     default: 300
+  forecast:
+    description:
+      - The forecast of this move, as M(kvmops.migration.preflight) returns it (RV(kvmops.migration.preflight#module:forecast)).
+      - When given and it converges, the completion timeout is O(timeout_forecast_multiple) times its
+        C(total_s), at least O(timeout_min_s), instead of O(timeout_s_per_gib). When it does not converge
+        (no total to scale), or is not given, O(timeout_s_per_gib) applies as before.
+      - O(timeout_s_per_gib=0) disables the timeout in both cases.
+    type: dict
+  timeout_forecast_multiple:
+    description:
+      - How many times the forecast total time the move may take before O(timeout_action), when O(forecast) is given.
+      - 0 or less ignores the forecast for the timeout.
+    type: float
+    default: 3
   timeout_action:
     description:
       - What happens when the completion timeout passes. C(abort) cancels the job (C(virDomainAbortJob));
@@ -328,6 +342,11 @@ plan:
     timeout_s:
       description: Completion timeout in seconds (null when disabled).
       type: int
+    timeout_basis:
+      description:
+        - How RV(plan.timeout_s) was computed. V(per_gib) from O(timeout_s_per_gib), V(forecast) from
+          O(forecast) and O(timeout_forecast_multiple), null when there is no timeout.
+      type: str
     warnings:
       description: Features skipped (for example zero detection on old libvirt).
       type: list

@@ -208,6 +208,42 @@ options:
       - When not given, an existing image of the right size is a warning (unknown owner).
     type: list
     elements: dict
+  forecast:
+    description:
+      - The forecast of the move (issue 19). A running guest is measured on the source for O(forecast.seconds)
+        while the other checks run, read-only - its memory dirty rate (C(virDomainStartDirtyRateCalc), then
+        the C(dirtyrate) domain statistics), the write rate of its copied disks (two C(virDomainBlockStats)
+        samples over the same window) and its memory in use (C(virDomainMemoryStats), else its maximum
+        memory). From those, the copied disks' allocation and the link rate it forecasts the total time,
+        the memory passes, the downtime, whether pre-copy converges, and the gentlest lever that would
+        make it converge (RV(forecast), finding C(forecast)).
+      - The link's throughput is not measured yet - O(forecast.link_mibps) when given, else the bandwidth
+        cap O(forecast.bandwidth_mibps), else an assumed 1 Gbit/s; the forecast says that it is assumed.
+    type: dict
+    default: {}
+    suboptions:
+      enabled:
+        description: Measure the guest and forecast the move (a running guest only).
+        type: bool
+        default: true
+      seconds:
+        description: The measuring window in seconds (at least 1); it overlaps the other checks.
+        type: int
+        default: 1
+      link_mibps:
+        description: The measured throughput of the path from the source to the destination in MiB/s.
+        type: float
+      bandwidth_mibps:
+        description: The bandwidth cap the move will have in MiB/s (O(kvmops.migration.migrate#module:bandwidth_mibps)).
+        type: int
+      max_downtime_ms:
+        description:
+          - The maximum downtime the move will allow in milliseconds (O(kvmops.migration.migrate#module:max_downtime_ms)).
+          - Not set - QEMU's default, 300 ms.
+        type: int
+      stream_mibps:
+        description: What one migration connection carries in MiB/s when known, for the parallel-connections advice.
+        type: float
   dest_probe:
     description:
       - RV(kvmops.migration.preflight_dest#module:probe) of M(kvmops.migration.preflight_dest) run on the
@@ -386,7 +422,7 @@ report:
             C(machine), C(emulator), C(memory), C(copy_set), C(shared_storage), C(cache_mode),
             C(dest_image), C(backing_chain), C(free_space), C(required_file), C(network),
             C(name_resolution), C(data_port), C(tls_files), C(tls_certificates), C(transport),
-            C(transport_uri), C(versions), C(feature_support) and
+            C(transport_uri), C(versions), C(feature_support), C(forecast) and
             others for host access (C(source_connection), C(host_facts), C(group_host)).
           type: str
           sample: network
@@ -474,6 +510,32 @@ dest_uri:
   returned: always
   type: str
   sample: qemu+ssh://root@198.18.0.2/system
+forecast:
+  description:
+    - The forecast of the move from the measured guest (O(forecast)); null when the guest is not running, the
+      forecast is off, or the checks stopped before the guest was read. Sizes in bytes, rates in bytes per second,
+      times in seconds (C(_s)) and milliseconds (C(_ms)).
+    - C(verdict) is C(converges) or C(does not converge); C(reason) says why. C(total_s), C(memory_passes) and
+      C(downtime_ms) are null when it does not converge. C(recommendation) is the gentlest lever (C(lever) one of
+      C(none), C(bandwidth), C(parallel_connections), C(downtime), C(auto_converge), C(postcopy), C(sync_writes),
+      and C(msg)); C(levers) every lever that would help, gentlest first.
+    - C(link_measured) false means the link rate was assumed (C(assumptions) says which); C(inputs.sources) says
+      where each input came from; C(measured) is what the guest's measurement saw (C(problems) what it could not).
+    - The model ignores compression, zero detection, the working set and changes of the dirty rate during the
+      move (see docs/how-it-works.md).
+  returned: always
+  type: dict
+  sample:
+    verdict: converges
+    converges: true
+    total_s: 1.9
+    storage_s: 1.1
+    memory_s: 0.75
+    memory_passes: 1
+    downtime_ms: 106
+    link_measured: false
+    recommendation: {lever: none, msg: "none: it converges as asked"}
+    msg: "Forecast: converges in about 1.9 s (1 memory pass(es), downtime about 106 ms) at 117 MiB/s (link assumed, not measured)."
 transport:
   description:
     - Which transport protects the move's streams (C(memory), C(disks)) - C(tls) (QEMU's native TLS,

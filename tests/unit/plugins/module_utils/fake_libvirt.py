@@ -95,6 +95,9 @@ CONSTANTS: dict[str, t.Any] = {
     "VIR_DOMAIN_EVENT_CRASHED_PANICKED": 0, "VIR_DOMAIN_EVENT_CRASHED_CRASHLOADED": 1,
     "VIR_DOMAIN_EVENT_STOPPED_CRASHED": 2, "VIR_DOMAIN_SHUTOFF_CRASHED": 3, "VIR_DOMAIN_PAUSED_CRASHED": 10,
     "VIR_DOMAIN_RUNNING_CRASHED": 9, "VIR_DOMAIN_TIME_SYNC": 1,
+    "VIR_DOMAIN_STATS_DIRTYRATE": 512, "VIR_DOMAIN_DIRTYRATE_UNSTARTED": 0, "VIR_DOMAIN_DIRTYRATE_MEASURING": 1,
+    "VIR_DOMAIN_DIRTYRATE_MEASURED": 2, "VIR_DOMAIN_STATS_DIRTYRATE_CALC_STATUS": "dirtyrate.calc_status",
+    "VIR_DOMAIN_STATS_DIRTYRATE_MEGABYTES_PER_SECOND": "dirtyrate.megabytes_per_second",
 }
 
 #: Constants only the fakes use (error codes and flags they raise or check; never in a
@@ -228,6 +231,16 @@ class Domain:
         # the guest's clock minus the host's, in seconds (guest-get-time through the agent)
         self.clock_offset_s = 0.0
         self.wall: t.Callable[[], float] = lambda: 1_700_000_000.0
+        # the pre-flight's measurement (issue 19): the dirty rate (MiB/s) the dirtyrate stats give
+        # once measured (None: startDirtyRateCalc is unsupported), how many stats queries still say
+        # "measuring", the calculations started (their seconds); wr_bytes of successive blockStats
+        # calls per target (the last one repeats; a target not listed has written 0 bytes);
+        # memoryStats() in KiB (empty: no balloon, no rss)
+        self.dirty_rate_mibps: int | None = 0
+        self.dirty_measuring = 0
+        self.dirty_calcs: list[int] = []
+        self.block_written: dict[str, list[int]] = {}
+        self.memory_stats: dict[str, int] = {}
 
     def _change(self, call: t.Any) -> None:
         if self.readonly:
@@ -264,6 +277,26 @@ class Domain:
 
     def blockInfo(self, target: str) -> list[int]:  # noqa: N802
         return [10 * GIB, 128 * 1024 * 1024, 10 * GIB]
+
+    def connect(self) -> "Connection | None":
+        return self.conn
+
+    def blockStats(self, target: str) -> tuple[int, int, int, int, int]:  # noqa: N802
+        """(rd_req, rd_bytes, wr_req, wr_bytes, errs): wr_bytes from ``block_written``."""
+        seq = self.block_written.get(target) or [0]
+        value = seq.pop(0) if len(seq) > 1 else seq[0]
+        return (0, 0, 0, value, 0)
+
+    def memoryStats(self) -> dict[str, int]:  # noqa: N802
+        return dict(self.memory_stats)
+
+    def startDirtyRateCalc(self, seconds: int, flags: int = 0) -> int:  # noqa: N802
+        """Starts QEMU's calculation; changes nothing of the guest (allowed on a read-only fake)."""
+        if self.dirty_rate_mibps is None:
+            raise LibvirtError("this function is not supported by the connection driver: virDomainStartDirtyRateCalc",
+                               FAKE_ONLY["VIR_ERR_NO_SUPPORT"])
+        self.dirty_calcs.append(seconds)
+        return 0
 
     # --- the guest agent -------------------------------------------------------------------
     def agent(self, command: str, timeout: int) -> str:
@@ -522,6 +555,21 @@ class Connection:
     # --- domains ---------------------------------------------------------------------------
     def listAllDomains(self, flags: int = 0) -> list[Domain]:  # noqa: N802
         return list(self.domains)
+
+    def domainListGetStats(self, doms: list[Domain], stats: int, flags: int = 0) -> list[tuple[Domain, dict[str, t.Any]]]:  # noqa: N802
+        """The ``dirtyrate`` group only (VIR_DOMAIN_STATS_DIRTYRATE): unstarted, measuring for
+        ``dirty_measuring`` queries, then measured with ``dirty_rate_mibps``."""
+        assert stats == _C["VIR_DOMAIN_STATS_DIRTYRATE"], stats
+        out = []
+        for dom in doms:
+            status = 0 if not dom.dirty_calcs else 1 if dom.dirty_measuring > 0 else 2
+            dom.dirty_measuring -= 1 if status == 1 else 0
+            params: dict[str, t.Any] = {"dirtyrate.calc_status": status}
+            if status == 2:
+                params.update({"dirtyrate.calc_period": dom.dirty_calcs[-1],
+                               "dirtyrate.megabytes_per_second": dom.dirty_rate_mibps})
+            out.append((dom, params))
+        return out
 
     def _lookup(self, method: str, key: str, what: str) -> Domain:
         for dom in self.domains:

@@ -25,7 +25,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils._errors import Kv
 
 libvirt = pytest.importorskip("libvirt")
 
-from fake_libvirt import LAB_UUID, Connection, Domain, LibvirtError, Network, connector, intel_conn, lab_conn  # noqa: E402
+from fake_libvirt import LAB_UUID, Connection, Domain, FakeClock, LibvirtError, Network, connector, intel_conn, lab_conn  # noqa: E402
 from test_cpu import C06_CPU, domain  # noqa: E402
 import tls_fakes  # noqa: E402
 
@@ -725,11 +725,13 @@ def tls_pair():
     return _TLS_PAIR
 
 
-def probes(hosts, names=None, tcp="refused", tls_material=None):
+def probes(hosts, names=None, tcp="refused", tls_material=None, clock=None):
     names = names or {"hostb": [DST]}
+    clock = clock or FakeClock()
     return pf.Probes(connect=connector(hosts), resolver=lambda n: names.get(n, []),
                      tcp=lambda a, p, t: "open" if p == 22 else tcp, is_local=lambda a: False,
-                     tls_material=tls_material or (lambda: tls_pair()[0]), now=tls_fakes.NOW.timestamp)
+                     tls_material=tls_material or (lambda: tls_pair()[0]), now=tls_fakes.NOW.timestamp,
+                     monotonic=clock, sleep=clock.sleep)
 
 
 def opts_for(image, kernel, **kw):
@@ -1089,3 +1091,51 @@ def test_run_without_destination_material_checks_the_source_and_says_so(tmp_path
     warn = [f for f in res["findings"] if f["check"] == "tls_certificates"]
     assert [f["status"] for f in warn] == ["warning"] and "was not read" in warn[0]["msg"]
     assert res["transport"]["tls"] is True
+
+
+# ------------------------------------------------------------------------------------------
+# the forecast (issue 19)
+# ------------------------------------------------------------------------------------------
+
+def test_run_measures_the_guest_and_forecasts_the_move(tmp_path):
+    xml, image, kernel = run_xml(tmp_path)
+    guest = dom(xml)
+    guest.dirty_rate_mibps, guest.dirty_measuring = 2, 1
+    guest.block_written = {"vda": [1000, 1000 + 4 * 1024 ** 2]}
+    guest.memory_stats = {"actual": 262144, "unused": 170000, "rss": 120000}
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [guest])
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    clock = FakeClock(100.0)
+    res = pf.run_preflight(opts_for(image, kernel, forecast={"bandwidth_mibps": 64}),
+                           probes({"qemu:///system": src, DEST_URI: dst}, clock=clock))
+    fc = res["forecast"]
+    assert guest.dirty_calcs == [1] and guest.calls == []  # measured, nothing changed
+    assert fc["measured"]["dirty_bps"] == 2 * 1024 ** 2 and fc["measured"]["memory_source"] == "balloon"
+    assert fc["measured"]["memory_bytes"] == (262144 - 170000) * 1024
+    assert fc["measured"]["disk_write_bps"] == pytest.approx(4 * 1024 ** 2, rel=0.01)
+    assert fc["verdict"] == "converges" and fc["link_measured"] is False
+    assert fc["inputs"]["sources"]["link_bps"].startswith("assumed: the bandwidth cap")
+    f = only(res["findings"], "forecast")
+    assert f["status"] == "ok" and "converges in about" in f["msg"] and "link assumed, not measured" in f["msg"]
+    assert f["values"]["verdict"] == "converges"
+
+
+def test_run_forecast_says_what_could_not_be_measured_and_can_be_off(tmp_path):
+    xml, image, kernel = run_xml(tmp_path)
+    guest = dom(xml)
+    guest.dirty_rate_mibps = None  # a libvirt or QEMU without the dirty-rate calculation
+    src = lab_host("qemu:///system", "aaaaaaaa-0000-0000-0000-000000000001", "hosta", [guest])
+    dst = lab_host(DEST_URI, "bbbbbbbb-0000-0000-0000-000000000002", "hostb")
+    hosts = {"qemu:///system": src, DEST_URI: dst}
+    res = pf.run_preflight(opts_for(image, kernel), probes(hosts))
+    f = only(res["findings"], "forecast")
+    assert f["status"] == "warning" and "virDomainStartDirtyRateCalc" in f["msg"]
+    assert res["forecast"]["measured"]["memory_source"] == "max_memory" and res["ok"] is True
+    off = pf.run_preflight(opts_for(image, kernel, forecast={"enabled": False}), probes(hosts))
+    assert off["forecast"] is None and not [f for f in off["findings"] if f["check"] == "forecast"]
+
+
+def test_forecast_settings_fill_the_defaults():
+    assert pf.forecast_settings(None) == {"enabled": True, "seconds": 1, "link_mibps": None, "bandwidth_mibps": None,
+                                          "max_downtime_ms": None, "stream_mibps": None}
+    assert pf.forecast_settings({"seconds": 2, "link_mibps": None})["seconds"] == 2

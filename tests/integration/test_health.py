@@ -70,10 +70,11 @@ def test_agent_guest_is_healthy_and_its_clock_resynced(fresh_guest):
                                      check=False, capture=True).returncode == 0, "the guest agent to answer", 60)
     guest_shell("date -s @$(( $(date +%s) + 3600 ))")
     assert guest_offset_s("hosta") > 3500
-    res, stats, out = play_json("-e", "dest=hostb")
+    res, stats, out = play_json("-e", "dest=hostb", "-e", "migrate_guest_fstrim=true")
     assert res.returncode == 0, out[-6000:]
     health = stats["health"]
     assert health["healthy"] is True and health["problems"] == [], health
+    assert health["fstrim"] == "done", health  # virDomainFSTrim through the agent (the guest mounts no disk)
     assert health["agent"] == "answered" and health["panicked"] is False and health["state"] == "running"
     assert 0 <= health["agent_ms"] <= 15000 and health["time_to_healthy_ms"] == health["agent_ms"], health
     assert health["watched_ms"] >= 2000

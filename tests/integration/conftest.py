@@ -107,6 +107,20 @@ def ansible_playbook(*args: str, check: bool = False, timeout: float = 900,
     return res
 
 
+def migrate_json(guest: str, *args: str) -> tuple[subprocess.CompletedProcess, dict, str, dict]:
+    """playbooks/migrate.yml for ``guest`` with the json callback: (result, the guest's
+    ``kvmops_migrations`` entry of set_stats, stdout, the play's per-host stats); the dicts are
+    empty when the output holds no JSON."""
+    res = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % guest, *args, extra_env={
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_SHOW_CUSTOM_STATS": "1"})
+    try:
+        data = json.loads(res.stdout[res.stdout.index("{"):])
+    except ValueError:
+        return res, {}, res.stdout, {}
+    stats = data.get("global_custom_stats") or data.get("custom_stats", {}).get("_run", {})
+    return res, (stats or {}).get("kvmops_migrations", {}).get(guest, {}), res.stdout, data.get("stats", {})
+
+
 def adhoc_module(ansible_adhoc, host: str, module: str, args: dict) -> dict:
     """Run one module (``kvmops.migration.NAME`` or any FQCN) on one lab host through
     pytest-ansible's ``ansible_adhoc`` fixture (pass the test's fixture): an ad-hoc task run in

@@ -10,7 +10,6 @@ it, ``<on_crash>destroy``) is reported as a failed move with the reason, its sou
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -18,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import ansible_playbook, lab, lab_cmd
+from conftest import lab, lab_cmd, migrate_json
 
 GUEST = "healthtest"
 IP = "198.18.0.26"
@@ -29,18 +28,6 @@ def guest_shell(command: str, ip: str = IP) -> None:
     """Run a command in the guest (its lab command port on eth1), from the observer."""
     lab.run(["ip", "netns", "exec", lab.OBSERVER[0], "busybox", "nc", "-w", "2", ip, "2323"],
             input=command + "\n", check=False, capture=True, timeout=30)
-
-
-def play_json(*args: str):
-    """migrate.yml with the json callback: (result, this guest's kvmops_migrations stats)."""
-    res = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, *args, extra_env={
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_SHOW_CUSTOM_STATS": "1"})
-    try:
-        data = json.loads(res.stdout[res.stdout.index("{"):])
-    except ValueError:
-        return res, {}, res.stdout
-    stats = data.get("global_custom_stats") or data.get("custom_stats", {}).get("_run", {})
-    return res, (stats or {}).get("kvmops_migrations", {}).get(GUEST, {}), res.stdout
 
 
 def guest_offset_s(host: str) -> float:
@@ -70,7 +57,7 @@ def test_agent_guest_is_healthy_and_its_clock_resynced(fresh_guest):
                                      check=False, capture=True).returncode == 0, "the guest agent to answer", 60)
     guest_shell("date -s @$(( $(date +%s) + 3600 ))")
     assert guest_offset_s("hosta") > 3500
-    res, stats, out = play_json("-e", "dest=hostb", "-e", "migrate_guest_fstrim=true")
+    res, stats, out, _recap = migrate_json(GUEST, "-e", "dest=hostb", "-e", "migrate_guest_fstrim=true")
     assert res.returncode == 0, out[-6000:]
     health = stats["health"]
     assert health["healthy"] is True and health["problems"] == [], health
@@ -91,7 +78,7 @@ def test_agent_guest_is_healthy_and_its_clock_resynced(fresh_guest):
 
 def test_guest_without_agent_is_healthy_with_no_agent_to_ask(fresh_guest):
     fresh_guest("--no-agent")
-    res, stats, out = play_json("-e", "dest=hostb")
+    res, stats, out, _recap = migrate_json(GUEST, "-e", "dest=hostb")
     assert res.returncode == 0, out[-6000:]
     health = stats["health"]
     assert health["healthy"] is True and health["agent"] == "none" and health["clock"] is None, health
@@ -118,7 +105,7 @@ def test_guest_that_panics_after_the_switch_over_fails_the_move(fresh_guest):
             time.sleep(0.2)
     trigger = threading.Thread(target=panic_once_moved, daemon=True)
     trigger.start()
-    res, stats, out = play_json("-e", "dest=hostb", "-e", "migrate_guest_health_window_s=30")
+    res, stats, out, _recap = migrate_json(GUEST, "-e", "dest=hostb", "-e", "migrate_guest_health_window_s=30")
     trigger.join(timeout=60)
     assert fired, "the guest never ran on hostb"
     assert res.returncode != 0, out[-6000:]

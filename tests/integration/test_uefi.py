@@ -14,13 +14,12 @@ keeps non-volatile counters)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 
 import pytest
 
 import proof
-from conftest import ansible_playbook, lab, lab_cmd
+from conftest import lab, lab_cmd, migrate_json
 
 GUEST = "uefitest"
 IP = "198.18.0.27"
@@ -58,18 +57,6 @@ def read_variable() -> str:
     return guest_shell("tail -c +5 /sys/firmware/efi/efivars/%s; echo; echo END" % VAR)
 
 
-def play_json(*args: str):
-    """migrate.yml with the json callback: (result, this guest's kvmops_migrations stats, stdout)."""
-    res = ansible_playbook("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, *args, extra_env={
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_SHOW_CUSTOM_STATS": "1"})
-    try:
-        data = json.loads(res.stdout[res.stdout.index("{"):])
-    except ValueError:
-        return res, {}, res.stdout, {}
-    stats = data.get("global_custom_stats") or data.get("custom_stats", {}).get("_run", {})
-    return res, (stats or {}).get("kvmops_migrations", {}).get(GUEST, {}), res.stdout, data.get("stats", {})
-
-
 def changed_count(recap: dict) -> int:
     return sum(int(host.get("changed", 0)) for host in recap.values())
 
@@ -92,14 +79,14 @@ def test_uefi_guest_moves_with_its_variables_and_boots_again_there(uefi_guest):
 
     # 1. check mode: nothing changes on either host
     before = proof.host_snapshot()
-    res, stats, out, recap = play_json("-e", "dest=hostb", "--check")
+    res, stats, out, recap = migrate_json(GUEST, "-e", "dest=hostb", "--check")
     assert res.returncode == 0, out[-6000:]
     assert stats.get("state") == "planned", stats
     assert proof.host_snapshot() == before
     assert lab.domain_hosts(GUEST) == {"hosta": "running"}
 
     # 2. the move: the NVRAM file on hostb has the content hosta's had at the switch-over
-    res, stats, out, recap = play_json("-e", "dest=hostb")
+    res, stats, out, recap = migrate_json(GUEST, "-e", "dest=hostb")
     assert res.returncode == 0, out[-6000:]
     assert stats["state"] == "migrated" and lab.domain_hosts(GUEST) == {"hostb": "running"}, stats
     nvram = stats["nvram"]
@@ -113,11 +100,11 @@ def test_uefi_guest_moves_with_its_variables_and_boots_again_there(uefi_guest):
     assert VALUE in read_variable()
 
     # 3. a rerun changes nothing; 4. nor does a rerun in check mode
-    res, stats, out, recap = play_json("-e", "dest=hostb")
+    res, stats, out, recap = migrate_json(GUEST, "-e", "dest=hostb")
     assert res.returncode == 0 and stats["state"] == "already_migrated", out[-4000:]
     assert changed_count(recap) == 0, recap
     before = proof.host_snapshot()
-    res, stats, out, recap = play_json("-e", "dest=hostb", "--check")
+    res, stats, out, recap = migrate_json(GUEST, "-e", "dest=hostb", "--check")
     assert res.returncode == 0 and stats["state"] == "already_migrated", out[-4000:]
     assert changed_count(recap) == 0, recap
     assert proof.host_snapshot() == before
@@ -140,7 +127,7 @@ def test_firmware_missing_on_the_destination_stops_the_move_before_anything_chan
     lab.in_host("hostb", ["mount", "-t", "tmpfs", "-o", "size=1m", "kvmops-uefi-test", "/usr/share/OVMF"], capture=True)
     try:
         assert lab.in_host("hostb", ["test", "-e", template], check=False).returncode == 1
-        res, stats, out, _recap = play_json("-e", "dest=hostb")
+        res, stats, out, _recap = migrate_json(GUEST, "-e", "dest=hostb")
     finally:
         lab.in_host("hostb", ["umount", "/usr/share/OVMF"], capture=True)
     assert lab.in_host("hostb", ["test", "-e", template], check=False).returncode == 0

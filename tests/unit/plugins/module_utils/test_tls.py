@@ -327,3 +327,45 @@ def test_insecure_destination_uris(uri, allow, status):
     decided = _tls.decide(None, allow, live=True, copies_disks=True, dest_uri=uri, faults=[])
     got = [item[0] for item in decided.findings if item[1] == "transport_uri"]
     assert got == ([status] if status else [])
+
+
+# ------------------------------------------------------------------------------------------
+# RSA keys as the kvm_host role makes them (4096 bits)
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rsa_4096():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    return rsa.generate_private_key(public_exponent=65537, key_size=4096)
+
+
+def test_rsa_key_summary_is_the_hash_of_its_public_key(rsa_4096):
+    pem = rsa_4096.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+    der = rsa_4096.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    import hashlib
+    assert _tls.key_summary(pem) == {"spki_sha256": hashlib.sha256(der).hexdigest(), "problem": None}
+
+
+def test_rsa_key_is_loaded_without_the_prime_check_where_cryptography_can_skip_it(rsa_4096, monkeypatch):
+    """The check costs about 0.5 s per 4096-bit key on every host_info/pre-flight/migrate run; only
+    the public key is used, so it is skipped (python-cryptography 39 and later)."""
+    import cryptography
+    assert _tls._SKIP_RSA_CHECK is (int(cryptography.__version__.split(".")[0]) >= 39)
+    seen = []
+    real = serialization.load_pem_private_key
+
+    def spy(data, password, **kwargs):
+        seen.append(kwargs)
+        return real(data, password, **kwargs)
+
+    monkeypatch.setattr(_tls.serialization, "load_pem_private_key", spy)
+    pem = rsa_4096.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                 serialization.NoEncryption())
+    assert _tls.key_summary(pem)["problem"] is None
+    assert seen == [{"unsafe_skip_rsa_key_validation": True}] if _tls._SKIP_RSA_CHECK else [{}]
+    # an encrypted key is still named as such on the fast path
+    enc = rsa_4096.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.BestAvailableEncryption(b"secret"))
+    assert "encrypted with a passphrase" in _tls.key_summary(enc)["problem"]

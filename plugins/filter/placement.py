@@ -126,6 +126,16 @@ def mirror_networks(results, only=None):
     return _host_prep.mirror_networks(defs, only or [])
 
 
+def preload(value):
+    """``{{ '' | kvmops.migration.preload }}`` in a task's name: returns ``value`` unchanged.
+
+    Ansible runs each task in a new worker process forked from ansible-playbook's main process,
+    and a worker imports this file (and the module_utils behind it: about 0.25 s) again unless
+    the main process already has. A task's name is templated in the main process, so one use
+    there, in a role's first task, saves that import on each later task that uses a filter."""
+    return value
+
+
 class FilterModule:
     """kvmops.migration placement and report filters."""
 
@@ -145,4 +155,5 @@ class FilterModule:
             "disk_formats": disk_formats,
             "findings_table": findings_table,
             "mirror_networks": mirror_networks,
+            "preload": preload,
         }

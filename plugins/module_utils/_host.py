@@ -152,6 +152,28 @@ def host_facts(conn: t.Any, conf_text: str | None, conf_exists: bool, include_do
     return result
 
 
+def facts_after_move(uri: str = _libvirt.DEFAULT_URI, libvirtd_conf: str = DEFAULT_LIBVIRTD_CONF,
+                     connect: t.Callable[..., t.Any] = _libvirt.connection) -> dict[str, t.Any] | None:
+    """The source host's facts right after a move, as ``host_info`` returns them without a
+    guest (``{host, domains}``: :func:`host_facts`), read over a new read-only connection to
+    ``uri`` by the module that moved the guest, so that the role's verification of the source
+    (the guest is gone from it) costs no remote call of its own.
+
+    :returns: the facts, or None when they cannot be read (the role then reads the source with
+        ``host_info``); never raises for libvirt's errors.
+    """
+    try:
+        exists, text = read_conf(libvirtd_conf)
+        with connect(uri, readonly=True) as conn:
+            return host_facts(conn, text, exists)
+    except KvmopsError:
+        return None
+    except Exception as err:  # a libvirt error of the read: the role reads the source itself
+        if not _libvirt.is_libvirt_error(err):
+            raise
+        return None
+
+
 def guest_facts(conn: t.Any, guest: str, uri: str, runner: _runner.Runner,
                 read_nvram: t.Callable[..., dict[str, t.Any] | None] = _nvram.read_nvram) -> dict[str, t.Any]:
     """What the roles need of one guest on the host that defines it, read with ``conn``.

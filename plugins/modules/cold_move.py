@@ -152,6 +152,15 @@ stats:
     stats_from:
       description: Always C(cold_move).
       type: str
+source_after:
+  description:
+    - The source host's facts right after the move, read by this module over a new read-only
+      connection to O(source_uri), in the shape of M(kvmops.migration.host_info) without a guest
+      (C(host) and C(domains)). The C(migrate_guest) role verifies from them that the guest is gone
+      from the source, without another remote call.
+    - Null when they could not be read (the role then reads the source with M(kvmops.migration.host_info)).
+  returned: when migrated
+  type: dict
 msg:
   description: One line for the operator.
   returned: when already migrated
@@ -160,7 +169,7 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvmops.migration.plugins.module_utils import _args, _cold_move, _module
+from ansible_collections.kvmops.migration.plugins.module_utils import _args, _cold_move, _host, _module
 
 
 def argument_spec():
@@ -177,7 +186,11 @@ def argument_spec():
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     _module.check_requirements(module)
-    module.exit_json(**_module.call_backend(module, _cold_move.run_cold_move, module.params, module.check_mode))
+    result = _module.call_backend(module, _cold_move.run_cold_move, module.params, module.check_mode)
+    if result.get("state") == "migrated":
+        # the role's verification of the source, read here (no remote call of its own)
+        result["source_after"] = _host.facts_after_move(module.params["source_uri"])
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -491,6 +491,15 @@ warnings:
   returned: when there are any
   type: list
   elements: str
+source_after:
+  description:
+    - The source host's facts right after the move, read by this module over a new read-only
+      connection to O(source_uri), in the shape of M(kvmops.migration.host_info) without a guest
+      (C(host) and C(domains)). The C(migrate_guest) role verifies from them that the guest is gone
+      from the source, without another remote call.
+    - Null when they could not be read (the role then reads the source with M(kvmops.migration.host_info)).
+  returned: when migrated
+  type: dict
 msg:
   description: One line for the operator.
   returned: always
@@ -500,6 +509,7 @@ msg:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _args
+from ansible_collections.kvmops.migration.plugins.module_utils import _host
 from ansible_collections.kvmops.migration.plugins.module_utils import _module
 from ansible_collections.kvmops.migration.plugins.module_utils import _migration, _migration_monitor, _migration_plan
 
@@ -519,8 +529,11 @@ def main():
     opts = _migration_plan.MigrationOptions(**params)
     runtime = _migration.Runtime(log=module.log,
                                  progress=_migration_monitor.progress_writer(progress_file, module.log))
-    module.exit_json(**_module.call_backend(module, _migration.run_migration, opts,
-                                            check_mode=module.check_mode, rt=runtime))
+    result = _module.call_backend(module, _migration.run_migration, opts, check_mode=module.check_mode, rt=runtime)
+    if result.get("state") == "migrated":
+        # the role's verification of the source, read here (no remote call of its own)
+        result["source_after"] = _host.facts_after_move(opts.source_uri)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

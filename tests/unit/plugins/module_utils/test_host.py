@@ -91,6 +91,26 @@ def test_non_libvirt_errors_propagate():
         _host.host_facts(host_conn(caps(), [], None), "", True)
 
 
+def test_facts_after_move_are_host_infos_facts_of_the_source(tmp_path):
+    """What migrate/cold_move return as source_after: the role verifies from it that the guest
+    left the source, so it must be host_info's shape (host, domains) of that connection."""
+    doms = [Domain("other", uuid="u9", state=1, memory_kib=262144, vcpus=1)]
+    conn = host_conn(caps(), doms, {"total": 100, "free": 50})
+    conf = tmp_path / "libvirtd.conf"
+    conf.write_text('host_uuid = "8d6c1f5e-1111-4a2b-9c3d-0123456789ab"\n')
+    out = _host.facts_after_move("qemu:///system", str(conf), connect=connector({"qemu:///system": conn}))
+    assert [d["name"] for d in out["domains"]] == ["other"]
+    assert out["host"]["uuid_configured"] == "8d6c1f5e-1111-4a2b-9c3d-0123456789ab"
+
+
+def test_facts_after_move_that_cannot_be_read_are_none_for_the_role_to_read_them(tmp_path):
+    # no connection to that URI: the role falls back to host_info on the source
+    assert _host.facts_after_move("qemu:///nope", str(tmp_path / "x.conf"), connect=connector({})) is None
+    with pytest.raises(RuntimeError):  # a bug is not hidden
+        _host.facts_after_move("qemu:///system", str(tmp_path / "x.conf"),
+                               connect=connector({"qemu:///system": host_conn(caps(), [], None)}))
+
+
 def test_read_conf_missing(tmp_path):
     assert _host.read_conf(str(tmp_path / "nope.conf")) == (False, "")
     conf = tmp_path / "libvirtd.conf"

@@ -309,7 +309,7 @@ def run_ours(fmt: str = "raw", extra_vars: dict | None = None, timeout: float = 
     wall = time.monotonic() - start
     out = {"wall_s": wall, "ok": res.returncode == 0, "error": (res.stdout + res.stderr)[-600:] if res.returncode else "",
            "link_bytes": link_rx("hostb") - before[1], "src_alloc": before[0], "tasks": task_times(res.stdout),
-           "fmt": fmt, "tls": tls}
+           "fmt": fmt, "tls": tls, "health_watched_s": health_watched_s(res.stdout)}
     return finish(out, sampler)
 
 
@@ -321,6 +321,13 @@ def task_times(stdout: str) -> list[tuple[str, float]]:
         if m:
             times.append((m.group(1).strip(), float(m.group(2))))
     return times
+
+
+def health_watched_s(stdout: str) -> float | None:
+    """The seconds the guest was watched after the switch-over, from the summary's health line
+    (``guest on hostb: healthy 0.1 s after the switch-over, watched 2.1 s ...``)."""
+    m = re.search(r"watched ([\d.]+) s", stdout)
+    return float(m.group(1)) if m else None
 
 
 def overhead_split(run: dict) -> dict | None:
@@ -339,9 +346,10 @@ def overhead_split(run: dict) -> dict | None:
         return None
     job_s = run.get("job", {}).get("Time elapsed", 0) / 1000
     secs = [t for dummy, t in tasks]
+    health = run.get("health_watched_s") or 0.0
     return {"before": sum(secs[:i_start]), "start": sum(secs[i_start:i_wait]),
-            "wait_beyond_job": secs[i_wait] - job_s, "after": sum(secs[i_wait + 1:]),
-            "startup_teardown": run["wall_s"] - sum(secs), "job_s": job_s}
+            "wait_beyond_job": secs[i_wait] - job_s - health, "health_window": health,
+            "after": sum(secs[i_wait + 1:]), "startup_teardown": run["wall_s"] - sum(secs), "job_s": job_s}
 
 
 def remote_commands(stdout: str) -> dict:
@@ -371,6 +379,33 @@ def floor_run() -> float:
     if res.returncode != 0:
         raise SystemExit("bench: the floor's one-task playbook failed:\n%s" % (res.stdout + res.stderr)[-2000:])
     return time.monotonic() - start
+
+
+SMALL_WRITTEN_MIB = 512
+
+
+def check_mode_run() -> dict:
+    """``migrate.yml --check`` of a fresh guest: the plan with every check, nothing changed."""
+    fresh_guest()
+    start = time.monotonic()
+    res = playbook("migrate.yml", dict({"vm": VM, "dest": "hostb"}, **PLAIN_VARS), 600, "--check")
+    wall = time.monotonic() - start
+    moved = lab.in_host("hostb", ["virsh", "-q", "domstate", VM], check=False, capture=True).returncode == 0
+    return {"wall_s": wall, "ok": res.returncode == 0 and not moved,
+            "error": "" if res.returncode == 0 else (res.stdout + res.stderr)[-300:]}
+
+
+def preflight_failure_run() -> dict:
+    """A move the pre-flight refuses (``migrate_guest_tls=false`` without
+    ``migrate_guest_allow_insecure_transport``): the pre-flight, the rollback and the failure
+    report; ``ok`` when it failed for that reason and the guest still runs on hosta."""
+    fresh_guest()
+    start = time.monotonic()
+    res = playbook("migrate.yml", {"vm": VM, "dest": "hostb", "migrate_guest_tls": "false"}, 600)
+    wall = time.monotonic() - start
+    still = lab.in_host("hosta", ["virsh", "-q", "domstate", VM], check=False, capture=True).stdout.strip()
+    return {"wall_s": wall, "ok": res.returncode != 0 and "unencrypted" in res.stdout and still == "running",
+            "error": "" if res.returncode != 0 else "the move was not refused"}
 
 
 def count_run() -> dict:
@@ -522,7 +557,9 @@ def fmt_s(v):
 
 def main() -> None:
     p = argparse.ArgumentParser(description="kvmops.migration benchmark (issue 9)")
-    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--small-pairs", type=int, default=3,
+                   help="pairs with the smaller disk (512 MiB written): the fixed cost and the slope")
     p.add_argument("--unshaped", action="store_true")
     p.add_argument("--skip-convergence", action="store_true")
     p.add_argument("--skip-scale", action="store_true")
@@ -560,6 +597,17 @@ def main() -> None:
                     i + 1, " (TLS)" if tls else "", a["wall_s"], "" if a["ok"] else " (failed)",
                     b["wall_s"], "" if b["ok"] else " (failed)"), flush=True)
         report["pairs"] = pairs
+        small = []
+        for i in range(args.small_pairs):
+            fresh_guest(written_mib=SMALL_WRITTEN_MIB)
+            a = run_virsh()
+            fresh_guest(written_mib=SMALL_WRITTEN_MIB)
+            b = run_ours()
+            small.append({"virsh": a, "ours": b})
+            print("small pair %d: virsh %.1f s, ours %.1f s" % (i + 1, a["wall_s"], b["wall_s"]), flush=True)
+        report["small_pairs"] = small
+        report["check_mode"] = [check_mode_run() for dummy in range(2)]
+        report["preflight_failure"] = [preflight_failure_run() for dummy in range(2)]
         report["floor_s"] = [floor_run() for dummy in range(3)]
         report["remote_commands"] = count_run()
         if not args.skip_tls:
@@ -682,7 +730,9 @@ def split_rows(pairs: list[dict], r: dict) -> list[str]:
     labels = (("startup_teardown", "ansible-playbook start-up and teardown (outside every task)"),
               ("before", "before the job: validate, locate, facts, pre-flight, images, CPU"),
               ("start", "starting the job (async task)"),
-              ("wait_beyond_job", "waiting, beyond the job's own time (module start and end, last poll)"),
+              ("wait_beyond_job", "waiting, beyond the job's own time and the health window (module start and end, "
+               "last poll)"),
+              ("health_window", "the guest's health window after the switch-over (migrate_guest_health_window_s)"),
               ("after", "after the job: verify, report"))
     rows = ["| part | s |", "|---|---|"]
     for key, label in labels:
@@ -697,6 +747,59 @@ def split_rows(pairs: list[dict], r: dict) -> list[str]:
                  "%d outside the job, %d while waiting for it." % (
                      "" if rc.get("ok") else "; that run FAILED", rc["total"], rc["outside_job"], rc["during_job"])]
     return rows
+
+
+def fixed_and_slope(big: list[dict], small: list[dict], big_mib: int, small_mib: int) -> dict | None:
+    """Our overhead (ours wall - virsh wall, medians of the completed pairs) on two amounts of
+    disk data: what is fixed per move and what grows with the data (s per GiB). None without
+    a completed pair of each."""
+    def over(pairs):
+        vals = [p["ours"]["wall_s"] - p["virsh"]["wall_s"] for p in pairs if p["virsh"]["ok"] and p["ours"]["ok"]]
+        return statistics.median(vals) if vals else None
+    ob, osm = over(big), over(small)
+    if ob is None or osm is None:
+        return None
+    slope = (ob - osm) / ((big_mib - small_mib) / 1024)
+    return {"overhead_big_s": ob, "overhead_small_s": osm, "slope_s_per_gib": slope,
+            "fixed_s": osm - slope * small_mib / 1024}
+
+
+def size_rows(r: dict) -> list[str]:
+    """The two disk sizes side by side: walls, ratio and our overhead; the fixed cost and slope."""
+    small = r.get("small_pairs") or []
+    if not small:
+        return ["Not run (--small-pairs 0)."]
+    rows = ["| data written | pairs | virsh wall s | ours wall s | ratio | our overhead s |", "|---|---|---|---|---|---|"]
+    for label, pairs in (("2048 MiB", r["pairs"]), ("%d MiB" % SMALL_WRITTEN_MIB, small)):
+        ok = [p for p in pairs if p["virsh"]["ok"] and p["ours"]["ok"]]
+        if not ok:
+            rows.append("| %s | %d | failed | | | |" % (label, len(pairs)))
+            continue
+        va = statistics.median([p["virsh"]["wall_s"] for p in ok])
+        vb = statistics.median([p["ours"]["wall_s"] for p in ok])
+        rows.append("| %s | %d | %.1f | %.1f | %.2f | %.1f |" % (
+            label, len(ok), va, vb, statistics.median([_ratio(p["virsh"]["wall_s"], p["ours"]["wall_s"]) for p in ok]),
+            statistics.median([p["ours"]["wall_s"] - p["virsh"]["wall_s"] for p in ok])))
+    fit = fixed_and_slope(r["pairs"], small, 2048, SMALL_WRITTEN_MIB)
+    if fit:
+        rows += ["", "Our overhead is %.1f s fixed per move and %+.2f s per GiB of disk data (medians; the "
+                 "10 GiB disk is walked in both)." % (fit["fixed_s"], fit["slope_s_per_gib"])]
+    return rows
+
+
+def timed_rows(r: dict) -> list[str]:
+    """Check mode and a pre-flight failure with rollback, timed."""
+    rows = ["| run | runs | ok | wall s (median) | what it is |", "|---|---|---|---|---|"]
+    for key, what in (("check_mode", "`migrate.yml --check`: locate, facts, pre-flight, the plan; nothing changed"),
+                      ("preflight_failure", "a move the pre-flight refuses (`migrate_guest_tls=false` without "
+                       "allowing it): pre-flight, rollback, failure report; the guest still runs on hosta")):
+        runs = r.get(key) or []
+        if not runs:
+            continue
+        rows.append("| %s | %d | %s | %.1f | %s |" % (
+            key.replace("_", " "), len(runs), "yes" if all(x["ok"] for x in runs) else "NO",
+            statistics.median([x["wall_s"] for x in runs]), what))
+    return rows if len(rows) > 2 else ["Not run."]
 
 
 def write_report(r: dict) -> None:
@@ -788,6 +891,8 @@ def write_report(r: dict) -> None:
         *lines, "", "Wall-time ratio ours / virsh: median **%.2f**, p90 %.2f over %d pairs (target: median <= 1.10, "
         "issue 18)." % (med, p90, len(ratios)), "",
         "### Where our time beyond the job goes (medians over the pairs, s)", "", *split_rows(pairs, r), "",
+        "### Two amounts of disk data: the fixed cost and the slope", "", *size_rows(r), "",
+        "### Check mode and a refused move, timed", "", *timed_rows(r), "",
         "## Bytes", "", *bytes_rows, "",
         "Link bytes are all bytes into hostb on the lab link during the run (memory, disks, ssh, ansible)."
         " Target <= 1.05.", "",

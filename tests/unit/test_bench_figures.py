@@ -266,8 +266,11 @@ def test_overhead_split_from_the_task_times():
                      ("kvmops.migration.migrate_guest : Wait for the move, showing its progress", 24.0),
                      ("Read the source and the destination after the move", 1.2), ("Report", 0.2)]}
     split = bench.overhead_split(run)
-    assert split == pytest.approx({"before": 3.4, "start": 2.2, "wait_beyond_job": 4.0, "after": 1.4,
-                                   "startup_teardown": 34.0 - 31.0, "job_s": 20.0})
+    assert split == pytest.approx({"before": 3.4, "start": 2.2, "wait_beyond_job": 4.0, "health_window": 0.0,
+                                   "after": 1.4, "startup_teardown": 34.0 - 31.0, "job_s": 20.0})
+    # the health window (the summary's "watched X s") is its own part of the wait
+    split = bench.overhead_split(dict(run, health_watched_s=2.1))
+    assert split["health_window"] == 2.1 and split["wait_beyond_job"] == pytest.approx(1.9)
     assert bench.overhead_split(dict(run, ok=False)) is None
     assert bench.overhead_split(dict(run, tasks=run["tasks"][:3])) is None
 
@@ -291,3 +294,21 @@ def test_percentile_by_nearest_rank():
     assert bench.percentile([1.5, 1.2, 1.3, 1.4, 1.6], 90) == 1.6
     assert bench.percentile([1.5, 1.2, 1.3, 1.4, 1.6], 50) == 1.4
     assert math.isnan(bench.percentile([], 90))
+
+
+def test_health_watched_from_the_summary_line():
+    line = "    - 'guest on hostb: healthy 0.1 s after the switch-over, watched 2.1 s (agent answered guest-ping)'"
+    assert bench.health_watched_s(line) == 2.1
+    assert bench.health_watched_s("no health line") is None
+
+
+def test_fixed_cost_and_slope_from_two_disk_sizes():
+    def pair(virsh, ours):
+        return {"virsh": {"ok": True, "wall_s": virsh}, "ours": {"ok": True, "wall_s": ours}}
+    big = [pair(19.7, 25.7), pair(19.6, 25.9), pair(19.8, 25.6)]
+    small = [pair(7.0, 12.9), pair(7.1, 13.2)]
+    fit = bench.fixed_and_slope(big, small, 2048, 512)
+    # overhead: 6.0 s on 2048 MiB, 6.0 s on 512 MiB -> all of it fixed
+    assert fit["overhead_big_s"] == pytest.approx(6.0) and fit["overhead_small_s"] == pytest.approx(6.0, abs=0.06)
+    assert fit["slope_s_per_gib"] == pytest.approx(0.0, abs=0.1)
+    assert bench.fixed_and_slope(big, [], 2048, 512) is None

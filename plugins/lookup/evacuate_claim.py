@@ -57,7 +57,7 @@ _list:
   description:
     - One element. Claiming, the claimed move (its fields in O(moves)) with C(lane), C(started_at) (seconds since
       the epoch) and C(position) (1 for the first move claimed), or an empty dictionary when every move is claimed.
-    - With O(done), the claim C(guest), C(lane), C(started_at), C(ended_at).
+    - With O(done), the claim C(guest), C(lane), C(position), C(started_at), C(ended_at).
   type: list
   elements: dict
 """

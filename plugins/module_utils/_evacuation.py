@@ -147,7 +147,7 @@ def claim_next(path: str, moves: list[dict[str, t.Any]], lane: str,
     """The first move of ``moves`` (in their order, largest first) that no lane claimed yet in
     the claim file ``path``, claimed for ``lane``; None when every move is claimed.
 
-    The claim file (JSON ``{claims: [{guest, lane, started_at, ended_at}]}``, times in seconds
+    The claim file (JSON ``{claims: [{guest, lane, position, started_at, ended_at}]}``, times in seconds
     since the epoch from ``clock``) is shared by the lanes of one evacuation; each claim is made
     under the file's exclusive lock (:func:`_with_claims`), so two lanes never take one move.
 
@@ -159,9 +159,10 @@ def claim_next(path: str, moves: list[dict[str, t.Any]], lane: str,
         taken = {c["guest"] for c in state["claims"]}
         for move in moves:
             if move["guest"] not in taken:
-                claim = {"guest": move["guest"], "lane": lane, "started_at": clock(), "ended_at": None}
+                claim = {"guest": move["guest"], "lane": lane, "position": len(state["claims"]) + 1,
+                         "started_at": clock(), "ended_at": None}
                 state["claims"].append(claim)
-                return dict(move, lane=lane, started_at=claim["started_at"], position=len(state["claims"]))
+                return dict(move, lane=lane, started_at=claim["started_at"], position=claim["position"])
         return None
     return t.cast("dict[str, t.Any] | None", _with_claims(path, take))
 
@@ -169,7 +170,7 @@ def claim_next(path: str, moves: list[dict[str, t.Any]], lane: str,
 def finish_claim(path: str, guest: str, clock: t.Callable[[], float] = time.time) -> dict[str, t.Any]:
     """Record in the claim file ``path`` that the move of ``guest`` ended (whatever its result).
 
-    :returns: the claim ``{guest, lane, started_at, ended_at}``.
+    :returns: the claim ``{guest, lane, position, started_at, ended_at}``.
     :raises KeyError: ``guest`` was never claimed in this file.
     :raises OSError: as :func:`_with_claims`.
     """
@@ -200,10 +201,11 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
 
     :param results: guest -> the ``migrate_guest_result`` of each attempted move (``{ok, msg,
         state, duration_s, downtime_ms, ...}``; a nested ``summary`` is read too), with the
-        evacuate role's ``lane``, ``started_at`` and ``ended_at`` (seconds since the epoch) when
-        a lane of the sliding window ran it.
+        evacuate role's ``lane``, ``position`` (1 for the move claimed first), ``started_at`` and
+        ``ended_at`` (seconds since the epoch) when a lane of the sliding window ran it.
     :returns: ``{source, moved: [{guest, to, state, downtime_ms, duration_s, time_to_healthy_ms,
-        lane, started_at, ended_at}], failed: [{guest, to, reason, lane, started_at, ended_at}],
+        lane, position, started_at, ended_at}], failed: [{guest, to, reason, lane, position,
+        started_at, ended_at}],
         not_moved: [{guest, reason}], lines: [str], ok, max_in_flight}``; ``max_in_flight`` is
         the most moves that ran at one time (:func:`max_in_flight`; None without times). The
         moves are listed in the plan's order (most bytes to move first).
@@ -215,7 +217,7 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
         if res is None:
             failed.append({"guest": move["guest"], "to": move["to"], "reason": "not attempted"})
             continue
-        when = {k: res.get(k) for k in ("lane", "started_at", "ended_at")}
+        when = {k: res.get(k) for k in ("lane", "position", "started_at", "ended_at")}
         if when["started_at"] is not None and when["ended_at"] is not None:
             spans.append((when["started_at"], when["ended_at"]))
         if res.get("ok"):
@@ -232,7 +234,8 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
     def window(m: dict[str, t.Any]) -> str:
         if first is None or m.get("started_at") is None or m.get("ended_at") is None:
             return ""
-        return " [%s: +%.1f s to +%.1f s]" % (m.get("lane") or "lane", m["started_at"] - first, m["ended_at"] - first)
+        return " [%s%s: +%.1f s to +%.1f s]" % ("" if m.get("position") is None else "#%s " % m["position"],
+                                              m.get("lane") or "lane", m["started_at"] - first, m["ended_at"] - first)
 
     lines = ["Evacuation of %s: %d moved, %d failed, %d not moved." % (
         source, len(moved), len(failed), len(not_moved))]

@@ -56,7 +56,7 @@ def test_claims_take_the_order_then_nothing(tmp_path):
     assert (second["guest"], second["lane"], second["position"]) == ("g2", "lane-2", 2)
     assert _evacuation.claim_next(path, moves, "lane-1", clock) is None
     done = _evacuation.finish_claim(path, "g1", clock)
-    assert done == {"guest": "g1", "lane": "lane-1", "started_at": 10.0, "ended_at": 12.5}
+    assert done == {"guest": "g1", "lane": "lane-1", "position": 1, "started_at": 10.0, "ended_at": 12.5}
     with open(path) as f:
         assert [c["guest"] for c in json.load(f)["claims"]] == ["g1", "g2"]
     with pytest.raises(KeyError, match="no claim of g9"):
@@ -153,7 +153,7 @@ def test_summary_shows_the_window():
     plan = {"moves": [{"guest": "big", "to": "b"}, {"guest": "small", "to": "c"}, {"guest": "bad", "to": "c"}],
             "unplaced": [], "concurrency": 2, "lanes": 2}
     res = {"big": {"ok": True, "state": "migrated", "duration_s": 9.0, "downtime_ms": 30, "lane": "kvmops-lane-1",
-                   "started_at": 100.0, "ended_at": 110.0},
+                   "position": 1, "started_at": 100.0, "ended_at": 110.0},
            "small": {"ok": True, "state": "migrated", "duration_s": 2.0, "downtime_ms": 20, "lane": "kvmops-lane-2",
                      "started_at": 100.2, "ended_at": 103.0},
            "bad": {"ok": False, "msg": "pre-flight failed", "lane": "kvmops-lane-2", "started_at": 103.1,
@@ -162,7 +162,7 @@ def test_summary_shows_the_window():
     assert out["max_in_flight"] == 2
     assert out["moved"][0]["started_at"] == 100.0 and out["moved"][1]["lane"] == "kvmops-lane-2"
     assert out["failed"][0]["ended_at"] == 104.0
-    assert out["lines"][1] == "  moved  big -> b (9.0 s, downtime 30 ms) [kvmops-lane-1: +0.0 s to +10.0 s]"
+    assert out["lines"][1] == "  moved  big -> b (9.0 s, downtime 30 ms) [#1 kvmops-lane-1: +0.0 s to +10.0 s]"
     assert out["lines"][3] == "  FAILED bad -> c: pre-flight failed [kvmops-lane-2: +3.1 s to +4.0 s]"
     assert out["lines"][-1] == "  window: largest first, at most 2 at once (concurrency 2)"
     assert _evacuation.evacuation_summary("a", plan, {})["max_in_flight"] is None

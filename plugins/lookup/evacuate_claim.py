@@ -10,11 +10,11 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: evacuate_claim
 author:
-  - kvmops.migration contributors
+  - kvmops.migration contributors (@kvmops)
 version_added: 0.1.0
 short_description: Claim the next move of an evacuation for a lane of its sliding window
 description:
-  - The P(kvmops.migration.evacuate#role) role runs an evacuation's moves on O(evacuate_concurrency) lanes
+  - The P(kvmops.migration.evacuate#role) role runs an evacuation's moves on C(evacuate_concurrency) lanes
     (in-memory hosts under the C(free) strategy); a lane that is free claims the next move with this lookup,
     the largest not yet claimed, and runs it.
   - The claims live in a JSON file on the controller, changed under an exclusive C(flock) so that two lanes,

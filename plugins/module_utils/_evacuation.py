@@ -234,8 +234,9 @@ def evacuation_summary(source: str, plan: dict[str, t.Any], results: dict[str, d
     def window(m: dict[str, t.Any]) -> str:
         if first is None or m.get("started_at") is None or m.get("ended_at") is None:
             return ""
-        return " [%s%s: +%.1f s to +%.1f s]" % ("" if m.get("position") is None else "#%s " % m["position"],
-                                              m.get("lane") or "lane", m["started_at"] - first, m["ended_at"] - first)
+        order = "" if m.get("position") is None else "#%s " % m["position"]
+        start, end = m["started_at"] - first, m["ended_at"] - first
+        return " [%s%s: +%.1f s to +%.1f s]" % (order, m.get("lane") or "lane", start, end)
 
     lines = ["Evacuation of %s: %d moved, %d failed, %d not moved." % (
         source, len(moved), len(failed), len(not_moved))]

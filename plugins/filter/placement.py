@@ -54,16 +54,18 @@ def select_guests(domains, include=None, exclude=None):
 
 
 def plan_evacuation(hosts, source, guests, reports, reserve_bytes=0, concurrency=1):
-    """``reports``: a looped ``preflight`` register whose items are ``[guest, host]`` pairs, or a
-    dict guest -> host -> report."""
+    """``reports``: a looped ``preflight`` register whose items are ``[guest, host]`` pairs (each
+    result's ``copy_bytes`` is read too), or a dict guest -> host -> report."""
+    copy_bytes = {}
     if isinstance(reports, dict) and "results" in reports:
         by_guest = {}
         for res in reports["results"]:
             guest, host = res.get("item")[0], res.get("item")[1]
             by_guest.setdefault(guest, {})[host] = res.get("report", res)
+            copy_bytes.setdefault(guest, {})[host] = int(res.get("copy_bytes") or 0)
         reports = by_guest
     return _evacuation.plan_evacuation(source, guests or [], _hosts_from_results(hosts), reports or {},
-                                       int(reserve_bytes or 0), int(concurrency or 1))
+                                       int(reserve_bytes or 0), int(concurrency or 1), copy_bytes)
 
 
 def evacuation_summary(plan, source, results, skipped=None):

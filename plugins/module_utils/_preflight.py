@@ -305,7 +305,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     """Read both hosts and run every check; never changes anything.
 
     :returns: :func:`report` plus ``domain``, ``source``, ``destination``, ``dest_uri``,
-        ``copy_set``, ``already_migrated`` and ``checked`` (``{disks: [{target, path, format,
+        ``copy_set``, ``copy_bytes`` (:func:`copy_bytes` of the copy set), ``already_migrated`` and ``checked`` (``{disks: [{target, path, format,
         virtual_size}], cpu}``: the copy set with the geometry and the CPU fingerprint the checks
         saw, for ``migrate``'s ``expect_disks``/``expect_cpu``; ``cpu`` None before the XML was read).
     :raises KvmopsError: only for invalid options; every failure to read a host is a finding.
@@ -318,7 +318,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     src_label = opts.source_uri
     findings: list[dict[str, t.Any]] = []
     result: dict[str, t.Any] = {"domain": opts.domain, "source": src_label, "destination": dest,
-                                "dest_uri": dest_uri, "copy_set": [], "shared_detected": [],
+                                "dest_uri": dest_uri, "copy_set": [], "copy_bytes": 0, "shared_detected": [],
                                 "already_migrated": False, "checked": {"disks": [], "cpu": None},
                                 "transport": None, "forecast": None}
 
@@ -494,6 +494,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
                                     "copy the images yourself and use copy_storage: none."
                                     % (info["name"], ", ".join(copied)), copy=copied))
         copy_disks = [d for d in disks if d["target"] in copied]
+        result["copy_bytes"] = copy_bytes(copy_disks)
         result["checked"]["disks"] = [{k: d.get(k) for k in ("target", "path", "format", "virtual_size")}
                                       for d in copy_disks]
         # the destination's domains are read only when a copied disk's path is taken there
@@ -537,6 +538,12 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     return done()
 
 
+def copy_bytes(copy_disks: list[dict[str, t.Any]]) -> int:
+    """Bytes a storage migration sends for ``copy_disks`` (described disks: the allocation of
+    each, its virtual size when the allocation is unknown); 0 for none."""
+    return sum(int(d.get("allocation") or d.get("virtual_size") or 0) for d in copy_disks)
+
+
 def forecast_settings(given: dict[str, t.Any] | None) -> dict[str, t.Any]:
     """The ``forecast`` option with every missing or None key at its default."""
     out = {k: _args.default("forecast.%s" % k, "preflight") for k in _args.option("preflight", "forecast")["options"]}
@@ -550,7 +557,7 @@ def forecast_move(measuring: _forecast.Measurement, copy_disks: list[dict[str, t
     disks' allocation (bytes): the forecast dict plus ``measured`` (what
     :func:`_forecast.finish_measure` saw)."""
     measured = _forecast.finish_measure(measuring, [d["target"] for d in copy_disks], probes.monotonic, probes.sleep)
-    disk_bytes = sum(int(d.get("allocation") or d.get("virtual_size") or 0) for d in copy_disks)
+    disk_bytes = copy_bytes(copy_disks)
     link = settings.get("link_mibps")
     stream = settings.get("stream_mibps")
     inputs = _forecast.inputs_from_measurement(measured, disk_bytes, link_bps=float(link) * _forecast.MIB if link else None,

@@ -493,6 +493,14 @@ copy_set:
   type: list
   elements: str
   sample: [vda]
+copy_bytes:
+  description:
+    - Bytes the storage migration sends for RV(copy_set) (the allocation of each disk, its virtual size when
+      the allocation is unknown); V(0) when nothing is copied. The evacuate role moves the largest guests
+      (memory plus this) first.
+  returned: always
+  type: int
+  sample: 2147483648
 domain:
   description: The guest as given in O(domain).
   returned: always

@@ -7,8 +7,10 @@ host, the second guest and the test pool removed."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+import tempfile
 
 import pytest
 
@@ -237,8 +239,25 @@ def test_evacuate_hosta_with_two_guests(lab_as_found):
     lab_cmd("guest", "--name", EVAC, "--ip", "198.18.0.11", "--mac", "0x11", "--wait")
     try:
         assert where(EVAC) == {"hosta": "running"}
+        claims_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "kvmops-evacuate-*")))
         res = play("playbooks/evacuate.yml", "-e", "host=hosta", timeout=1500)
         assert "Evacuation of hosta: 2 moved, 0 failed" in flat(res), res.stdout[-6000:]
+        # the sliding window (issue 18.4): the plan's order is the largest first, the lanes took the moves
+        # in that order, and never more ran at once than the concurrency (2)
+        planned = re.findall(r"([\w.-]+) -> hostb, to send: ([\d.]+) (\w+)", flat(res))
+        assert sorted(g for g, _n, _u in planned) == sorted([GUEST, EVAC]), flat(res)[-3000:]
+        sizes = [float(n) * 1024 ** "BKMGT".index(u[0]) for _g, n, u in planned]
+        assert sizes == sorted(sizes, reverse=True), planned
+        window = re.findall(r"moved ([\w.-]+) -> hostb \(.*?\) \[#(\d+) (kvmops-lane-\d+): \+([\d.]+) s to \+([\d.]+) s\]",
+                            flat(res))
+        assert sorted(g for g, *_x in window) == sorted([GUEST, EVAC]), flat(res)[-3000:]
+        started = [g for g, *_x in sorted(window, key=lambda w: int(w[1]))]  # in the order the lanes claimed them
+        assert started == [g for g, _n, _u in planned]
+        spans = [(float(b), float(e)) for _g, _p, _l, b, e in window]
+        most = max(sum(1 for b, e in spans if b <= t < e) for t, _e in spans)
+        assert 1 <= most <= 2 and len({lane for _g, _p, lane, _b, _e in window}) <= 2
+        assert re.search(r"window: largest first, at most %d at once \(concurrency 2\)" % most, flat(res))
+        assert set(glob.glob(os.path.join(tempfile.gettempdir(), "kvmops-evacuate-*"))) <= claims_before  # removed
         assert where(GUEST) == {"hostb": "running"} and where(EVAC) == {"hostb": "running"}
         lab.wait_guest_ping(timeout=30)
         lab.wait_guest_ping(ip="198.18.0.11", timeout=30)

@@ -312,3 +312,25 @@ def test_fixed_cost_and_slope_from_two_disk_sizes():
     assert fit["overhead_big_s"] == pytest.approx(6.0) and fit["overhead_small_s"] == pytest.approx(6.0, abs=0.06)
     assert fit["slope_s_per_gib"] == pytest.approx(0.0, abs=0.1)
     assert bench.fixed_and_slope(big, [], 2048, 512) is None
+
+
+def test_link_bound_is_the_bytes_over_the_iperf3_rate():
+    assert bench.link_bound_s(125_000_000, 1000) == pytest.approx(1.0)  # 1 Gbit over 1000 Mbit/s
+    assert bench.link_bound_s(None, 1000) is None and bench.link_bound_s(10, 0) is None
+
+
+def test_scale_rows_show_each_concurrency_against_the_singles_and_the_bound():
+    gib = 1024 ** 3
+    singles = {"scale%d" % i: {"wall_s": 20.0, "ok": True, "link_bytes": gib // 2} for i in range(4)}
+    sc = {"singles": singles,
+          "evacuate_c1": {"wall_s": 60.0, "ok": True, "moved": [], "link_bytes": 2 * gib},
+          "evacuate_c2": {"wall_s": 40.0, "ok": True, "moved": [], "link_bytes": 2 * gib},
+          "evacuate_c4": {"wall_s": 30.0, "ok": False, "moved": ["scale0"], "link_bytes": 2 * gib}}
+    rows = bench.scale_rows(sc, 1000.0)
+    bound = 2 * gib * 8 / 1e9  # 17.2 s
+    assert rows[2] == "| 4 single moves (migrate.yml each), summed | yes | 80.0 | 1.00 | 2.00 | %.1f | %.2f |" % (
+        bound, 80.0 / bound)
+    assert rows[3] == "| evacuate.yml, concurrency 1 | yes | 60.0 | 0.75 | 2.00 | %.1f | %.2f |" % (bound, 60.0 / bound)
+    assert rows[4].startswith("| evacuate.yml, concurrency 2 | yes | 40.0 | 0.50 |")
+    assert rows[5].startswith("| evacuate.yml, concurrency 4 | no (scale0) | 30.0 | 0.38 | 2.00 |")
+    assert bench.scale_rows({"singles": singles}, None)[2].endswith("| 2.00 | - | - |")

@@ -311,7 +311,8 @@ def run_ours(fmt: str = "raw", extra_vars: dict | None = None, timeout: float = 
     wall = time.monotonic() - start
     out = {"wall_s": wall, "ok": res.returncode == 0, "error": (res.stdout + res.stderr)[-600:] if res.returncode else "",
            "link_bytes": link_rx("hostb") - before[1], "src_alloc": before[0], "tasks": task_times(res.stdout),
-           "fmt": fmt, "tls": tls, "health_watched_s": health_watched_s(res.stdout)}
+           "fmt": fmt, "tls": tls, "health_watched_s": health_watched_s(res.stdout),
+           "forecast": forecast_of(res.stdout)}
     return finish(out, sampler)
 
 
@@ -323,6 +324,51 @@ def task_times(stdout: str) -> list[tuple[str, float]]:
         if m:
             times.append((m.group(1).strip(), float(m.group(2))))
     return times
+
+
+def forecast_of(stdout: str) -> dict | None:
+    """The summary's forecast line (issue 19): ``{total_s, actual_s, error_pct, converges}``
+    (``total_s`` None when the forecast said pre-copy does not converge, with its ``lever``);
+    None without the line."""
+    m = re.search(r"forecast beside actual: ([\d.]+) s / ([\d.]+) s \(([+-]?\d+) %\)", stdout)
+    if m:
+        return {"total_s": float(m.group(1)), "actual_s": float(m.group(2)), "error_pct": float(m.group(3)),
+                "converges": True}
+    m = re.search(r"forecast: does not converge \((\S+) recommended\); actual: ([\d.]+) s", stdout)
+    if m:
+        return {"total_s": None, "actual_s": float(m.group(2)), "error_pct": None, "converges": False,
+                "lever": m.group(1)}
+    return None
+
+
+def forecast_rows(r: dict) -> list[str]:
+    """Issue 19: the forecast beside the actual move for every workload of ours (medians of the
+    completed runs; target: total time within +-25 %, the convergence verdict right)."""
+    workloads = [("idle, 2 GiB written, plain", [p["ours"] for p in r.get("pairs", [])], True),
+                 ("idle, 512 MiB written, plain", [p["ours"] for p in r.get("small_pairs", [])], True),
+                 ("idle, 2 GiB written, TLS", [p["ours"] for p in r.get("tls_pairs", [])], True),
+                 ("qcow2, 2 GiB written", [r["qcow2_ours"]] if r.get("qcow2_ours") else [], True)]
+    for name, run in (r.get("convergence") or {}).items():
+        if name.startswith("ours"):
+            # 64 MiB/s dirtied against a 32 MiB/s cap: plain pre-copy does not converge
+            workloads.append(("dirtying 64 MiB/s, cap 32 MiB/s (%s)" % name[5:], [run], False))
+    rows = ["| workload | runs | forecast s | actual s | error % (median, worst) | forecast: converges | right |",
+            "|---|---|---|---|---|---|---|"]
+    for label, runs, converges in workloads:
+        fcs = [x["forecast"] for x in runs if x.get("ok") and x.get("forecast")]
+        if not fcs:
+            rows.append("| %s | 0 | - | - | - | - | - |" % label)
+            continue
+        errs = [f["error_pct"] for f in fcs if f["error_pct"] is not None]
+        said = {f["converges"] for f in fcs}
+        rows.append("| %s | %d | %s | %.1f | %s | %s | %s |" % (
+            label, len(fcs),
+            _f(statistics.median([f["total_s"] for f in fcs if f["total_s"] is not None]) if errs else None),
+            statistics.median([f["actual_s"] for f in fcs]),
+            "%+.0f, %+.0f" % (statistics.median(errs), max(errs, key=abs)) if errs else "-",
+            "/".join("yes" if v else "no (%s)" % fcs[0].get("lever") for v in sorted(said)),
+            "yes" if said == {converges} else "NO"))
+    return rows
 
 
 def health_watched_s(stdout: str) -> float | None:
@@ -922,6 +968,10 @@ def write_report(r: dict) -> None:
         "### Where our time beyond the job goes (medians over the pairs, s)", "", *split_rows(pairs, r), "",
         "### Two amounts of disk data: the fixed cost and the slope", "", *size_rows(r), "",
         "### Check mode and a refused move, timed", "", *timed_rows(r), "",
+        "## Forecast beside actual (issue 19)", "", *forecast_rows(r), "",
+        "Forecast: the pre-flight's (`migrate_guest_forecast`), from the guest's dirty rate, disk write rate, "
+        "memory in use, the copied disks' allocation and the link; actual: the move's job time as the summary "
+        "gives it. Target: within +-25 %, and the convergence verdict right in every run.", "",
         "## Bytes", "", *bytes_rows, "",
         "Link bytes are all bytes into hostb on the lab link during the run (memory, disks, ssh, ansible)."
         " Target <= 1.05.", "",

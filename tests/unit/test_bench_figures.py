@@ -334,3 +334,27 @@ def test_scale_rows_show_each_concurrency_against_the_singles_and_the_bound():
     assert rows[4].startswith("| evacuate.yml, concurrency 2 | yes | 40.0 | 0.50 |")
     assert rows[5].startswith("| evacuate.yml, concurrency 4 | no (scale0) | 30.0 | 0.38 | 2.00 |")
     assert bench.scale_rows({"singles": singles}, None)[2].endswith("| 2.00 | - | - |")
+
+
+def test_forecast_lines_of_the_summary():
+    ok = "    - 'forecast beside actual: 21.3 s / 19.4 s (+10 %), downtime 100 ms / 118 ms, 2 pass(es)'"
+    assert bench.forecast_of(ok) == {"total_s": 21.3, "actual_s": 19.4, "error_pct": 10.0, "converges": True}
+    no = "    - 'forecast: does not converge (auto_converge recommended); actual: 20.0 s, downtime 89 ms'"
+    assert bench.forecast_of(no) == {"total_s": None, "actual_s": 20.0, "error_pct": None, "converges": False,
+                                     "lever": "auto_converge"}
+    assert bench.forecast_of("no forecast here") is None
+
+
+def test_forecast_rows_judge_the_error_and_the_verdict():
+    def run(total, actual, err, conv=True):
+        return {"ok": True, "forecast": {"total_s": total, "actual_s": actual, "error_pct": err, "converges": conv,
+                                         "lever": "auto_converge"}}
+    r = {"pairs": [{"ours": run(21.0, 19.0, 11)}, {"ours": run(24.0, 19.0, 26)}, {"ours": run(20.0, 19.0, 5)}],
+         "convergence": {"ours_autoconverge": run(None, 20.0, None, conv=False),
+                         "ours_postcopy": run(10.0, 19.4, -48)}}
+    rows = bench.forecast_rows(r)
+    assert rows[2] == "| idle, 2 GiB written, plain | 3 | 21.0 | 19.0 | +11, +26 | yes | yes |"
+    assert rows[3].startswith("| idle, 512 MiB written, plain | 0 |")
+    assert rows[6] == "| dirtying 64 MiB/s, cap 32 MiB/s (autoconverge) | 1 | - | 20.0 | - | no (auto_converge) | yes |"
+    # a forecast that said it converges where plain pre-copy cannot is a wrong verdict
+    assert rows[7].endswith("| yes | NO |")

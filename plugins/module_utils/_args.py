@@ -125,6 +125,7 @@ _PREFLIGHT_ONLY: dict[str, dict[str, t.Any]] = {
     "forecast": dict(type="dict", default={}, options=dict(
         enabled=dict(type="bool", default=True),
         seconds=dict(type="int", default=1),
+        link_probe=dict(type="bool", default=True),
         link_mibps=dict(type="float"),
         bandwidth_mibps=dict(type="int"),
         max_downtime_ms=dict(type="int"),

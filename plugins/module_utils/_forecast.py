@@ -301,6 +301,9 @@ def summary_line(fc: dict[str, t.Any]) -> str:
     rec = (fc.get("recommendation") or {})
     if rec.get("lever", "none") != "none":
         head += "; recommended: %s" % rec["msg"]
+        others = [lv["lever"] for lv in fc.get("levers") or [] if lv.get("lever") != rec["lever"]]
+        if others:
+            head += " (other levers: %s)" % ", ".join(others)
     return head + "."
 
 

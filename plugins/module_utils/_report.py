@@ -96,7 +96,8 @@ def _cold_words(stats: dict[str, t.Any], forced: bool) -> str:
 
 def forecast_beside_actual(fc: dict[str, t.Any] | None, summary: dict[str, t.Any]) -> dict[str, t.Any] | None:
     """The pre-flight's forecast (``_forecast.forecast``) beside what the move did:
-    ``{verdict, total_s, downtime_ms, memory_passes, lever, link_measured, link (words), msg, actual_s,
+    ``{verdict, total_s, downtime_ms, memory_passes, lever, levers (every lever, gentlest first),
+    inputs (the forecast's), link_measured, link (words), msg, actual_s,
     actual_downtime_ms, error_pct}``; ``error_pct`` is ``100 * (forecast - actual) / actual`` of the
     total time (None unless both are known). None without a forecast."""
     if not fc:
@@ -105,6 +106,7 @@ def forecast_beside_actual(fc: dict[str, t.Any] | None, summary: dict[str, t.Any
            "memory_passes": fc.get("memory_passes"), "lever": (fc.get("recommendation") or {}).get("lever"),
            "link_measured": fc.get("link_measured"), "msg": fc.get("msg"),
            "link": _forecast.link_words(fc["link"]) if fc.get("link") else None,
+           "levers": [lv.get("lever") for lv in fc.get("levers") or []], "inputs": fc.get("inputs"),
            "actual_s": summary.get("duration_s"), "actual_downtime_ms": summary.get("downtime_ms"), "error_pct": None}
     if out["total_s"] and out["actual_s"]:
         out["error_pct"] = round(100.0 * (float(out["total_s"]) - float(out["actual_s"])) / float(out["actual_s"]), 1)

@@ -84,7 +84,7 @@ _MIGRATE_ONLY: dict[str, dict[str, t.Any]] = {
     "downtime_steps": dict(type="int", default=1),
     "downtime_start_ms": dict(type="int", default=100),
     "postcopy_on_stall": dict(type="bool", default=False),
-    "stall_passes": dict(type="int", default=3),
+    "stall_iterations": dict(type="int", default=3),
     "switchover_bandwidth_bps": dict(type="int"),
     "timeout_s_per_gib": dict(type="float", default=800),
     "timeout_min_s": dict(type="float", default=300),

@@ -13,7 +13,7 @@ take the gentlest lever the operator allowed, each only when the one before was 
    "allowed" means the job started with ``VIR_MIGRATE_AUTO_CONVERGE``; QEMU then throttles the
    vCPUs itself, only while the move does not converge. The ladder records when the throttle
    (``VIR_DOMAIN_JOB_AUTO_CONVERGE_THROTTLE``) first shows, and how far it went.
-3. **Post-copy**: once the downtime is at its top and ``stall_passes`` more passes did not end the
+3. **Post-copy**: once the downtime is at its top and ``stall_iterations`` more passes did not end the
    move (counted from the throttle's start when auto-converge is allowed and throttling), and only
    with ``postcopy`` (the job started with ``VIR_MIGRATE_POSTCOPY``) and ``postcopy_on_stall``:
    ``virDomainMigrateStartPostCopy``. Post-copy moves memory only: never while disks are copied.
@@ -56,7 +56,7 @@ class LadderOptions:
     """What the operator allowed: ``max_downtime_ms`` (None: QEMU's default, no downtime steps),
     ``downtime_steps`` and ``downtime_start_ms`` (ms), ``auto_converge`` (the job has
     ``VIR_MIGRATE_AUTO_CONVERGE``), ``postcopy`` (post-copy when the ladder is exhausted: the job
-    has ``VIR_MIGRATE_POSTCOPY`` and the operator asked for it), ``stall_passes`` (memory passes at
+    has ``VIR_MIGRATE_POSTCOPY`` and the operator asked for it), ``stall_iterations`` (memory passes at
     the top of the ladder before post-copy)."""
 
     max_downtime_ms: int | None = None
@@ -64,7 +64,7 @@ class LadderOptions:
     downtime_start_ms: int = DEFAULT_START_MS
     auto_converge: bool = False
     postcopy: bool = False
-    stall_passes: int = 3
+    stall_iterations: int = 3
 
 
 class Ladder:
@@ -126,7 +126,7 @@ class Ladder:
             base = self.top_iteration
             if self.opts.auto_converge and self.throttle_iteration is not None:
                 base = max(base, self.throttle_iteration)
-            if iteration >= base + max(1, int(self.opts.stall_passes)):
+            if iteration >= base + max(1, int(self.opts.stall_iterations)):
                 self.postcopy_requested = True
                 self.reason = ("the ladder is exhausted (%s) and memory pass %d still did not converge: "
                                "switched to post-copy" % (self._exhausted_words(), iteration))
@@ -141,11 +141,11 @@ class Ladder:
         return ", ".join(words)
 
     def as_result(self) -> dict[str, t.Any]:
-        """``{allowed: {downtime_steps_ms: [ms], auto_converge, postcopy, stall_passes}, steps:
+        """``{allowed: {downtime_steps_ms: [ms], auto_converge, postcopy, stall_iterations}, steps:
         [...], msg}``: what the operator allowed, the steps taken (see the class docstring),
         and :func:`describe` of them."""
         return {"allowed": {"downtime_steps_ms": list(self.values), "auto_converge": bool(self.opts.auto_converge),
-                            "postcopy": bool(self.opts.postcopy), "stall_passes": int(self.opts.stall_passes)},
+                            "postcopy": bool(self.opts.postcopy), "stall_iterations": int(self.opts.stall_iterations)},
                 "steps": [dict(s) for s in self.steps], "msg": describe(self.steps)}
 
 
@@ -182,7 +182,7 @@ def options_for(opts: t.Any, plan: t.Any) -> LadderOptions:
                          downtime_start_ms=int(opts.downtime_start_ms or DEFAULT_START_MS),
                          auto_converge="VIR_MIGRATE_AUTO_CONVERGE" in names,
                          postcopy=bool(opts.postcopy_on_stall) and "VIR_MIGRATE_POSTCOPY" in names,
-                         stall_passes=int(opts.stall_passes or 3))
+                         stall_iterations=int(opts.stall_iterations or 3))
 
 
 def drive(ladder: Ladder, dom: t.Any, sample: dict[str, t.Any], notes: list[str],

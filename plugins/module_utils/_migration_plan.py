@@ -99,11 +99,11 @@ class MigrationOptions:
     auto_converge_increment: int | None = _args.spec_field("migrate", "auto_converge_increment")
     #: the convergence ladder (``_convergence``): max downtime in this many steps from
     #: downtime_start_ms up to max_downtime_ms, post-copy when it is exhausted
-    #: (postcopy_on_stall, after stall_passes passes at its top)
+    #: (postcopy_on_stall, after stall_iterations passes at its top)
     downtime_steps: int = _args.spec_field("migrate", "downtime_steps")
     downtime_start_ms: int = _args.spec_field("migrate", "downtime_start_ms")
     postcopy_on_stall: bool = _args.spec_field("migrate", "postcopy_on_stall")
-    stall_passes: int = _args.spec_field("migrate", "stall_passes")
+    stall_iterations: int = _args.spec_field("migrate", "stall_iterations")
     #: the bandwidth available for the switch-over (bytes/s; the link the pre-flight measured):
     #: VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER where the binding has it
     switchover_bandwidth_bps: int | None = _args.spec_field("migrate", "switchover_bandwidth_bps")
@@ -180,7 +180,7 @@ class MigrationOptions:
         if self.postcopy_on_stall and not self.postcopy:
             raise KvmopsError("postcopy_on_stall needs postcopy=true: post-copy is used only on explicit "
                               "opt-in (a failure during post-copy pauses the guest on the destination).")
-        for name in ("downtime_steps", "downtime_start_ms", "stall_passes"):
+        for name in ("downtime_steps", "downtime_start_ms", "stall_iterations"):
             if getattr(self, name) is None or getattr(self, name) < 1:
                 raise KvmopsError("%s must be at least 1, got %s." % (name, getattr(self, name)))
         if self.switchover_bandwidth_bps is not None and self.switchover_bandwidth_bps < 0:

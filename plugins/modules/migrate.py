@@ -106,14 +106,14 @@ options:
   postcopy_on_stall:
     description:
       - The ladder's last lever - switch to post-copy (C(virDomainMigrateStartPostCopy)) once the downtime
-        is at its top and O(stall_passes) more memory passes did not end the move (counted from the start of
+        is at its top and O(stall_iterations) more memory passes did not end the move (counted from the start of
         auto-converge's throttling when O(auto_converge) is set). Needs O(postcopy) (the job must start with
         C(VIR_MIGRATE_POSTCOPY)); never while disks are still copied.
       - Auto-converge, the middle lever, cannot be switched on during a job - O(auto_converge) starts the job
         with it, and QEMU then throttles the vCPUs only while the move does not converge.
     type: bool
     default: false
-  stall_passes:
+  stall_iterations:
     description: Memory passes at the top of the ladder before O(postcopy_on_stall) switches to post-copy.
     type: int
     default: 3
@@ -530,7 +530,7 @@ convergence:
   type: dict
   contains:
     allowed:
-      description: "C(downtime_steps_ms) (the maximum downtimes of the steps), C(auto_converge), C(postcopy) (O(postcopy_on_stall)), C(stall_passes)."
+      description: "C(downtime_steps_ms) (the maximum downtimes of the steps), C(auto_converge), C(postcopy) (O(postcopy_on_stall)), C(stall_iterations)."
       type: dict
     steps:
       description:
@@ -543,7 +543,7 @@ convergence:
     msg:
       description: The steps in words, for the summary.
       type: str
-  sample: {allowed: {downtime_steps_ms: [100, 300, 500], auto_converge: true, postcopy: false, stall_passes: 3},
+  sample: {allowed: {downtime_steps_ms: [100, 300, 500], auto_converge: true, postcopy: false, stall_iterations: 3},
            steps: [{step: downtime, at_s: 0.0, memory_iteration: null, max_downtime_ms: 100},
                    {step: downtime, at_s: 9.1, memory_iteration: 2, max_downtime_ms: 300},
                    {step: auto_converge, at_s: 12.2, memory_iteration: 3, throttle_percent: 20, throttle_max_percent: 40}],

@@ -220,7 +220,7 @@ options:
       - The link's throughput is measured through the migration port the move will use (O(forecast.link_probe),
         with O(dest_probe)) - the source streams zeros to the destination's listener for about 1 s (at most
         256 MiB), the listener reports the bytes it received and over what time, and the rate is theirs
-        (finding C(forecast), values C(link_bps) and C(link_seconds); RV(forecast.link)). The move's rate is the
+        (finding C(forecast), values C(link_bps) and C(link_seconds); C(forecast.link)). The move's rate is the
         least of it and the cap O(forecast.bandwidth_mibps).
       - Without a measurement - O(forecast.link_mibps) when given, else the bandwidth cap, else an assumed
         1 Gbit/s; the forecast says that the rate is assumed.

@@ -34,7 +34,7 @@ def guest_shell(cmd: str) -> str:
 
 
 def stop_dirtying() -> None:
-    for _ in range(20):  # the guest's shell serves one connection at a time
+    for dummy in range(20):  # the guest's shell serves one connection at a time
         if "stopped" in guest_shell(DIRTY_STOP):
             return
         time.sleep(1)

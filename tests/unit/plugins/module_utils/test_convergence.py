@@ -96,13 +96,13 @@ def test_auto_converge_is_recorded_when_qemu_throttles_and_how_far():
 def test_postcopy_only_when_the_ladder_is_exhausted_and_allowed():
     samples = [sample(0.0, None)] + [sample(2.0 * i, i) for i in range(1, 12)]
     # downtime steps at passes 2 and 3 (top), then 3 more passes: post-copy at pass 6
-    ladder = cv.Ladder(cv.LadderOptions(max_downtime_ms=500, downtime_steps=3, postcopy=True, stall_passes=3))
+    ladder = cv.Ladder(cv.LadderOptions(max_downtime_ms=500, downtime_steps=3, postcopy=True, stall_iterations=3))
     actions = run(ladder, samples)
     assert actions[-1] == (12.0, [("postcopy", None)]) and ladder.steps[-1]["memory_iteration"] == 6
     assert "max downtime 500 ms" in ladder.reason and "memory pass 6" in ladder.reason
     assert ladder.observe(sample(24.0, 12)) == []  # once
     # not allowed: the ladder stops at its top, the completion timeout decides
-    stays = cv.Ladder(cv.LadderOptions(max_downtime_ms=500, downtime_steps=3, stall_passes=3))
+    stays = cv.Ladder(cv.LadderOptions(max_downtime_ms=500, downtime_steps=3, stall_iterations=3))
     assert ("postcopy", None) not in [a for _t, acts in run(stays, samples) for a in acts]
 
 
@@ -110,7 +110,7 @@ def test_postcopy_waits_for_auto_converge_to_have_had_its_passes():
     samples = [sample(0.0, None), sample(2.0, 1), sample(4.0, 2), sample(6.0, 3), sample(8.0, 4),
                sample(10.0, 5, 20), sample(12.0, 6, 30), sample(14.0, 7, 40), sample(16.0, 8, 50)]
     ladder = cv.Ladder(cv.LadderOptions(max_downtime_ms=300, downtime_steps=2, auto_converge=True,
-                                        postcopy=True, stall_passes=3))
+                                        postcopy=True, stall_iterations=3))
     actions = run(ladder, samples)
     # the downtime's top at pass 2, throttling from pass 5: post-copy at pass 5 + 3 = 8, not at 2 + 3
     assert [t for t, acts in actions if ("postcopy", None) in acts] == [16.0]
@@ -118,14 +118,13 @@ def test_postcopy_waits_for_auto_converge_to_have_had_its_passes():
 
 
 def test_no_postcopy_while_the_disks_are_copied():
-    ladder = cv.Ladder(cv.LadderOptions(postcopy=True, stall_passes=1))
+    ladder = cv.Ladder(cv.LadderOptions(postcopy=True, stall_iterations=1))
     assert run(ladder, [sample(1.0, None, phase="storage"), sample(2.0, None, phase="storage")]) == []
     assert run(ladder, [sample(3.0, 1), sample(4.0, 2)]) == [(4.0, [("postcopy", None)])]
 
 
 def test_options_come_from_the_flags_the_job_has():
-    o = opts(max_downtime_ms=500, downtime_steps=3, auto_converge=True,
-                            postcopy=True, postcopy_on_stall=True)
+    o = opts(max_downtime_ms=500, downtime_steps=3, auto_converge=True, postcopy=True, postcopy_on_stall=True)
     plan = mp.build_plan(o, {"name": "vm12", "uuid": UUID, "active": True, "persistent": True, "disks": [],
                              "memory_bytes": 0}, LV)
     got = cv.options_for(o, plan)
@@ -162,7 +161,7 @@ def run_move(**kw):
 
 def test_the_driver_steps_the_downtime_then_switches_to_postcopy_and_says_when():
     sdom, res = run_move(max_downtime_ms=500, downtime_steps=3, postcopy=True, postcopy_on_stall=True,
-                         stall_passes=2, timeout_min_s=600)
+                         stall_iterations=2, timeout_min_s=600)
     assert res["state"] == "migrated"
     downs = [c[1] for c in sdom.calls if isinstance(c, tuple) and c[0] == "migrateSetMaxDowntime"]
     assert downs == [100, 300, 500]

@@ -210,7 +210,7 @@ def test_the_listener_times_the_stream_from_its_first_read_and_caps_it():
     chunk = bytes(1024 * 1024)
 
     def send_four():
-        for _ in range(4):
+        for dummy in range(4):
             left.sendall(chunk)
         left.shutdown(socket.SHUT_WR)
     with left, right:

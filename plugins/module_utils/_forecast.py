@@ -111,6 +111,8 @@ class ForecastInputs:
     link_measured: bool = False
     stream_bps: float | None = None
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: the link measurement behind ``link_bps`` (``_probe.probe_link``), None when not measured
+    link: dict[str, t.Any] | None = None
 
 
 def _passes(memory_bytes: float, rate: float, dirty_bps: float, threshold: float) -> tuple[list[float], float, bool]:
@@ -139,6 +141,7 @@ def forecast(inputs: ForecastInputs) -> dict[str, t.Any]:
     """The forecast of one live migration (the model of this module's docstring).
 
     :returns: ``{verdict: "converges" | "does not converge", converges: bool, reason: str,
+        link: the measurement behind the link rate or None,
         total_s (None when it does not converge), storage_s (None when the mirror cannot catch
         up), memory_s, memory_passes (pre-copy passes, the first full one included, None when it
         does not converge; libvirt's ``memory_iteration`` counts dirty-bitmap syncs, one or two
@@ -170,6 +173,7 @@ def forecast(inputs: ForecastInputs) -> dict[str, t.Any]:
         assumptions.append("the link rate (%.0f MiB/s) is assumed, not measured" % (inputs.link_bps / MIB))
     out: dict[str, t.Any] = {
         "link_measured": bool(inputs.link_measured), "rate_bps": _round(rate), "capped": capped,
+        "link": dict(inputs.link) if inputs.link else None,
         "assumptions": assumptions,
         "inputs": {"memory_bytes": int(inputs.memory_bytes), "disk_bytes": int(inputs.disk_bytes),
                    "link_bps": _round(float(inputs.link_bps)), "dirty_bps": _round(float(inputs.dirty_bps)),
@@ -286,8 +290,9 @@ def completion_timeout_s(fc: dict[str, t.Any] | None, multiple: float, min_s: fl
 
 def summary_line(fc: dict[str, t.Any]) -> str:
     """One line for the operator: verdict, total, passes, downtime, the recommendation."""
-    rate = "%.0f MiB/s (%s)" % (float(fc.get("rate_bps") or 0) / MIB, "the bandwidth cap" if fc.get("capped") else
-                                "link measured" if fc.get("link_measured") else "link assumed, not measured")
+    link = link_words(fc["link"]) if fc.get("link") else "link assumed, not measured"
+    rate = "%.0f MiB/s (%s)" % (float(fc.get("rate_bps") or 0) / MIB,
+                                "the bandwidth cap; %s" % link if fc.get("capped") else link)
     if fc.get("converges"):
         head = "Forecast: converges in about %.1f s (%d memory pass(es), downtime about %d ms) at %s" % (
             fc["total_s"], fc["memory_passes"], fc["downtime_ms"], rate)
@@ -296,6 +301,9 @@ def summary_line(fc: dict[str, t.Any]) -> str:
     rec = (fc.get("recommendation") or {})
     if rec.get("lever", "none") != "none":
         head += "; recommended: %s" % rec["msg"]
+        others = [lv["lever"] for lv in fc.get("levers") or [] if lv.get("lever") != rec["lever"]]
+        if others:
+            head += " (other levers: %s)" % ", ".join(others)
     return head + "."
 
 
@@ -454,18 +462,22 @@ def _read_dirtyrate(dom: t.Any, lv: t.Any, seconds: int, clock: t.Callable[[], f
         sleep(0.2)
 
 
-def inputs_from_measurement(measured: dict[str, t.Any], disk_bytes: int, *, link_bps: float | None = None,
-                            bandwidth_mibps: int | None = None, max_downtime_ms: int | None = None,
-                            stream_bps: float | None = None) -> ForecastInputs:
+def inputs_from_measurement(measured: dict[str, t.Any], disk_bytes: int, *, link: dict[str, t.Any] | None = None,
+                            link_bps: float | None = None, bandwidth_mibps: int | None = None,
+                            max_downtime_ms: int | None = None, stream_bps: float | None = None) -> ForecastInputs:
     """:class:`ForecastInputs` from :func:`measure_guest` and the copied disks' allocation
-    (bytes). ``link_bps``: a measured link rate (None: not measured; then the bandwidth cap, else
-    :data:`ASSUMED_LINK_BPS`, and the forecast says the rate is assumed). A dirty rate that was
-    not measured counts as 0 and the forecast says so."""
+    (bytes). The link rate, first found: ``link``, the pre-flight's measurement of the link
+    (``_probe.probe_link``'s ``{bps, bytes, seconds, port}``); ``link_bps``, the operator's figure;
+    the bandwidth cap; :data:`ASSUMED_LINK_BPS`. Only the first counts as measured; the others are
+    said to be assumed. A dirty rate that was not measured counts as 0 and the forecast says so."""
     sources = {"memory_bytes": "memory in use (%s)" % measured.get("memory_source"),
                "disk_bytes": "allocation of the copied disks",
                "disk_write_bps": "virDomainBlockStats over %.1f s" % float(measured.get("window_s") or 0)}
-    if link_bps:
-        sources["link_bps"] = "measured"
+    if link and link.get("bps"):
+        link_bps = float(link["bps"])
+        sources["link_bps"] = link_words(link)
+    elif link_bps:
+        sources["link_bps"] = "given (forecast.link_mibps), not measured"
     elif bandwidth_mibps:
         link_bps = float(bandwidth_mibps) * MIB
         sources["link_bps"] = "assumed: the bandwidth cap (bandwidth_mibps), not measured"
@@ -479,4 +491,10 @@ def inputs_from_measurement(measured: dict[str, t.Any], disk_bytes: int, *, link
                           disk_write_bps=float(measured.get("disk_write_bps") or 0.0),
                           max_downtime_ms=max_downtime_ms,
                           bandwidth_bps=float(bandwidth_mibps) * MIB if bandwidth_mibps else None,
-                          link_measured=sources["link_bps"] == "measured", stream_bps=stream_bps, sources=sources)
+                          link_measured=bool(link and link.get("bps")), stream_bps=stream_bps, sources=sources,
+                          link=dict(link) if link and link.get("bps") else None)
+
+
+def link_words(link: dict[str, t.Any]) -> str:
+    """``link measured X MiB/s over Y s`` of a measured link (``{bps, seconds, ...}``)."""
+    return "link measured %.0f MiB/s over %.1f s" % (float(link["bps"]) / MIB, float(link.get("seconds") or 0))

@@ -59,6 +59,7 @@ import time
 import typing as t
 import uuid as uuidlib
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _convergence
 from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xml
 from ansible_collections.kvmops.migration.plugins.module_utils import _health
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
@@ -363,8 +364,8 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
     """The part of :func:`migrate_domain` from ``migrate3`` on: run and watch the job, recover
     after a failure, read the result and check the guest's health on the destination."""
     dest_label = opts.dest_host
-    monitor = MigrationMonitor(plan.timeout_s, plan.timeout_action, plan.max_downtime_ms,
-                               opts.abort_grace_s, lv)
+    ladder = _convergence.Ladder(_convergence.options_for(opts, plan))  # it sets the max downtime, not the monitor
+    monitor = MigrationMonitor(plan.timeout_s, plan.timeout_action, None, opts.abort_grace_s, lv)
     worker = _Worker(dom, dconn, plan.params, plan.flags, rt.clock)
     worker.start()
     notes: list[str] = []
@@ -401,6 +402,9 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
         action = monitor.observe(stats, elapsed)
         if monitor.last is not None and monitor.last["active"]:
             rt.progress(monitor.last)
+        if action == "wait" and monitor.last is not None and monitor.postcopy_at is None and monitor.aborted_at is None \
+                and _convergence.drive(ladder, dom, monitor.last, notes, rt.log, lv):
+            monitor.postcopy_at, monitor.reason = elapsed, ladder.reason
         if action == "set_downtime":
             try:
                 dom.migrateSetMaxDowntime(int(plan.max_downtime_ms or 0), 0)
@@ -430,7 +434,7 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
     hard_deadline = None
     if plan.timeout_s is not None:
         hard_deadline = plan.timeout_s + opts.abort_grace_s + 10 * max(opts.poll_interval_s, 1.0)
-        if plan.timeout_action == "postcopy":
+        if plan.timeout_action == "postcopy" or ladder.opts.postcopy:
             hard_deadline = None  # a post-copy phase must be waited for; it cannot be undone
     started_clock = rt.clock()
     outcome = wait_for(check, timing(opts.poll_interval_s, hard_deadline, rt.clock, rt.pause(worker)))
@@ -481,7 +485,8 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
             "Migration of %s from %s to %s failed (%s; last progress: %s). %s"
             % (source["name"], src_where, opts.dest_host, why, progress_text(monitor.last), " ".join(recovery)),
             detail=_libvirt.libvirt_error_detail(err) if not isinstance(err, KvmopsError) else str(err),
-            values={"progress": monitor.last, "plan": plan.as_result(), "notes": notes})
+            values={"progress": monitor.last, "plan": plan.as_result(), "notes": notes,
+                    "convergence": ladder.as_result()})
 
     ddom = worker.result
     # first, before anything else can take time: the source's QEMU has stopped, so its NVRAM
@@ -525,6 +530,7 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
     return dict(result, changed=True, state="migrated", now_on=opts.dest_host,
                 dest_state=dest_info["state"] if dest_info else None, stats=summary,
                 progress=monitor.last, escalation=monitor.reason, health=health, nvram=nvram,
+                convergence=ladder.as_result(),
                 warnings=result["warnings"] + notes, msg=msg)
 
 

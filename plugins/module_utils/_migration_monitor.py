@@ -68,7 +68,8 @@ def progress_from_stats(stats: dict[str, t.Any], elapsed_s: float, lv: t.Any = N
     Shape: ``{elapsed_s, active: bool, phase: setup|storage|memory|none, percent,
     data_total_bytes, data_remaining_bytes, memory_remaining_bytes, disk_remaining_bytes,
     memory_iteration, dirty_rate_bytes_per_s, memory_bps, disk_bps, time_ms, downtime_ms,
-    memory_processed_bytes, disk_processed_bytes, data_processed_bytes}``; percent of all data
+    memory_processed_bytes, disk_processed_bytes, data_processed_bytes, auto_converge_throttle}``;
+    percent of all data
     (memory + disks) processed, None when libvirt reports no total yet; ``downtime_ms`` of a
     running job is libvirt's estimate.
     """
@@ -114,6 +115,8 @@ def progress_from_stats(stats: dict[str, t.Any], elapsed_s: float, lv: t.Any = N
         "memory_processed_bytes": _stat(stats, lv, "VIR_DOMAIN_JOB_MEMORY_PROCESSED"),
         "disk_processed_bytes": _stat(stats, lv, "VIR_DOMAIN_JOB_DISK_PROCESSED"),
         "data_processed_bytes": _stat(stats, lv, "VIR_DOMAIN_JOB_DATA_PROCESSED"),
+        # percent of vCPU time auto-converge takes from the guest (the convergence ladder)
+        "auto_converge_throttle": _stat(stats, lv, "VIR_DOMAIN_JOB_AUTO_CONVERGE_THROTTLE"),
     }
 
 

@@ -97,6 +97,16 @@ class MigrationOptions:
     auto_converge: bool = _args.spec_field("migrate", "auto_converge")
     auto_converge_initial: int | None = _args.spec_field("migrate", "auto_converge_initial")
     auto_converge_increment: int | None = _args.spec_field("migrate", "auto_converge_increment")
+    #: the convergence ladder (``_convergence``): max downtime in this many steps from
+    #: downtime_start_ms up to max_downtime_ms, post-copy when it is exhausted
+    #: (postcopy_on_stall, after stall_iterations passes at its top)
+    downtime_steps: int = _args.spec_field("migrate", "downtime_steps")
+    downtime_start_ms: int = _args.spec_field("migrate", "downtime_start_ms")
+    postcopy_on_stall: bool = _args.spec_field("migrate", "postcopy_on_stall")
+    stall_iterations: int = _args.spec_field("migrate", "stall_iterations")
+    #: the bandwidth available for the switch-over (bytes/s; the link the pre-flight measured):
+    #: VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER where the binding has it
+    switchover_bandwidth_bps: int | None = _args.spec_field("migrate", "switchover_bandwidth_bps")
     compression: list[str] = _args.spec_field("migrate", "compression")
     parallel_connections: int | None = _args.spec_field("migrate", "parallel_connections")
     #: True: QEMU's native TLS (VIR_MIGRATE_TLS), refused without valid certificates on the
@@ -167,6 +177,14 @@ class MigrationOptions:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise KvmopsError("%s must not be negative, got %s." % (name, value))
+        if self.postcopy_on_stall and not self.postcopy:
+            raise KvmopsError("postcopy_on_stall needs postcopy=true: post-copy is used only on explicit "
+                              "opt-in (a failure during post-copy pauses the guest on the destination).")
+        for name in ("downtime_steps", "downtime_start_ms", "stall_iterations"):
+            if getattr(self, name) is None or getattr(self, name) < 1:
+                raise KvmopsError("%s must be at least 1, got %s." % (name, getattr(self, name)))
+        if self.switchover_bandwidth_bps is not None and self.switchover_bandwidth_bps < 0:
+            raise KvmopsError("switchover_bandwidth_bps must not be negative, got %s." % self.switchover_bandwidth_bps)
         if (self.auto_converge_initial is not None or self.auto_converge_increment is not None) \
                 and not self.auto_converge:
             raise KvmopsError("auto_converge_initial/increment need auto_converge=true.")
@@ -459,6 +477,13 @@ def build_params(opts: MigrationOptions, *, dest_name: str, disks: list[str], ac
             put("VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL", int(opts.auto_converge_initial))
         if opts.auto_converge_increment is not None:
             put("VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT", int(opts.auto_converge_increment))
+    if opts.switchover_bandwidth_bps:
+        if _libvirt.const(lv, "VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER") is None:
+            warnings.append("switchover_bandwidth_bps not passed: libvirt %s has no bandwidth.avail.switchover "
+                            "parameter (libvirt >= 11.1, QEMU >= 9.1); QEMU estimates the switch-over bandwidth "
+                            "itself." % _libvirt.binding_version(lv))
+        else:
+            put("VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER", int(opts.switchover_bandwidth_bps))
     if opts.compression:
         put("VIR_MIGRATE_PARAM_COMPRESSION", list(opts.compression))
     if opts.parallel_connections:

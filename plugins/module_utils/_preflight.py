@@ -209,6 +209,8 @@ class Probes:
     tcp: t.Callable[[str, int, float], str] = _checks_network.tcp_probe
     #: a connect that says hello to a ``preflight_dest`` listener (:func:`_probe.probe_port`)
     probe_port: t.Callable[[str, int, str | None, float], str] = _probe.probe_port
+    #: the same probe streaming zeros for about 1 s to measure the link (:func:`_probe.probe_link`)
+    probe_link: t.Callable[[str, int, str, float], tuple[str, dict[str, t.Any] | None]] = _probe.probe_link
     marker_seen: t.Callable[[dict[str, t.Any], str], bool] = _probe.marker_seen
     exists: t.Callable[[str], bool] = os.path.exists
     is_local: t.Callable[[str], bool] = _checks_network.is_local_address
@@ -326,17 +328,23 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
     probe_id = probe.get("probe_id")
     held = {int(p["requested"]): p for p in probe.get("ports") or [] if p.get("requested") is not None}
     probed: dict[int, str] = {}
+    links: dict[int, dict[str, t.Any] | None] = {}
 
-    def data_port(requested: int) -> tuple[str, dict[str, t.Any] | None]:
-        """(result, listener entry or None) of the port the move asks for."""
+    def data_port(requested: int, link: bool = False) -> tuple[str, dict[str, t.Any] | None]:
+        """(result, listener entry or None) of the port the move asks for; with ``link``, the
+        probe also measures the link into ``links``."""
         entry = held.get(int(requested))
         if entry is None:
             return probes.tcp(opts.dest_host, requested, opts.port_timeout_s), None
         if entry.get("state") != "listening" or not entry.get("port"):
             return "unavailable", entry
         if int(requested) not in probed:
-            probed[int(requested)] = probes.probe_port(opts.dest_host, int(entry["port"]), probe_id,
-                                                       opts.port_timeout_s)
+            if link and probe_id:
+                probed[int(requested)], links[int(requested)] = probes.probe_link(
+                    opts.dest_host, int(entry["port"]), probe_id, opts.port_timeout_s)
+            else:
+                probed[int(requested)] = probes.probe_port(opts.dest_host, int(entry["port"]), probe_id,
+                                                           opts.port_timeout_s)
         return probed[int(requested)], entry
 
     def done() -> dict[str, t.Any]:
@@ -438,6 +446,9 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         measuring = _forecast.start_measure(dom, lv, [d["target"] for d in facts["disks"] if d.get("copy")],
                                             fsettings["seconds"], probes.monotonic) \
             if active and fsettings["enabled"] else None
+        if measuring is not None and fsettings["link_probe"] and opts.migrate_port:
+            # the link, through the port memory will take, for about 1 s inside the guest's window
+            data_port(opts.migrate_port, link=True)
         findings.append(_checks_guest.check_distinct_hosts(
             {"host": src_label, "uuid": src_facts["uuid"], "hostname": src_facts["hostname"]},
             {"host": dest, "uuid": dst_facts["uuid"], "hostname": dst_facts["hostname"]},
@@ -533,7 +544,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
             wanted.append("disks_uri")  # _migration_plan.build_params uses it when the binding has it
         findings.extend(_checks_guest.check_versions(src_facts, dst_facts, wanted, dest))
         if measuring is not None:
-            result["forecast"] = forecast_move(measuring, copy_disks, fsettings, probes)
+            result["forecast"] = forecast_move(measuring, copy_disks, fsettings, probes,
+                                               links.get(int(opts.migrate_port)) if opts.migrate_port else None)
             findings.append(forecast_finding(result["forecast"], src_label))
     return done()
 
@@ -552,15 +564,17 @@ def forecast_settings(given: dict[str, t.Any] | None) -> dict[str, t.Any]:
 
 
 def forecast_move(measuring: _forecast.Measurement, copy_disks: list[dict[str, t.Any]], settings: dict[str, t.Any],
-                  probes: Probes) -> dict[str, t.Any]:
-    """:func:`_forecast.forecast` of the move from the guest's measurement and the copied
-    disks' allocation (bytes): the forecast dict plus ``measured`` (what
-    :func:`_forecast.finish_measure` saw)."""
+                  probes: Probes, link: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+    """:func:`_forecast.forecast` of the move from the guest's measurement, the copied disks'
+    allocation (bytes) and the link the pre-flight measured (:func:`_probe.probe_link`'s
+    ``{bps, bytes, seconds, port}``, None: not measured): the forecast dict plus ``measured``
+    (what :func:`_forecast.finish_measure` saw)."""
     measured = _forecast.finish_measure(measuring, [d["target"] for d in copy_disks], probes.monotonic, probes.sleep)
     disk_bytes = copy_bytes(copy_disks)
-    link = settings.get("link_mibps")
     stream = settings.get("stream_mibps")
-    inputs = _forecast.inputs_from_measurement(measured, disk_bytes, link_bps=float(link) * _forecast.MIB if link else None,
+    given = settings.get("link_mibps")
+    inputs = _forecast.inputs_from_measurement(measured, disk_bytes, link=link,
+                                               link_bps=float(given) * _forecast.MIB if given else None,
                                                bandwidth_mibps=settings.get("bandwidth_mibps") or None,
                                                max_downtime_ms=settings.get("max_downtime_ms") or None,
                                                stream_bps=float(stream) * _forecast.MIB if stream else None)
@@ -579,7 +593,8 @@ def forecast_finding(fc: dict[str, t.Any], host: str) -> dict[str, t.Any]:
     rec = fc.get("recommendation") or {}
     return finding("forecast", status, host, msg, verdict=fc["verdict"], total_s=fc.get("total_s"),
                    memory_passes=fc.get("memory_passes"), downtime_ms=fc.get("downtime_ms"),
-                   lever=rec.get("lever"), link_measured=fc.get("link_measured"))
+                   lever=rec.get("lever"), link_measured=fc.get("link_measured"),
+                   link_bps=(fc.get("link") or {}).get("bps"), link_seconds=(fc.get("link") or {}).get("seconds"))
 
 
 def check_transport(opts: PreflightOptions, probes: Probes, *, live: bool, copies_disks: bool, dest_uri: str,

@@ -32,6 +32,15 @@ port the listener does not hold (one held by another incoming migration is left 
 
 Protocol, one line each way: the source sends ``KVMOPS-PROBE <probe_id>\\n``, the listener answers
 ``KVMOPS-OK <probe_id> <port>\\n`` and closes.
+
+The link (issue 19): the source may instead send ``KVMOPS-STREAM <probe_id> <max_bytes>
+<max_ms>\\n``; the listener answers the same ``KVMOPS-OK`` line, then reads what the source
+streams (zeros, at most ``max_bytes`` and ``max_ms``, each capped by the listener at
+:data:`STREAM_MAX_BYTES` and :data:`STREAM_MAX_S`) until the source shuts its side, and answers
+``KVMOPS-RATE <bytes> <seconds>\\n``: the bytes received after the first read and the time from
+the first read to the last, measured on the receiving side (the sender's socket buffers cannot
+inflate it). The source computes the rate with :func:`link_rate`. This probe also counts as the
+port's probe.
 """
 
 from __future__ import annotations
@@ -49,6 +58,15 @@ from ansible_collections.kvmops.migration.plugins.module_utils._errors import Kv
 
 HELLO = "KVMOPS-PROBE"
 ACK = "KVMOPS-OK"
+STREAM = "KVMOPS-STREAM"
+RATE = "KVMOPS-RATE"
+#: the link stream's bounds (both sides): at most this many bytes and seconds
+STREAM_MAX_BYTES = 256 * 1024 ** 2
+STREAM_MAX_S = 1.0
+#: a stream shorter than this (seconds, or bytes after the first read) gives no rate
+STREAM_MIN_S = 0.01
+STREAM_MIN_BYTES = 1024 ** 2
+_CHUNK = 256 * 1024
 #: file name of a marker: this prefix and the probe id
 MARKER_PREFIX = ".kvmops-probe-"
 #: the end of libvirt's default migration port range (qemu.conf migration_port_max)
@@ -222,14 +240,80 @@ def serve(sockets: t.Sequence[socket.socket], probe_id: str, lifetime_s: float,
                 conn.settimeout(LINE_TIMEOUT_S)
                 try:
                     line = _read_line(conn)
+                    words = line.split()
                     if line == "%s %s" % (HELLO, probe_id):
                         conn.sendall(("%s %s %d\n" % (ACK, probe_id, port)).encode("ascii"))
                         seen[port].append(str(peer[0]))
+                    elif words[:2] == [STREAM, probe_id] and len(words) == 4 and words[2].isdigit() and words[3].isdigit():
+                        conn.sendall(("%s %s %d\n" % (ACK, probe_id, port)).encode("ascii"))
+                        seen[port].append(str(peer[0]))
+                        got, took = receive_stream(conn, int(words[2]), int(words[3]) / 1000.0, clock)
+                        conn.sendall(("%s %d %.6f\n" % (RATE, got, took)).encode("ascii"))
                 except OSError:
                     continue
             if seen[port]:
                 waiting.remove(sock)
     return seen
+
+
+def receive_stream(conn: socket.socket, max_bytes: int, max_s: float,
+                   clock: t.Callable[[], float] = time.monotonic) -> tuple[int, float]:
+    """The listener's side of the link stream: read until the source shuts its side, or
+    ``max_bytes`` (at most :data:`STREAM_MAX_BYTES`) arrived, or ``max_s`` (at most
+    :data:`STREAM_MAX_S`) plus :data:`LINE_TIMEOUT_S` passed.
+
+    :returns: ``(bytes, seconds)``: the bytes received after the first read, over the time from
+        the first read to the last (the rate of the link as the receiver saw it).
+    """
+    limit = min(int(max_bytes), STREAM_MAX_BYTES) + _CHUNK
+    deadline = clock() + min(float(max_s), STREAM_MAX_S) + LINE_TIMEOUT_S
+    total = after_first = 0
+    first = last = None
+    buf = bytearray(1024 * 1024)
+    while total < limit:
+        left = deadline - clock()
+        if left <= 0:
+            break
+        conn.settimeout(min(left, LINE_TIMEOUT_S))
+        try:
+            n = conn.recv_into(buf)
+        except socket.timeout:
+            break
+        if not n:
+            break
+        now = clock()
+        total += n
+        if first is None:
+            first = now
+        else:
+            after_first += n
+        last = now
+    return after_first, (last - first) if first is not None and last is not None else 0.0
+
+
+def link_rate(received: int, seconds: float) -> float | None:
+    """Bytes per second of a stream the listener received (:func:`receive_stream`); None when
+    it was too short to tell (under :data:`STREAM_MIN_S` or :data:`STREAM_MIN_BYTES`).
+
+    >>> link_rate(100 * 1024 ** 2, 1.0) == 100 * 1024 ** 2
+    True
+    >>> link_rate(1000, 1.0) is None
+    True
+    """
+    if seconds < STREAM_MIN_S or received < STREAM_MIN_BYTES:
+        return None
+    return float(received) / float(seconds)
+
+
+def parse_rate(line: str) -> tuple[int, float] | None:
+    """``(bytes, seconds)`` of a ``KVMOPS-RATE <bytes> <seconds>`` line, None for any other."""
+    words = line.split()
+    if len(words) != 3 or words[0] != RATE:
+        return None
+    try:
+        return int(words[1]), float(words[2])
+    except ValueError:
+        return None
 
 
 def _read_line(conn: socket.socket, limit: int = 256) -> str:
@@ -366,3 +450,57 @@ def marker_seen(entry: dict[str, t.Any], probe_id: str) -> bool:
             return handle.read(256) == marker_line(probe_id)
     except OSError:
         return False
+
+
+def probe_link(address: str, port: int, probe_id: str, timeout_s: float, seconds: float = STREAM_MAX_S,
+               max_bytes: int = STREAM_MAX_BYTES,
+               clock: t.Callable[[], float] = time.monotonic) -> tuple[str, dict[str, t.Any] | None]:
+    """The port's probe (:func:`probe_port`) that also measures the link: after the listener's
+    answer, stream zeros to it for ``seconds`` or ``max_bytes`` (each at most the stream's bounds),
+    shut the sending side and read the listener's ``KVMOPS-RATE`` line.
+
+    :returns: ``(result, link)``: ``result`` as :func:`probe_port`; ``link`` ``{bps, bytes,
+        seconds, port}`` (what the listener received and over what time, ``bps`` from
+        :func:`link_rate`), or None when the port is not open to this probe or no rate came back
+        (the stream then says nothing about the link).
+    """
+    try:
+        conn = socket.create_connection((address.strip("[]"), int(port)), timeout=timeout_s)
+    except ConnectionRefusedError:
+        return "refused", None
+    except socket.timeout:
+        return "timeout", None
+    except OSError as err:
+        if err.errno == errno.ECONNREFUSED:
+            return "refused", None
+        if err.errno == errno.ETIMEDOUT:
+            return "timeout", None
+        return "unreachable", None
+    seconds = min(float(seconds), STREAM_MAX_S)
+    max_bytes = min(int(max_bytes), STREAM_MAX_BYTES)
+    with conn:
+        conn.settimeout(LINE_TIMEOUT_S)
+        try:
+            conn.sendall(("%s %s %d %d\n" % (STREAM, probe_id, max_bytes, int(seconds * 1000))).encode("ascii"))
+            answer = _read_line(conn)
+        except OSError:
+            return "open_other", None
+        if answer.split()[:2] != [ACK, probe_id]:
+            return "open_other", None
+        zeros = bytes(_CHUNK)
+        sent = 0
+        start = clock()
+        try:
+            while sent < max_bytes and clock() - start < seconds:
+                sent += conn.send(zeros[:min(_CHUNK, max_bytes - sent)])
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(LINE_TIMEOUT_S + seconds)
+            got = parse_rate(_read_line(conn))
+        except OSError:
+            return "open", None
+    if got is None:
+        return "open", None
+    bps = link_rate(*got)
+    if bps is None:
+        return "open", None
+    return "open", {"bps": round(bps, 1), "bytes": got[0], "seconds": round(got[1], 3), "port": int(port)}

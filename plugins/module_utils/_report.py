@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import typing as t
 
+from ansible_collections.kvmops.migration.plugins.module_utils import _forecast
 from ansible_collections.kvmops.migration.plugins.module_utils import _health
 from ansible_collections.kvmops.migration.plugins.module_utils import _nvram
 
@@ -95,7 +96,8 @@ def _cold_words(stats: dict[str, t.Any], forced: bool) -> str:
 
 def forecast_beside_actual(fc: dict[str, t.Any] | None, summary: dict[str, t.Any]) -> dict[str, t.Any] | None:
     """The pre-flight's forecast (``_forecast.forecast``) beside what the move did:
-    ``{verdict, total_s, downtime_ms, memory_passes, lever, link_measured, msg, actual_s,
+    ``{verdict, total_s, downtime_ms, memory_passes, lever, levers (every lever, gentlest first),
+    inputs (the forecast's), link_measured, link (words), msg, actual_s,
     actual_downtime_ms, error_pct}``; ``error_pct`` is ``100 * (forecast - actual) / actual`` of the
     total time (None unless both are known). None without a forecast."""
     if not fc:
@@ -103,6 +105,8 @@ def forecast_beside_actual(fc: dict[str, t.Any] | None, summary: dict[str, t.Any
     out = {"verdict": fc.get("verdict"), "total_s": fc.get("total_s"), "downtime_ms": fc.get("downtime_ms"),
            "memory_passes": fc.get("memory_passes"), "lever": (fc.get("recommendation") or {}).get("lever"),
            "link_measured": fc.get("link_measured"), "msg": fc.get("msg"),
+           "link": _forecast.link_words(fc["link"]) if fc.get("link") else None,
+           "levers": [lv.get("lever") for lv in fc.get("levers") or []], "inputs": fc.get("inputs"),
            "actual_s": summary.get("duration_s"), "actual_downtime_ms": summary.get("downtime_ms"), "error_pct": None}
     if out["total_s"] and out["actual_s"]:
         out["error_pct"] = round(100.0 * (float(out["total_s"]) - float(out["actual_s"])) / float(out["actual_s"]), 1)
@@ -117,7 +121,8 @@ def _forecast_line(fb: dict[str, t.Any], state: str) -> str:
             fb.get("lever"), fb["actual_s"], fb["actual_downtime_ms"])
     return "forecast beside actual: %s s / %s s (%+.0f %%), downtime %s ms / %s ms, %s pass(es)%s" % (
         fb["total_s"], fb["actual_s"], fb["error_pct"] or 0.0, fb["downtime_ms"], fb["actual_downtime_ms"],
-        fb["memory_passes"], "" if fb.get("link_measured") else " (link rate assumed)")
+        fb["memory_passes"], " (%s)" % fb["link"] if fb.get("link") else "" if fb.get("link_measured")
+        else " (link rate assumed)")
 
 
 def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.Any] | None,
@@ -167,6 +172,8 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
         "nvram": _nvram.compare(result.get("nvram"), dest_nvram, dest) if state == "migrated" and not cold else None,
     }
     summary["forecast"] = forecast_beside_actual(forecast, summary) if not cold else None
+    # the convergence ladder's steps (_convergence.Ladder.as_result), live moves only
+    summary["convergence"] = result.get("convergence") if not cold else None
     if state == "already_migrated":
         head = "%s already runs on %s: nothing to do." % (guest, dest)
     elif state == "planned" and cold:
@@ -203,6 +210,8 @@ def migration_summary(guest: str, source: str, dest: str, result: dict[str, t.An
             human_bytes(summary["memory_bytes"]), disks, summary["iterations"]))
     if summary["forecast"] and state in ("migrated", "planned"):
         lines.append(_forecast_line(summary["forecast"], state))
+    if summary["convergence"] and state == "migrated":
+        lines.append("convergence ladder: %s" % summary["convergence"].get("msg"))
     transport = summary["transport"]
     if transport and state in ("migrated", "planned"):
         lines.append("streams %s: memory %s, disks %s (libvirt connection over %s)" % (

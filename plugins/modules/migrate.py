@@ -85,7 +85,45 @@ options:
     description: Bandwidth limit of the migration in MiB/s (C(VIR_MIGRATE_PARAM_BANDWIDTH)); unlimited when not set.
     type: int
   max_downtime_ms:
-    description: Maximum tolerable downtime at switch-over in milliseconds (C(virDomainMigrateSetMaxDowntime)), set once the job runs.
+    description:
+      - Maximum tolerable downtime at switch-over in milliseconds (C(virDomainMigrateSetMaxDowntime)), set once the job runs.
+      - With O(downtime_steps) above 1 it is the top of the convergence ladder's downtime steps.
+    type: int
+  downtime_steps:
+    description:
+      - The convergence ladder's first lever - the maximum downtime in this many steps, evenly from
+        O(downtime_start_ms) up to O(max_downtime_ms) (as oVirt and KubeVirt step it). The first is set
+        once the job runs; each new memory pass (the last one did not get the remainder under the limit)
+        raises it one step. V(1) sets O(max_downtime_ms) at once. Without O(max_downtime_ms) QEMU keeps its
+        default (300 ms) and there are no steps.
+      - The steps taken, with the time and memory pass of each, are returned in RV(convergence).
+    type: int
+    default: 1
+  downtime_start_ms:
+    description: The first maximum downtime of O(downtime_steps) in milliseconds.
+    type: int
+    default: 100
+  postcopy_on_stall:
+    description:
+      - The ladder's last lever - switch to post-copy (C(virDomainMigrateStartPostCopy)) once the downtime
+        is at its top and O(stall_iterations) more memory passes did not end the move (counted from the start of
+        auto-converge's throttling when O(auto_converge) is set). Needs O(postcopy) (the job must start with
+        C(VIR_MIGRATE_POSTCOPY)); never while disks are still copied.
+      - Auto-converge, the middle lever, cannot be switched on during a job - O(auto_converge) starts the job
+        with it, and QEMU then throttles the vCPUs only while the move does not converge.
+    type: bool
+    default: false
+  stall_iterations:
+    description: Memory passes at the top of the ladder before O(postcopy_on_stall) switches to post-copy.
+    type: int
+    default: 3
+  switchover_bandwidth_bps:
+    description:
+      - The bandwidth available for the switch-over in bytes per second, for QEMU's decision when the
+        remainder fits in the maximum downtime (C(VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER), libvirt 11.1,
+        QEMU 9.1) instead of the rate it measured during the passes, which a O(bandwidth_mibps) cap holds
+        down although the final copy is not capped. The role passes the link the pre-flight measured.
+      - A binding without the parameter skips it with a warning in RV(plan.warnings).
     type: int
   auto_converge:
     description: Throttle the guest's vCPUs when memory does not converge (C(VIR_MIGRATE_AUTO_CONVERGE)).
@@ -483,9 +521,33 @@ progress:
   returned: when migrated
   type: dict
 escalation:
-  description: Why the completion timeout action was taken, if it was.
+  description: Why the completion timeout action (or the ladder's post-copy) was taken, if it was.
   returned: when migrated
   type: str
+convergence:
+  description: The convergence ladder - what the options allowed and the steps taken, each with when.
+  returned: when migrated
+  type: dict
+  contains:
+    allowed:
+      description: "C(downtime_steps_ms) (the maximum downtimes of the steps), C(auto_converge), C(postcopy) (O(postcopy_on_stall)), C(stall_iterations)."
+      type: dict
+    steps:
+      description:
+        - "Each step taken - C(step) (C(downtime), C(auto_converge) or C(postcopy)), C(at_s) (seconds since the job
+          started), C(memory_iteration) (libvirt's memory pass), and C(max_downtime_ms) of a downtime step,
+          C(throttle_percent) and C(throttle_max_percent) of auto-converge (as QEMU throttled, observed);
+          C(applied) false when libvirt refused the call."
+      type: list
+      elements: dict
+    msg:
+      description: The steps in words, for the summary.
+      type: str
+  sample: {allowed: {downtime_steps_ms: [100, 300, 500], auto_converge: true, postcopy: false, stall_iterations: 3},
+           steps: [{step: downtime, at_s: 0.0, memory_iteration: null, max_downtime_ms: 100},
+                   {step: downtime, at_s: 9.1, memory_iteration: 2, max_downtime_ms: 300},
+                   {step: auto_converge, at_s: 12.2, memory_iteration: 3, throttle_percent: 20, throttle_max_percent: 40}],
+           msg: "max downtime 100 ms at 0.0 s, 300 ms at 9.1 s (pass 2); auto-converge throttling 20 % at 12.2 s (pass 3), up to 40 %"}
 warnings:
   description: Things the operator should know (skipped features, notes of the run), given as Ansible warnings.
   returned: when there are any

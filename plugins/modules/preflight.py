@@ -217,8 +217,13 @@ options:
         memory). From those, the copied disks' allocation and the link rate it forecasts the total time,
         the memory passes, the downtime, whether pre-copy converges, and the gentlest lever that would
         make it converge (RV(forecast), finding C(forecast)).
-      - The link's throughput is not measured yet - O(forecast.link_mibps) when given, else the bandwidth
-        cap O(forecast.bandwidth_mibps), else an assumed 1 Gbit/s; the forecast says that it is assumed.
+      - The link's throughput is measured through the migration port the move will use (O(forecast.link_probe),
+        with O(dest_probe)) - the source streams zeros to the destination's listener for about 1 s (at most
+        256 MiB), the listener reports the bytes it received and over what time, and the rate is theirs
+        (finding C(forecast), values C(link_bps) and C(link_seconds); C(forecast.link)). The move's rate is the
+        least of it and the cap O(forecast.bandwidth_mibps).
+      - Without a measurement - O(forecast.link_mibps) when given, else the bandwidth cap, else an assumed
+        1 Gbit/s; the forecast says that the rate is assumed.
     type: dict
     default: {}
     suboptions:
@@ -230,8 +235,14 @@ options:
         description: The measuring window in seconds (at least 1); it overlaps the other checks.
         type: int
         default: 1
+      link_probe:
+        description:
+          - Measure the link through the migration port's probe (about 1 s, at most 256 MiB of zeros, overlapping the
+            guest's measuring window); needs O(dest_probe).
+        type: bool
+        default: true
       link_mibps:
-        description: The measured throughput of the path from the source to the destination in MiB/s.
+        description: The throughput of the path from the source to the destination in MiB/s, when not measured.
         type: float
       bandwidth_mibps:
         description: The bandwidth cap the move will have in MiB/s (O(kvmops.migration.migrate#module:bandwidth_mibps)).
@@ -527,7 +538,8 @@ forecast:
       C(downtime_ms) are null when it does not converge. C(recommendation) is the gentlest lever (C(lever) one of
       C(none), C(bandwidth), C(parallel_connections), C(downtime), C(auto_converge), C(postcopy), C(sync_writes),
       and C(msg)); C(levers) every lever that would help, gentlest first.
-    - C(link_measured) false means the link rate was assumed (C(assumptions) says which); C(inputs.sources) says
+    - C(link) is the link measurement (C(bps), C(bytes) the listener received over C(seconds), C(port)), null when
+      not measured; C(link_measured) false means the link rate was assumed (C(assumptions) says which); C(inputs.sources) says
       where each input came from; C(measured) is what the guest's measurement saw (C(problems) what it could not).
     - The model ignores compression, zero detection, the working set and changes of the dirty rate during the
       move (see docs/how-it-works.md).
@@ -541,9 +553,10 @@ forecast:
     memory_s: 0.75
     memory_passes: 1
     downtime_ms: 106
-    link_measured: false
+    link_measured: true
+    link: {bps: 117440512.0, bytes: 117440512, seconds: 1.0, port: 49152}
     recommendation: {lever: none, msg: "none: it converges as asked"}
-    msg: "Forecast: converges in about 1.9 s (1 memory pass(es), downtime about 106 ms) at 117 MiB/s (link assumed, not measured)."
+    msg: "Forecast: converges in about 1.9 s (1 memory pass(es), downtime about 106 ms) at 112 MiB/s (link measured 112 MiB/s over 1.0 s)."
 transport:
   description:
     - Which transport protects the move's streams (C(memory), C(disks)) - C(tls) (QEMU's native TLS,

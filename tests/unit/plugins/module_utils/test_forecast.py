@@ -280,3 +280,56 @@ def test_memory_in_use_caps_rss_at_the_guest_memory():
     assert fc.memory_in_use(guest, fake_libvirt.LV_11_3) == (262144 * 1024, "rss")
     guest.memory_stats = {"actual": 262144, "unused": 200000, "rss": 268544}
     assert fc.memory_in_use(guest, fake_libvirt.LV_11_3) == ((262144 - 200000) * 1024, "balloon")
+
+
+# --------------------------------------------------------------------------------------------
+# Real lab moves (tests/unit/fixtures/migration/lab_*_move.json): the summaries of two moves of
+# tests/integration/test_forecast.py, as recorded - the forecast's inputs as the pre-flight
+# measured them (link through the migration port's probe, memory in use from rss, dirty rate
+# from libvirt), the forecast, and the move's completed job statistics
+# --------------------------------------------------------------------------------------------
+
+LAB_MOVES = ["lab_idle_move.json", "lab_dirtying_capped_move.json"]
+
+
+def lab_inputs(rec: dict[str, t.Any], **change: t.Any) -> fc.ForecastInputs:
+    given = {k: v for k, v in rec["forecast_inputs"].items() if k != "sources"}
+    given.update(change)
+    return fc.ForecastInputs(link_measured=True, **given)
+
+
+@pytest.mark.parametrize("name", LAB_MOVES)
+def test_lab_move_forecast_is_the_model_of_its_measured_inputs_and_its_verdict_is_right(name):
+    rec = load(name)
+    out = fc.forecast(lab_inputs(rec))
+    assert (out["verdict"], out["total_s"], out["downtime_ms"], out["memory_passes"]) == (
+        rec["forecast"]["verdict"], rec["forecast"]["total_s"], rec["forecast"]["downtime_ms"],
+        rec["forecast"]["memory_passes"])
+    assert rec["actual"]["stats_from"] == "completed" and out["converges"] is True  # both moves converged
+
+
+def test_lab_idle_move_error_is_in_the_inputs_not_the_model():
+    """The idle move took 1.8 s. Forecast from the pre-flight's inputs: 0.43 s (-76 %): the probe
+    measured the lab's veth at 1563 MiB/s of plain TCP, but the move (TLS, QEMU on a TCG host)
+    carried 193 MiB/s; and rss said 256 MiB in use where the move sent 93 MiB. With the rate the
+    move achieved the model is +53 %; with the memory it sent as well, within 25 %."""
+    rec = load("lab_idle_move.json")
+    act = rec["actual"]
+    actual_s = act["duration_s"]
+    achieved = (act["memory_bytes"] + act["disk_allocated_bytes"]) / actual_s
+    assert fc.forecast(lab_inputs(rec))["total_s"] < 0.5 * actual_s
+    at_rate = fc.forecast(lab_inputs(rec, link_bps=achieved))["total_s"]
+    assert 1.25 * actual_s < at_rate < 2.0 * actual_s
+    both = fc.forecast(lab_inputs(rec, link_bps=achieved, memory_bytes=act["memory_bytes"]))["total_s"]
+    assert abs(both - actual_s) <= 0.25 * actual_s, (both, actual_s)
+
+
+def test_lab_capped_move_is_forecast_pessimistic_the_disk_copy_beat_the_cap():
+    """At a 32 MiB/s cap the model sends the 256 MiB disk allocation and the memory through the cap
+    (19.4 s); the move took 9.4 s: the copy's zero detection skipped the written blocks' zeros and
+    the memory sent was 130 MiB, not the 239 MiB rss said. A limit of the model, pinned."""
+    rec = load("lab_dirtying_capped_move.json")
+    out = fc.forecast(lab_inputs(rec))
+    assert out["total_s"] > 1.5 * rec["actual"]["duration_s"]
+    steps = [s["step"] for s in rec["convergence"]["steps"]]
+    assert steps and set(steps) <= {"downtime"} and rec["convergence"]["allowed"]["downtime_steps_ms"] == [100, 200, 300]

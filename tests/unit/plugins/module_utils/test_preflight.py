@@ -728,10 +728,13 @@ def tls_pair():
 def probes(hosts, names=None, tcp="refused", tls_material=None, clock=None):
     names = names or {"hostb": [DST]}
     clock = clock or FakeClock()
-    return pf.Probes(connect=connector(hosts), resolver=lambda n: names.get(n, []),
-                     tcp=lambda a, p, t: "open" if p == 22 else tcp, is_local=lambda a: False,
-                     tls_material=tls_material or (lambda: tls_pair()[0]), now=tls_fakes.NOW.timestamp,
-                     monotonic=clock, sleep=clock.sleep)
+    out = pf.Probes(connect=connector(hosts), resolver=lambda n: names.get(n, []),
+                    tcp=lambda a, p, t: "open" if p == 22 else tcp, is_local=lambda a: False,
+                    tls_material=tls_material or (lambda: tls_pair()[0]), now=tls_fakes.NOW.timestamp,
+                    monotonic=clock, sleep=clock.sleep)
+    # the link probe is the port probe the test sets, measuring nothing (the real one: below)
+    out.probe_link = lambda a, port, pid, t: (out.probe_port(a, port, pid, t), None)
+    return out
 
 
 def opts_for(image, kernel, **kw):
@@ -924,12 +927,21 @@ def test_run_with_a_real_listener_open_and_a_held_port_that_resets_is_closed(tmp
     thread.start()
     try:
         p = probes(local_hosts(xml), names={"hostb": [LOCAL]})
-        p.probe_port = _probe.probe_port
-        res = pf.run_preflight(opts_for(image, kernel, dest_host=LOCAL, dest_probe=probe), p)
+        p.probe_port, p.probe_link = _probe.probe_port, _probe.probe_link
+        res = pf.run_preflight(opts_for(image, kernel, dest_host=LOCAL, dest_probe=probe,
+                                        forecast={"bandwidth_mibps": 64}), p)
     finally:
         thread.join(5)
         for sock in sockets:
             sock.close()
+    # the migration port's probe streamed zeros to the listener: the link is measured (loopback,
+    # far above the 64 MiB/s cap, which the forecast takes) and said so
+    fc = res["forecast"]
+    assert fc["link_measured"] is True and fc["link"]["port"] == ports[0]["port"], fc
+    assert fc["link"]["bps"] > 64 * 1024 ** 2 and 0 < fc["link"]["seconds"] <= 1.5 and fc["capped"] is True
+    assert fc["rate_bps"] == 64 * 1024 ** 2 and "the bandwidth cap; link measured" in fc["msg"]
+    forecast = only(res["findings"], "forecast")
+    assert forecast["values"]["link_bps"] == fc["link"]["bps"] and forecast["values"]["link_seconds"] > 0
     ports_found = {f["values"]["requested"]: f for f in res["findings"] if f["check"] == "data_port"}
     assert ports_found[49152]["status"] == "ok" and ports_found[49152]["values"]["state"] == "open"
     assert ports_found[49153]["status"] == "error" and ports_found[49153]["values"]["state"] == "closed"
@@ -1136,6 +1148,7 @@ def test_run_forecast_says_what_could_not_be_measured_and_can_be_off(tmp_path):
 
 
 def test_forecast_settings_fill_the_defaults():
-    assert pf.forecast_settings(None) == {"enabled": True, "seconds": 1, "link_mibps": None, "bandwidth_mibps": None,
+    assert pf.forecast_settings(None) == {"enabled": True, "seconds": 1, "link_probe": True, "link_mibps": None,
+                                          "bandwidth_mibps": None,
                                           "max_downtime_ms": None, "stream_mibps": None}
     assert pf.forecast_settings({"seconds": 2, "link_mibps": None})["seconds"] == 2

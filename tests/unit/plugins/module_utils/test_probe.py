@@ -8,6 +8,7 @@ made exclusively, seen, and removed only when they are ours."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -164,3 +165,84 @@ def test_start_detaches_a_listener_that_ends_after_the_probe_and_removes_its_mar
         time.sleep(0.05)
     assert not os.path.exists(marker["path"])
     assert _probe.probe_port("127.0.0.1", res["ports"][0]["port"], PROBE, 1.0) == "refused"
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 19: the link measured through the probe (KVMOPS-STREAM)
+# --------------------------------------------------------------------------------------------
+
+def test_the_link_probe_streams_to_the_listener_which_reports_what_it_received():
+    sockets, ports = _probe.open_listeners([free_port()], 65535, bind=bind_local)
+    seen = {}
+    thread = threading.Thread(target=lambda: seen.update(_probe.serve(sockets, PROBE, 10)))
+    thread.start()
+    try:
+        result, link = _probe.probe_link("127.0.0.1", ports[0]["port"], PROBE, 2.0, seconds=0.3)
+    finally:
+        thread.join(5)
+        for sock in sockets:
+            sock.close()
+    assert result == "open" and link is not None, link
+    # bounded: at most 256 MiB (the first read is not counted) and about 0.3 s
+    assert 1024 ** 2 <= link["bytes"] <= _probe.STREAM_MAX_BYTES and 0 < link["seconds"] <= 1.0, link
+    assert link["bps"] == pytest.approx(link["bytes"] / link["seconds"], rel=0.01) and link["port"] == ports[0]["port"]
+    assert seen == {ports[0]["port"]: ["127.0.0.1"]}  # it counted as the port's probe: the listener ended
+
+
+def test_the_link_probe_with_a_wrong_id_measures_nothing():
+    sockets, ports = _probe.open_listeners([free_port()], 65535, bind=bind_local)
+    thread = threading.Thread(target=_probe.serve, args=(sockets, PROBE, 1.5))
+    thread.start()
+    try:
+        assert _probe.probe_link("127.0.0.1", ports[0]["port"], "another-probe-id", 1.0) == ("open_other", None)
+    finally:
+        thread.join(5)
+        for sock in sockets:
+            sock.close()
+    assert _probe.probe_link("127.0.0.1", free_port(), PROBE, 1.0) == ("refused", None)
+
+
+def test_the_listener_times_the_stream_from_its_first_read_and_caps_it():
+    """receive_stream over a socketpair with a stepping clock: the bytes after the first read,
+    over the time from the first read to the last; a source sending more than asked is cut off."""
+    left, right = socket.socketpair()
+    ticks = iter([0.001 * i for i in range(100000)])
+    chunk = bytes(1024 * 1024)
+
+    def send_four():
+        for dummy in range(4):
+            left.sendall(chunk)
+        left.shutdown(socket.SHUT_WR)
+    with left, right:
+        sender = threading.Thread(target=send_four)
+        sender.start()
+        got, took = _probe.receive_stream(right, 64 * 1024 ** 2, 1.0, clock=lambda: next(ticks))
+        sender.join(5)
+    assert 3 * 1024 ** 2 <= got < 4 * 1024 ** 2 and took > 0  # the first read (at most 1 MiB) not counted
+    assert _probe.link_rate(got, took) == pytest.approx(got / took)
+    # the listener's own bounds hold whatever the source asks for
+    left, right = socket.socketpair()
+    stop = threading.Event()
+
+    def flood():
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                left.sendall(chunk)
+    sender = threading.Thread(target=flood)
+    sender.start()
+    try:
+        got, took = _probe.receive_stream(right, 10 ** 12, 3600.0)
+    finally:
+        stop.set()
+        right.close()
+        sender.join(5)
+        left.close()
+    assert got <= _probe.STREAM_MAX_BYTES + 2 * 1024 * 1024 and took <= _probe.STREAM_MAX_S + _probe.LINE_TIMEOUT_S + 0.5
+
+
+def test_link_rate_and_the_rate_line():
+    assert _probe.link_rate(112 * 1024 ** 2, 1.0) == 112 * 1024 ** 2
+    assert _probe.link_rate(512 * 1024, 1.0) is None  # too few bytes to tell
+    assert _probe.link_rate(10 * 1024 ** 2, 0.001) is None  # too short
+    assert _probe.parse_rate("KVMOPS-RATE 117440512 1.000200") == (117440512, 1.0002)
+    assert _probe.parse_rate("KVMOPS-OK x 1") is None and _probe.parse_rate("KVMOPS-RATE x y") is None

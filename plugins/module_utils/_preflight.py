@@ -353,6 +353,9 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
                 data_port(requested)
         out = dict(result)
         out.update(report(findings))
+        # the listener ends, and removes its markers itself, once each port it holds was probed
+        listening = [r for r in held if held[r].get("state") == "listening"]
+        out["probe_ended"] = bool(listening) and all(probed.get(r) == "open" for r in listening)
         return out
 
     with contextlib.ExitStack() as stack:

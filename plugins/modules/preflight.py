@@ -512,6 +512,13 @@ copy_bytes:
   returned: always
   type: int
   sample: 2147483648
+probe_ended:
+  description:
+    - Whether every port the destination's probe listener (O(dest_probe)) holds was probed open, so that the
+      listener has ended and removed its marker files itself. When false (no listener, no port, or a port not
+      reached), the caller removes the markers (M(kvmops.migration.preflight_dest) with C(state=absent)).
+  returned: always
+  type: bool
 domain:
   description: The guest as given in O(domain).
   returned: always

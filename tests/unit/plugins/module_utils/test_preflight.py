@@ -947,6 +947,8 @@ def test_run_with_a_real_listener_open_and_a_held_port_that_resets_is_closed(tmp
     assert ports_found[49153]["status"] == "error" and ports_found[49153]["values"]["state"] == "closed"
     assert res["ok"] is False and "data_port" in {f["check"] for f in res["findings"] if f["status"] == "error"}
     assert not thread.is_alive()  # probed once: the listener ended by itself
+    # one of its ports was not reached: the role must remove the markers itself
+    assert res["probe_ended"] is False
 
 
 def _free_port():
@@ -987,6 +989,11 @@ def test_run_probes_every_held_port_even_when_it_stops_early(tmp_path):
     p.probe_port = lambda a, port, pid, t: calls.append(port) or "open"
     res = pf.run_preflight(opts_for(image, kernel, dest_host=LOCAL, dest_probe=probe), p)
     assert res["ok"] is False and sorted(calls) == [49152, 49154]
+    # each port probed open: the listener ended and removed its markers (the role skips that step)
+    assert res["probe_ended"] is True
+    # no listener at all (a shut-off guest's probe holds no port): the role removes the markers
+    res = pf.run_preflight(opts_for(image, kernel, dest_host=LOCAL, dest_probe=dict(probe, ports=[])), p)
+    assert res["probe_ended"] is False
 
 
 def shared_run(tmp_path, mounts, qemu_conf="", seen=True, **kw):

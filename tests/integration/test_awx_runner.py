@@ -37,12 +37,14 @@ IDENT = "migrate"
 SURVEY = {"vm": GUEST, "dest": "hostb", "bandwidth": 32, "timeout": 300}
 
 #: Remote commands (``SSH: EXEC``) of the move outside the migration job, that is before it
-#: starts and after it ended, at most: 15. Measured on 2026-12-03 with this test's job
+#: starts and after it ended, at most: 14. Measured on 2026-12-03 with this test's job
 #: (migratetest2 hosta -> hostb, TLS, bandwidth 32 MiB/s): 25 in all, 9 of them while the job ran
-#: (6 polls), 16 outside; one less since 2026-12-04, when the verification stopped reading the
-#: source (the migrate module returns its source_after). The commands during the job depend on
-#: its length: they are bounded by the polls the wait reports (:data:`WAIT_EXTRA`).
-MAX_OUTSIDE_JOB = 15
+#: (6 polls), 16 outside; two less since 2026-12-04: the verification no longer reads the source
+#: (the migrate module returns its source_after) and the probes' markers are removed by the
+#: listener itself once every port was probed (the pre-flight's probe_ended). The commands
+#: during the job depend on its length: they are bounded by the polls the wait reports
+#: (:data:`WAIT_EXTRA`).
+MAX_OUTSIDE_JOB = 14
 #: migration_wait's commands besides one per poll: the async directory's ``~`` expanded on the
 #: host, async_status once the job has ended, and the removal of the job's files
 WAIT_EXTRA = 3

@@ -63,6 +63,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xm
 from ansible_collections.kvmops.migration.plugins.module_utils import _health
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _nvram
+from ansible_collections.kvmops.migration.plugins.module_utils import _postcopy
 from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 from ansible_collections.kvmops.migration.plugins.module_utils import _sockets
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
@@ -296,6 +297,8 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     d_by_uuid = _libvirt.find_domain(dconn, uuid_key, by="uuid", lv=lv) if uuid_key else None
     by_name = describe(d_by_name, lv, dest_label) if d_by_name is not None else None
     by_uuid = describe(d_by_uuid, lv, dest_label) if d_by_uuid is not None else None
+    if source is not None and _postcopy.in_postcopy(source, lv):
+        return _postcopy_rerun(opts, dom, source, rt, lv, src_where=src_where, check_mode=check_mode)
     decision = classify_destination(source, by_name, by_uuid, dest_name=dest_name, dest=dest_label,
                                     cleanup_leftover=opts.cleanup_leftover)
     base = {"domain": source["name"] if source else dest_name,
@@ -356,6 +359,28 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             watch.stop()
 
 
+def _postcopy_rerun(opts: MigrationOptions, dom: t.Any, source: dict[str, t.Any], rt: Runtime, lv: t.Any, *,
+                  src_where: str, check_mode: bool) -> dict[str, t.Any]:
+    """A run that finds the source guest in post-copy (:func:`_postcopy.in_postcopy`: an earlier
+    move broke its link after the switch, or still runs): no new move and nothing removed; the
+    earlier move is waited for (:func:`_finish_postcopy`). Check mode only says so (``state: planned``)."""
+    phase = _postcopy.in_postcopy(source, lv)
+    if _postcopy.SIDES.get((source["state"], source["reason"])) == "destination":
+        raise KvmopsError("Guest %s is in post-copy on this host (%s), the destination of an interrupted move, and "
+                          "waits for its memory from that move's source: nothing was touched. Never destroy it here; "
+                          "run the move (or 'virsh domjobinfo %s') on its source." % (source["name"], src_where,
+                                                                                      source["name"]))
+    plan = build_plan(opts, source, lv)
+    base = {"domain": source["name"], "uuid": source["uuid"], "source": src_where, "destination": opts.dest_host,
+            "case": "postcopy_%s" % phase, "plan": plan.as_result(), "warnings": list(plan.warnings)}
+    if check_mode:
+        return dict(base, changed=True, state="planned", now_on=src_where,
+                    msg="Guest %s is in %s post-copy towards %s: would wait for that move to end, nothing else." % (
+                        source["name"], phase, opts.dest_host))
+    return _finish_postcopy(opts, dom, source, plan, base, [], rt, lv, src_where=src_where,
+                            detail="found in %s post-copy by this run" % phase, last=None, reason=None)
+
+
 def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: t.Any, source: dict[str, t.Any],
                        plan: MigrationPlan, result: dict[str, t.Any], rt: Runtime, lv: t.Any,
                        watch: _health.PanicWatch | None, health_opts: _health.HealthOptions, *,
@@ -374,7 +399,10 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
     def check(elapsed: float) -> t.Any:
         if not worker.is_alive():
             return "done"
-        if monitor.aborted_at is None and not _libvirt.is_alive(dconn):
+        # (in post-copy, also one started by hand, nothing is aborted: the destination runs the
+        # guest; see _finish_postcopy)
+        if (monitor.aborted_at is None and monitor.postcopy_at is None and not _libvirt.is_alive(dconn)
+                and _postcopy.source_phase(dom, lv) not in _postcopy.IN_POSTCOPY):
             # keepalive closed the destination connection (_libvirt.KEEPALIVE_*): its libvirtd
             # died or the network to it is cut; the migration cannot finish, so stop it now
             monitor.aborted_at = elapsed
@@ -453,6 +481,13 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
         lingering = _wait_source_job_ended(dom, plan, opts, source["name"], rt, notes, abort_clock, severed, lv,
                                            reabort)
 
+    if worker.error is not None and (monitor.postcopy_at is not None
+                                     or _postcopy.source_phase(dom, lv) in _postcopy.IN_POSTCOPY):
+        err = worker.error
+        return _finish_postcopy(opts, dom, source, plan, result, notes, rt, lv, src_where=src_where,
+                                detail=_libvirt.libvirt_error_detail(err) if _libvirt.is_libvirt_error(err, lv) else str(err),
+                                last=monitor.last, reason=monitor.reason)
+
     if worker.error is not None:
         err = worker.error
         try:
@@ -526,6 +561,41 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
                 dest_state=dest_info["state"] if dest_info else None, stats=summary,
                 progress=monitor.last, escalation=monitor.reason, health=health, nvram=nvram,
                 warnings=result["warnings"] + notes, msg=msg)
+
+
+def _finish_postcopy(opts: MigrationOptions, dom: t.Any, source: dict[str, t.Any], plan: MigrationPlan,
+                     result: dict[str, t.Any], notes: list[str], rt: Runtime, lv: t.Any, *, src_where: str,
+                     detail: str, last: dict[str, t.Any] | None, reason: str | None) -> dict[str, t.Any]:
+    """After ``migrate3`` failed in post-copy (``detail``: libvirt's error), or on a rerun that
+    found the guest in post-copy: never remove, abort or resume anything; wait up to
+    ``postcopy_recover_timeout_s`` for the move to end by itself (:func:`_postcopy.wait_for_end`).
+    ``last``/``reason``: the monitor's last progress sample and escalation, None on a rerun.
+
+    :returns: the ``migrated`` result with ``postcopy_recovery`` (no health check: the panic
+        watch was on the lost connection; a note says so).
+    :raises KvmopsError: still in post-copy at the deadline: :func:`_postcopy.paused_message`
+        (where the guest is, that it is not lost, the rerun and the ``virsh`` command), with
+        ``values.state`` ``postcopy_paused``.
+    """
+    name = source["name"]
+    rt.log("kvmops.migration: %s: post-copy failed (%s): waiting up to %d s for the move to end once the link "
+           "to %s is back; nothing is removed" % (name, detail, opts.postcopy_recover_timeout_s, opts.dest_host))
+    outcome = _postcopy.wait_for_end(dom, timeout_s=opts.postcopy_recover_timeout_s, clock=rt.clock,
+                                     sleep=rt.sleep, lv=lv, log=rt.log)
+    if outcome.state == "paused":
+        command = _postcopy.resume_command(name, plan.dest_uri, plan.flag_names, plan.migrate_uri)
+        raise KvmopsError(
+            _postcopy.paused_message(name, src_where, opts.dest_host, command, opts.postcopy_recover_timeout_s,
+                                     outcome.seen[-1] if outcome.seen else None),
+            detail=detail, values={"state": "postcopy_paused", "postcopy_recovery": outcome.as_result(),
+                                   "resume_command": command, "progress": last, "notes": notes})
+    notes.append("the post-copy move lost its link (%s) and completed %.0f s later, once the link was back; "
+                 "the health check was not run (its watch was on the lost connection)" % (detail, outcome.paused_s or 0))
+    return dict(result, changed=True, state="migrated", now_on=opts.dest_host, dest_state=None,
+                stats=completed_summary({}, last, lv), progress=last, escalation=reason, health=_health.disabled(),
+                nvram=None, postcopy_recovery=outcome.as_result(), warnings=result["warnings"] + notes,
+                msg="Migrated %s to %s: the link broke in post-copy and the move completed %.0f s later, once it "
+                    "was back (the guest waited for its memory meanwhile)." % (name, opts.dest_host, outcome.paused_s or 0))
 
 
 def source_nvram(source: dict[str, t.Any], src_where: str, rt: Runtime) -> dict[str, t.Any] | None:

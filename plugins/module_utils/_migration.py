@@ -360,7 +360,7 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
 
 
 def _postcopy_rerun(opts: MigrationOptions, dom: t.Any, source: dict[str, t.Any], rt: Runtime, lv: t.Any, *,
-                  src_where: str, check_mode: bool) -> dict[str, t.Any]:
+                    src_where: str, check_mode: bool) -> dict[str, t.Any]:
     """A run that finds the source guest in post-copy (:func:`_postcopy.in_postcopy`: an earlier
     move broke its link after the switch, or still runs): no new move and nothing removed; the
     earlier move is waited for (:func:`_finish_postcopy`). Check mode only says so (``state: planned``)."""

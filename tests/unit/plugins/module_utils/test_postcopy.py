@@ -63,7 +63,7 @@ def test_paused_message_names_the_place_and_the_fix():
 
 def test_backoff_doubles_up_to_its_cap():
     delays = pc.backoff(2, 15)
-    assert [next(delays) for _ in range(6)] == [2, 4, 8, 15, 15, 15]
+    assert [next(delays) for _step in range(6)] == [2, 4, 8, 15, 15, 15]
 
 
 def test_wait_for_end_sees_the_move_complete_and_touches_nothing():

@@ -472,7 +472,11 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
                                            plan.dest_uri),
             values={"progress": monitor.last, "reason": monitor.reason})
 
-    if worker.error is not None and monitor.postcopy_at is None:
+    # a post-copy move, also one switched by hand (virsh migrate-postcopy), is never aborted nor
+    # are its connections closed: the destination runs the guest (_finish_postcopy)
+    postcopy = worker.error is not None and (monitor.postcopy_at is not None
+                                             or _postcopy.source_phase(dom, lv) in _postcopy.IN_POSTCOPY)
+    if worker.error is not None and not postcopy:
         # migrate3 can return its error while the source's job still runs (libvirt ends the API
         # call once QEMU reports the migration cancelled or failed, and the storage copy's mirror
         # jobs may still wait on a dead link): the job has ended only when the source domain
@@ -481,8 +485,7 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
         lingering = _wait_source_job_ended(dom, plan, opts, source["name"], rt, notes, abort_clock, severed, lv,
                                            reabort)
 
-    if worker.error is not None and (monitor.postcopy_at is not None
-                                     or _postcopy.source_phase(dom, lv) in _postcopy.IN_POSTCOPY):
+    if postcopy:
         err = worker.error
         return _finish_postcopy(opts, dom, source, plan, result, notes, rt, lv, src_where=src_where,
                                 detail=_libvirt.libvirt_error_detail(err) if _libvirt.is_libvirt_error(err, lv) else str(err),

@@ -224,8 +224,10 @@ def test_postcopy_started_by_hand_is_told_from_the_source_state():
     sdom, sconn, dconn, rt, o = _run(timeout_s=10)
     o = mp.MigrationOptions(**dict(vars(o), timeout_action="abort", timeout_s_per_gib=800, timeout_min_s=300))
     sdom.calls.append("migrateStartPostCopy")  # as if by hand: the fake fails migrate3 in post-copy
+    sdom.lingering_job = [2]  # libvirt keeps the failed post-copy job: never waited out, aborted or severed
     sdom.finish_after_samples = True
     with pytest.raises(KvmopsError, match="is paused in post-copy between") as err:
         m.migrate_domain(o, sconn, dconn, rt=rt)
     assert err.value.values["state"] == "postcopy_paused"
     assert not {"abortJob", "destroy", "resume"} & set(map(str, sdom.calls + _changes(dconn)))
+    assert not any("closed" in n or "abort" in n for n in err.value.values["notes"])  # no ss -K, no abort

@@ -233,6 +233,9 @@ class Runtime:
     tls_material: t.Callable[[], dict[str, t.Any]] = _tls.read_host_tls
     #: size and SHA-256 of a file on this host (:func:`_nvram.read_nvram`)
     read_nvram: t.Callable[..., dict[str, t.Any] | None] = _nvram.read_nvram
+    #: a libvirt connection as a context manager (:func:`_libvirt.connection`): the destination
+    #: connection opened again after a post-copy move that lost the first one
+    connect: t.Callable[[str], t.ContextManager[t.Any]] = _libvirt.connection
 
     def pause(self, worker: threading.Thread) -> t.Callable[[float], None]:
         """The sleep of the waits while ``worker`` runs ``migrate3``: with the real clock it is
@@ -592,6 +595,7 @@ def _finish_postcopy(opts: MigrationOptions, dom: t.Any, source: dict[str, t.Any
                                      outcome.seen[-1] if outcome.seen else None),
             detail=detail, values={"state": "postcopy_paused", "postcopy_recovery": outcome.as_result(),
                                    "resume_command": command, "progress": last, "notes": notes})
+    _finish_source(opts, dom, source, plan, notes, rt, lv, src_where)
     notes.append("the post-copy move lost its link (%s) and completed %.0f s later, once the link was back; "
                  "the health check was not run (its watch was on the lost connection)" % (detail, outcome.paused_s or 0))
     return dict(result, changed=True, state="migrated", now_on=opts.dest_host, dest_state=None,
@@ -599,6 +603,44 @@ def _finish_postcopy(opts: MigrationOptions, dom: t.Any, source: dict[str, t.Any
                 nvram=None, postcopy_recovery=outcome.as_result(), warnings=result["warnings"] + notes,
                 msg="Migrated %s to %s: the link broke in post-copy and the move completed %.0f s later, once it "
                     "was back (the guest waited for its memory meanwhile)." % (name, opts.dest_host, outcome.paused_s or 0))
+
+
+def _finish_source(opts: MigrationOptions, dom: t.Any, source: dict[str, t.Any], plan: MigrationPlan,
+                   notes: list[str], rt: Runtime, lv: t.Any, src_where: str) -> None:
+    """After a post-copy move that completed without its Confirm phase (the link broke): libvirt
+    leaves the source's definition (shut off, reason migrated). With ``VIR_MIGRATE_UNDEFINE_SOURCE``
+    in the plan it is undefined (keeping the NVRAM), only once a new connection to the
+    destination (``rt.connect``) shows the guest there running and persistent; else a note says
+    what to check and run. libvirt API: ``virDomainLookupByUUIDString``, ``virDomainGetState``,
+    ``virDomainIsPersistent``, ``virDomainUndefineFlags``."""
+    name = source["name"]
+    if "VIR_MIGRATE_UNDEFINE_SOURCE" not in plan.flag_names:
+        return
+    try:
+        left = bool(dom.isPersistent()) and not bool(dom.isActive())
+    except Exception as err:  # undefined already (libvirt finished the move itself)
+        if not _libvirt.is_libvirt_error(err, lv):
+            raise
+        return
+    if not left:
+        return
+    try:
+        with rt.connect(plan.dest_uri) as dconn:
+            ddom = _libvirt.find_domain(dconn, source["uuid"], by="uuid", lv=lv)
+            runs = ddom is not None and _state_of(ddom, name, opts.dest_host, lv) in RUNNING_STATES
+            persistent = runs and bool(_call(lv, "read domain %s" % name, opts.dest_host, ddom.isPersistent))
+        if not persistent:
+            notes.append("the source keeps its shut-off definition of %s: %s; check the guest there ('virsh -c %s "
+                         "dominfo %s'), then undefine it on the source with 'virsh undefine --keep-nvram %s'" % (
+                             name, "the guest is not running and persistent on %s" % opts.dest_host, plan.dest_uri,
+                             name, name))
+            return
+        _undefine(dom, name, src_where, lv)
+        notes.append("the source's shut-off definition of %s was undefined (its NVRAM kept): the move's own last "
+                     "step had not run, and the guest runs, persistent, on %s" % (name, opts.dest_host))
+    except KvmopsError as err:
+        notes.append("the source keeps its shut-off definition of %s (%s): undefine it there with 'virsh undefine "
+                     "--keep-nvram %s' once the guest is checked on %s" % (name, err, name, opts.dest_host))
 
 
 def source_nvram(source: dict[str, t.Any], src_where: str, rt: Runtime) -> dict[str, t.Any] | None:

@@ -19,7 +19,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _postcopy 
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fake_libvirt import LV_11_3, Connection, Domain, FakeClock  # noqa: E402
+from fake_libvirt import LV_11_3, Connection, Domain, FakeClock, connector  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fixtures", "migration")
 UUID = "5b1d8f0e-1c2a-4f6e-8d9b-0a1b2c3d4e5f"
@@ -104,7 +104,7 @@ def _run(timeout_s=30.0, states_after=None, **kw):
     sconn = Connection("qemu:///system", [sdom])
     dconn = Connection("qemu+ssh://root@198.18.0.2/system")
     clock = FakeClock()
-    rt = m.Runtime(lv=LV_11_3, clock=clock, sleep=clock.sleep)
+    rt = m.Runtime(lv=LV_11_3, clock=clock, sleep=clock.sleep, connect=connector(dconn))
     o = mp.MigrationOptions(domain="vm12", dest_host="198.18.0.2", tls=False, allow_insecure_transport=True,
                             postcopy=True, timeout_action="postcopy", timeout_s_per_gib=1, timeout_min_s=10,
                             poll_interval_s=0.5, postcopy_recover_timeout_s=timeout_s, **kw)
@@ -139,6 +139,25 @@ def test_link_back_in_time_completes_the_move():
     assert "completed 6 s later" in res["msg"]
     assert any("health check was not run" in w for w in res["warnings"])
     assert not {"abortJob", "destroy", "resume"} & set(map(str, sdom.calls))
+    # the incoming domain is not (yet) persistent on the destination: the source's definition stays
+    assert sdom.persistent and any("keeps its shut-off definition" in w for w in res["warnings"])
+
+
+def test_completed_move_undefines_the_source_only_once_the_destination_holds_the_guest():
+    sdom, sconn, dconn, rt, o = _run(timeout_s=300, states_after=[PAUSED_FAILED, ("shutoff", 2)])
+    real = sdom._migrate3
+
+    def finished_there(dconn_, params, flags):
+        try:
+            return real(dconn_, params, flags)
+        finally:  # libvirt finished the move on the destination once the link was back
+            dconn_.domains[0]._state, dconn_.domains[0].reason, dconn_.domains[0].persistent = "running", 2, True
+
+    sdom._migrate3 = finished_there
+    res = m.migrate_domain(o, sconn, dconn, rt=rt)
+    assert res["state"] == "migrated"
+    assert ("undefineFlags", 8) in sdom.calls and not sdom.persistent
+    assert any("was undefined (its NVRAM kept)" in w for w in res["warnings"])
 
 
 def test_rerun_finds_the_guest_in_postcopy_and_waits_instead_of_moving():
@@ -146,7 +165,7 @@ def test_rerun_finds_the_guest_in_postcopy_and_waits_instead_of_moving():
     ddom = Domain("vm12", XML, uuid=UUID, state="running", reason=11, persistent=False)
     sconn, dconn = Connection("qemu:///system", [sdom]), Connection("qemu+ssh://root@198.18.0.2/system", [ddom])
     clock = FakeClock()
-    rt = m.Runtime(lv=LV_11_3, clock=clock, sleep=clock.sleep)
+    rt = m.Runtime(lv=LV_11_3, clock=clock, sleep=clock.sleep, connect=connector(dconn))
     o = mp.MigrationOptions(domain="vm12", dest_host="198.18.0.2", tls=False, allow_insecure_transport=True,
                             postcopy=True, cleanup_leftover=True, postcopy_recover_timeout_s=60)
     planned = m.migrate_domain(o, sconn, dconn, check_mode=True, rt=rt)

@@ -114,7 +114,6 @@ def test_link_cut_in_postcopy_loses_nothing(guest_on_hosta):
     text = re.sub(r"\s+", " ", out)
     assert run.returncode == 0, out[-4000:]
     assert "Traceback" not in out
-    assert "the link broke in post-copy and the move completed" in text, text[-3000:]
     assert proof.domain_state(DEST) == "running" and proof.domain_state(SRC) is None
     # the proof: every acknowledged record valid on hostb's disk, the memory fill unchanged
     time.sleep(2)
@@ -125,4 +124,8 @@ def test_link_cut_in_postcopy_loses_nothing(guest_on_hosta):
     assert sorted(n for n, v in records.items() if v != "valid") == []
     after = memory_fill()
     assert after == before, (before, after)
+    # the migrate module said what happened (its note, shown as a warning of the wait task)
+    said = re.findall(r"the post-copy move lost its link.{0,400}", text)
+    print("module note:", said[:1])
+    assert said and "completed" in said[0], text[-3000:]
     assert images_before == []

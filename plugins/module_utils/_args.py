@@ -93,6 +93,7 @@ _MIGRATE_ONLY: dict[str, dict[str, t.Any]] = {
     "timeout_action": dict(type="str", choices=["abort", "postcopy"], default="abort"),
     "abort_grace_s": dict(type="float", default=120),
     "sever_after_s": dict(type="float", default=10),
+    "postcopy_recover_timeout_s": dict(type="float", default=300),
     "poll_interval_s": dict(type="float", default=1),
     "dest_xml": dict(type="str", no_log=True),
     "persist_xml": dict(type="str", no_log=True),

@@ -41,7 +41,7 @@ import socket
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _conf, _cpu, _disk_info, _domain_xml, _image_geometry
-from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt, _manifest, _nvram, _runner, _storage, _tls
+from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt, _manifest, _nvram, _postcopy, _runner, _storage, _tls
 from ansible_collections.kvmops.migration.plugins.module_utils._errors import KvmopsError
 
 
@@ -89,11 +89,16 @@ def memory_from_stats(stats: dict[str, int], total_kib: int | None = None) -> di
 
 
 def domain_summary(dom: t.Any) -> dict[str, t.Any]:
-    """Name, UUID, libvirt domain ID (-1 when inactive), state, active, persistent, memory
+    """Name, UUID, libvirt domain ID (-1 when inactive), state, its reason (``virDomainGetState``),
+    ``postcopy`` (``failed``/``active``/None: :func:`_postcopy.phase`) and ``postcopy_side``
+    (``source``/``destination``/None: :data:`_postcopy.SIDES`), active, persistent, memory
     (bytes), vCPUs of one ``virDomain``."""
     state, max_kib, cur_kib, vcpus, _cpu_time = dom.info()
+    name = _libvirt.STATE_NAMES.get(state, "unknown")
+    reason = int(dom.state()[1])
     return {"name": dom.name(), "uuid": dom.UUIDString(), "id": int(dom.ID()),
-            "state": _libvirt.STATE_NAMES.get(state, "unknown"),
+            "state": name, "reason": reason, "postcopy": _postcopy.phase(name, reason),
+            "postcopy_side": _postcopy.SIDES.get((name, reason)),
             "active": bool(dom.isActive()), "persistent": bool(dom.isPersistent()),
             "memory_bytes": int(cur_kib) * KIB, "max_memory_bytes": int(max_kib) * KIB,
             "vcpus": int(vcpus)}

@@ -39,7 +39,9 @@ def locate_guest(name: str, hosts: dict[str, dict[str, t.Any]], group: str = "kv
     """Where ``name`` (a domain name or UUID) is defined and where it runs.
 
     :returns: ``{name, found, source, state, active, uuid, memory_bytes, vcpus, on: {host: state},
-        not_searched: {host: reason}, reachable: [host], host_uuids: {host: uuid}, error}``. ``source`` is the host that runs the guest, or the
+        not_searched: {host: reason}, reachable: [host], host_uuids: {host: uuid}, error}``, and
+        ``postcopy`` (:func:`_postcopy_source`) when a move of it is in post-copy between two hosts
+        (active on both; ``source`` is then the move's source, and a rerun resumes that move). ``source`` is the host that runs the guest, or the
         only host that defines it when it runs nowhere. ``error`` (a sentence for the operator)
         when it is nowhere, runs on more than one host (case C11 d: stop), or is defined on
         several hosts and runs on none.
@@ -63,7 +65,7 @@ def locate_guest(name: str, hosts: dict[str, dict[str, t.Any]], group: str = "kv
                 facts[host] = dom
     out: dict[str, t.Any] = {"name": name, "found": bool(on), "source": None, "state": None,
                              "active": False, "uuid": None, "memory_bytes": None, "vcpus": None,
-                             "on": on, "not_searched": not_searched, "error": None,
+                             "on": on, "not_searched": not_searched, "error": None, "postcopy": None,
                              "reachable": sorted(host_uuids), "host_uuids": host_uuids}
     searched = sorted(set(hosts) - set(not_searched))
     unsearched_txt = ""
@@ -83,6 +85,13 @@ def locate_guest(name: str, hosts: dict[str, dict[str, t.Any]], group: str = "kv
                         "runs on each: stop one copy by hand. Nothing was touched." % (
                             ", ".join(active), group, identity[active[0]][0], identity[active[0]][1], name))
         return out
+    postcopy = _postcopy_source(name, facts, active) if len(active) > 1 else None
+    if postcopy is not None and postcopy.get("error"):
+        out["error"] = postcopy["error"]
+        return out
+    if postcopy is not None:
+        active = [postcopy["source"]]
+        out["postcopy"] = postcopy
     if len(active) > 1:
         out["error"] = ("STOP: guest %s is active on %d hosts (%s). Two running copies of one "
                         "guest corrupt its disks; nothing was touched. Decide which copy is current "
@@ -102,6 +111,39 @@ def locate_guest(name: str, hosts: dict[str, dict[str, t.Any]], group: str = "kv
                uuid=dom.get("uuid"), memory_bytes=dom.get("memory_bytes"), vcpus=dom.get("vcpus"),
                name=dom.get("name", name))
     return out
+
+
+def _postcopy_source(name: str, facts: dict[str, dict[str, t.Any]], active: list[str]) -> dict[str, t.Any] | None:
+    """A guest active on several hosts because a move is in post-copy (each copy's
+    ``postcopy`` set by host facts, :func:`_host.domain_summary`): which host is the move's source.
+
+    The destination side is the copy whose ``postcopy_side`` is ``destination`` (running in
+    post-copy); a paused failed copy may be either, so the source is the one copy left when the
+    destination side is known, else the only persistent one (libvirt makes the destination
+    persistent only when the move ends).
+
+    :returns: None when not every active copy is in post-copy (two running copies: the caller's
+        STOP); ``{source, destination, phase, hosts: {host: phase}}``; or ``{error}`` (a sentence
+        naming the guest ``name``) when the source cannot be told.
+    """
+    if len(active) != 2 or not all(facts[h].get("postcopy") for h in active):
+        return None
+    phases = {h: facts[h]["postcopy"] for h in active}
+    dest = [h for h in active if facts[h].get("postcopy_side") == "destination"]
+    rest = [h for h in active if h not in dest]
+    if len(dest) != 1 or len(rest) != 1:
+        persistent = [h for h in active if facts[h].get("persistent")]
+        if len(persistent) != 1:
+            return {"error": "Guest %s is in post-copy on %s (%s): a move between these hosts lost its link after "
+                             "the switch, its memory is split between them, and which host is its source cannot be "
+                             "told. Nothing was touched and nothing may be removed: on the source run 'virsh "
+                             "domjobinfo %s' (the source shows the outgoing job), then resume there with 'virsh "
+                             "migrate --postcopy-resume' and the flags of the move." % (
+                                 name, " and ".join(sorted(active)), ", ".join("%s %s" % (h, phases[h]) for h in sorted(active)), name)}
+        rest = persistent
+        dest = [h for h in active if h != persistent[0]]
+    phase = "failed" if "failed" in phases.values() else "active"
+    return {"source": rest[0], "destination": dest[0], "phase": phase, "hosts": phases}
 
 
 # --------------------------------------------------------------------------------------------

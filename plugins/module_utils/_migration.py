@@ -64,6 +64,7 @@ from ansible_collections.kvmops.migration.plugins.module_utils import _domain_xm
 from ansible_collections.kvmops.migration.plugins.module_utils import _health
 from ansible_collections.kvmops.migration.plugins.module_utils import _libvirt
 from ansible_collections.kvmops.migration.plugins.module_utils import _nvram
+from ansible_collections.kvmops.migration.plugins.module_utils import _postcopy
 from ansible_collections.kvmops.migration.plugins.module_utils import _runner
 from ansible_collections.kvmops.migration.plugins.module_utils import _sockets
 from ansible_collections.kvmops.migration.plugins.module_utils import _tls
@@ -233,6 +234,9 @@ class Runtime:
     tls_material: t.Callable[[], dict[str, t.Any]] = _tls.read_host_tls
     #: size and SHA-256 of a file on this host (:func:`_nvram.read_nvram`)
     read_nvram: t.Callable[..., dict[str, t.Any] | None] = _nvram.read_nvram
+    #: a libvirt connection as a context manager (:func:`_libvirt.connection`): the destination
+    #: connection opened again after a post-copy move that lost the first one
+    connect: t.Callable[[str], t.ContextManager[t.Any]] = _libvirt.connection
 
     def pause(self, worker: threading.Thread) -> t.Callable[[float], None]:
         """The sleep of the waits while ``worker`` runs ``migrate3``: with the real clock it is
@@ -297,6 +301,8 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
     d_by_uuid = _libvirt.find_domain(dconn, uuid_key, by="uuid", lv=lv) if uuid_key else None
     by_name = describe(d_by_name, lv, dest_label) if d_by_name is not None else None
     by_uuid = describe(d_by_uuid, lv, dest_label) if d_by_uuid is not None else None
+    if source is not None and _postcopy.in_postcopy(source, lv):
+        return _postcopy_rerun(opts, dom, source, rt, lv, src_where=src_where, check_mode=check_mode)
     decision = classify_destination(source, by_name, by_uuid, dest_name=dest_name, dest=dest_label,
                                     cleanup_leftover=opts.cleanup_leftover)
     base = {"domain": source["name"] if source else dest_name,
@@ -357,6 +363,28 @@ def migrate_domain(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, *, check_
             watch.stop()
 
 
+def _postcopy_rerun(opts: MigrationOptions, dom: t.Any, source: dict[str, t.Any], rt: Runtime, lv: t.Any, *,
+                    src_where: str, check_mode: bool) -> dict[str, t.Any]:
+    """A run that finds the source guest in post-copy (:func:`_postcopy.in_postcopy`: an earlier
+    move broke its link after the switch, or still runs): no new move and nothing removed; the
+    earlier move is waited for (:func:`_finish_postcopy`). Check mode only says so (``state: planned``)."""
+    phase = _postcopy.in_postcopy(source, lv)
+    if _postcopy.SIDES.get((source["state"], source["reason"])) == "destination":
+        raise KvmopsError("Guest %s is in post-copy on this host (%s), the destination of an interrupted move, and "
+                          "waits for its memory from that move's source: nothing was touched. Never destroy it here; "
+                          "run the move (or 'virsh domjobinfo %s') on its source." % (source["name"], src_where,
+                                                                                      source["name"]))
+    plan = build_plan(opts, source, lv)
+    base = {"domain": source["name"], "uuid": source["uuid"], "source": src_where, "destination": opts.dest_host,
+            "case": "postcopy_%s" % phase, "plan": plan.as_result(), "warnings": list(plan.warnings)}
+    if check_mode:
+        return dict(base, changed=True, state="planned", now_on=src_where,
+                    msg="Guest %s is in %s post-copy towards %s: would wait for that move to end, nothing else." % (
+                        source["name"], phase, opts.dest_host))
+    return _finish_postcopy(opts, dom, source, plan, base, [], rt, lv, src_where=src_where,
+                            detail="found in %s post-copy by this run" % phase, last=None, reason=None)
+
+
 def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: t.Any, source: dict[str, t.Any],
                        plan: MigrationPlan, result: dict[str, t.Any], rt: Runtime, lv: t.Any,
                        watch: _health.PanicWatch | None, health_opts: _health.HealthOptions, *,
@@ -375,7 +403,10 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
     def check(elapsed: float) -> t.Any:
         if not worker.is_alive():
             return "done"
-        if monitor.aborted_at is None and not _libvirt.is_alive(dconn):
+        # (in post-copy, also one started by hand, nothing is aborted: the destination runs the
+        # guest; see _finish_postcopy)
+        if (monitor.aborted_at is None and monitor.postcopy_at is None and not _libvirt.is_alive(dconn)
+                and _postcopy.source_phase(dom, lv) not in _postcopy.IN_POSTCOPY):
             # keepalive closed the destination connection (_libvirt.KEEPALIVE_*): its libvirtd
             # died or the network to it is cut; the migration cannot finish, so stop it now
             monitor.aborted_at = elapsed
@@ -448,7 +479,11 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
                                            plan.dest_uri),
             values={"progress": monitor.last, "reason": monitor.reason})
 
-    if worker.error is not None and monitor.postcopy_at is None:
+    # a post-copy move, also one switched by hand (virsh migrate-postcopy), is never aborted nor
+    # are its connections closed: the destination runs the guest (_finish_postcopy)
+    postcopy = worker.error is not None and (monitor.postcopy_at is not None
+                                             or _postcopy.source_phase(dom, lv) in _postcopy.IN_POSTCOPY)
+    if worker.error is not None and not postcopy:
         # migrate3 can return its error while the source's job still runs (libvirt ends the API
         # call once QEMU reports the migration cancelled or failed, and the storage copy's mirror
         # jobs may still wait on a dead link): the job has ended only when the source domain
@@ -456,6 +491,12 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
         abort_clock = None if monitor.aborted_at is None else started_clock + monitor.aborted_at
         lingering = _wait_source_job_ended(dom, plan, opts, source["name"], rt, notes, abort_clock, severed, lv,
                                            reabort)
+
+    if postcopy:
+        err = worker.error
+        return _finish_postcopy(opts, dom, source, plan, result, notes, rt, lv, src_where=src_where,
+                                detail=_libvirt.libvirt_error_detail(err) if _libvirt.is_libvirt_error(err, lv) else str(err),
+                                last=monitor.last, reason=monitor.reason)
 
     if worker.error is not None:
         err = worker.error
@@ -532,6 +573,80 @@ def _migrate_and_check(opts: MigrationOptions, sconn: t.Any, dconn: t.Any, dom: 
                 progress=monitor.last, escalation=monitor.reason, health=health, nvram=nvram,
                 convergence=ladder.as_result(),
                 warnings=result["warnings"] + notes, msg=msg)
+
+
+def _finish_postcopy(opts: MigrationOptions, dom: t.Any, source: dict[str, t.Any], plan: MigrationPlan,
+                     result: dict[str, t.Any], notes: list[str], rt: Runtime, lv: t.Any, *, src_where: str,
+                     detail: str, last: dict[str, t.Any] | None, reason: str | None) -> dict[str, t.Any]:
+    """After ``migrate3`` failed in post-copy (``detail``: libvirt's error), or on a rerun that
+    found the guest in post-copy: never remove, abort or resume anything; wait up to
+    ``postcopy_recover_timeout_s`` for the move to end by itself (:func:`_postcopy.wait_for_end`).
+    ``last``/``reason``: the monitor's last progress sample and escalation, None on a rerun.
+
+    :returns: the ``migrated`` result with ``postcopy_recovery`` (no health check: the panic
+        watch was on the lost connection; a note says so).
+    :raises KvmopsError: still in post-copy at the deadline: :func:`_postcopy.paused_message`
+        (where the guest is, that it is not lost, the rerun and the ``virsh`` command), with
+        ``values.state`` ``postcopy_paused``.
+    """
+    name = source["name"]
+    rt.log("kvmops.migration: %s: post-copy failed (%s): waiting up to %d s for the move to end once the link "
+           "to %s is back; nothing is removed" % (name, detail, opts.postcopy_recover_timeout_s, opts.dest_host))
+    outcome = _postcopy.wait_for_end(dom, timeout_s=opts.postcopy_recover_timeout_s, clock=rt.clock,
+                                     sleep=rt.sleep, lv=lv, log=rt.log)
+    if outcome.state == "paused":
+        command = _postcopy.resume_command(name, plan.dest_uri, plan.flag_names, plan.migrate_uri)
+        raise KvmopsError(
+            _postcopy.paused_message(name, src_where, opts.dest_host, command, opts.postcopy_recover_timeout_s,
+                                     outcome.seen[-1] if outcome.seen else None),
+            detail=detail, values={"state": "postcopy_paused", "postcopy_recovery": outcome.as_result(),
+                                   "resume_command": command, "progress": last, "notes": notes})
+    _finish_source(opts, dom, source, plan, notes, rt, lv, src_where)
+    notes.append("the post-copy move lost its link (%s) and completed %.0f s later, once the link was back; "
+                 "the health check was not run (its watch was on the lost connection)" % (detail, outcome.paused_s or 0))
+    return dict(result, changed=True, state="migrated", now_on=opts.dest_host, dest_state=None,
+                stats=completed_summary({}, last, lv), progress=last, escalation=reason, health=_health.disabled(),
+                nvram=None, postcopy_recovery=outcome.as_result(), warnings=result["warnings"] + notes,
+                msg="Migrated %s to %s: the link broke in post-copy and the move completed %.0f s later, once it "
+                    "was back (the guest waited for its memory meanwhile)." % (name, opts.dest_host, outcome.paused_s or 0))
+
+
+def _finish_source(opts: MigrationOptions, dom: t.Any, source: dict[str, t.Any], plan: MigrationPlan,
+                   notes: list[str], rt: Runtime, lv: t.Any, src_where: str) -> None:
+    """After a post-copy move that completed without its Confirm phase (the link broke): libvirt
+    leaves the source's definition (shut off, reason migrated). With ``VIR_MIGRATE_UNDEFINE_SOURCE``
+    in the plan it is undefined (keeping the NVRAM), only once a new connection to the
+    destination (``rt.connect``) shows the guest there running and persistent; else a note says
+    what to check and run. libvirt API: ``virDomainLookupByUUIDString``, ``virDomainGetState``,
+    ``virDomainIsPersistent``, ``virDomainUndefineFlags``."""
+    name = source["name"]
+    if "VIR_MIGRATE_UNDEFINE_SOURCE" not in plan.flag_names:
+        return
+    try:
+        left = bool(dom.isPersistent()) and not bool(dom.isActive())
+    except Exception as err:  # undefined already (libvirt finished the move itself)
+        if not _libvirt.is_libvirt_error(err, lv):
+            raise
+        return
+    if not left:
+        return
+    try:
+        with rt.connect(plan.dest_uri) as dconn:
+            ddom = _libvirt.find_domain(dconn, source["uuid"], by="uuid", lv=lv)
+            runs = ddom is not None and _state_of(ddom, name, opts.dest_host, lv) in RUNNING_STATES
+            persistent = runs and bool(_call(lv, "read domain %s" % name, opts.dest_host, ddom.isPersistent))
+        if not persistent:
+            notes.append("the source keeps its shut-off definition of %s: %s; check the guest there ('virsh -c %s "
+                         "dominfo %s'), then undefine it on the source with 'virsh undefine --keep-nvram %s'" % (
+                             name, "the guest is not running and persistent on %s" % opts.dest_host, plan.dest_uri,
+                             name, name))
+            return
+        _undefine(dom, name, src_where, lv)
+        notes.append("the source's shut-off definition of %s was undefined (its NVRAM kept): the move's own last "
+                     "step had not run, and the guest runs, persistent, on %s" % (name, opts.dest_host))
+    except KvmopsError as err:
+        notes.append("the source keeps its shut-off definition of %s (%s): undefine it there with 'virsh undefine "
+                     "--keep-nvram %s' once the guest is checked on %s" % (name, err, name, opts.dest_host))
 
 
 def source_nvram(source: dict[str, t.Any], src_where: str, rt: Runtime) -> dict[str, t.Any] | None:

@@ -127,6 +127,9 @@ class MigrationOptions:
     timeout_action: str = _args.spec_field("migrate", "timeout_action")
     abort_grace_s: float = _args.spec_field("migrate", "abort_grace_s")
     sever_after_s: float | None = _args.spec_field("migrate", "sever_after_s")
+    #: how long a post-copy move whose link broke waits for the link before it reports the guest
+    #: paused in failed post-copy (``_postcopy.recover``), in seconds
+    postcopy_recover_timeout_s: float = _args.spec_field("migrate", "postcopy_recover_timeout_s")
     dest_name: str | None = _args.spec_field("migrate", "dest_name")
     dest_xml: str | None = _args.spec_field("migrate", "dest_xml")
     persist_xml: str | None = _args.spec_field("migrate", "persist_xml")

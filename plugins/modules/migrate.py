@@ -199,6 +199,17 @@ options:
         QEMU's mirror job had concluded, until a second abort).
     type: float
     default: 10
+  postcopy_recover_timeout_s:
+    description:
+      - Seconds a move that broke its link in post-copy waits for the move to end by itself once the link is back
+        (QEMU's stream carries on after a silent cut). Meanwhile the guest waits on the destination for the memory
+        pages still on the source; nothing is aborted, destroyed or undefined on either host.
+      - When the time is up the module fails with C(values.state=postcopy_paused), saying where the guest is and the
+        C(virsh migrate --postcopy-resume) command that resumes the move (libvirt's C(VIR_MIGRATE_POSTCOPY_RESUME)).
+        The module never resumes by itself - in the collection's lab (libvirt 11.3) that resume crashed the
+        destination's libvirtd. A rerun finds the guest in post-copy and waits again instead of starting a move.
+    type: float
+    default: 300
   poll_interval_s:
     description: Seconds between two job statistics polls.
     type: float
@@ -296,7 +307,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 state:
-  description: C(migrated), C(already_migrated) (nothing done) or C(planned) (check mode).
+  description:
+    - C(migrated), C(already_migrated) (nothing done) or C(planned) (check mode).
+    - A failure in failed post-copy has C(values.state=postcopy_paused) (see O(postcopy_recover_timeout_s)).
   returned: always
   type: str
   sample: migrated
@@ -520,6 +533,15 @@ progress:
   description: The last progress sample (phase, percent, bytes remaining, dirty rate in bytes per second).
   returned: when migrated
   type: dict
+postcopy_recovery:
+  description:
+    - How a post-copy move whose link broke ended - C(state) (C(completed) once the link was back), C(paused_s)
+      (seconds from the failure until the move ended, while the guest waited for its pages on the destination),
+      C(waited_s), C(seen) (the source domain's phases seen - C(failed), C(active), C(gone)).
+    - Absent when the move did not need it.
+  returned: when a post-copy move lost its link and then completed
+  type: dict
+  sample: {state: completed, paused_s: 61.2, waited_s: 61.2, seen: [failed, gone]}
 escalation:
   description: Why the completion timeout action (or the ladder's post-copy) was taken, if it was.
   returned: when migrated

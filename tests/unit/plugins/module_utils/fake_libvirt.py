@@ -224,6 +224,12 @@ class Domain:
         # call; an exception in the list is raised once (a failed query)
         self.lingering_job: list[t.Any] = []
         self.migrate3_returned = False
+        # post-copy whose link breaks (issue 19 item 4): once migrateStartPostCopy was called,
+        # migrate3 fails as libvirt 11.3 does, the source paused (post-copy failed), the incoming
+        # domain running (post-copy failed), the destination connection dead; then state() gives
+        # the (state, reason) of ``states_after`` one per call (the last repeats)
+        self.postcopy_link_breaks = False
+        self.states_after: list[tuple[str, int]] = []
         # completed statistics read as "no job" this many times before they are there
         self.completed_late = 0
         # the guest agent: None (none runs), else a callable telling whether it answers now
@@ -256,6 +262,8 @@ class Domain:
         return self._uuid if self._uuid is not None else _xml_text(self.xml, "uuid")
 
     def state(self) -> list[int]:
+        if self.migrate3_returned and self.states_after:
+            self._state, self.reason = self.states_after.pop(0) if len(self.states_after) > 1 else self.states_after[0]
         return [STATES[self._state], self.reason]
 
     def isActive(self) -> bool:  # noqa: N802
@@ -419,6 +427,11 @@ class Domain:
         self.finished.wait(10)
         if self.aborted:
             raise LibvirtError("operation aborted: migration out job: canceled by client")
+        if self.postcopy_link_breaks and "migrateStartPostCopy" in self.calls:
+            self._state, self.reason = "paused", 13  # VIR_DOMAIN_PAUSED_POSTCOPY_FAILED
+            incoming._state, incoming.reason = "running", 11  # VIR_DOMAIN_RUNNING_POSTCOPY_FAILED
+            dconn.alive = False
+            raise LibvirtError("operation failed: job 'migration out' failed in post-copy phase")
         incoming._state = "running"
         incoming.persistent = bool(flags & _C["VIR_MIGRATE_PERSIST_DEST"])
         incoming.completed = self.completed

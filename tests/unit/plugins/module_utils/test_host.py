@@ -72,8 +72,8 @@ def test_host_facts_with_domains():
     assert h["libvirt_version"] == "11.3.0" and h["hypervisor_version"] == "10.0.0" and h["cpus"] == 2
     assert h["free_memory_bytes"] == 1024 ** 3 and h["available_memory_bytes"] == 2 * 1024 ** 3
     assert [d["name"] for d in out["domains"]] == ["vm1", "vm2"]
-    assert out["domains"][0] == {"name": "vm1", "uuid": "u1", "id": 1, "state": "running", "active": True,
-                                 "persistent": True, "memory_bytes": 256 * 1024 ** 2,
+    assert out["domains"][0] == {"name": "vm1", "uuid": "u1", "id": 1, "state": "running", "reason": 0,
+                                 "postcopy": None, "postcopy_side": None, "active": True, "persistent": True, "memory_bytes": 256 * 1024 ** 2,
                                  "max_memory_bytes": 256 * 1024 ** 2, "vcpus": 1}
     assert out["domains"][1]["state"] == "shutoff" and not out["domains"][1]["active"]
     assert h["running_memory_bytes"] == 256 * 1024 ** 2 and h["running_vcpus"] == 1

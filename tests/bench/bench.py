@@ -531,12 +531,15 @@ def cipher_speed() -> dict | None:
 
 
 def dirty_memory(mib_per_s: int) -> None:
-    """Start a loop in the guest rewriting a tmpfs file: about ``mib_per_s`` MiB/s of dirty memory."""
-    cmd = ("(while :; do dd if=/dev/zero of=/dev/shm/x bs=1M count=%d 2>/dev/null; sleep 1; done) "
+    """Start a loop in the guest rewriting ``mib_per_s`` MiB of random data in a file of its
+    /tmp (the guest's root is in its RAM; it has no /dev/shm) once a second: about that many
+    MiB/s of dirty memory that QEMU cannot send as zero pages."""
+    cmd = ("(cd /tmp && dd if=/dev/urandom of=kvb-a bs=1M count=%d 2>/dev/null && cp kvb-a kvb-x && "
+           "while :; do dd if=kvb-a of=kvb-x bs=1M conv=notrunc 2>/dev/null; sleep 1; done) "
            "</dev/null >/dev/null 2>&1 &\n" % mib_per_s)
     lab.run(["ip", "netns", "exec", lab.OBSERVER[0], "busybox", "nc", "-w", "2", VM_IP, "2323"],
             input=cmd, check=False, capture=True)
-    time.sleep(2)
+    time.sleep(4)
 
 
 SCALE_VMS = [("scale%d" % i, "198.18.0.%d" % (30 + i), 0x30 + i) for i in range(4)]

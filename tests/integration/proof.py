@@ -106,6 +106,15 @@ def domain_state(host: str, name: str = lab.GUEST) -> str | None:
     return res.stdout.strip() if res.returncode == 0 else None
 
 
+#: what the guest, not a run, changes in its live XML: whether a virtio-serial channel's other end
+#: (the guest agent) is connected, which flips while a freshly started guest boots
+_GUEST_STATE = re.compile(r" state='(?:connected|disconnected)'")
+
+
+def _without_guest_state(xml: str) -> str:
+    return _GUEST_STATE.sub("", xml)
+
+
 def host_snapshot() -> dict:
     """What a run may change on the lab hosts: each domain with its state and persistent and live
     XML (the live one of an active domain: None for an inactive one), each image file with size
@@ -120,7 +129,7 @@ def host_snapshot() -> dict:
             domains[name] = {
                 "state": state,
                 "inactive_xml": lab.in_host_out(host, ["virsh", "dumpxml", "--inactive", name], check=False),
-                "live_xml": lab.in_host_out(host, ["virsh", "dumpxml", name], check=False)
+                "live_xml": _without_guest_state(lab.in_host_out(host, ["virsh", "dumpxml", name], check=False))
                 if state not in (None, "shut off") else None,
             }
         images = {}

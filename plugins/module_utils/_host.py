@@ -179,6 +179,15 @@ def facts_after_move(uri: str = _libvirt.DEFAULT_URI, libvirtd_conf: str = DEFAU
         return None
 
 
+def with_source_after(result: dict[str, t.Any], uri: str = _libvirt.DEFAULT_URI) -> dict[str, t.Any]:
+    """``result`` of ``migrate`` or ``cold_move`` with ``source_after`` (:func:`facts_after_move`
+    of ``uri``) when its ``state`` is ``migrated``; any other result unchanged. One place for both
+    modules, so that the role's verification finds the same key from either."""
+    if result.get("state") == "migrated":
+        result["source_after"] = facts_after_move(uri)
+    return result
+
+
 def guest_facts(conn: t.Any, guest: str, uri: str, runner: _runner.Runner,
                 read_nvram: t.Callable[..., dict[str, t.Any] | None] = _nvram.read_nvram) -> dict[str, t.Any]:
     """What the roles need of one guest on the host that defines it, read with ``conn``.

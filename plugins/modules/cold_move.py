@@ -187,10 +187,8 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     _module.check_requirements(module)
     result = _module.call_backend(module, _cold_move.run_cold_move, module.params, module.check_mode)
-    if result.get("state") == "migrated":
-        # the role's verification of the source, read here (no remote call of its own)
-        result["source_after"] = _host.facts_after_move(module.params["source_uri"])
-    module.exit_json(**result)
+    # the role's verification of the source, read here (no remote call of its own)
+    module.exit_json(**_host.with_source_after(result, module.params["source_uri"]))
 
 
 if __name__ == "__main__":

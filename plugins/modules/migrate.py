@@ -614,10 +614,8 @@ def main():
     runtime = _migration.Runtime(log=module.log,
                                  progress=_migration_monitor.progress_writer(progress_file, module.log))
     result = _module.call_backend(module, _migration.run_migration, opts, check_mode=module.check_mode, rt=runtime)
-    if result.get("state") == "migrated":
-        # the role's verification of the source, read here (no remote call of its own)
-        result["source_after"] = _host.facts_after_move(opts.source_uri)
-    module.exit_json(**result)
+    # the role's verification of the source, read here (no remote call of its own)
+    module.exit_json(**_host.with_source_after(result, opts.source_uri))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,16 @@ def test_facts_after_move_that_cannot_be_read_are_none_for_the_role_to_read_them
                                connect=connector({"qemu:///system": host_conn(caps(), [], None)}))
 
 
+def test_with_source_after_only_for_a_move_that_happened(monkeypatch):
+    seen = []
+    monkeypatch.setattr(_host, "facts_after_move", lambda uri: seen.append(uri) or {"host": {}, "domains": []})
+    assert _host.with_source_after({"state": "planned"}, "qemu:///system") == {"state": "planned"}
+    assert _host.with_source_after({"state": "already_migrated"}) == {"state": "already_migrated"}
+    assert seen == []
+    out = _host.with_source_after({"state": "migrated"}, "qemu:///system")
+    assert out["source_after"] == {"host": {}, "domains": []} and seen == ["qemu:///system"]
+
+
 def test_read_conf_missing(tmp_path):
     assert _host.read_conf(str(tmp_path / "nope.conf")) == (False, "")
     conf = tmp_path / "libvirtd.conf"

@@ -63,7 +63,8 @@ if [ ! -x .venv/sanity/bin/ansible-test ] || ! cmp -s requirements-dev.txt .venv
   .venv/sanity/bin/pip install -q --upgrade 'pip==25.3'
   core=$(grep '^ansible-core==' requirements-dev.txt)
   .venv/sanity/bin/pip install -q "$core" libvirt-python=="$(sed -n 's/^libvirt-python==//p' requirements-dev.txt)" \
-    lxml=="$(sed -n 's/^lxml==//p' requirements-dev.txt)"
+    lxml=="$(sed -n 's/^lxml==//p' requirements-dev.txt)" \
+    cryptography=="$(sed -n 's/^cryptography==//p' requirements-dev.txt)"
   reqdir=$(.venv/sanity/bin/python -c 'import ansible_test, os; print(os.path.join(os.path.dirname(ansible_test.__file__), "_data", "requirements"))')
   for f in "$reqdir"/sanity.*.txt; do
     .venv/sanity/bin/pip install -q -r "$f" -c "$reqdir/constraints.txt"
@@ -75,7 +76,7 @@ fi
 # its sanity tests' requirements into venvs of its own when they run). Only for make compat
 # (KVMOPS_COMPAT=1; part of make test), so that make setup and make demo do not wait for them.
 [ "${KVMOPS_COMPAT:-0}" = 1 ] || { echo "bootstrap: Debian packages and .venv ready"; exit 0; }
-mapfile -t unit_reqs < <(grep -E '^(libvirt-python|lxml|pytest)==' requirements-dev.txt)
+mapfile -t unit_reqs < <(grep -E '^(libvirt-python|lxml|pytest|cryptography)==' requirements-dev.txt)
 while read -r core; do
   ver=${core#ansible-core==}
   venv=.venv/core-${ver%.*}

@@ -369,7 +369,9 @@ def domain_facts(xml_or_root: t.Any) -> dict[str, t.Any]:
 
     Shape: ``{name, uuid, domain_type, memory_bytes, current_memory_bytes, vcpus, arch,
     machine, os_type, emulator, loader, nvram, nvram_template, nvram_format, kernel, initrd, dtb,
-    disks: [...], interfaces: [...]}``; memory in bytes. ``nvram_template`` is the file libvirt
+    dirty_ring, disks: [...], interfaces: [...]}``; memory in bytes. ``dirty_ring``: KVM's dirty
+    ring is on (``<features><kvm><dirty-ring state='on'/>``), which decides how QEMU can measure
+    the guest's dirty rate. ``nvram_template`` is the file libvirt
     creates an absent NVRAM file from (``<nvram template=...>``), None when the definition names
     none (libvirt then takes the firmware's default template); ``nvram_format`` the
     ``format`` attribute (None: raw).
@@ -395,6 +397,7 @@ def domain_facts(xml_or_root: t.Any) -> dict[str, t.Any]:
         "kernel": _text(root, "os/kernel"),
         "initrd": _text(root, "os/initrd"),
         "dtb": _text(root, "os/dtb"),
+        "dirty_ring": _attr(root, "features/kvm/dirty-ring", "state") == "on",
         "disks": disks(root),
         "interfaces": interfaces(root),
     }

@@ -11,8 +11,8 @@ Two parts:
   second) to a forecast dict (shape below). :func:`completion_timeout_s` turns a forecast into a
   completion timeout (a multiple of the forecast total, with a floor).
 - :func:`measure_guest`, read-only on the source's libvirt: the guest's memory dirty rate
-  (``virDomainStartDirtyRateCalc`` then the ``dirtyrate`` group of
-  ``virConnectGetAllDomainStats``), the write rate of its copied disks (two ``virDomainBlockStats``
+  (``virDomainStartDirtyRateCalc`` in the mode :func:`dirty_rate_mode` picks, then the
+  ``dirtyrate`` group of ``virConnectGetAllDomainStats``), the write rate of its copied disks (two ``virDomainBlockStats``
   samples over the same window) and its memory in use (``virDomainMemoryStats``, else
   ``virDomainGetInfo``'s maximum). :func:`inputs_from_measurement` joins it with the copied disks'
   allocation and the link rate.
@@ -83,6 +83,22 @@ AUTOCONVERGE_MAX_THROTTLE = 80
 WRITE_HEAVY_FRACTION = 0.5
 
 VERDICTS = ("converges", "does not converge")
+
+#: QEMU's ways of measuring a dirty rate (``virDomainDirtyRateCalcFlags``, libvirt >= 8.1 for the
+#: two besides page sampling): ``page-sampling`` hashes 512 sampled 4 KiB pages per GiB at the
+#: start and the end of the window, so a page rewritten with the data it held (or written and
+#: written back within the window) is not seen; ``dirty-bitmap`` counts every page written in the
+#: window through KVM's dirty log, as migration counts them (KVM only: under TCG QEMU counts no
+#: page this way and says 0); ``dirty-ring`` the same through KVM's dirty ring, the only way when
+#: the guest has its dirty ring on
+DIRTY_MODES = {"page-sampling": 0, "dirty-bitmap": 1, "dirty-ring": 2}
+#: what each mode's rate means, for the forecast's sources
+DIRTY_MODE_WORDS = {
+    "page-sampling": "libvirt dirtyrate calculation, page sampling (pages rewritten with the same data are not "
+                     "seen: a lower bound)",
+    "dirty-bitmap": "libvirt dirtyrate calculation, dirty bitmap (every page written, as migration counts them)",
+    "dirty-ring": "libvirt dirtyrate calculation, dirty ring (every page written, as migration counts them)",
+}
 LEVERS = ("none", "bandwidth", "parallel_connections", "downtime", "auto_converge", "postcopy", "sync_writes")
 
 
@@ -113,6 +129,8 @@ class ForecastInputs:
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
     #: the link measurement behind ``link_bps`` (``_probe.probe_link``), None when not measured
     link: dict[str, t.Any] | None = None
+    #: how ``dirty_bps`` was measured (:data:`DIRTY_MODES`), None when not measured
+    dirty_mode: str | None = None
 
 
 def _passes(memory_bytes: float, rate: float, dirty_bps: float, threshold: float) -> tuple[list[float], float, bool]:
@@ -171,6 +189,9 @@ def forecast(inputs: ForecastInputs) -> dict[str, t.Any]:
     assumptions: list[str] = []
     if not inputs.link_measured:
         assumptions.append("the link rate (%.0f MiB/s) is assumed, not measured" % (inputs.link_bps / MIB))
+    if inputs.dirty_mode == "page-sampling":
+        assumptions.append("the dirty rate was sampled (QEMU's page sampling, the only way without KVM): pages the "
+                           "guest rewrites with the same data are not counted, while migration sends them again")
     out: dict[str, t.Any] = {
         "link_measured": bool(inputs.link_measured), "rate_bps": _round(rate), "capped": capped,
         "link": dict(inputs.link) if inputs.link else None,
@@ -181,7 +202,7 @@ def forecast(inputs: ForecastInputs) -> dict[str, t.Any]:
                    "max_downtime_ms": downtime_limit_ms,
                    "bandwidth_bps": _round(float(inputs.bandwidth_bps)) if inputs.bandwidth_bps else None,
                    "stream_bps": _round(float(inputs.stream_bps)) if inputs.stream_bps else None,
-                   "sources": dict(inputs.sources)},
+                   "dirty_mode": inputs.dirty_mode, "sources": dict(inputs.sources)},
     }
     # storage: the mirror copies the allocation and must keep up with the guest's writes
     storage_s: float | None = 0.0
@@ -344,6 +365,23 @@ def _written(dom: t.Any, targets: t.Sequence[str]) -> dict[str, int]:
     return {tg: int(dom.blockStats(tg)[3]) for tg in targets}
 
 
+def dirty_rate_mode(domain_type: str | None, dirty_ring: bool = False) -> str:
+    """The :data:`DIRTY_MODES` mode that measures the dirty rate of a guest the way its migration
+    will meet it: ``dirty-ring`` for a KVM guest with its dirty ring on (QEMU refuses the dirty
+    bitmap then), ``dirty-bitmap`` for any other KVM guest, ``page-sampling`` for the rest (TCG,
+    ``<domain type='qemu'>``, where the dirty log counts nothing for the measurement).
+
+    :param domain_type: ``<domain type>`` (``kvm``, ``qemu``, ...), None when not known.
+    :param dirty_ring: ``<features><kvm><dirty-ring state='on'/>``.
+
+    >>> dirty_rate_mode("kvm"), dirty_rate_mode("kvm", True), dirty_rate_mode("qemu")
+    ('dirty-bitmap', 'dirty-ring', 'page-sampling')
+    """
+    if domain_type != "kvm":
+        return "page-sampling"
+    return "dirty-ring" if dirty_ring else "dirty-bitmap"
+
+
 @dataclasses.dataclass
 class Measurement:
     """A measurement of one guest under way (:func:`start_measure`): the window opened at
@@ -356,29 +394,48 @@ class Measurement:
     calc_started: bool
     written: dict[str, int]
     problems: list[str]
+    #: the :data:`DIRTY_MODES` mode the calculation runs in (None: it did not start)
+    mode: str | None = None
+
+
+def _start_calc(dom: t.Any, lv: t.Any, seconds: int, mode: str, problems: list[str]) -> str | None:
+    """``virDomainStartDirtyRateCalc`` in ``mode``, else in page sampling when that mode was
+    refused: the mode it runs in, None when none started (the reasons in ``problems``)."""
+    for attempt in ([mode, "page-sampling"] if mode != "page-sampling" else [mode]):
+        try:
+            dom.startDirtyRateCalc(seconds, DIRTY_MODES[attempt])
+            return attempt
+        except AttributeError:
+            problems.append("this libvirt-python has no virDomainStartDirtyRateCalc (libvirt >= 7.2): dirty rate "
+                            "not measured")
+            return None
+        except Exception as err:  # a libvirt error becomes a problem; others propagate
+            if not _libvirt.is_libvirt_error(err, lv):
+                raise
+            problems.append("the dirty rate could not be measured in %s mode (virDomainStartDirtyRateCalc: %s)"
+                            % (attempt, err))
+    return None
 
 
 def start_measure(dom: t.Any, lv: t.Any, targets: t.Sequence[str] = (), seconds: int = 1,
-                  clock: t.Callable[[], float] = time.monotonic) -> Measurement:
+                  clock: t.Callable[[], float] = time.monotonic, mode: str = "page-sampling") -> Measurement:
     """Open the measuring window of the running guest ``dom`` (``seconds``, an integer >= 1):
-    ``virDomainStartDirtyRateCalc(seconds, 0)`` (libvirt >= 7.2, QEMU >= 5.2; the default
-    page-sampling mode, which hashes sampled pages and changes nothing of the guest; it takes
-    libvirt's modify job, so it waits if another job holds the guest) and the first
-    ``virDomainBlockStats`` of each target. The caller may do other work until
+    ``virDomainStartDirtyRateCalc(seconds, flags)`` (libvirt >= 7.2, QEMU >= 5.2) in ``mode``
+    (:data:`DIRTY_MODES`, :func:`dirty_rate_mode`; a mode libvirt or QEMU refuses falls back to
+    page sampling, libvirt's default). None of the modes changes the guest's memory; the dirty
+    bitmap and ring turn KVM's dirty logging on for the window, as the first pass of a migration
+    does. It takes libvirt's modify job, so it waits if another job holds the guest. And the
+    first ``virDomainBlockStats`` of each target. The caller may do other work until
     :func:`finish_measure`, which waits for the rest of the window. Never raises for a libvirt
-    failure: it becomes a problem of the measurement."""
+    failure: it becomes a problem of the measurement.
+
+    :raises ValueError: ``mode`` is not one of :data:`DIRTY_MODES`."""
+    if mode not in DIRTY_MODES:
+        raise ValueError("dirty rate mode %r is not one of %s" % (mode, ", ".join(DIRTY_MODES)))
     seconds = max(1, int(seconds))
     problems: list[str] = []
-    started = False
-    try:
-        dom.startDirtyRateCalc(seconds, 0)
-        started = True
-    except AttributeError:
-        problems.append("this libvirt-python has no virDomainStartDirtyRateCalc (libvirt >= 7.2): dirty rate not measured")
-    except Exception as err:  # a libvirt error becomes a problem; others propagate
-        if not _libvirt.is_libvirt_error(err, lv):
-            raise
-        problems.append("the dirty rate could not be measured (virDomainStartDirtyRateCalc: %s)" % err)
+    running = _start_calc(dom, lv, seconds, mode, problems)
+    started = running is not None
     written: dict[str, int] = {}
     for target in targets:
         try:
@@ -388,7 +445,7 @@ def start_measure(dom: t.Any, lv: t.Any, targets: t.Sequence[str] = (), seconds:
                 raise
             problems.append("the write rate of %s could not be read (virDomainBlockStats: %s)" % (target, err))
     return Measurement(dom=dom, lv=lv, seconds=seconds, started_at=clock(), calc_started=started,
-                       written=written, problems=problems)
+                       written=written, problems=problems, mode=running)
 
 
 def finish_measure(m: Measurement, targets: t.Sequence[str] | None = None,
@@ -403,8 +460,9 @@ def finish_measure(m: Measurement, targets: t.Sequence[str] | None = None,
     :func:`memory_in_use`.
 
     :returns: ``{dirty_bps (None when not measured), dirty_source: "libvirt dirtyrate" | None,
-        disk_write_bps, memory_bytes, memory_source, window_s, problems: [str]}``; a libvirt
-        failure is a problem in the list, never an exception.
+        dirty_mode: the :data:`DIRTY_MODES` mode measured in | None, disk_write_bps,
+        memory_bytes, memory_source, window_s, problems: [str]}``; a libvirt failure is a
+        problem in the list, never an exception.
     """
     left = m.seconds - (clock() - m.started_at)
     if left > 0:
@@ -425,16 +483,17 @@ def finish_measure(m: Measurement, targets: t.Sequence[str] | None = None,
         if m.calc_started else None
     memory, source = memory_in_use(m.dom, m.lv)
     return {"dirty_bps": dirty_bps, "dirty_source": "libvirt dirtyrate" if dirty_bps is not None else None,
+            "dirty_mode": m.mode if dirty_bps is not None else None,
             "disk_write_bps": round(write_bps, 2), "memory_bytes": int(memory), "memory_source": source,
             "window_s": round(window_s, 2), "problems": list(m.problems)}
 
 
 def measure_guest(dom: t.Any, lv: t.Any, targets: t.Sequence[str] = (), seconds: int = 1,
                   clock: t.Callable[[], float] = time.monotonic,
-                  sleep: t.Callable[[float], None] = time.sleep) -> dict[str, t.Any]:
+                  sleep: t.Callable[[float], None] = time.sleep, mode: str = "page-sampling") -> dict[str, t.Any]:
     """:func:`start_measure` then :func:`finish_measure` of the copied disks ``targets``: the
     guest measured for about ``seconds``, read-only. Shape of :func:`finish_measure`."""
-    return finish_measure(start_measure(dom, lv, targets, seconds, clock), list(targets), clock, sleep)
+    return finish_measure(start_measure(dom, lv, targets, seconds, clock, mode), list(targets), clock, sleep)
 
 
 def _read_dirtyrate(dom: t.Any, lv: t.Any, seconds: int, clock: t.Callable[[], float],
@@ -485,14 +544,16 @@ def inputs_from_measurement(measured: dict[str, t.Any], disk_bytes: int, *, link
         link_bps = float(ASSUMED_LINK_BPS)
         sources["link_bps"] = "assumed: 1 Gbit/s, not measured"
     dirty = measured.get("dirty_bps")
-    sources["dirty_bps"] = "libvirt dirtyrate calculation" if dirty is not None else "not measured, taken as 0"
+    sources["dirty_bps"] = DIRTY_MODE_WORDS.get(str(measured.get("dirty_mode")), "libvirt dirtyrate calculation") \
+        if dirty is not None else "not measured, taken as 0"
     return ForecastInputs(memory_bytes=int(measured.get("memory_bytes") or 0), disk_bytes=int(disk_bytes),
                           link_bps=float(link_bps), dirty_bps=float(dirty or 0.0),
                           disk_write_bps=float(measured.get("disk_write_bps") or 0.0),
                           max_downtime_ms=max_downtime_ms,
                           bandwidth_bps=float(bandwidth_mibps) * MIB if bandwidth_mibps else None,
                           link_measured=bool(link and link.get("bps")), stream_bps=stream_bps, sources=sources,
-                          link=dict(link) if link and link.get("bps") else None)
+                          link=dict(link) if link and link.get("bps") else None,
+                          dirty_mode=measured.get("dirty_mode") if dirty is not None else None)
 
 
 def link_words(link: dict[str, t.Any]) -> str:

@@ -447,7 +447,8 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         fsettings = forecast_settings(opts.forecast)
         # the guest is measured while the other checks run: finish_measure waits for the rest
         measuring = _forecast.start_measure(dom, lv, [d["target"] for d in facts["disks"] if d.get("copy")],
-                                            fsettings["seconds"], probes.monotonic) \
+                                            fsettings["seconds"], probes.monotonic,
+                                            _forecast.dirty_rate_mode(facts["domain_type"], facts["dirty_ring"])) \
             if active and fsettings["enabled"] else None
         if measuring is not None and fsettings["link_probe"] and opts.migrate_port:
             # the link, through the port memory will take, for about 1 s inside the guest's window

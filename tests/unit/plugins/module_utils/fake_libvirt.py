@@ -242,7 +242,10 @@ class Domain:
         # once measured (None: startDirtyRateCalc is unsupported), how many stats queries still say
         # "measuring", the calculations started (their seconds); wr_bytes of successive blockStats
         # calls per target (the last one repeats; a target not listed has written 0 bytes);
-        # memoryStats() in KiB (empty: no balloon, no rss)
+        # memoryStats() in KiB (empty: no balloon, no rss); the calculation modes (flags) QEMU
+        # refuses (e.g. the dirty bitmap of a guest with its dirty ring on), the flags started
+        self.dirty_refused_flags: set[int] = set()
+        self.dirty_flags: list[int] = []
         self.dirty_rate_mibps: int | None = 0
         self.dirty_measuring = 0
         self.dirty_calcs: list[int] = []
@@ -304,7 +307,11 @@ class Domain:
         if self.dirty_rate_mibps is None:
             raise LibvirtError("this function is not supported by the connection driver: virDomainStartDirtyRateCalc",
                                FAKE_ONLY["VIR_ERR_NO_SUPPORT"])
+        if flags in self.dirty_refused_flags:
+            raise LibvirtError("unsupported configuration: mode %d of calc-dirty-rate is not enabled" % flags,
+                               FAKE_ONLY["VIR_ERR_OPERATION_UNSUPPORTED"])
         self.dirty_calcs.append(seconds)
+        self.dirty_flags.append(flags)
         return 0
 
     # --- the guest agent -------------------------------------------------------------------

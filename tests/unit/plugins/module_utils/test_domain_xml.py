@@ -24,6 +24,16 @@ def test_every_domain_fixture_parses(name):
         assert isinstance(disk["copy"], bool) and disk["copy_reason"]
 
 
+def test_dirty_ring_is_read_from_the_kvm_features():
+    base = fixture("domains", "vm1.xml").replace("@DIR@", "/img")
+    assert dx.domain_facts(base)["dirty_ring"] is False
+    assert dx.domain_facts(base)["domain_type"] == "kvm"
+    ring = base.replace("</name>", "</name><features><kvm><dirty-ring state='on' size='4096'/></kvm></features>", 1)
+    off = base.replace("</name>", "</name><features><kvm><dirty-ring state='off'/></kvm></features>", 1)
+    assert "<features>" not in base and dx.domain_facts(ring)["dirty_ring"] is True
+    assert dx.domain_facts(off)["dirty_ring"] is False
+
+
 def test_vm1_facts():
     facts = dx.domain_facts(fixture("domains", "vm1.xml").replace("@DIR@", "/img"))
     assert facts["memory_bytes"] == 2 * 1024 ** 3

@@ -243,6 +243,42 @@ def test_measure_guest_gives_up_on_a_calculation_that_never_ends():
     assert out["dirty_bps"] is None and "did not finish within 4 s" in out["problems"][0]
 
 
+def test_dirty_rate_mode_follows_the_accelerator():
+    # under TCG only page sampling counts anything; KVM counts every written page, as migration does
+    assert fc.dirty_rate_mode("qemu") == "page-sampling" and fc.dirty_rate_mode(None) == "page-sampling"
+    assert fc.dirty_rate_mode("kvm") == "dirty-bitmap" and fc.dirty_rate_mode("kvm", True) == "dirty-ring"
+    assert fc.dirty_rate_mode("qemu", True) == "page-sampling"
+
+
+@pytest.mark.parametrize("mode,flags", [("page-sampling", 0), ("dirty-bitmap", 1), ("dirty-ring", 2)])
+def test_measure_guest_in_each_mode_says_which(mode, flags):
+    fl, guest = _guest()
+    guest.dirty_rate_mibps = 40
+    clock = fl.FakeClock()
+    out = fc.measure_guest(guest, fl.LV_11_3, [], 1, clock, clock.sleep, mode)
+    assert guest.dirty_flags == [flags] and out["dirty_mode"] == mode and out["problems"] == []
+    inputs = fc.inputs_from_measurement(out, 0)
+    assert inputs.dirty_mode == mode and inputs.sources["dirty_bps"] == fc.DIRTY_MODE_WORDS[mode]
+    sampled = any("sampled" in a for a in fc.forecast(inputs)["assumptions"])
+    assert sampled is (mode == "page-sampling")
+
+
+def test_a_refused_mode_falls_back_to_page_sampling_and_says_so():
+    fl, guest = _guest()
+    guest.dirty_rate_mibps, guest.dirty_refused_flags = 12, {1}
+    clock = fl.FakeClock()
+    out = fc.measure_guest(guest, fl.LV_11_3, [], 1, clock, clock.sleep, "dirty-bitmap")
+    assert guest.dirty_flags == [0] and out["dirty_mode"] == "page-sampling" and out["dirty_bps"] == 12 * MIB
+    assert len(out["problems"]) == 1 and "dirty-bitmap mode" in out["problems"][0]
+    # every mode refused: not measured, each refusal said
+    fl, guest = _guest()
+    guest.dirty_refused_flags = {0, 2}
+    out = fc.measure_guest(guest, fl.LV_11_3, [], 1, clock, clock.sleep, "dirty-ring")
+    assert out["dirty_bps"] is None and out["dirty_mode"] is None and len(out["problems"]) == 2
+    with pytest.raises(ValueError):
+        fc.start_measure(guest, fl.LV_11_3, [], 1, clock, "dirty-log")
+
+
 def test_start_then_finish_sleeps_only_the_rest_of_the_window():
     fl, guest = _guest()
     clock = fl.FakeClock()

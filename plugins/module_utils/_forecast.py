@@ -92,6 +92,13 @@ VERDICTS = ("converges", "does not converge")
 #: page this way and says 0); ``dirty-ring`` the same through KVM's dirty ring, the only way when
 #: the guest has its dirty ring on
 DIRTY_MODES = {"page-sampling": 0, "dirty-bitmap": 1, "dirty-ring": 2}
+#: where the memory in use came from (:func:`memory_in_use`'s source), for the forecast's sources
+MEMORY_SOURCE_WORDS = {
+    "balloon": "balloon: actual - unused",
+    "ram_rss": "resident size of the guest RAM mapping, /proc/<pid>/smaps",
+    "rss": "rss of the QEMU process, its own memory included",
+    "max_memory": "the guest's maximum memory",
+}
 #: what each mode's rate means, for the forecast's sources
 DIRTY_MODE_WORDS = {
     "page-sampling": "libvirt dirtyrate calculation, page sampling (pages rewritten with the same data are not "
@@ -337,13 +344,68 @@ def _const(lv: t.Any, name: str, fallback: t.Any) -> t.Any:
     return fallback if value is None else value
 
 
-def memory_in_use(dom: t.Any, lv: t.Any) -> tuple[int, str]:
+#: where the system instance of libvirt's QEMU driver keeps each running guest's QEMU pid
+QEMU_PID_DIR = "/run/libvirt/qemu"
+#: how much larger than the guest's memory the host mapping of its RAM may be (alignment, guard)
+RAM_MAPPING_SLACK = 8 * MIB
+
+
+def ram_resident_from_smaps(text: str, memory_bytes: int, slack: int = RAM_MAPPING_SLACK) -> int | None:
+    """The resident bytes of a guest's RAM from its QEMU process's ``/proc/<pid>/smaps`` text:
+    the ``Rss`` of the one mapping whose ``Size`` is between ``memory_bytes`` and
+    ``memory_bytes + slack`` (QEMU maps the RAM of a guest without NUMA nodes as one block,
+    anonymous or a memfd/hugetlbfs file). None when no mapping or more than one has that size
+    (several NUMA memory backends, or another mapping of the same size, e.g. TCG's translation
+    buffer): the caller then keeps the process's rss. Pages the guest never touched are not
+    resident, so this is what pass 1 of a migration can send beyond zero pages (pages the guest
+    zeroed itself stay resident and cost little on the wire).
+
+    >>> ram_resident_from_smaps("7f00-7f10 rw-p 00000000 00:00 0\\nSize: 1048576 kB\\nRss: 2048 kB\\n", 1024 ** 3)
+    2097152
+    """
+    found: list[int] = []
+    size = rss = None
+    for line in text.splitlines() + ["0-0 ---p 0 0:0 0"]:
+        head = line.split(None, 1)[0] if line.strip() else ""
+        if "-" in head and not head.endswith(":"):
+            if size is not None and rss is not None and memory_bytes <= size <= memory_bytes + slack:
+                found.append(rss)
+            size = rss = None
+            continue
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] in ("Size:", "Rss:") and parts[2] == "kB" and parts[1].isdigit():
+            if parts[0] == "Size:":
+                size = int(parts[1]) * 1024
+            else:
+                rss = int(parts[1]) * 1024
+    return found[0] if len(found) == 1 else None
+
+
+def guest_ram_resident(name: str, memory_bytes: int, pid_dir: str = QEMU_PID_DIR,
+                       opener: t.Callable[..., t.Any] = open) -> int | None:
+    """:func:`ram_resident_from_smaps` of the running guest ``name`` on this host: its QEMU pid
+    from libvirt's ``<pid_dir>/<name>.pid``, then ``/proc/<pid>/smaps``. Only meaningful where
+    the module runs on the guest's host with the local system connection. None when either file
+    cannot be read (another libvirt instance, no permission, the guest just stopped)."""
+    try:
+        with opener("%s/%s.pid" % (pid_dir, name)) as handle:
+            pid = int(handle.read().strip())
+        with opener("/proc/%d/smaps" % pid) as handle:
+            return ram_resident_from_smaps(handle.read(), memory_bytes)
+    except (OSError, ValueError):
+        return None
+
+
+def memory_in_use(dom: t.Any, lv: t.Any,
+                  ram_reader: t.Callable[[str, int], int | None] | None = None) -> tuple[int, str]:
     """``(bytes, source)``: the guest's memory in use. ``virDomainMemoryStats``: ``actual -
-    unused`` (the balloon driver's view; needs the guest's virtio-balloon with a stats period),
-    else the QEMU process's ``rss`` capped at the guest's memory (``actual``, else
-    ``virDomainGetInfo``'s maximum): the pages the guest touched plus QEMU's own memory (under
-    TCG its translation cache), so an overestimate; else the maximum memory. ``source`` says
-    which: ``balloon``, ``rss`` or ``max_memory``. libvirt reports KiB."""
+    unused`` (the balloon driver's view; needs the guest's virtio-balloon with a stats period);
+    else, with ``ram_reader`` (:func:`guest_ram_resident`, called with the domain's name and its
+    memory in bytes), the resident size of the guest's RAM mapping in its QEMU process; else the
+    QEMU process's ``rss``: the pages the guest touched plus QEMU's own memory (under TCG its
+    translation cache), so an overestimate; each capped at the guest's memory (``actual``, else
+    ``virDomainGetInfo``'s maximum); else the maximum memory. ``source`` says which:
+    ``balloon``, ``ram_rss``, ``rss`` or ``max_memory``. libvirt reports KiB."""
     stats: dict[t.Any, t.Any] = {}
     try:
         stats = dict(dom.memoryStats() or {})
@@ -354,8 +416,12 @@ def memory_in_use(dom: t.Any, lv: t.Any) -> tuple[int, str]:
     if actual and stats.get("unused") is not None and int(actual) > int(stats["unused"]):
         return 1024 * (int(actual) - int(stats["unused"])), "balloon"
     maximum = int(dom.info()[1])
+    cap = 1024 * int(actual or maximum)
+    resident = ram_reader(dom.name(), 1024 * maximum) if ram_reader else None
+    if resident is not None:
+        return min(int(resident), cap), "ram_rss"
     if stats.get("rss"):
-        return 1024 * min(int(stats["rss"]), int(actual or maximum)), "rss"
+        return min(1024 * int(stats["rss"]), cap), "rss"
     return 1024 * maximum, "max_memory"
 
 
@@ -396,6 +462,8 @@ class Measurement:
     problems: list[str]
     #: the :data:`DIRTY_MODES` mode the calculation runs in (None: it did not start)
     mode: str | None = None
+    #: reads the guest RAM's resident size (:func:`guest_ram_resident`), None: not on its host
+    ram_reader: t.Callable[[str, int], int | None] | None = None
 
 
 def _start_calc(dom: t.Any, lv: t.Any, seconds: int, mode: str, problems: list[str]) -> str | None:
@@ -418,14 +486,16 @@ def _start_calc(dom: t.Any, lv: t.Any, seconds: int, mode: str, problems: list[s
 
 
 def start_measure(dom: t.Any, lv: t.Any, targets: t.Sequence[str] = (), seconds: int = 1,
-                  clock: t.Callable[[], float] = time.monotonic, mode: str = "page-sampling") -> Measurement:
+                  clock: t.Callable[[], float] = time.monotonic, mode: str = "page-sampling",
+                  ram_reader: t.Callable[[str, int], int | None] | None = None) -> Measurement:
     """Open the measuring window of the running guest ``dom`` (``seconds``, an integer >= 1):
     ``virDomainStartDirtyRateCalc(seconds, flags)`` (libvirt >= 7.2, QEMU >= 5.2) in ``mode``
     (:data:`DIRTY_MODES`, :func:`dirty_rate_mode`; a mode libvirt or QEMU refuses falls back to
     page sampling, libvirt's default). None of the modes changes the guest's memory; the dirty
     bitmap and ring turn KVM's dirty logging on for the window, as the first pass of a migration
     does. It takes libvirt's modify job, so it waits if another job holds the guest. And the
-    first ``virDomainBlockStats`` of each target. The caller may do other work until
+    first ``virDomainBlockStats`` of each target. ``ram_reader``: for :func:`memory_in_use`, only
+    where this runs on the guest's host. The caller may do other work until
     :func:`finish_measure`, which waits for the rest of the window. Never raises for a libvirt
     failure: it becomes a problem of the measurement.
 
@@ -445,7 +515,7 @@ def start_measure(dom: t.Any, lv: t.Any, targets: t.Sequence[str] = (), seconds:
                 raise
             problems.append("the write rate of %s could not be read (virDomainBlockStats: %s)" % (target, err))
     return Measurement(dom=dom, lv=lv, seconds=seconds, started_at=clock(), calc_started=started,
-                       written=written, problems=problems, mode=running)
+                       written=written, problems=problems, mode=running, ram_reader=ram_reader)
 
 
 def finish_measure(m: Measurement, targets: t.Sequence[str] | None = None,
@@ -481,7 +551,7 @@ def finish_measure(m: Measurement, targets: t.Sequence[str] | None = None,
     window_s = clock() - m.started_at
     dirty_bps = _read_dirtyrate(m.dom, m.lv, m.seconds, clock, sleep, m.started_at, m.problems) \
         if m.calc_started else None
-    memory, source = memory_in_use(m.dom, m.lv)
+    memory, source = memory_in_use(m.dom, m.lv, m.ram_reader)
     return {"dirty_bps": dirty_bps, "dirty_source": "libvirt dirtyrate" if dirty_bps is not None else None,
             "dirty_mode": m.mode if dirty_bps is not None else None,
             "disk_write_bps": round(write_bps, 2), "memory_bytes": int(memory), "memory_source": source,
@@ -529,7 +599,8 @@ def inputs_from_measurement(measured: dict[str, t.Any], disk_bytes: int, *, link
     (``_probe.probe_link``'s ``{bps, bytes, seconds, port}``); ``link_bps``, the operator's figure;
     the bandwidth cap; :data:`ASSUMED_LINK_BPS`. Only the first counts as measured; the others are
     said to be assumed. A dirty rate that was not measured counts as 0 and the forecast says so."""
-    sources = {"memory_bytes": "memory in use (%s)" % measured.get("memory_source"),
+    sources = {"memory_bytes": "memory in use (%s)" % MEMORY_SOURCE_WORDS.get(str(measured.get("memory_source")),
+                                                                          measured.get("memory_source")),
                "disk_bytes": "allocation of the copied disks",
                "disk_write_bps": "virDomainBlockStats over %.1f s" % float(measured.get("window_s") or 0)}
     if link and link.get("bps"):

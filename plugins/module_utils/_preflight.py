@@ -222,6 +222,8 @@ class Probes:
     #: the clock and the sleep of the guest's measurement (monotonic s)
     monotonic: t.Callable[[], float] = time.monotonic
     sleep: t.Callable[[float], None] = time.sleep
+    #: the resident size of a running guest's RAM on this host (:func:`_forecast.guest_ram_resident`)
+    ram_reader: t.Callable[[str, int], int | None] = _forecast.guest_ram_resident
     runner: t.Any = None
     lv: t.Any = None
 
@@ -448,7 +450,9 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
         # the guest is measured while the other checks run: finish_measure waits for the rest
         measuring = _forecast.start_measure(dom, lv, [d["target"] for d in facts["disks"] if d.get("copy")],
                                             fsettings["seconds"], probes.monotonic,
-                                            _forecast.dirty_rate_mode(facts["domain_type"], facts["dirty_ring"])) \
+                                            _forecast.dirty_rate_mode(facts["domain_type"], facts["dirty_ring"]),
+                                            # the guest RAM's resident size, read here only when this is its host
+                                            probes.ram_reader if opts.source_uri == "qemu:///system" else None) \
             if active and fsettings["enabled"] else None
         if measuring is not None and fsettings["link_probe"] and opts.migrate_port:
             # the link, through the port memory will take, for about 1 s inside the guest's window

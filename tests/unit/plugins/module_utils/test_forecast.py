@@ -27,6 +27,7 @@ Besides the recordings, one real figure from docs/performance.md (make bench, 20
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import typing as t
@@ -241,6 +242,65 @@ def test_measure_guest_gives_up_on_a_calculation_that_never_ends():
     clock = fl.FakeClock()
     out = fc.measure_guest(guest, fl.LV_11_3, [], 1, clock, clock.sleep)
     assert out["dirty_bps"] is None and "did not finish within 4 s" in out["problems"][0]
+
+
+SMAPS = """55d0c0a00000-55d0c0b00000 r-xp 00000000 08:01 1234    /usr/bin/qemu-system-x86_64
+Size:               1024 kB
+Rss:                 900 kB
+VmFlags: rd ex mr mw me
+7f3a00000000-7f3a40000000 rw-p 00000000 00:00 0
+Size:            1048576 kB
+Rss:              400000 kB
+VmFlags: rd wr mr mw me ac
+7f3b00000000-7f3b20200000 rw-p 00000000 00:00 0
+Size:             526336 kB
+KernelPageSize:        4 kB
+Rss:               95232 kB
+Pss:               95232 kB
+VmFlags: rd wr mr mw me ac sd
+"""
+
+
+def test_ram_resident_is_the_rss_of_the_one_mapping_the_size_of_the_guest_memory():
+    # the 512 MiB guest's RAM (2 MiB larger: alignment) beside TCG's 1 GiB translation buffer
+    assert fc.ram_resident_from_smaps(SMAPS, 512 * MIB) == 95232 * 1024
+    # a 1 GiB guest matches the buffer only: taken; both the same size would be ambiguous
+    assert fc.ram_resident_from_smaps(SMAPS, 1024 * MIB) == 400000 * 1024
+    twice = SMAPS + SMAPS.split("\n", 4)[4]
+    assert fc.ram_resident_from_smaps(twice, 512 * MIB) is None
+    assert fc.ram_resident_from_smaps(SMAPS, 256 * MIB) is None and fc.ram_resident_from_smaps("", MIB) is None
+    assert fc.ram_resident_from_smaps("garbage\nSize: x kB\nRss: 1\n", MIB) is None
+
+
+def test_guest_ram_resident_reads_the_pid_file_then_smaps(tmp_path):
+    (tmp_path / "vm1.pid").write_text("4242\n")
+    files = {str(tmp_path / "vm1.pid"): "4242\n", "/proc/4242/smaps": SMAPS}
+
+    def opener(path):
+        if path not in files:
+            raise FileNotFoundError(path)
+        return io.StringIO(files[path])
+    assert fc.guest_ram_resident("vm1", 512 * MIB, str(tmp_path), opener) == 95232 * 1024
+    assert fc.guest_ram_resident("vm2", 512 * MIB, str(tmp_path), opener) is None  # no pid file
+    files[str(tmp_path / "vm1.pid")] = "not a pid"
+    assert fc.guest_ram_resident("vm1", 512 * MIB, str(tmp_path), opener) is None
+
+
+def test_memory_in_use_prefers_the_balloon_then_the_ram_mapping_then_rss():
+    fl, guest = _guest()
+    guest.memory_stats = {"actual": 524288, "rss": 300000}
+    seen = []
+
+    def reader(name, memory):
+        seen.append((name, memory))
+        return 90 * MIB
+    assert fc.memory_in_use(guest, fl.LV_11_3, reader) == (90 * MIB, "ram_rss") and seen == [("vm1", 512 * MIB)]
+    assert fc.memory_in_use(guest, fl.LV_11_3, lambda n, m: None) == (300000 * 1024, "rss")
+    assert fc.memory_in_use(guest, fl.LV_11_3, lambda n, m: 900 * MIB) == (512 * MIB, "ram_rss")  # capped
+    guest.memory_stats = {"actual": 524288, "unused": 424288, "rss": 300000}
+    assert fc.memory_in_use(guest, fl.LV_11_3, reader) == (100000 * 1024, "balloon")
+    inputs = fc.inputs_from_measurement({"memory_bytes": MIB, "memory_source": "ram_rss"}, 0)
+    assert "smaps" in inputs.sources["memory_bytes"]
 
 
 def test_dirty_rate_mode_follows_the_accelerator():

@@ -731,7 +731,7 @@ def probes(hosts, names=None, tcp="refused", tls_material=None, clock=None):
     out = pf.Probes(connect=connector(hosts), resolver=lambda n: names.get(n, []),
                     tcp=lambda a, p, t: "open" if p == 22 else tcp, is_local=lambda a: False,
                     tls_material=tls_material or (lambda: tls_pair()[0]), now=tls_fakes.NOW.timestamp,
-                    monotonic=clock, sleep=clock.sleep)
+                    monotonic=clock, sleep=clock.sleep, ram_reader=lambda name, memory: None)
     # the link probe is the port probe the test sets, measuring nothing (the real one: below)
     out.probe_link = lambda a, port, pid, t: (out.probe_port(a, port, pid, t), None)
     return out

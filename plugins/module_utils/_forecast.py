@@ -599,8 +599,8 @@ def inputs_from_measurement(measured: dict[str, t.Any], disk_bytes: int, *, link
     (``_probe.probe_link``'s ``{bps, bytes, seconds, port}``); ``link_bps``, the operator's figure;
     the bandwidth cap; :data:`ASSUMED_LINK_BPS`. Only the first counts as measured; the others are
     said to be assumed. A dirty rate that was not measured counts as 0 and the forecast says so."""
-    sources = {"memory_bytes": "memory in use (%s)" % MEMORY_SOURCE_WORDS.get(str(measured.get("memory_source")),
-                                                                          measured.get("memory_source")),
+    memory_from = str(measured.get("memory_source"))
+    sources = {"memory_bytes": "memory in use (%s)" % MEMORY_SOURCE_WORDS.get(memory_from, memory_from),
                "disk_bytes": "allocation of the copied disks",
                "disk_write_bps": "virDomainBlockStats over %.1f s" % float(measured.get("window_s") or 0)}
     if link and link.get("bps"):

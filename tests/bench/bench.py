@@ -531,12 +531,19 @@ def cipher_speed() -> dict | None:
 
 
 def dirty_memory(mib_per_s: int) -> None:
-    """Start a loop in the guest rewriting ``mib_per_s`` MiB of random data in a file of its
-    /tmp (the guest's root is in its RAM; it has no /dev/shm) once a second: about that many
-    MiB/s of dirty memory that QEMU cannot send as zero pages."""
-    cmd = ("(cd /tmp && dd if=/dev/urandom of=kvb-a bs=1M count=%d 2>/dev/null && cp kvb-a kvb-x && "
-           "while :; do dd if=kvb-a of=kvb-x bs=1M conv=notrunc 2>/dev/null; sleep 1; done) "
-           "</dev/null >/dev/null 2>&1 &\n" % mib_per_s)
+    """Start a loop in the guest that keeps rewriting a file of ``mib_per_s`` MiB in its /tmp
+    (the guest's root is in its RAM; it has no /dev/shm) with new data: each pass copies a
+    window of a pool of random data half as large again, shifted by 1 MiB from the last pass,
+    so every page changes content each pass (about 0.1 s per pass under TCG): about
+    ``mib_per_s`` MiB of distinct pages dirtied in any second, which QEMU cannot send as zero
+    pages and its page sampling sees (a rewrite with the same data would dirty the pages for
+    migration but not for the sampling, the only dirty-rate measurement without KVM)."""
+    pool = mib_per_s + mib_per_s // 2
+    cmd = ("(cd /tmp && dd if=/dev/urandom of=kvb-pool bs=1M count=%d 2>/dev/null && "
+           "dd if=kvb-pool of=kvb-x bs=1M count=%d 2>/dev/null && i=0 && "
+           "while :; do dd if=kvb-pool of=kvb-x bs=1M count=%d skip=$i conv=notrunc 2>/dev/null; "
+           "i=$(( (i + 1) %% %d )); done) </dev/null >/dev/null 2>&1 &\n"
+           % (pool, mib_per_s, mib_per_s, pool - mib_per_s + 1))
     lab.run(["ip", "netns", "exec", lab.OBSERVER[0], "busybox", "nc", "-w", "2", VM_IP, "2323"],
             input=cmd, check=False, capture=True)
     time.sleep(4)

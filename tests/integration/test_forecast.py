@@ -16,14 +16,26 @@ import time
 from conftest import ROOT, ansible_playbook, lab, migrate_json, run_module
 
 GUEST = lab.GUEST
-#: a loop in the guest rewriting 16 MiB of random data in place, from two random sources in turn,
-#: while /tmp/kvmops-dirty exists (the guest's /tmp is its RAM; /dev/shm does not exist there)
-DIRTY_START = ("touch /tmp/kvmops-dirty; (cd /tmp && dd if=/dev/urandom of=kvd-a bs=1M count=16 2>/dev/null && "
-               "dd if=/dev/urandom of=kvd-b bs=1M count=16 2>/dev/null && cp kvd-a kvd-x && "
-               "while [ -e /tmp/kvmops-dirty ]; do dd if=kvd-a of=kvd-x bs=1M conv=notrunc 2>/dev/null; "
-               "dd if=kvd-b of=kvd-x bs=1M conv=notrunc 2>/dev/null; done; rm -f kvd-a kvd-b kvd-x) "
+#: a loop in the guest rewriting 32 MiB with new data while /tmp/kvmops-dirty exists: each pass
+#: copies a window of 48 MiB of random data shifted by 1 MiB from the last one, so every page
+#: changes content each pass (about 0.1 s a pass): about 32 MiB of distinct pages dirtied in any
+#: second, twice the 16 MiB/s cap. New data, because QEMU's page sampling (the only dirty-rate
+#: measurement under TCG) does not see a page rewritten with what it held. The guest's /tmp is its
+#: RAM; /dev/shm does not exist there.
+DIRTY_START = ("touch /tmp/kvmops-dirty; (cd /tmp && dd if=/dev/urandom of=kvd-pool bs=1M count=48 2>/dev/null && "
+               "dd if=kvd-pool of=kvd-x bs=1M count=32 2>/dev/null && i=0 && "
+               "while [ -e /tmp/kvmops-dirty ]; do dd if=kvd-pool of=kvd-x bs=1M count=32 skip=$i conv=notrunc "
+               "2>/dev/null; i=$(( (i + 1) % 17 )); done; rm -f kvd-pool kvd-x) "
                "</dev/null >/dev/null 2>&1 &\n")
 DIRTY_STOP = "rm -f /tmp/kvmops-dirty; echo stopped\n"
+#: a loop in the guest writing 4 MiB of random data to its data disk (vdb, 1-1.25 GiB in, clear of
+#: the proof's records at its start) and syncing it, then 0.5 s of rest, while /tmp/kvmops-write
+#: exists: a few MiB/s of writes the disks' mirror must forward during the move
+WRITE_START = ("touch /tmp/kvmops-write; (dd if=/dev/urandom of=/tmp/kvw-pool bs=1M count=4 2>/dev/null && i=0 && "
+               "while [ -e /tmp/kvmops-write ]; do dd if=/tmp/kvw-pool of=/dev/vdb bs=1M count=4 "
+               "seek=$(( 1024 + i % 64 * 4 )) conv=notrunc,fsync 2>/dev/null; i=$(( i + 1 )); sleep 0.5; done; "
+               "rm -f /tmp/kvw-pool) </dev/null >/dev/null 2>&1 &\n")
+WRITE_STOP = "rm -f /tmp/kvmops-write; echo stopped\n"
 
 
 def guest_shell(cmd: str) -> str:
@@ -33,12 +45,12 @@ def guest_shell(cmd: str) -> str:
     return res.stdout or ""
 
 
-def stop_dirtying() -> None:
+def stop_dirtying(command: str = DIRTY_STOP) -> None:
     for dummy in range(20):  # the guest's shell serves one connection at a time
-        if "stopped" in guest_shell(DIRTY_STOP):
+        if "stopped" in guest_shell(command):
             return
         time.sleep(1)
-    raise AssertionError("the dirtying loop in %s could not be stopped: remove /tmp/kvmops-dirty there" % GUEST)
+    raise AssertionError("the loop in %s could not be stopped (%s)" % (GUEST, command.strip()))
 
 
 def record(name: str, entry: dict) -> None:
@@ -73,9 +85,12 @@ def test_preflight_measures_the_running_guest_and_forecasts(lab_up):
     measured = fc["measured"]
     # the dirty-rate calculation works on the lab's QEMU (TCG), and the window was about 1 s
     assert measured["dirty_source"] == "libvirt dirtyrate", measured
+    assert measured["dirty_mode"] == "page-sampling", measured  # TCG: the only mode that counts
     assert measured["dirty_bps"] is not None and measured["problems"] == [], measured
     assert 0.9 <= measured["window_s"] <= 3.0, measured
-    assert measured["memory_source"] in ("balloon", "rss", "max_memory") and measured["memory_bytes"] > 0
+    # the lab guest has no balloon: the resident size of its RAM mapping, read on the source host,
+    # below the whole QEMU process's rss (TCG's translation buffer and QEMU's own memory)
+    assert measured["memory_source"] == "ram_rss" and 0 < measured["memory_bytes"] <= lab.GUEST_MEMORY_MIB * 1024 ** 2
     # the idle demo guest converges at the 64 MiB/s cap; without the destination's probe the link
     # is not measured: its rate is the cap, assumed
     assert fc["verdict"] == "converges", fc
@@ -138,26 +153,30 @@ def test_summary_shows_the_forecast_beside_the_actual_move(lab_up):
 
 
 def test_a_guest_dirtying_memory_under_a_cap_climbs_the_convergence_ladder(lab_up):
-    """A guest rewriting memory, moved at a 32 MiB/s cap: check mode forecasts it (with the link
-    measured and the levers), then the move with the ladder allowed (max downtime in 3 steps up
-    to 300 ms, auto-converge) says which steps it took when; the guest is moved back idle."""
+    """A guest dirtying about 32 MiB/s of memory, moved at a 16 MiB/s cap: check mode forecasts
+    that pre-copy does not converge (with the link measured) and names the levers, the raised cap
+    first and auto-converge among them; then the move with the ladder allowed (max downtime in 3
+    steps up to 300 ms, auto-converge) converges by auto-converge, and says which steps it took
+    when; the guest is moved back idle."""
     from test_roles import drop_old_images, other, play  # the same helpers as the roles' tests
 
     no_sync = ("-e", "migrate_guest_sync_clock=false")
     home = list(where())[0]
     away = other(home)
-    cap = ("-e", "migrate_guest_bandwidth_mibps=32", "-e", "migrate_guest_max_downtime_ms=300",
+    cap = ("-e", "migrate_guest_bandwidth_mibps=16", "-e", "migrate_guest_max_downtime_ms=300",
            "-e", "migrate_guest_downtime_steps=3", "-e", "migrate_guest_auto_converge=true")
     guest_shell(DIRTY_START)
     try:
-        time.sleep(3)  # the random sources are written
+        time.sleep(4)  # the random pool is written, the loop runs
         res, planned, out, _recap = migrate_json(GUEST, "-e", "dest=%s" % away, "--check", *cap, *no_sync)
         assert res.returncode == 0, out[-6000:]
         fc = planned["forecast"]
-        assert fc["link"] and fc["link"].startswith("link measured") and fc["inputs"]["bandwidth_bps"] == 32 * 1024 ** 2
-        if fc["verdict"] == "does not converge":
-            # the cap is the lever (the link carries more), and auto-converge would do without it
-            assert fc["levers"][0] == "bandwidth" and "auto_converge" in fc["levers"], fc
+        assert fc["link"] and fc["link"].startswith("link measured") and fc["inputs"]["bandwidth_bps"] == 16 * 1024 ** 2
+        # TCG: the page sampling, and the forecast says what it cannot see
+        assert fc["inputs"]["dirty_mode"] == "page-sampling", fc
+        assert fc["verdict"] == "does not converge", fc
+        # the cap is the lever (the link carries more), and auto-converge would do without it
+        assert fc["levers"][0] == "bandwidth" and "auto_converge" in fc["levers"], fc
         drop_old_images(away)
         res, moved, out, _recap = migrate_json(GUEST, "-e", "dest=%s" % away, *cap, *no_sync)
         assert res.returncode == 0 and where() == {away: "running"}, out[-6000:]
@@ -169,12 +188,50 @@ def test_a_guest_dirtying_memory_under_a_cap_climbs_the_convergence_ladder(lab_u
         assert downs and downs[0]["max_downtime_ms"] == 100 and len(downs) <= 3, steps
         assert [s["memory_iteration"] for s in downs[1:]] == sorted({s["memory_iteration"] for s in downs[1:]}), steps
         assert all(s["step"] != "postcopy" for s in steps)  # not allowed
+        # the lever the forecast named is the one that made it converge: QEMU throttled the vCPUs
+        assert [s for s in steps if s["step"] == "auto_converge"], ladder
         assert "max downtime 100 ms at" in ladder["msg"]
         print("ladder:", ladder["msg"], "| forecast:", fc["verdict"], fc.get("levers"), "| moved:",
               moved["duration_s"], "s", moved["downtime_ms"], "ms", moved["iterations"], "passes")
         record("dirtying_capped", moved)
     finally:
         stop_dirtying()
+        if where() != {home: "running"}:
+            drop_old_images(home)
+            play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % home, *no_sync)
+        drop_old_images(away)
+    assert where() == {home: "running"}
+
+
+def test_a_guest_writing_its_disk_is_forecast_with_its_write_rate(lab_up):
+    """A guest writing its data disk (a few MiB/s, synced) moved at a 32 MiB/s cap: check mode
+    measures the write rate over the window (virDomainBlockStats) and forecasts the mirror
+    forwarding it; the move converges as forecast. Its record is the disk-writing fixture of the
+    unit tests (tests/unit/fixtures/migration/lab_disk_writing_capped_move.json)."""
+    from test_roles import drop_old_images, other, play  # the same helpers as the roles' tests
+
+    no_sync = ("-e", "migrate_guest_sync_clock=false")
+    home = list(where())[0]
+    away = other(home)
+    cap = ("-e", "migrate_guest_bandwidth_mibps=32")
+    guest_shell(WRITE_START)
+    try:
+        time.sleep(3)
+        res, planned, out, _recap = migrate_json(GUEST, "-e", "dest=%s" % away, "--check", *cap, *no_sync)
+        assert res.returncode == 0, out[-6000:]
+        fc = planned["forecast"]
+        # 4 MiB every 0.5 s or more (the dd and its sync take time too): at least 1 MiB/s, at most 8
+        assert 1 * 1024 ** 2 <= fc["inputs"]["disk_write_bps"] <= 8 * 1024 ** 2, fc["inputs"]
+        assert fc["verdict"] == "converges", fc
+        drop_old_images(away)
+        res, moved, out, _recap = migrate_json(GUEST, "-e", "dest=%s" % away, *cap, *no_sync)
+        assert res.returncode == 0 and where() == {away: "running"}, out[-6000:]
+        assert moved["forecast"]["inputs"]["disk_write_bps"] > 0 and moved["forecast"]["verdict"] == "converges"
+        print("disk-writing move: forecast", moved["forecast"]["total_s"], "s, actual", moved["duration_s"], "s,",
+              "written %.1f MiB/s" % (moved["forecast"]["inputs"]["disk_write_bps"] / 1024 ** 2))
+        record("disk_writing_capped", moved)
+    finally:
+        stop_dirtying(WRITE_STOP)
         if where() != {home: "running"}:
             drop_old_images(home)
             play("playbooks/migrate.yml", "-e", "vm=%s" % GUEST, "-e", "dest=%s" % home, *no_sync)

@@ -82,9 +82,10 @@ def host_uuid_plan(hosts, order=None, pin=True):
     return _host_prep.host_uuid_plan(facts, [h for h in (order or []) if h in facts], bool(pin))
 
 
-def image_report(src_disks, dst_disks, created=None, slack_ratio=0.10, slack_bytes=64 * 1024 ** 2, shared=None):
+def image_report(src_disks, dst_disks, created=None, slack_ratio=0.10, slack_bytes=64 * 1024 ** 2, shared=None,
+                 src_after=None):
     return _report.image_report(src_disks or [], dst_disks or [], created or [],
-                                float(slack_ratio), int(slack_bytes), shared or [])
+                                float(slack_ratio), int(slack_bytes), shared or [], src_after or {})
 
 
 def migration_summary(result, guest, source, dest, images=None, created=None, check_mode=False, dest_nvram=None,

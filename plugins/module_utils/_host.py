@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat as stat_module
 import typing as t
 
 from ansible_collections.kvmops.migration.plugins.module_utils import _conf, _cpu, _disk_info, _domain_xml, _image_geometry
@@ -179,12 +180,32 @@ def facts_after_move(uri: str = _libvirt.DEFAULT_URI, libvirtd_conf: str = DEFAU
         return None
 
 
-def with_source_after(result: dict[str, t.Any], uri: str = _libvirt.DEFAULT_URI) -> dict[str, t.Any]:
+def allocation_after_move(paths: t.Iterable[str], stat: t.Callable[[str], t.Any] = os.stat) -> dict[str, int]:
+    """``{path: bytes allocated}`` of the source's copied image files right after a move
+    (``st_blocks * 512``, what ``qemu-img info`` calls the actual size): what the copy had to
+    carry at the switch-over, the guest's writes during the move included. Paths that are not
+    regular files (block devices, whose allocation is their size) or cannot be read are left
+    out."""
+    out: dict[str, int] = {}
+    for path in paths:
+        try:
+            st = stat(path)
+        except OSError:
+            continue
+        if stat_module.S_ISREG(st.st_mode):
+            out[str(path)] = int(st.st_blocks) * 512
+    return out
+
+
+def with_source_after(result: dict[str, t.Any], uri: str = _libvirt.DEFAULT_URI,
+                      paths: t.Iterable[str] = ()) -> dict[str, t.Any]:
     """``result`` of ``migrate`` or ``cold_move`` with ``source_after`` (:func:`facts_after_move`
-    of ``uri``) when its ``state`` is ``migrated``; any other result unchanged. One place for both
-    modules, so that the role's verification finds the same key from either."""
+    of ``uri``) and ``source_allocation_after`` (:func:`allocation_after_move` of the copied
+    images' ``paths``) when its ``state`` is ``migrated``; any other result unchanged. One place
+    for both modules, so that the role's verification finds the same keys from either."""
     if result.get("state") == "migrated":
         result["source_after"] = facts_after_move(uri)
+        result["source_allocation_after"] = allocation_after_move(paths)
     return result
 
 

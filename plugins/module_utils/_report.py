@@ -31,11 +31,15 @@ MIB = 1024 ** 2
 
 def image_report(src_disks: list[dict[str, t.Any]], dst_disks: list[dict[str, t.Any]],
                  created: t.Sequence[str] = (), slack_ratio: float = 0.10,
-                 slack_bytes: int = 64 * MIB, shared: t.Sequence[str] = ()) -> dict[str, t.Any]:
+                 slack_bytes: int = 64 * MIB, shared: t.Sequence[str] = (),
+                 src_after: dict[str, int] | None = None) -> dict[str, t.Any]:
     """Source and destination geometry of every copied disk, and whether the copy stayed sparse:
     the destination allocation may exceed the source's by at most ``slack_ratio`` of it or
-    ``slack_bytes``, whichever is larger. Disks of ``shared`` (targets on storage both hosts
-    see: not copied, one image) are left out.
+    ``slack_bytes``, whichever is larger. The source's is the larger of its allocation before
+    the move (``src_disks``) and right after it (``src_after``, ``{path: bytes}``, the migrate
+    module's ``source_allocation_after``): a guest that writes new blocks during the move grows
+    both images. Disks of ``shared`` (targets on storage both hosts see: not copied, one image)
+    are left out.
 
     :returns: ``{images: [{target, path, format, virtual_size, src_allocation, dst_allocation,
         created, exists, sparse}], ok, problems: [str]}``.
@@ -49,6 +53,9 @@ def image_report(src_disks: list[dict[str, t.Any]], dst_disks: list[dict[str, t.
         path = disk.get("path")
         dst = by_path.get(path) or {}
         src_alloc = disk.get("allocation")
+        after = (src_after or {}).get(path)
+        if after is not None and (src_alloc is None or int(after) > int(src_alloc)):
+            src_alloc = int(after)
         dst_alloc = dst.get("allocation")
         exists = bool(dst.get("exists"))
         sparse = None

@@ -161,6 +161,14 @@ source_after:
     - Null when they could not be read (the role then reads the source with M(kvmops.migration.host_info)).
   returned: when migrated
   type: dict
+source_allocation_after:
+  description:
+    - The bytes allocated of each copied image file on the source right after the move (path to
+      bytes; block devices left out), the guest's writes during the move included. The
+      C(migrate_guest) role checks the destination images' sparseness against the larger of this
+      and the allocation read before the move.
+  returned: when migrated
+  type: dict
 msg:
   description: One line for the operator.
   returned: when already migrated
@@ -188,7 +196,8 @@ def main():
     _module.check_requirements(module)
     result = _module.call_backend(module, _cold_move.run_cold_move, module.params, module.check_mode)
     # the role's verification of the source, read here (no remote call of its own)
-    module.exit_json(**_host.with_source_after(result, module.params["source_uri"]))
+    module.exit_json(**_host.with_source_after(result, module.params["source_uri"],
+                                              [d["path"] for d in module.params["disks"] or [] if d.get("path")]))
 
 
 if __name__ == "__main__":

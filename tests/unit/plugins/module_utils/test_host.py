@@ -119,6 +119,20 @@ def test_with_source_after_only_for_a_move_that_happened(monkeypatch):
     assert seen == []
     out = _host.with_source_after({"state": "migrated"}, "qemu:///system")
     assert out["source_after"] == {"host": {}, "domains": []} and seen == ["qemu:///system"]
+    assert out["source_allocation_after"] == {}
+
+
+def test_allocation_after_move_of_regular_files_only(tmp_path):
+    image = tmp_path / "vm.raw"
+    with open(image, "wb") as handle:
+        handle.truncate(64 * 1024 ** 2)
+        handle.seek(1024 ** 2)
+        handle.write(b"x" * 1024 ** 2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    out = _host.allocation_after_move([str(image), str(tmp_path / "gone.raw"), "/dev/null"])
+    assert list(out) == [str(image)] and out[str(image)] == os.stat(image).st_blocks * 512
+    assert 1024 ** 2 <= out[str(image)] < 64 * 1024 ** 2  # sparse: what was written, not the size
 
 
 def test_read_conf_missing(tmp_path):

@@ -231,6 +231,22 @@ def test_image_report_sparse(dst_alloc, sparse):
         assert "not sparse on the destination: 2.0 GiB allocated there, 256.0 MiB on the source" in rep["problems"][0]
 
 
+def test_image_report_counts_what_the_guest_wrote_during_the_move():
+    """Found in the lab: a guest writing new blocks of its data disk during the move left 244 MiB
+    allocated on the destination against 84 MiB read before the move; the source image had grown
+    as much. The source's allocation right after the move is the reference, never a smaller one."""
+    dst = [{"path": "/i/vm.raw", "exists": True, "virtual_size": 10 * GIB, "allocation": 256 * MIB},
+           {"path": "/i/vm.swap", "exists": True, "virtual_size": 10 * GIB, "allocation": 244 * MIB}]
+    assert not _report.image_report(SRC, dst)["ok"]
+    rep = _report.image_report(SRC, dst, src_after={"/i/vm.swap": 240 * MIB, "/i/vm.raw": 100 * MIB})
+    assert rep["ok"], rep
+    assert [i["src_allocation"] for i in rep["images"]] == [256 * MIB, 240 * MIB]  # the larger of both
+    # a destination fully allocated is still found
+    dst[1]["allocation"] = 10 * GIB
+    rep = _report.image_report(SRC, dst, src_after={"/i/vm.swap": 240 * MIB})
+    assert not rep["ok"] and "not sparse on the destination: 10.0 GiB allocated there, 240.0 MiB" in rep["problems"][0]
+
+
 def test_image_report_missing_and_wrong_size():
     dst = [{"path": "/i/vm.raw", "exists": True, "virtual_size": 5 * GIB, "allocation": 0}]
     rep = _report.image_report(SRC, dst)

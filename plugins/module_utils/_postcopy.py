@@ -12,16 +12,30 @@ the original flags and parameters plus ``VIR_MIGRATE_POSTCOPY_RESUME`` once the 
 (``virsh migrate ... --postcopy-resume``).
 
 What libvirt 11.3 with QEMU 10.0 did in the lab (``virsh migrate --postcopy`` and a link
-silently dropping every packet, tests/integration/test_postcopy_recovery.py): the source domain
+silently dropping every packet, tests/integration/test_postcopy_link.py): the source domain
 went from ``paused (post-copy)`` to ``paused (post-copy failed)`` when its libvirt connection to
 the destination died (keepalive, about 30 s), the destination stayed ``running (post-copy)``,
 and QEMU's own data connection, only silent, was not broken: after the repair TCP carried on and
 the move completed by itself, while a resume was refused ("QEMU reports migration is still
-running"). With the stream broken (``ss -K`` on the source: QEMU ``postcopy-paused``), the resume
-crashed the destination's libvirtd (SIGSEGV, libvirt 11.3.0-3+deb13u3) in both runs, and the
-restarted daemon refused any further resume ("not processing incoming migration"). So this
-module waits for the move to end by itself (:func:`wait_for_end`), never breaks the stream, and
-leaves the resume to the operator with the exact command (:func:`paused_message`).
+running"). With the stream broken, every resume crashed the destination's libvirtd: libvirt
+11.3.0-3+deb13u3 with QEMU 10.0.13 (Debian 13), 5 runs of 5 over two sessions, with the stream
+broken by ``ss -K`` on the source or by ``virsh domjobabort --postcopy`` (QEMU
+``postcopy-paused`` on both sides, libvirt ``paused (post-copy failed)`` on the source and
+``running (post-copy failed)`` on the destination), with and without ``--tls``, with and
+without ``--p2p`` and ``--listen-address``. The resume (``virsh migrate --live --persistent
+--undefinesource --copy-storage-all --postcopy [--tls] --postcopy-resume NAME
+qemu+ssh://root@DEST/system --migrateuri tcp://DEST ...``, the original's flags and parameters)
+failed within 0.4 s with "End of file while reading data" and systemd logged
+``libvirtd.service: Main process exited, code=killed, status=11/SEGV``. The destination's last
+debug lines were ``qemuMigrationDstPrepareResume ... flags=0x98059`` and QEMU's
+``postcopy-paused``; gdb on that daemon showed the crashing thread in
+``qemuProcessIncomingDefNew`` (``mov 0x0(%r13),%esi`` with r13 = 0, the read of the data
+connection's fd just before ``qemuMigrationDstGetURI``) called from
+``qemuMigrationDstPrepareDirect`` and ``virDomainMigratePrepare3Params``: the Prepare phase of
+every resume, whatever broke the stream. The restarted daemon refused any further resume ("domain
+... is not processing incoming migration"), or the resume call hung. So this module waits for the
+move to end by itself (:func:`wait_for_end`), never breaks the stream, and leaves the resume to
+the operator (:func:`paused_message`); trixie-backports has libvirt 12.9, not tried.
 
 libvirt API: ``virDomainGetState``. See https://libvirt.org/migration.html#post-copy.
 """
@@ -159,9 +173,10 @@ def wait_for_end(dom: t.Any, *, timeout_s: float, clock: t.Callable[[], float], 
     Changes nothing: no abort, destroy, undefine, closed connection or resume. In the lab
     (libvirt 11.3, QEMU 10.0) a silently cut link left QEMU's stream stalled, not broken, and it
     carried on and completed the move once the link was back; a ``VIR_MIGRATE_POSTCOPY_RESUME``
-    there (after ``ss -K`` had broken the stream) crashed the destination's libvirtd (SIGSEGV) in
-    two runs of two, after which the incoming side could not be resumed at all ("not processing
-    incoming migration"). So the resume is left to the operator (:func:`paused_message`).
+    there crashed the destination's libvirtd (SIGSEGV in the Prepare phase of the resume, see the
+    module's docstring) in five runs of five, however the stream had been broken, after which the
+    incoming side could not be resumed at all ("not processing incoming migration"). So the
+    resume is left to the operator (:func:`paused_message`).
 
     :param failed_at: ``clock()`` when the failure was seen (default: now), for ``paused_s``.
     """

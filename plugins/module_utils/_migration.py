@@ -595,7 +595,7 @@ def _finish_postcopy(opts: MigrationOptions, dom: t.Any, source: dict[str, t.Any
     outcome = _postcopy.wait_for_end(dom, timeout_s=opts.postcopy_recover_timeout_s, clock=rt.clock,
                                      sleep=rt.sleep, lv=lv, log=rt.log)
     if outcome.state == "paused":
-        command = _postcopy.resume_command(name, plan.dest_uri, plan.flag_names, plan.migrate_uri)
+        command = _postcopy.resume_command(name, plan.dest_uri, plan.flag_names, plan.migrate_uri, plan.params)
         raise KvmopsError(
             _postcopy.paused_message(name, src_where, opts.dest_host, command, opts.postcopy_recover_timeout_s,
                                      outcome.seen[-1] if outcome.seen else None),

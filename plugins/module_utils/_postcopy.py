@@ -99,15 +99,33 @@ def backoff(first_s: float = BACKOFF_FIRST_S, max_s: float = BACKOFF_MAX_S) -> t
         delay = min(delay * 2, max_s)
 
 
-def resume_command(name: str, dest_uri: str, flag_names: t.Iterable[str], migrate_uri: str | None) -> str:
+#: the ``virsh migrate`` option of each typed migration parameter the resume must repeat
+#: (``VIR_MIGRATE_PARAM_*`` names; lists joined with commas); the XML parameters are left out
+VIRSH_PARAMS = {
+    "migrate_disks": "--migrate-disks", "migrate_disks_detect_zeroes": "--migrate-disks-detect-zeroes",
+    "disks_uri": "--disks-uri", "bandwidth": "--bandwidth", "bandwidth.postcopy": "--postcopy-bandwidth",
+    "listen_address": "--listen-address", "tls.destination": "--tls-destination",
+    "parallel.connections": "--parallel-connections",
+}
+
+
+def resume_command(name: str, dest_uri: str, flag_names: t.Iterable[str], migrate_uri: str | None,
+                   params: dict[str, t.Any] | None = None) -> str:
     """The ``virsh migrate`` command (run on the source) that resumes this move by hand: the
-    plan's flags (:data:`VIRSH_FLAGS`), ``--postcopy-resume``, the data URI."""
+    plan's flags (:data:`VIRSH_FLAGS`), ``--postcopy-resume``, the data URI and the plan's typed
+    parameters that virsh has an option for (:data:`VIRSH_PARAMS`: disks, their URI, bandwidths,
+    listen address, TLS name), as the resume must repeat the original call."""
     words = ["virsh", "migrate"] + [VIRSH_FLAGS[n] for n in flag_names if n in VIRSH_FLAGS]
     if "--postcopy" not in words:
         words.append("--postcopy")
     words += ["--postcopy-resume", name, dest_uri]
     if migrate_uri:
         words += ["--migrateuri", migrate_uri]
+    for key, option in VIRSH_PARAMS.items():
+        value = (params or {}).get(key)
+        if value is None or value == [] or value == "":
+            continue
+        words += [option, ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)]
     return " ".join(words)
 
 
@@ -125,7 +143,10 @@ def paused_message(name: str, source: str, dest: str, command: str, waited_s: fl
             "undefine %s on %s or %s. Restore the link: QEMU's stream usually carries on and the move then "
             "completes by itself (rerun the playbook to wait for it again). If the source still shows "
             "'paused (post-copy failed)' with the link back ('virsh domstate --reason %s' there), resume the move on "
-            "%s with: %s"
+            "%s with: %s. Caution: with libvirt 11.3 (Debian 13's 11.3.0-3+deb13u3) that resume crashed the "
+            "destination's libvirtd in every lab run and left the guest impossible to resume through libvirt; "
+            "with that release, upgrade libvirt on both hosts first (Debian 13: trixie-backports) and keep both "
+            "domains as they are until then"
             % (name, source, dest, waited, {"failed": "post-copy failed", "active": "still in post-copy"}.get(
                 str(seen), str(seen or "unknown")), dest, source, name, source, dest, name, source, command))
 

@@ -196,8 +196,8 @@ def main():
     _module.check_requirements(module)
     result = _module.call_backend(module, _cold_move.run_cold_move, module.params, module.check_mode)
     # the role's verification of the source, read here (no remote call of its own)
-    module.exit_json(**_host.with_source_after(result, module.params["source_uri"],
-                                              [d["path"] for d in module.params["disks"] or [] if d.get("path")]))
+    copied = [d["path"] for d in module.params["disks"] or [] if d.get("path")]
+    module.exit_json(**_host.with_source_after(result, module.params["source_uri"], copied))
 
 
 if __name__ == "__main__":

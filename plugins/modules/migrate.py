@@ -623,8 +623,8 @@ def main():
                                  progress=_migration_monitor.progress_writer(progress_file, module.log))
     result = _module.call_backend(module, _migration.run_migration, opts, check_mode=module.check_mode, rt=runtime)
     # the role's verification of the source, read here (no remote call of its own)
-    module.exit_json(**_host.with_source_after(result, opts.source_uri,
-                                              [d["path"] for d in opts.expect_disks or [] if d.get("path")]))
+    copied = [d["path"] for d in opts.expect_disks or [] if d.get("path")]
+    module.exit_json(**_host.with_source_after(result, opts.source_uri, copied))
 
 
 if __name__ == "__main__":

@@ -53,11 +53,23 @@ def test_resume_command_repeats_the_move_s_flags():
     assert "--postcopy --postcopy-resume" in pc.resume_command("vm", "qemu:///x", ["VIR_MIGRATE_LIVE"], None)
 
 
+def test_resume_command_repeats_the_move_s_parameters():
+    """The resume must repeat the original call: the disks, their URI, the bandwidths, the TLS
+    name; the XML parameters are not for the command line."""
+    cmd = pc.resume_command("vm12", "qemu+ssh://root@198.18.0.2/system", ["VIR_MIGRATE_POSTCOPY"], "tcp://198.18.0.2",
+                            {"migrate_disks": ["vda", "vdb"], "disks_uri": "tcp://198.18.0.2", "bandwidth": 10,
+                             "bandwidth.postcopy": 8, "tls.destination": "hostb", "destination_xml": "<domain/>",
+                             "migrate_disks_detect_zeroes": [], "listen_address": None})
+    assert cmd.endswith("--migrateuri tcp://198.18.0.2 --migrate-disks vda,vdb --disks-uri tcp://198.18.0.2 "
+                        "--bandwidth 10 --postcopy-bandwidth 8 --tls-destination hostb"), cmd
+
+
 def test_paused_message_names_the_place_and_the_fix():
     msg = pc.paused_message("vm12", "qemu:///system", "198.18.0.2", "virsh migrate X", 300, "failed")
     for words in ("Guest vm12 is paused in post-copy between qemu:///system and 198.18.0.2", "NOT lost",
                   "nothing was removed on either host", "never destroy or undefine vm12", "within 300 s",
-                  "rerun the playbook", "virsh domstate --reason vm12", "virsh migrate X", "post-copy failed"):
+                  "rerun the playbook", "virsh domstate --reason vm12", "virsh migrate X", "post-copy failed",
+                  "crashed the destination's libvirtd", "upgrade libvirt on both hosts first"):
         assert words in msg, (words, msg)
 
 

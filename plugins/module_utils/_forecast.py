@@ -33,8 +33,11 @@ guest's writes over the same link (so memory gets ``rate - disk_write_bps``):
   transfer time plus a fixed switch-over cost (device state, the mirror's last sync, resuming on
   the destination; :data:`SWITCHOVER_MS`, the floor of the lab's idle moves).
 
-``rate`` is the link's throughput capped by the bandwidth limit (libvirt applies
-``VIR_MIGRATE_PARAM_BANDWIDTH`` to the memory stream and to the disks' mirror). It does not
+``rate`` is the link's throughput capped by the bandwidth limit. libvirt applies
+``VIR_MIGRATE_PARAM_BANDWIDTH`` to the memory stream and to each copied disk's mirror job on its
+own, so under a cap the disks copy in parallel, each at most at the cap and all of them within
+the link (``max(sum of allocations / (link - writes), largest allocation / (cap - writes))``),
+and memory gets the cap, or what the link has left beside the mirrors' forwarded writes. It does not
 converge when the guest dirties memory at least as fast as it can be sent (the ratio is >= 1), or
 when it would need more than :data:`MAX_PASSES` passes.
 
@@ -138,6 +141,8 @@ class ForecastInputs:
     link: dict[str, t.Any] | None = None
     #: how ``dirty_bps`` was measured (:data:`DIRTY_MODES`), None when not measured
     dirty_mode: str | None = None
+    #: the allocation of each copied disk (bytes; their sum is ``disk_bytes``), None: not known
+    disk_allocations: list[int] | None = None
 
 
 def _passes(memory_bytes: float, rate: float, dirty_bps: float, threshold: float) -> tuple[list[float], float, bool]:
@@ -209,13 +214,26 @@ def forecast(inputs: ForecastInputs) -> dict[str, t.Any]:
                    "max_downtime_ms": downtime_limit_ms,
                    "bandwidth_bps": _round(float(inputs.bandwidth_bps)) if inputs.bandwidth_bps else None,
                    "stream_bps": _round(float(inputs.stream_bps)) if inputs.stream_bps else None,
-                   "dirty_mode": inputs.dirty_mode, "sources": dict(inputs.sources)},
+                   "dirty_mode": inputs.dirty_mode,
+                   "disk_allocations": [int(a) for a in inputs.disk_allocations] if inputs.disk_allocations else None,
+                   "sources": dict(inputs.sources)},
     }
     # storage: the mirror copies the allocation and must keep up with the guest's writes
     storage_s: float | None = 0.0
-    if inputs.disk_bytes:
-        storage_s = inputs.disk_bytes / (rate - write) if rate > write else None
     memory_rate = rate - write
+    if capped:
+        # libvirt gives the cap to the memory stream and to each disk's mirror job on its own
+        # (qemuMigrationSrcNBDStorageCopy: every mirror's speed is the migration bandwidth), so
+        # under a cap the disks copy in parallel, each at most at the cap, all within the link
+        link = float(inputs.link_bps)
+        sizes = [int(a) for a in inputs.disk_allocations or [] if a] or ([int(inputs.disk_bytes)] if inputs.disk_bytes else [])
+        if sizes:
+            cap = float(inputs.bandwidth_bps or 0)
+            storage_s = max(sum(sizes) / (link - write), max(sizes) / (cap - write)) \
+                if link > write and cap > write else None
+        memory_rate = min(rate, link - write)
+    elif inputs.disk_bytes:
+        storage_s = inputs.disk_bytes / (rate - write) if rate > write else None
     levers: list[dict[str, t.Any]] = []
     if storage_s is None or memory_rate <= 0:
         out.update(verdict=VERDICTS[1], converges=False, total_s=None, storage_s=None, memory_s=None,

@@ -586,6 +586,7 @@ def forecast_move(measuring: _forecast.Measurement, copy_disks: list[dict[str, t
                                                bandwidth_mibps=settings.get("bandwidth_mibps") or None,
                                                max_downtime_ms=settings.get("max_downtime_ms") or None,
                                                stream_bps=float(stream) * _forecast.MIB if stream else None)
+    inputs.disk_allocations = [int(d.get("allocation") or d.get("virtual_size") or 0) for d in copy_disks]
     out = _forecast.forecast(inputs)
     out["measured"] = measured
     out["msg"] = _forecast.summary_line(out)

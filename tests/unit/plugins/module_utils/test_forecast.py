@@ -385,7 +385,8 @@ def test_memory_in_use_caps_rss_at_the_guest_memory():
 # from libvirt), the forecast, and the move's completed job statistics
 # --------------------------------------------------------------------------------------------
 
-LAB_MOVES = ["lab_idle_move.json", "lab_dirtying_capped_move.json"]
+LAB_MOVES = ["lab_idle_move.json", "lab_dirtying_capped_move.json", "lab_dirtying_not_converging_move.json",
+             "lab_disk_writing_capped_move.json"]
 
 
 def lab_inputs(rec: dict[str, t.Any], **change: t.Any) -> fc.ForecastInputs:
@@ -394,14 +395,63 @@ def lab_inputs(rec: dict[str, t.Any], **change: t.Any) -> fc.ForecastInputs:
     return fc.ForecastInputs(link_measured=True, **given)
 
 
+def converged_by_precopy(rec: dict[str, t.Any]) -> bool:
+    """The recorded move converged without a lever that changes how pre-copy works (the ladder's
+    downtime steps are within the maximum the forecast assumed; auto-converge and post-copy are
+    not)."""
+    steps = {s["step"] for s in rec["convergence"]["steps"]}
+    return rec["actual"]["stats_from"] == "completed" and not steps & {"auto_converge", "postcopy"}
+
+
 @pytest.mark.parametrize("name", LAB_MOVES)
-def test_lab_move_forecast_is_the_model_of_its_measured_inputs_and_its_verdict_is_right(name):
+def test_lab_move_verdict_is_right(name):
+    """The forecast from each real move's measured inputs says "converges" exactly when the
+    move converged by pre-copy alone."""
+    rec = load(name)
+    out = fc.forecast(lab_inputs(rec))
+    assert out["converges"] is converged_by_precopy(rec), (out["reason"], rec["convergence"])
+
+
+@pytest.mark.parametrize("name", [n for n in LAB_MOVES if n != "lab_disk_writing_capped_move.json"])
+def test_lab_move_forecast_is_the_model_of_its_measured_inputs(name):
+    """The recorded forecast is the model's output from the recorded inputs (the disk-writing
+    run's predates the per-disk cap: below)."""
     rec = load(name)
     out = fc.forecast(lab_inputs(rec))
     assert (out["verdict"], out["total_s"], out["downtime_ms"], out["memory_passes"]) == (
         rec["forecast"]["verdict"], rec["forecast"]["total_s"], rec["forecast"]["downtime_ms"],
         rec["forecast"]["memory_passes"])
-    assert rec["actual"]["stats_from"] == "completed" and out["converges"] is True  # both moves converged
+
+
+def test_lab_dirtying_guest_is_forecast_not_converging_with_the_lever_it_then_took():
+    """The guest rewriting 32 MiB with new data at a 16 MiB/s cap: page sampling saw 24 MiB/s,
+    the forecast said "does not converge" with the raised cap first and auto-converge next; the
+    move converged once auto-converge throttled the vCPUs."""
+    rec = load("lab_dirtying_not_converging_move.json")
+    out = fc.forecast(lab_inputs(rec))
+    assert out["verdict"] == "does not converge" == rec["forecast"]["verdict"]
+    assert [lv["lever"] for lv in out["levers"]] == rec["forecast"]["levers"] == ["bandwidth", "auto_converge", "postcopy"]
+    assert rec["forecast_inputs"]["dirty_mode"] == "page-sampling"
+    taken = [s for s in rec["convergence"]["steps"] if s["step"] == "auto_converge"]
+    assert taken and taken[0]["throttle_max_percent"] == 99
+
+
+def test_lab_disk_writing_move_the_cap_is_per_disk():
+    """The guest writing 8 MB/s to vdb at a 32 MiB/s cap took 15.3 s. The run's forecast (36.5 s,
+    +138 %) sent both disks' 508 MiB and the memory through one 32 MiB/s pipe; libvirt gives the
+    cap to each disk's mirror and to the memory stream on its own, which the model now does:
+    about 20 s, pessimistic by about 30 % (it sends 305 MB of memory in 4 passes where the move
+    sent 177 MB: the sampled dirty rate, 6 samples of 2 MiB, is high for this guest's page cache).
+    Pinned as measured, not a target (the bench's is +-25 %)."""
+    rec = load("lab_disk_writing_capped_move.json")
+    actual_s = rec["actual"]["duration_s"]
+    assert rec["forecast"]["total_s"] > 2 * actual_s  # the old single-pipe model of the run
+    out = fc.forecast(lab_inputs(rec))
+    assert out["converges"] and out["storage_s"] == pytest.approx(268443648 / (32 * MIB - 8363341.88), abs=0.01)
+    assert 1.0 < out["total_s"] / actual_s < 1.4, out["total_s"]
+    # one copied disk or no allocations known: the disks' copy goes through the cap alone
+    single = fc.forecast(lab_inputs(rec, disk_allocations=None))
+    assert single["storage_s"] > 1.9 * out["storage_s"]
 
 
 def test_lab_idle_move_error_is_in_the_inputs_not_the_model():

@@ -32,10 +32,22 @@ def recap(res) -> dict[str, dict[str, int]]:
     return out
 
 
+def failed_tasks(stdout: str) -> str:
+    """Each failed task of a playbook's output with its TASK line (the tail of a long output
+    may hold only the other hosts' later tasks)."""
+    out, task = [], ""
+    for line in stdout.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line
+        elif line.startswith(("fatal: ", "failed: ")):
+            out += [task, line[:3000]]
+    return "\n".join(out) or "(no failed task in the output)"
+
+
 def prepare(*extra: str) -> subprocess.CompletedProcess:
     res = ansible_playbook("playbooks/prepare_hosts.yml", *extra, timeout=1500)
-    assert res.returncode == 0, "prepare_hosts.yml %s failed:\n%s\n%s" % (
-        " ".join(extra), res.stdout[-8000:], res.stderr[-2000:])
+    assert res.returncode == 0, "prepare_hosts.yml %s failed:\n%s\n...\n%s\n%s" % (
+        " ".join(extra), failed_tasks(res.stdout), res.stdout[-6000:], res.stderr[-2000:])
     rc = recap(res)
     assert set(rc) == set(lab.HOSTS), rc
     assert all(h["failed"] == 0 and h["unreachable"] == 0 for h in rc.values()), rc

@@ -475,7 +475,6 @@ class Measurement:
     lv: t.Any
     seconds: int
     started_at: float
-    calc_started: bool
     written: dict[str, int]
     problems: list[str]
     #: the :data:`DIRTY_MODES` mode the calculation runs in (None: it did not start)
@@ -523,7 +522,6 @@ def start_measure(dom: t.Any, lv: t.Any, targets: t.Sequence[str] = (), seconds:
     seconds = max(1, int(seconds))
     problems: list[str] = []
     running = _start_calc(dom, lv, seconds, mode, problems)
-    started = running is not None
     written: dict[str, int] = {}
     for target in targets:
         try:
@@ -532,7 +530,7 @@ def start_measure(dom: t.Any, lv: t.Any, targets: t.Sequence[str] = (), seconds:
             if not _libvirt.is_libvirt_error(err, lv):
                 raise
             problems.append("the write rate of %s could not be read (virDomainBlockStats: %s)" % (target, err))
-    return Measurement(dom=dom, lv=lv, seconds=seconds, started_at=clock(), calc_started=started,
+    return Measurement(dom=dom, lv=lv, seconds=seconds, started_at=clock(),
                        written=written, problems=problems, mode=running, ram_reader=ram_reader)
 
 
@@ -568,7 +566,7 @@ def finish_measure(m: Measurement, targets: t.Sequence[str] | None = None,
             m.problems.append("the disks' write rate could not be read (virDomainBlockStats: %s)" % err)
     window_s = clock() - m.started_at
     dirty_bps = _read_dirtyrate(m.dom, m.lv, m.seconds, clock, sleep, m.started_at, m.problems) \
-        if m.calc_started else None
+        if m.mode is not None else None
     memory, source = memory_in_use(m.dom, m.lv, m.ram_reader)
     return {"dirty_bps": dirty_bps, "dirty_source": "libvirt dirtyrate" if dirty_bps is not None else None,
             "dirty_mode": m.mode if dirty_bps is not None else None,
@@ -611,9 +609,10 @@ def _read_dirtyrate(dom: t.Any, lv: t.Any, seconds: int, clock: t.Callable[[], f
 
 def inputs_from_measurement(measured: dict[str, t.Any], disk_bytes: int, *, link: dict[str, t.Any] | None = None,
                             link_bps: float | None = None, bandwidth_mibps: int | None = None,
-                            max_downtime_ms: int | None = None, stream_bps: float | None = None) -> ForecastInputs:
+                            max_downtime_ms: int | None = None, stream_bps: float | None = None,
+                            disk_allocations: t.Sequence[int] | None = None) -> ForecastInputs:
     """:class:`ForecastInputs` from :func:`measure_guest` and the copied disks' allocation
-    (bytes). The link rate, first found: ``link``, the pre-flight's measurement of the link
+    (bytes; ``disk_allocations``: each disk's, for the per-disk cap). The link rate, first found: ``link``, the pre-flight's measurement of the link
     (``_probe.probe_link``'s ``{bps, bytes, seconds, port}``); ``link_bps``, the operator's figure;
     the bandwidth cap; :data:`ASSUMED_LINK_BPS`. Only the first counts as measured; the others are
     said to be assumed. A dirty rate that was not measured counts as 0 and the forecast says so."""
@@ -642,7 +641,8 @@ def inputs_from_measurement(measured: dict[str, t.Any], disk_bytes: int, *, link
                           bandwidth_bps=float(bandwidth_mibps) * MIB if bandwidth_mibps else None,
                           link_measured=bool(link and link.get("bps")), stream_bps=stream_bps, sources=sources,
                           link=dict(link) if link and link.get("bps") else None,
-                          dirty_mode=measured.get("dirty_mode") if dirty is not None else None)
+                          dirty_mode=measured.get("dirty_mode") if dirty is not None else None,
+                          disk_allocations=[int(a) for a in disk_allocations] if disk_allocations else None)
 
 
 def link_words(link: dict[str, t.Any]) -> str:

@@ -452,7 +452,7 @@ def run_preflight(opts: PreflightOptions, probes: Probes | None = None) -> dict[
                                             fsettings["seconds"], probes.monotonic,
                                             _forecast.dirty_rate_mode(facts["domain_type"], facts["dirty_ring"]),
                                             # the guest RAM's resident size, read here only when this is its host
-                                            probes.ram_reader if opts.source_uri == "qemu:///system" else None) \
+                                            probes.ram_reader if opts.source_uri == _libvirt.DEFAULT_URI else None) \
             if active and fsettings["enabled"] else None
         if measuring is not None and fsettings["link_probe"] and opts.migrate_port:
             # the link, through the port memory will take, for about 1 s inside the guest's window
@@ -578,15 +578,15 @@ def forecast_move(measuring: _forecast.Measurement, copy_disks: list[dict[str, t
     ``{bps, bytes, seconds, port}``, None: not measured): the forecast dict plus ``measured``
     (what :func:`_forecast.finish_measure` saw)."""
     measured = _forecast.finish_measure(measuring, [d["target"] for d in copy_disks], probes.monotonic, probes.sleep)
-    disk_bytes = copy_bytes(copy_disks)
+    allocations = [copy_bytes([d]) for d in copy_disks]
     stream = settings.get("stream_mibps")
     given = settings.get("link_mibps")
-    inputs = _forecast.inputs_from_measurement(measured, disk_bytes, link=link,
+    inputs = _forecast.inputs_from_measurement(measured, sum(allocations), link=link,
                                                link_bps=float(given) * _forecast.MIB if given else None,
                                                bandwidth_mibps=settings.get("bandwidth_mibps") or None,
                                                max_downtime_ms=settings.get("max_downtime_ms") or None,
-                                               stream_bps=float(stream) * _forecast.MIB if stream else None)
-    inputs.disk_allocations = [int(d.get("allocation") or d.get("virtual_size") or 0) for d in copy_disks]
+                                               stream_bps=float(stream) * _forecast.MIB if stream else None,
+                                               disk_allocations=allocations)
     out = _forecast.forecast(inputs)
     out["measured"] = measured
     out["msg"] = _forecast.summary_line(out)
